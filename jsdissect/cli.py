@@ -1,0 +1,313 @@
+"""Command line: click commands that call the library and print; no analysis logic here."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from jsdissect import __version__
+from jsdissect.capture import CaptureError
+
+EXIT_BAD_INPUT = 2
+
+CAPTURES = click.argument("captures", nargs=-1, required=True, metavar="CAPTURE...")
+
+
+def _common(func: Callable) -> Callable:
+    """Options every analysis command takes."""
+    options = [
+        click.option("--csv", "csv_path", metavar="FILE", help="Write CSV to FILE ('-' = stdout)."),
+        click.option(
+            "--json", "json_path", metavar="FILE", help="Write JSON to FILE ('-' = stdout)."
+        ),
+        click.option(
+            "--scheduler-port",
+            "scheduler_ports",
+            type=click.IntRange(1, 65535),
+            multiple=True,
+            metavar="PORT",
+            help="Remote scheduler command port (repeatable; default 4444 and 4455).",
+        ),
+        click.option(
+            "--no-heuristics",
+            is_flag=True,
+            help="Recognise the command channel only on --scheduler-port ports.",
+        ),
+        click.option(
+            "--engine",
+            type=click.Choice(["auto", "libpcap", "python"]),
+            default="auto",
+            show_default=True,
+            help="Capture reader: libpcap (fast, BPF) or the pure-Python fallback.",
+        ),
+        click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _guarded(func: Callable) -> Callable:
+    """Turn expected failures into one line on stderr and an exit status, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CaptureError as exc:
+            _fail(str(exc), EXIT_BAD_INPUT)
+        except OSError as exc:
+            name = exc.filename or ""
+            _fail(f"{name}: {exc.strerror or exc}" if name else str(exc), EXIT_BAD_INPUT)
+        except Exception as exc:  # a bug: still one line, the traceback only on request
+            if os.environ.get("JSDISSECT_DEBUG"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (JSDISSECT_DEBUG=1 for details)", 3)
+
+    return wrapper
+
+
+def _fail(message: str, status: int) -> None:
+    click.echo(f"jsdissect: {message}", err=True)
+    sys.exit(status)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Run 'jsdissect COMMAND --help' for the options and examples of a command.",
+)
+@click.version_option(__version__, prog_name="jsdissect")
+def main() -> None:
+    """Analyze JobScheduler 1.x remote-execution traffic in pcap/pcapng captures.
+
+    Decodes the XML command channel (controller → remote scheduler) and the binary
+    callback channel (task process → controller), ties them together per task, and
+    reports where the time went and what failed.
+    """
+
+
+class _Progress:
+    """Segment counter on stderr, shown only on a terminal and after the first second."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.shown = False
+
+    def __call__(self, segments: int) -> None:
+        if self.enabled and time.monotonic() - self.started > 1:
+            click.echo(f"\rreading… {segments:,} segments", err=True, nl=False)
+            self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            click.echo("\r" + " " * 40 + "\r", err=True, nl=False)
+
+
+def _analyze(captures: Sequence[str], opts: dict[str, Any], **extra: Any):
+    from jsdissect.pipeline import DEFAULT_SCHEDULER_PORTS, analyze
+
+    progress = _Progress(opts["quiet"])
+    result = analyze(
+        captures,
+        scheduler_ports=opts["scheduler_ports"] or DEFAULT_SCHEDULER_PORTS,
+        engine=opts["engine"],
+        heuristics=not opts["no_heuristics"],
+        progress=progress,
+        **extra,
+    )
+    progress.done()
+    if not opts["quiet"]:
+        for warning in result.stats.warnings:
+            click.echo(f"jsdissect: warning: {warning}", err=True)
+    return result
+
+
+def _emit(rows: list[dict], columns, opts: dict[str, Any], shown: Sequence[str]) -> bool:
+    """Write --csv/--json outputs; print the table unless one of them went to stdout.
+    Returns True when stdout carries data (summaries then go to stderr)."""
+    from jsdissect import report
+
+    outputs = [(opts["csv_path"], report.write_csv), (opts["json_path"], report.write_json)]
+    to_stdout = False
+    for path, writer in outputs:
+        if path:
+            report.write_output(path, lambda out, w=writer: w(rows, columns, out))
+            to_stdout |= path == "-"
+    if not to_stdout and not any(p for p, _ in outputs):
+        chosen = [c for c in columns if c.name in shown]
+        click.echo(report.to_text(rows, chosen), nl=False)
+    return to_stdout
+
+
+# --- connections ------------------------------------------------------------------------
+
+
+CONNECTION_SHOWN = [
+    "id",
+    "client",
+    "server",
+    "channel",
+    "state",
+    "first_packet",
+    "duration_ms",
+    "bytes_c2s",
+    "bytes_s2c",
+    "retransmissions",
+    "gaps",
+]
+
+
+@main.command(
+    epilog="""Examples:
+
+\b
+  jsdissect connections captures/demo.pcap
+  jsdissect connections day-*.pcapng --csv conns.csv
+"""
+)
+@CAPTURES
+@_common
+@_guarded
+def connections(captures: tuple[str, ...], **opts: Any) -> None:
+    """List every TCP connection: endpoints, times, bytes each way, state, retransmissions
+    and gaps, and which JobScheduler channel it carries."""
+    from jsdissect import report
+
+    result = _analyze(captures, opts, all_tcp=True)
+    rows = [report.connection_row(ch) for ch in sorted(result.channels, key=_by_start)]
+    _emit(rows, report.CONNECTION_COLUMNS, opts, CONNECTION_SHOWN)
+
+
+def _by_start(ch) -> tuple[int, str]:
+    return (ch.conn.first_ts, ch.conn.id)
+
+
+# --- tasks ------------------------------------------------------------------------------
+
+
+TASK_SHOWN = [
+    "process_id",
+    "kind",
+    "remote",
+    "callback_port",
+    "start_sent",
+    "spawn_ms",
+    "callback_delay_ms",
+    "startup_ms",
+    "run_ms",
+    "close_ms",
+    "total_ms",
+    "steps",
+    "exit_code",
+    "log_lines",
+    "status",
+    "error",
+]
+
+
+@main.command(
+    epilog="""Examples:
+
+\b
+  jsdissect tasks captures/demo.pcap
+  jsdissect tasks ring-*.pcapng --status callback-unanswered
+  jsdissect tasks capture.pcap --csv tasks.csv --json -
+  jsdissect tasks capture.pcap --columns process_id,status,startup_ms,run_ms
+"""
+)
+@CAPTURES
+@_common
+@click.option(
+    "--columns",
+    metavar="A,B,…",
+    help="Columns to print (default: a readable subset; CSV/JSON always have all).",
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(
+        [
+            "start-failed",
+            "callback-refused",
+            "callback-unanswered",
+            "callback-missing",
+            "killed",
+            "aborted",
+            "partial",
+            "completed",
+            "running",
+        ]
+    ),
+    help="Keep only tasks with this status (repeatable).",
+)
+@_guarded
+def tasks(
+    captures: tuple[str, ...], columns: str | None, statuses: tuple[str, ...], **opts: Any
+) -> None:
+    """One row per remote task: both connections, the time of every phase, status, exit
+    code, errors and log lines (column reference: README)."""
+    from jsdissect import report
+
+    shown = TASK_SHOWN
+    if columns:
+        shown = [c.strip() for c in columns.split(",") if c.strip()]
+        unknown = sorted(set(shown) - {c.name for c in report.TASK_COLUMNS})
+        if unknown:
+            raise click.BadParameter(
+                f"unknown column(s): {', '.join(unknown)}", param_hint="--columns"
+            )
+    result = _analyze(captures, opts)
+    rows = [report.task_row(t) for t in result.task_records]
+    if statuses:
+        rows = [r for r in rows if r["status"] in statuses]
+    _emit(rows, report.TASK_COLUMNS, opts, shown)
+    if not opts["quiet"]:
+        click.echo(report.task_summary(rows, result.decode_errors), err=True)
+
+
+# --- messages ---------------------------------------------------------------------------
+
+
+@main.command(
+    epilog="""Examples:
+
+\b
+  jsdissect messages captures/demo.pcap
+  jsdissect messages capture.pcap --process-id 84217301
+  jsdissect messages capture.pcap --errors
+  jsdissect messages capture.pcap --json - | jq .
+"""
+)
+@CAPTURES
+@_common
+@click.option("--process-id", help="Only the messages of this task (both connections).")
+@click.option("--errors", "errors_only", is_flag=True, help="Only decode errors.")
+@_guarded
+def messages(
+    captures: tuple[str, ...], process_id: str | None, errors_only: bool, **opts: Any
+) -> None:
+    """One line per decoded message in time order: time, connection, direction, channel
+    and a readable summary."""
+    from jsdissect import report
+
+    result = _analyze(captures, opts)
+    rows = report.message_rows(result.channels, result.task_records)
+    if process_id is not None:
+        if not any(t.process_id == process_id for t in result.task_records):
+            _fail(f"no task with process_id {process_id} in {', '.join(captures)}", 1)
+        rows = [r for r in rows if r["process_id"] == process_id]
+    if errors_only:
+        rows = [r for r in rows if r["type"] == "DecodeError"]
+    if opts["csv_path"] or opts["json_path"]:
+        _emit(rows, report.MESSAGE_COLUMNS, opts, ())
+        return
+    for row in rows:
+        click.echo(report.message_line(row))

@@ -1,0 +1,370 @@
+"""Tie command connections to their callback connections, one Task per remote task.
+
+Modelled on how Zeek ties an FTP data connection to its control connection: every start
+command creates an *expected connection* (controller IP, announced port, a time window),
+and the earliest matching SYN not yet taken consumes it (PROTOCOL.md §7, DESIGN
+"What fills a row" / "Matching" / "Status").
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+
+from jsdissect.protocol import DecodeError, Event
+from jsdissect.protocol import command as cmd
+from jsdissect.protocol import objserver as api
+from jsdissect.tcp import Connection, Endpoint
+
+CALLBACK_TIMEOUT_US = 60_000_000  # PROTOCOL §2: Z-REMOTE-118 after 60 s without accept
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A decoded connection: the TCP summary, what it carries and the events decoded."""
+
+    conn: Connection
+    kind: str  # "cmd", "api" or "" (no payload / not this protocol)
+    events: tuple[Event, ...]
+    controller: Endpoint | None = None  # api: the controller's side (the acceptor)
+    remote: Endpoint | None = None  # api: the task server's side
+
+
+@dataclass(slots=True)
+class Task:
+    """One row of the task table (DESIGN "The task table contract"); times in µs."""
+
+    process_id: str | None = None
+    pid: int | None = None
+    job: str | None = None
+    task_id: int | None = None
+    kind: str | None = None
+    controller: str | None = None
+    remote: str | None = None
+    cmd_conn: str | None = None
+    callback_conn: str | None = None
+    cmd_port: int | None = None
+    callback_port: int | None = None
+    callback_src_port: int | None = None
+    cmd_syn: int | None = None
+    cmd_established: int | None = None
+    start_sent: int | None = None
+    start_answered: int | None = None
+    callback_syn: int | None = None
+    callback_established: int | None = None
+    begin_sent: int | None = None
+    begin_answered: int | None = None
+    release_answered: int | None = None
+    callback_closed: int | None = None
+    close_sent: int | None = None
+    close_answered: int | None = None
+    steps: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    status: str = ""
+    error: str | None = None
+    log_lines: int | None = None
+    notes: str = ""
+    decode_errors: int = 0
+    # Working state, not columns.
+    killed: bool = False
+    start_failed: bool = False
+    start_seen: bool = False
+    expected_ip: str | None = None
+    window_end: int | None = None
+    cmd: Channel | None = None
+    callback: Channel | None = None
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    note_list: list[str] = field(default_factory=list)
+
+
+TIME_COLUMNS = tuple(
+    f.name
+    for f in fields(Task)
+    if f.name.endswith(("_syn", "_established", "_sent", "_answered", "_closed"))
+)
+
+
+def correlate(channels: Iterable[Channel], capture_end: int | None) -> list[Task]:
+    """All tasks of the capture, ordered by their first known time."""
+    channels = list(channels)
+    tasks = [t for ch in channels if ch.kind == "cmd" for t in _tasks_of_command(ch)]
+    _set_windows(tasks)
+    unmatched = _match_callbacks(tasks, channels)
+    tasks += [_partial_from_callback(ch) for ch in unmatched if ch.kind == "api"]
+    for task in tasks:
+        if task.callback is not None:
+            _fill_from_callback(task, task.callback)
+        _finish(task, capture_end)
+    return sorted(tasks, key=_sort_key)
+
+
+# --- command channel ----------------------------------------------------------------------
+
+
+def _tasks_of_command(ch: Channel) -> list[Task]:
+    """Tasks announced on one command connection (1.x sends one per connection, §3.8)."""
+    tasks: list[Task] = []
+    by_offset: dict[int, Task] = {}
+    for ev in ch.events:
+        if isinstance(ev, cmd.StartRemoteTask):
+            task = _new_task(ch)
+            task.start_seen = True
+            task.start_sent = ev.start
+            task.callback_port = ev.tcp_port
+            task.kind = "shell" if ev.kind == "process" else "api"
+            task.expected_ip = ev.ip_address or ch.conn.client.ip
+            tasks.append(task)
+            by_offset[ev.offset] = task
+        elif isinstance(ev, (cmd.RemoteTaskClose, cmd.RemoteTaskKill)):
+            task = _task_for_process(tasks, ev.process_id) or _partial_from_command(ch, tasks)
+            task.process_id = task.process_id or ev.process_id
+            if isinstance(ev, cmd.RemoteTaskClose):
+                task.close_sent = ev.start if task.close_sent is None else task.close_sent
+                by_offset[ev.offset] = task
+            task.killed |= isinstance(ev, cmd.RemoteTaskKill) or ev.kill
+        elif isinstance(ev, cmd.Answer):
+            _apply_answer(by_offset.get(ev.command_offset), ev)
+        elif isinstance(ev, DecodeError):
+            for task in tasks[-1:]:
+                task.decode_errors += 1
+    return tasks
+
+
+def _new_task(ch: Channel) -> Task:
+    conn = ch.conn
+    return Task(
+        controller=conn.client.ip,
+        remote=str(conn.server),
+        cmd_conn=conn.id,
+        cmd_port=conn.client.port,
+        cmd_syn=conn.syn,
+        cmd_established=conn.established,
+        cmd=ch,
+    )
+
+
+def _task_for_process(tasks: Sequence[Task], process_id: str | None) -> Task | None:
+    for task in reversed(tasks):
+        if process_id is None or task.process_id in (None, process_id):
+            return task
+    return None
+
+
+def _partial_from_command(ch: Channel, tasks: list[Task]) -> Task:
+    """Close/kill of a task whose start was not captured (DESIGN "Cases at the edges")."""
+    task = _new_task(ch)
+    tasks.append(task)
+    return task
+
+
+def _apply_answer(task: Task | None, ev: cmd.Answer) -> None:
+    if task is None:
+        return
+    if isinstance(ev, cmd.ErrorAnswer):
+        task.errors.append((ev.end, _error_text(ev.code, ev.text)))
+    if ev.command == "remote_scheduler.start_remote_task":
+        task.start_answered = ev.end
+        task.start_failed = isinstance(ev, cmd.ErrorAnswer)
+        if isinstance(ev, cmd.ProcessAnswer):
+            task.process_id, task.pid = ev.process_id, ev.pid
+    elif ev.command == "remote_scheduler.remote_task.close":
+        task.close_answered = ev.end
+
+
+def _error_text(code: str | None, text: str | None) -> str:
+    return " ".join(part for part in (code, text) if part)
+
+
+# --- matching callbacks -------------------------------------------------------------------
+
+
+def _set_windows(tasks: list[Task]) -> None:
+    """A callback for a start at t must come in [t, t + 60 s], before the command connection
+    ends, and before a later start announces the same controller port (port reuse, §7.2)."""
+    by_target: dict[tuple[str | None, int | None], list[Task]] = defaultdict(list)
+    for task in tasks:
+        if task.start_seen and not task.start_failed:
+            by_target[(task.expected_ip, task.callback_port)].append(task)
+    for same_port in by_target.values():
+        same_port.sort(key=lambda t: t.start_sent)
+        for task, later in zip(same_port, [*same_port[1:], None], strict=True):
+            ends = [task.start_sent + CALLBACK_TIMEOUT_US]
+            ends += [c for c in (task.cmd.conn.closed,) if c is not None]
+            ends += [later.start_sent] if later is not None else []
+            task.window_end = min(ends)
+
+
+def _candidate_time(ch: Channel) -> int:
+    return ch.conn.syn if ch.conn.syn is not None else ch.conn.first_ts
+
+
+def _callback_target(ch: Channel) -> Endpoint:
+    return ch.controller if ch.controller is not None else ch.conn.server
+
+
+def _match_callbacks(tasks: list[Task], channels: list[Channel]) -> list[Channel]:
+    """Greedy in start order: each task takes the earliest free SYN in its window; a task
+    with none at its controller IP takes one to its port from its remote's IP (NAT)."""
+    candidates = [ch for ch in channels if ch.kind == "api" or (ch.kind == "" and _no_data(ch))]
+    by_port: dict[int, list[tuple[int, int, Channel]]] = defaultdict(list)
+    for i, ch in enumerate(candidates):
+        by_port[_callback_target(ch).port].append((_candidate_time(ch), i, ch))
+    for entries in by_port.values():
+        entries.sort(key=lambda e: (e[0], e[1]))
+    taken: set[int] = set()
+    waiting = sorted(
+        (t for t in tasks if t.window_end is not None), key=lambda t: (t.start_sent, t.cmd_port)
+    )
+    for exact in (True, False):
+        for task in waiting:
+            if task.callback is None:
+                _take(task, by_port.get(task.callback_port, []), taken, exact)
+    return [ch for i, ch in enumerate(candidates) if i not in taken and ch.kind == "api"]
+
+
+def _no_data(ch: Channel) -> bool:
+    return ch.conn.bytes_c2s == 0 and ch.conn.bytes_s2c == 0 and ch.conn.syn is not None
+
+
+def _take(task: Task, entries: list, taken: set[int], exact: bool) -> None:
+    lo = bisect.bisect_left(entries, (task.start_sent, -1))
+    eligible = []
+    for when, i, ch in entries[lo:]:
+        if when > task.window_end:
+            break
+        if i in taken:
+            continue
+        target = _callback_target(ch)
+        remote_ip = task.remote.rsplit(":", 1)[0].strip("[]")
+        if (exact and target.ip == task.expected_ip) or (not exact and _source(ch).ip == remote_ip):
+            eligible.append((i, ch))
+    if not eligible:
+        return
+    i, ch = eligible[0]
+    taken.add(i)
+    task.callback = ch
+    if len(eligible) > 1:
+        others = ", ".join(c.conn.id for _, c in eligible[1:])
+        task.note_list.append(f"earliest of {len(eligible)} candidate callbacks (also {others})")
+    if not exact:
+        target = _callback_target(ch)
+        task.note_list.append(
+            f"callback to {target} instead of {task.expected_ip}: address translation"
+        )
+
+
+# --- callback channel ---------------------------------------------------------------------
+
+
+def _partial_from_callback(ch: Channel) -> Task:
+    target = _callback_target(ch)
+    return Task(controller=target.ip, callback_port=target.port, callback=ch)
+
+
+def _source(ch: Channel) -> Endpoint:
+    return ch.remote if ch.remote is not None else ch.conn.client
+
+
+def _fill_from_callback(task: Task, ch: Channel) -> None:
+    conn = ch.conn
+    source = _source(ch)
+    task.callback_conn = conn.id
+    task.callback_src_port = source.port
+    task.callback_syn = conn.syn
+    task.callback_established = conn.established
+    task.callback_closed = conn.closed
+    if task.remote is not None and source.ip != task.remote.rsplit(":", 1)[0].strip("[]"):
+        task.note_list.append(f"callback from {source.ip}, not the remote's address")
+    if ch.kind != "api":
+        return
+    task.steps = task.log_lines = 0
+    for ev in ch.events:
+        _apply_api_event(task, ev)
+
+
+def _apply_api_event(task: Task, ev: Event) -> None:
+    if isinstance(ev, api.Construct):
+        task.job, task.task_id = ev.job, ev.task_id
+    elif isinstance(ev, api.LifecycleCall):
+        if ev.name == "begin" and task.begin_sent is None:
+            task.begin_sent = ev.start
+        elif ev.name == "step":
+            task.steps += 1
+    elif isinstance(ev, api.BeginAnswered):
+        task.begin_answered = task.begin_answered or ev.end
+    elif isinstance(ev, api.ReleaseAnswered):
+        task.release_answered = task.release_answered or ev.end
+    elif isinstance(ev, api.StepAnswered) and ev.exit_code is not None:
+        task.exit_code, task.signal = ev.exit_code, ev.signal
+    elif isinstance(ev, api.ExitCodePut):
+        task.exit_code = ev.exit_code
+    elif isinstance(ev, api.LogLine):
+        task.log_lines += 1
+    elif isinstance(ev, api.ApiError):
+        task.errors.append((ev.end, _error_text(ev.code, ev.text)))
+    elif isinstance(ev, DecodeError):
+        task.decode_errors += 1
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+def _finish(task: Task, capture_end: int | None) -> None:
+    if task.errors:
+        task.error = min(task.errors, key=lambda e: e[0])[1]
+    task.status = _status(task, capture_end)
+    task.notes = "; ".join(task.note_list)
+
+
+def _status(task: Task, capture_end: int | None) -> str:
+    """DESIGN "Status": the first rule that applies."""
+    cb = task.callback.conn if task.callback is not None else None
+    if task.start_failed:
+        return "start-failed"
+    if cb is not None and cb.refused is not None:
+        return "callback-refused"
+    if cb is not None and cb.synack is None and cb.syn is not None:
+        if cb.syn_count > 1 or not _may_still_come(cb.syn, capture_end):
+            return "callback-unanswered"
+        return "running"
+    if task.start_seen and cb is None and _callback_overdue(task, capture_end):
+        return "callback-missing"
+    if task.killed:
+        return "killed"
+    if _aborted(task, cb):
+        return "aborted"
+    if not task.start_seen:
+        return "partial"
+    if task.close_answered is not None:
+        return "completed"
+    return "running"
+
+
+def _may_still_come(since: int, capture_end: int | None) -> bool:
+    return capture_end is None or capture_end < since + CALLBACK_TIMEOUT_US
+
+
+def _callback_overdue(task: Task, capture_end: int | None) -> bool:
+    cmd_closed = task.cmd is not None and task.cmd.conn.closed is not None
+    return cmd_closed or not _may_still_come(task.start_sent, capture_end)
+
+
+def _aborted(task: Task, cb: Connection | None) -> bool:
+    """A connection ended before the answer that ends it normally (DESIGN Status 6)."""
+    cmd_conn = task.cmd.conn if task.cmd is not None else None
+    return _ended_before(cb, task.release_answered) or _ended_before(cmd_conn, task.close_answered)
+
+
+def _ended_before(conn: Connection | None, normal_end: int | None) -> bool:
+    if conn is None or conn.closed is None:
+        return False
+    return normal_end is None or conn.closed < normal_end
+
+
+def _sort_key(task: Task) -> tuple[int, str]:
+    known = [getattr(task, c) for c in TIME_COLUMNS if getattr(task, c) is not None]
+    first = min(known) if known else 0
+    return (first, task.cmd_conn or task.callback_conn or "")

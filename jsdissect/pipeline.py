@@ -1,0 +1,282 @@
+"""Run the stages in order: capture → tcp → protocol decoders → correlate.
+
+This module wires the stages together and decides which connection carries which channel;
+it holds no protocol knowledge of its own beyond the recognition rules of PROTOCOL §12.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jsdissect.capture import CaptureStats, Engine, read_segments
+from jsdissect.correlate import Channel, Task, correlate
+from jsdissect.protocol import Event
+from jsdissect.protocol import command as cmd
+from jsdissect.protocol import objserver as api
+from jsdissect.tcp import CLIENT_TO_SERVER, Connection, Endpoint, Reassembler
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DEFAULT_SCHEDULER_PORTS = (4444, 4455)
+# The controller counts callback ports down from 59999 (PROTOCOL §2): one read with this
+# range catches nearly every callback; a start announcing a port outside it costs one more.
+CALLBACK_RANGE = (59000, 59999)
+
+# PROTOCOL §12: how each channel begins.
+CMD_PREFIXES = (b"<?xml", b"<remote_scheduler.")
+CREATE_INSTANCE_HEAD = b"\x00\x00\x00\x3bS" + bytes(8) + b"C"
+API_CLASSES = b"SOKAE"
+OBJECT_COMMANDS = b"RQGIA"
+CLASSIFY_BYTES = 18  # enough to tell every prefix above apart
+MAX_UNCLASSIFIED_BYTES = 65536  # one side talks alone this long: not this protocol
+
+# BPF payload tests (PROTOCOL §12), so heuristic detection stays in C.
+_TCP_PAYLOAD4 = "tcp[((tcp[12:1] & 0xf0) >> 2):4]"
+_TCP_PAYLOAD6 = "ip6[(40 + ((ip6[52:1] & 0xf0) >> 2)):4]"
+_PAYLOAD_WORDS = (0x3C3F786D, 0x3C72656D, 0x0000003B)  # "<?xm", "<rem", CreateInstance length
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    scheduler_ports: tuple[int, ...] = DEFAULT_SCHEDULER_PORTS
+    engine: Engine = "auto"
+    heuristics: bool = True  # recognise the command channel on any port (§12)
+    all_tcp: bool = False  # read every TCP segment (the `connections` command)
+
+
+@dataclass(slots=True)
+class Analysis:
+    """What one run found; DataFrames are built on first use."""
+
+    paths: tuple[str, ...]
+    channels: list[Channel]
+    task_records: list[Task]
+    stats: CaptureStats
+    capture_end: int | None
+    extra: dict = field(default_factory=dict)
+
+    @cached_property
+    def tasks(self) -> pd.DataFrame:
+        from jsdissect import report
+
+        return report.tasks_frame(self.task_records)
+
+    @cached_property
+    def connections(self) -> pd.DataFrame:
+        from jsdissect import report
+
+        return report.connections_frame(self.channels)
+
+    @cached_property
+    def messages(self) -> pd.DataFrame:
+        from jsdissect import report
+
+        return report.messages_frame(self.channels, self.task_records)
+
+    @property
+    def decode_errors(self) -> int:
+        from jsdissect.protocol import DecodeError
+
+        return sum(isinstance(e, DecodeError) for ch in self.channels for e in ch.events)
+
+
+def analyze(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    scheduler_ports: Sequence[int] = DEFAULT_SCHEDULER_PORTS,
+    engine: Engine = "auto",
+    heuristics: bool = True,
+    all_tcp: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Analysis:
+    """Analyze capture files as one timeline. Raises capture.CaptureError for unusable input."""
+    opts = Options(tuple(scheduler_ports), engine, heuristics, all_tcp)
+    names = tuple(str(Path(p)) for p in paths)
+    extra_ports: set[int] = set()
+    while True:
+        result = _run(names, opts, extra_ports, progress)
+        missing = _ports_outside_filter(result.channels, opts, extra_ports)
+        if not missing or opts.all_tcp:
+            return result
+        extra_ports |= missing
+
+
+def _run(
+    paths: tuple[str, ...],
+    opts: Options,
+    extra_ports: set[int],
+    progress: Callable[[int], None] | None,
+) -> Analysis:
+    stats = CaptureStats()
+    dispatcher = _Dispatcher(opts)
+    reassembler = Reassembler(dispatcher)
+    last_ts = None
+    bpf = "tcp" if opts.all_tcp else capture_filter(opts, extra_ports)
+    for n, seg in enumerate(read_segments(paths, bpf=bpf, engine=opts.engine, stats=stats)):
+        reassembler.add(seg)
+        last_ts = seg.ts
+        if progress is not None and n % 4096 == 0:
+            progress(n)
+    reassembler.finish()
+    tasks = correlate(dispatcher.channels, last_ts)
+    return Analysis(paths, dispatcher.channels, tasks, stats, last_ts)
+
+
+def capture_filter(opts: Options, extra_ports: set[int] = frozenset()) -> str:
+    """One BPF filter for the command ports, the callback range, extra ports learned in an
+    earlier pass, and (heuristics) first payloads that begin like this protocol."""
+    ports = sorted(set(opts.scheduler_ports) | set(extra_ports))
+    terms = [f"port {p}" for p in ports]
+    terms.append(f"portrange {CALLBACK_RANGE[0]}-{CALLBACK_RANGE[1]}")
+    if opts.heuristics:
+        terms += [f"(ip and {_TCP_PAYLOAD4} = {w:#010x})" for w in _PAYLOAD_WORDS]
+        terms += [f"(ip6 and ip6[6] = 6 and {_TCP_PAYLOAD6} = {w:#010x})" for w in _PAYLOAD_WORDS]
+    return "tcp and (" + " or ".join(terms) + ")"
+
+
+def _ports_outside_filter(channels: list[Channel], opts: Options, extra: set[int]) -> set[int]:
+    """Ports a second read must add: command channels found by payload on other ports, and
+    callback ports announced outside the range."""
+    lo, hi = CALLBACK_RANGE
+    known = set(opts.scheduler_ports) | extra
+    wanted: set[int] = set()
+    for ch in channels:
+        if ch.kind == "cmd":
+            wanted.add(ch.conn.server.port)
+            wanted |= {
+                e.tcp_port
+                for e in ch.events
+                if isinstance(e, cmd.StartRemoteTask) and e.tcp_port is not None
+            }
+    return {p for p in wanted if p not in known and not lo <= p <= hi}
+
+
+# --- classification and decoding ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _ConnState:
+    client: Endpoint
+    server: Endpoint
+    kind: str | None = None  # None: not decided yet; "cmd", "api", "" (other)
+    decoder: cmd.CommandDecoder | api.ObjServerDecoder | None = None
+    pending: list[tuple[int, int, bytes, int]] = field(default_factory=list)
+    pending_bytes: int = 0
+    head: list[bytes] = field(default_factory=lambda: [b"", b""])
+    events: list[Event] = field(default_factory=list)
+
+
+class _Dispatcher:
+    """The tcp sink: recognises each connection's channel and feeds its decoder."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.scheduler_ports = set(opts.scheduler_ports)
+        self.expected: set[tuple[str, int]] = set()  # callback endpoints announced so far
+        self.open: dict[str, _ConnState] = {}
+        self.channels: list[Channel] = []
+
+    def on_open(self, conn_id: str, client: Endpoint, server: Endpoint, ts: int) -> None:
+        state = _ConnState(client, server)
+        if server.port in self.scheduler_ports:
+            self._decide(conn_id, state, "cmd")
+        elif (server.ip, server.port) in self.expected:
+            self._decide(conn_id, state, "api")
+        self.open[conn_id] = state
+
+    def on_data(self, conn_id: str, direction: int, offset: int, data: bytes, ts: int) -> None:
+        state = self.open[conn_id]
+        if state.kind is None:
+            state.pending.append((direction, offset, data, ts))
+            state.pending_bytes += len(data)
+            state.head[direction] = (state.head[direction] + data)[:CLASSIFY_BYTES]
+            give_up = state.pending_bytes > MAX_UNCLASSIFIED_BYTES
+            kind = _classify(state.head, self.opts.heuristics, final=give_up)
+            if kind is not None:
+                self._decide(conn_id, state, kind)
+            return
+        if state.decoder is not None:
+            self._collect(state, state.decoder.feed(direction, offset, data, ts))
+
+    def on_gap(self, conn_id: str, direction: int, offset: int, size: int, ts: int) -> None:
+        state = self.open[conn_id]
+        if state.kind is None:
+            state.pending.append((direction, offset, b"", ts))
+            self._decide(conn_id, state, _classify(state.head, self.opts.heuristics, True) or "")
+        if state.decoder is not None:
+            self._collect(state, state.decoder.gap(direction, offset, size, ts))
+
+    def on_close(self, conn: Connection) -> None:
+        state = self.open.pop(conn.id)
+        if state.kind is None:
+            self._decide(conn.id, state, _classify(state.head, self.opts.heuristics, True) or "")
+        if state.decoder is not None:
+            self._collect(state, state.decoder.close())
+        controller = remote = None
+        if state.kind == "api":
+            controller, remote = _api_roles(conn, state.events)
+        self.channels.append(
+            Channel(conn, state.kind or "", tuple(state.events), controller, remote)
+        )
+
+    def _decide(self, conn_id: str, state: _ConnState, kind: str) -> None:
+        state.kind = kind
+        if kind == "cmd":
+            state.decoder = cmd.CommandDecoder(conn_id)
+        elif kind == "api":
+            state.decoder = api.ObjServerDecoder(conn_id, None)
+        pending, state.pending = state.pending, []
+        if state.decoder is None:
+            return
+        for direction, offset, data, ts in pending:
+            if data:
+                self._collect(state, state.decoder.feed(direction, offset, data, ts))
+
+    def _collect(self, state: _ConnState, events: list[Event]) -> None:
+        state.events.extend(events)
+        for ev in events:
+            if isinstance(ev, cmd.StartRemoteTask) and ev.tcp_port is not None:
+                self.expected.add((ev.ip_address or state.client.ip, ev.tcp_port))
+
+
+def _classify(head: list[bytes], heuristics: bool, final: bool = False) -> str | None:
+    """PROTOCOL §12 recognition on the first bytes of each direction; None: need more."""
+    if any(data.startswith(CREATE_INSTANCE_HEAD) for data in head):
+        return "api"
+    if heuristics:
+        if head[CLIENT_TO_SERVER].lstrip(b" \x00").startswith(CMD_PREFIXES):
+            return "cmd"
+        if any(len(data) >= 14 and _looks_like_api_frame(data) for data in head):
+            return "api"
+    if final or all(len(data) >= CLASSIFY_BYTES for data in head):
+        return ""
+    return None
+
+
+def _looks_like_api_frame(data: bytes) -> bool:
+    """§12 mid-stream heuristic: a sane length and a known message class (and command)."""
+    length = int.from_bytes(data[:4], "big")
+    if not 0 < length < 1 << 30 or data[4] not in API_CLASSES:
+        return False
+    if data[4] == ord("O"):
+        return data[13] in OBJECT_COMMANDS
+    if data[4] == ord("K"):
+        return length == 1
+    return True
+
+
+def _api_roles(conn: Connection, events: list[Event]) -> tuple[Endpoint, Endpoint]:
+    """The controller is the side that sends the controller's requests (§5.2)."""
+    for ev in events:
+        if isinstance(ev, api.Request):
+            sender_is_client = ev.direction == CLIENT_TO_SERVER
+            if (ev.sender == api.CONTROLLER) == sender_is_client:
+                return conn.client, conn.server
+            return conn.server, conn.client
+    return conn.server, conn.client

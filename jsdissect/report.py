@@ -1,0 +1,424 @@
+"""Records → tables: the task, connection and message DataFrames, and their writers.
+
+Output formats follow DESIGN "The task table contract" exactly: times as
+`2026-03-02T09:15:02.000400Z`, durations in ms rounded to 3 decimals, whole numbers as
+integers, missing values empty in CSV and null in JSON. pandas' own writers differ on each
+point, so cells are formatted here, once, for both CSV and JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+from jsdissect.correlate import Channel, Task
+from jsdissect.protocol import DecodeError, Event
+from jsdissect.protocol import command as cmd
+from jsdissect.protocol import objserver as api
+from jsdissect.tcp import CLIENT_TO_SERVER, Connection
+
+TIME, DURATION, INTEGER, TEXT = "time", "duration", "integer", "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: str
+
+
+def _cols(spec: str, type_: str) -> list[Column]:
+    return [Column(name, type_) for name in spec.split()]
+
+
+# DESIGN "The task table contract": names and order are a contract.
+TASK_COLUMNS: tuple[Column, ...] = (
+    *_cols("process_id", TEXT),
+    *_cols("pid", INTEGER),
+    *_cols("job", TEXT),
+    *_cols("task_id", INTEGER),
+    *_cols("kind controller remote cmd_conn callback_conn", TEXT),
+    *_cols("cmd_port callback_port callback_src_port", INTEGER),
+    *_cols(
+        "cmd_syn cmd_established start_sent start_answered callback_syn callback_established"
+        " begin_sent begin_answered release_answered callback_closed close_sent close_answered",
+        TIME,
+    ),
+    *_cols("connect_ms spawn_ms callback_delay_ms startup_ms run_ms close_ms total_ms", DURATION),
+    *_cols("steps exit_code signal", INTEGER),
+    *_cols("status error", TEXT),
+    *_cols("log_lines", INTEGER),
+    *_cols("notes", TEXT),
+)
+
+# duration column → (from, to), DESIGN "Exact times"
+DURATIONS = {
+    "connect_ms": ("cmd_syn", "cmd_established"),
+    "spawn_ms": ("start_sent", "start_answered"),
+    "callback_delay_ms": ("start_sent", "callback_syn"),
+    "startup_ms": ("start_sent", "begin_answered"),
+    "run_ms": ("begin_answered", "release_answered"),
+    "close_ms": ("close_sent", "close_answered"),
+}
+
+CONNECTION_COLUMNS: tuple[Column, ...] = (
+    *_cols("id client server channel state", TEXT),
+    *_cols("first_packet syn established closed last_packet", TIME),
+    *_cols("duration_ms", DURATION),
+    *_cols("bytes_c2s bytes_s2c packets syn_count retransmissions gaps gap_bytes", INTEGER),
+)
+
+MESSAGE_COLUMNS: tuple[Column, ...] = (
+    *_cols("time", TIME),
+    *_cols("end", TIME),
+    *_cols("conn channel direction sender type", TEXT),
+    *_cols("offset", INTEGER),
+    *_cols("process_id summary", TEXT),
+)
+
+STATUSES = [
+    "start-failed",
+    "callback-refused",
+    "callback-unanswered",
+    "callback-missing",
+    "killed",
+    "aborted",
+    "partial",
+    "completed",
+    "running",
+]
+
+
+# --- task rows --------------------------------------------------------------------------
+
+
+def _ms(a: int | None, b: int | None) -> float | None:
+    return None if a is None or b is None else round((b - a) / 1000, 3)
+
+
+def task_row(task: Task) -> dict[str, Any]:
+    """One task as plain values (times in µs) keyed by column name."""
+    row = {c.name: getattr(task, c.name, None) for c in TASK_COLUMNS}
+    for name, (a, b) in DURATIONS.items():
+        row[name] = _ms(row[a], row[b])
+    row["total_ms"] = _total_ms(row)
+    row["notes"] = row["notes"] or None
+    return row
+
+
+def _total_ms(row: dict[str, Any]) -> float | None:
+    if row["cmd_syn"] is not None and row["close_answered"] is not None:
+        return _ms(row["cmd_syn"], row["close_answered"])
+    known = [row[c.name] for c in TASK_COLUMNS if c.type == TIME and row[c.name] is not None]
+    return _ms(min(known), max(known)) if known else None
+
+
+def connection_row(ch: Channel) -> dict[str, Any]:
+    c: Connection = ch.conn
+    return {
+        "id": c.id,
+        "client": str(c.client),
+        "server": str(c.server),
+        "channel": ch.kind or None,
+        "state": c.state,
+        "first_packet": c.first_ts,
+        "syn": c.syn,
+        "established": c.established,
+        "closed": c.closed,
+        "last_packet": c.last_ts,
+        "duration_ms": _ms(c.first_ts, c.last_ts),
+        "bytes_c2s": c.bytes_c2s,
+        "bytes_s2c": c.bytes_s2c,
+        "packets": c.packets,
+        "syn_count": c.syn_count,
+        "retransmissions": c.retransmissions,
+        "gaps": c.gaps,
+        "gap_bytes": c.gap_bytes,
+    }
+
+
+# --- DataFrames ------------------------------------------------------------------------------
+
+
+def frame(rows: Iterable[dict[str, Any]], columns: Sequence[Column]) -> pd.DataFrame:
+    """Typed DataFrame: UTC Timestamps (µs), nullable Int64, float ms, strings."""
+    rows = list(rows)
+    data = {}
+    for col in columns:
+        values = [r.get(col.name) for r in rows]
+        if col.type == TIME:
+            data[col.name] = pd.to_datetime(
+                pd.array(values, dtype="Int64"), unit="us", utc=True
+            ).as_unit("us")
+        elif col.type == INTEGER:
+            data[col.name] = pd.array(values, dtype="Int64")
+        elif col.type == DURATION:
+            data[col.name] = pd.array(
+                [math.nan if v is None else v for v in values], dtype="float64"
+            )
+        else:
+            data[col.name] = pd.array(values, dtype="string")
+    return pd.DataFrame(data, columns=[c.name for c in columns])
+
+
+def tasks_frame(tasks: Sequence[Task]) -> pd.DataFrame:
+    return frame((task_row(t) for t in tasks), TASK_COLUMNS)
+
+
+def connections_frame(channels: Sequence[Channel]) -> pd.DataFrame:
+    ordered = sorted(channels, key=lambda ch: (ch.conn.first_ts, ch.conn.id))
+    return frame((connection_row(ch) for ch in ordered), CONNECTION_COLUMNS)
+
+
+def messages_frame(channels: Sequence[Channel], tasks: Sequence[Task]) -> pd.DataFrame:
+    return frame(message_rows(channels, tasks), MESSAGE_COLUMNS)
+
+
+def message_rows(channels: Sequence[Channel], tasks: Sequence[Task]) -> list[dict[str, Any]]:
+    """One row per decoded message of every channel, in time order."""
+    process_of = {}
+    for t in tasks:
+        for conn in (t.cmd_conn, t.callback_conn):
+            if conn is not None and t.process_id is not None:
+                process_of[conn] = t.process_id
+    rows = []
+    for ch in channels:
+        for ev in ch.events:
+            rows.append(message_row(ch, ev, process_of.get(ch.conn.id)))
+    rows.sort(key=lambda r: (r["time"], r["conn"], r["offset"]))
+    return rows
+
+
+def message_row(ch: Channel, ev: Event, process_id: str | None) -> dict[str, Any]:
+    conn = ch.conn
+    src, dst = (
+        (conn.client, conn.server)
+        if ev.direction == CLIENT_TO_SERVER
+        else (conn.server, conn.client)
+    )
+    return {
+        "time": ev.start,
+        "end": ev.end,
+        "conn": conn.id,
+        "channel": ch.kind,
+        "direction": f"{src} → {dst}",
+        "sender": getattr(ev, "sender", None) or _cmd_sender(ev),
+        "type": type(ev).__name__,
+        "offset": ev.offset,
+        "process_id": process_id,
+        "summary": describe(ev),
+    }
+
+
+def _cmd_sender(ev: Event) -> str | None:
+    if isinstance(ev, cmd.Answer):
+        return "R"
+    if isinstance(ev, (cmd.StartRemoteTask, cmd.RemoteTaskClose, cmd.RemoteTaskKill)):
+        return "C"
+    return None
+
+
+# --- readable one-line summaries (the `messages` command) ------------------------------------
+
+
+def describe(ev: Event) -> str:
+    """A readable summary of one event, as a person reading a trace wants it."""
+    if isinstance(ev, cmd.StartRemoteTask):
+        attrs = _attrs(
+            tcp_port=ev.tcp_port,
+            kind=ev.kind,
+            java_options=ev.java_options,
+            java_classpath=ev.java_classpath,
+            ip_address=ev.ip_address,
+        )
+        return f"<remote_scheduler.start_remote_task {attrs}>"
+    if isinstance(ev, cmd.RemoteTaskClose):
+        kill = " kill=yes" if ev.kill else ""
+        return f"<remote_scheduler.remote_task.close process_id={ev.process_id}{kill}>"
+    if isinstance(ev, cmd.RemoteTaskKill):
+        return f"<remote_scheduler.remote_task.kill process_id={ev.process_id} signal={ev.signal}>"
+    if isinstance(ev, cmd.KeepAlive):
+        return f"keep-alive: {ev.count} space(s)"
+    if isinstance(ev, cmd.ErrorAnswer):
+        return f"answer ERROR {ev.code} {ev.text or ''}".rstrip()
+    if isinstance(ev, cmd.ProcessAnswer):
+        return f"answer <process {_attrs(process_id=ev.process_id, pid=ev.pid)}>"
+    if isinstance(ev, cmd.Ok):
+        return "answer <ok/>"
+    if isinstance(ev, cmd.OtherAnswer):
+        return f"answer <{ev.name} {_attrs(**dict(ev.attrs))}>".replace(" >", ">")
+    if isinstance(ev, cmd.OtherCommand):
+        return f"<{ev.name} {_attrs(**dict(ev.attrs))}>".replace(" >", ">")
+    if isinstance(ev, api.Request):
+        return _describe_request(ev)
+    if isinstance(ev, api.Reply):
+        return _describe_reply(ev)
+    if isinstance(ev, DecodeError):
+        return f"decode error ({ev.channel}): {ev.reason}"
+    fields = {k: getattr(ev, k) for k in getattr(ev, "__dataclass_fields__", {})}
+    for common in ("conn", "direction", "offset", "start", "end"):
+        fields.pop(common, None)
+    return f"{type(ev).__name__}({_attrs(**fields)})"
+
+
+def _attrs(**values: Any) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items() if v not in (None, "", ()))
+
+
+def _describe_request(ev: api.Request) -> str:
+    target = ev.object_name or (f"{ev.object_id:016x}" if ev.object_id else "")
+    if ev.command in ("CreateInstance", "KeepAlive"):
+        return ev.command
+    if ev.command == "Release":
+        return f"release {target}"
+    name = ev.method or (f"dispid {ev.dispid}" if ev.dispid is not None else ev.command)
+    args = ", ".join(_value(a) for a in ev.args)
+    verb = "call" if ev.command == "Call" else ev.command.lower()
+    return f"{verb} {target}.{name}({args})"
+
+
+def _describe_reply(ev: api.Reply) -> str:
+    req = ev.request
+    what = (req.method or req.command) if req is not None else "?"
+    if ev.error_code is not None or ev.error_what is not None:
+        return f"→ {what}: E {ev.error_code or ''} {ev.error_what or ''}".rstrip()
+    if ev.hr is not None and ev.hr & 0x80000000:
+        return f"→ {what}: failed hr {ev.hr & 0xFFFFFFFF:08X}"
+    return f"→ {what}: {_value(ev.result)}"
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "empty"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+# --- cell formatting and writers ---------------------------------------------------------
+
+
+def format_time(us: int) -> str:
+    secs, frac = divmod(us, 1_000_000)
+    stamp = datetime.fromtimestamp(secs, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{frac:06d}Z"
+
+
+def cell(value: Any, type_: str) -> Any:
+    """A value as it goes out in CSV/JSON; None stays None (empty/null)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if type_ == TIME:
+        return format_time(int(value))
+    if type_ == INTEGER:
+        return int(value)
+    if type_ == DURATION:
+        return round(float(value), 3)
+    return str(value)
+
+
+def export_rows(rows: Iterable[dict[str, Any]], columns: Sequence[Column]) -> Iterator[dict]:
+    for row in rows:
+        yield {c.name: cell(row.get(c.name), c.type) for c in columns}
+
+
+def write_csv(rows: Iterable[dict[str, Any]], columns: Sequence[Column], out: IO[str]) -> None:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([c.name for c in columns])
+    for row in export_rows(rows, columns):
+        writer.writerow(["" if v is None else v for v in row.values()])
+
+
+def write_json(rows: Iterable[dict[str, Any]], columns: Sequence[Column], out: IO[str]) -> None:
+    json.dump(list(export_rows(rows, columns)), out, ensure_ascii=False, indent=1)
+    out.write("\n")
+
+
+def write_output(path: str, render: callable) -> None:
+    """Write `render(stream)` to `path` ('-' = stdout) through a temporary file and a
+    rename, so a failure never leaves a half-written file behind."""
+    if path == "-":
+        import sys
+
+        render(sys.stdout)
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            render(out)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_text(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
+    """A plain aligned table for the terminal: numbers right-aligned, blanks for missing."""
+    cells = [[_display(r.get(c.name), c.type) for c in columns] for r in rows]
+    widths = [max([len(c.name)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    right = [c.type in (INTEGER, DURATION) for c in columns]
+
+    def line(values: Sequence[str]) -> str:
+        layout = zip(values, widths, right, strict=True)
+        parts = [v.rjust(w) if r else v.ljust(w) for v, w, r in layout]
+        return "  ".join(parts).rstrip()
+
+    out = io.StringIO()
+    out.write(line([c.name for c in columns]) + "\n")
+    for row in cells:
+        out.write(line(row) + "\n")
+    return out.getvalue()
+
+
+def _display(value: Any, type_: str) -> str:
+    value = cell(value, type_)
+    if value is None:
+        return ""
+    if type_ == TIME:
+        return value[11:-1]  # the time of day; dates are in CSV/JSON
+    if type_ == DURATION:
+        return f"{value:.3f}"
+    return str(value)
+
+
+def message_line(row: dict[str, Any]) -> str:
+    """The terminal form of one message row."""
+    when = format_time(row["time"])[11:-1]
+    return f"{when}  {row['conn']}  {row['channel']:<3}  {row['direction']}  {row['summary']}"
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def task_summary(rows: Sequence[dict[str, Any]], decode_errors: int = 0) -> str:
+    """The summary line under the task table."""
+    statuses = [r["status"] for r in rows]
+    completed = statuses.count("completed")
+    failed = sum(s not in ("completed", "running", "partial") for s in statuses)
+    parts = [f"{len(rows)} task(s): {completed} completed, {failed} failed"]
+    for column in ("startup_ms", "run_ms"):
+        values = [r[column] for r in rows if r[column] is not None]
+        if values:
+            median = sorted(values)[(len(values) - 1) // 2]
+            parts.append(f"{column} median {median:.3f} p95 {_percentile(values, 0.95):.3f}")
+    if decode_errors:
+        parts.append(f"{decode_errors} decode error(s): see 'jsdissect messages --errors'")
+    return "; ".join(parts)
