@@ -1,0 +1,599 @@
+"""Reassemble TCP segments into connections: two ordered, timed byte streams each.
+
+Streaming: in-order bytes are handed to a sink as soon as they are contiguous, each piece
+with the capture time of the segment that first delivered it, and a finished connection
+is handed on and forgotten, so memory follows open connections, not the capture size.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from jsdissect.capture import ACK, FIN, RST, SYN, Segment
+
+# Directions within a connection.
+CLIENT_TO_SERVER = 0
+SERVER_TO_CLIENT = 1
+
+
+class Endpoint(NamedTuple):
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """Summary of one TCP connection, handed on when it ends (or when the capture ends)."""
+
+    id: str  # stable id ("C" + 10 base32 chars from first time and 4-tuple), joins tables
+    client: Endpoint  # the SYN sender; without a SYN, a guess (the higher port)
+    server: Endpoint
+    handshake_seen: bool  # False: picked up mid-stream, roles guessed
+    first_ts: int  # first packet, µs
+    last_ts: int  # last packet, µs
+    syn: int | None  # first SYN (retransmissions do not move it)
+    syn_count: int  # SYNs sent by the client (>1: retransmitted)
+    synack: int | None  # first SYN-ACK
+    established: int | None  # client's first packet after the SYN-ACK (DESIGN "Exact times")
+    refused: int | None  # RST answering a SYN
+    client_fin: int | None
+    server_fin: int | None
+    rst: int | None  # first RST (either side)
+    rst_by: int | None  # CLIENT_TO_SERVER / SERVER_TO_CLIENT
+    closed: int | None  # first FIN or RST, either direction
+    first_data: int | None  # first / last packet that brought never-seen stream bytes
+    last_data: int | None
+    bytes_c2s: int  # stream bytes captured, client to server
+    bytes_s2c: int
+    packets: int
+    retransmissions: int  # segments carrying bytes already captured (first copy wins)
+    gaps: int  # holes in either stream
+    gap_bytes: int
+    state: str  # see tcp.STATES
+
+
+# Connection states, tcptrace/Zeek-like but readable.
+STATES = {
+    "syn-unanswered": "SYN seen, never answered",
+    "refused": "SYN answered by RST",
+    "open": "established, not closed when the capture ended",
+    "closed": "closed with FIN",
+    "reset": "ended by RST after it was established",
+    "midstream": "picked up without handshake, not closed",
+}
+
+
+class StreamSink(Protocol):
+    """Receives a connection's life as it happens."""
+
+    def on_open(self, conn_id: str, client: Endpoint, server: Endpoint, ts: int) -> None: ...
+
+    def on_data(self, conn_id: str, direction: int, offset: int, data: bytes, ts: int) -> None:
+        """`data` starts at stream `offset` (0 = first byte after the SYN); `ts` is when
+        these bytes were first captured. Pieces arrive in stream order, without overlap."""
+
+    def on_gap(self, conn_id: str, direction: int, offset: int, size: int, ts: int) -> None:
+        """Bytes [offset, offset+size) were never captured; later bytes keep their offsets."""
+
+    def on_close(self, conn: Connection) -> None: ...
+
+
+# Limits that keep memory bounded whatever the capture holds.
+# Out-of-order bytes kept per direction; past either bound the oldest hole is declared a gap,
+# so a one-sided capture (no ACKs to prove a loss) cannot buffer the whole stream.
+MAX_BUFFER_BYTES = 4 << 20
+MAX_BUFFER_PIECES = 4096
+# Both FINs seen but the last ACK not captured: the connection is over after this long.
+LINGER_US = 2_000_000
+# A closed 4-tuple is remembered this long so that its stray retransmissions (FIN, ACK)
+# do not open a phantom connection; MAX_RECENT caps the table on a very busy host.
+RECENT_US = 60_000_000
+MAX_RECENT = 65_536
+
+_SEQ_MOD = 1 << 32
+_SEQ_HALF = 1 << 31
+
+_Key = tuple[tuple[str, int], tuple[str, int]]
+
+
+def connection_id(first_ts: int, client: Endpoint, server: Endpoint) -> str:
+    """Stable id: depends only on the connection itself, not on the rest of the capture."""
+    digest = hashlib.sha1(f"{first_ts}|{client}|{server}".encode()).digest()
+    return "C" + base64.b32encode(digest).decode("ascii")[:10].lower()
+
+
+class _Half:
+    """One direction of a connection: sequence space, delivered point, out-of-order pieces.
+
+    Invariants: pieces are disjoint, sorted by offset and all start beyond `next`; every
+    offset below `next` was delivered or declared a gap exactly once.
+    """
+
+    __slots__ = (
+        "ack_before_base",
+        "base",
+        "buffered",
+        "bytes",
+        "conn_id",
+        "direction",
+        "ends",
+        "fin",
+        "fin_acked",
+        "first_new",
+        "gap_bytes",
+        "gaps",
+        "known_end",
+        "last_new",
+        "next",
+        "pieces",
+        "retransmissions",
+        "seen",
+        "sink",
+        "starts",
+    )
+
+    def __init__(self, sink: StreamSink, conn_id: str, direction: int) -> None:
+        self.sink = sink
+        self.conn_id = conn_id
+        self.direction = direction
+        self.base: int | None = None  # sequence number of stream offset 0
+        self.ack_before_base: int | None = None  # the peer's latest ACK while base is unknown
+        self.next = 0  # offsets below were delivered or declared missing
+        self.starts: list[int] = []  # buffered pieces beyond `next`, in three lists so
+        self.ends: list[int] = []  # that bisect works on the offsets directly
+        self.pieces: list[tuple[bytes, int]] = []  # (data, ts first captured)
+        self.buffered = 0
+        self.known_end = 0  # highest offset known to exist: captured, cut by snaplen, ACKed
+        self.fin: int | None = None  # offset the FIN occupies
+        self.fin_acked = False
+        self.seen = False
+        self.bytes = 0
+        self.gaps = 0
+        self.gap_bytes = 0
+        self.retransmissions = 0
+        self.first_new: int | None = None
+        self.last_new: int | None = None
+
+    def offset(self, seq: int) -> int:
+        """64-bit stream offset of a 32-bit sequence number: the one nearest `next`."""
+        assert self.base is not None
+        delta = (seq - self.base - self.next) % _SEQ_MOD
+        if delta >= _SEQ_HALF:
+            delta -= _SEQ_MOD
+        return self.next + delta
+
+    def pick_up(self, seq: int) -> None:
+        """Mid-stream: the first segment with data starts the stream, unless the peer has
+        already acknowledged past it (a keep-alive probe, an old retransmission), in which
+        case the acknowledged point does: nothing before it can ever be missing."""
+        if self.ack_before_base is not None:
+            ahead = (self.ack_before_base - seq) % _SEQ_MOD
+            if 0 < ahead < _SEQ_HALF:
+                seq = self.ack_before_base
+        self.base = seq
+
+    def add_data(self, off: int, data: bytes, ts: int) -> None:
+        end = off + len(data)
+        seen_before = off < self.next
+        if end <= self.next:
+            self.retransmissions += 1
+            return
+        if seen_before:
+            data = data[self.next - off :]
+            off = self.next
+        if off == self.next and not self.starts:
+            self._emit(off, data, ts)  # the common case: in order, nothing buffered
+            added = len(data)
+        else:
+            added = self._insert(off, end, data, ts)
+            self._drain()
+            self._bound(ts)
+        if seen_before or added < len(data):
+            self.retransmissions += 1
+        if added:
+            if self.first_new is None:
+                self.first_new = ts
+            self.last_new = ts
+
+    def acked(self, ack_off: int, ts: int) -> None:
+        """The peer received everything below `ack_off`: what the capture missed there is a gap."""
+        if self.fin is not None:
+            if ack_off > self.fin:
+                self.fin_acked = True
+            ack_off = min(ack_off, self.fin)  # the FIN's sequence number is not a byte
+        if ack_off > self.next:
+            self.known_end = max(self.known_end, ack_off)
+            self._fill_to(ack_off, ts)
+
+    def flush(self, ts: int) -> None:
+        """The connection is over: deliver what is buffered, declare every hole left."""
+        end = max(self.known_end, self.ends[-1] if self.ends else 0)
+        if self.fin is not None:
+            end = self.fin  # the stream's last byte is just before the FIN
+        self._fill_to(end, ts)
+
+    def _insert(self, off: int, end: int, data: bytes, ts: int) -> int:
+        """Buffer the parts of [off, end) not buffered yet (first copy wins); return their size."""
+        starts, ends, pieces = self.starts, self.ends, self.pieces
+        lo = bisect_right(ends, off)  # first piece that ends after `off`
+        hi = lo
+        new_starts: list[int] = []
+        new_ends: list[int] = []
+        new_pieces: list[tuple[bytes, int]] = []
+        added = 0
+        pos = off
+        while hi < len(starts) and starts[hi] < end:
+            if starts[hi] > pos:
+                new_starts.append(pos)
+                new_ends.append(starts[hi])
+                new_pieces.append((data[pos - off : starts[hi] - off], ts))
+                added += starts[hi] - pos
+            new_starts.append(starts[hi])
+            new_ends.append(ends[hi])
+            new_pieces.append(pieces[hi])
+            pos = ends[hi]
+            hi += 1
+        if pos < end:
+            new_starts.append(pos)
+            new_ends.append(end)
+            new_pieces.append((data[pos - off :], ts))
+            added += end - pos
+        starts[lo:hi] = new_starts
+        ends[lo:hi] = new_ends
+        pieces[lo:hi] = new_pieces
+        self.buffered += added
+        return added
+
+    def _drain(self) -> None:
+        """Deliver the buffered pieces that have become contiguous."""
+        starts = self.starts
+        count = 0
+        while count < len(starts) and starts[count] == self.next:
+            data, ts = self.pieces[count]
+            self.buffered -= len(data)
+            self._emit(starts[count], data, ts)
+            count += 1
+        if count:
+            del starts[:count], self.ends[:count], self.pieces[:count]
+
+    def _bound(self, ts: int) -> None:
+        while self.buffered > MAX_BUFFER_BYTES or len(self.starts) > MAX_BUFFER_PIECES:
+            self._skip_to(self.starts[0], ts)
+            self._drain()
+
+    def _fill_to(self, limit: int, ts: int) -> None:
+        while self.next < limit:
+            if self.starts and self.starts[0] < limit:
+                self._skip_to(self.starts[0], ts)
+                self._drain()
+            else:
+                self._skip_to(limit, ts)
+
+    def _skip_to(self, offset: int, ts: int) -> None:
+        size = offset - self.next
+        self.sink.on_gap(self.conn_id, self.direction, self.next, size, ts)
+        self.gaps += 1
+        self.gap_bytes += size
+        self.next = offset
+
+    def _emit(self, off: int, data: bytes, ts: int) -> None:
+        self.sink.on_data(self.conn_id, self.direction, off, data, ts)
+        self.next = off + len(data)
+        self.bytes += len(data)
+
+
+class _Conn:
+    """A connection being reassembled: both halves plus the handshake/teardown times."""
+
+    __slots__ = (
+        "client",
+        "client_fin",
+        "closed",
+        "established",
+        "first_ts",
+        "halves",
+        "handshake_seen",
+        "id",
+        "key",
+        "last_ts",
+        "lingering",
+        "packets",
+        "refused",
+        "rst",
+        "rst_by",
+        "serial",
+        "server",
+        "server_fin",
+        "syn",
+        "syn_count",
+        "syn_seq",
+        "synack",
+    )
+
+    def __init__(
+        self,
+        key: _Key,
+        serial: int,
+        client: Endpoint,
+        server: Endpoint,
+        handshake_seen: bool,
+        ts: int,
+        sink: StreamSink,
+    ) -> None:
+        self.key = key
+        self.serial = serial  # tells this connection from a later one on the same 4-tuple
+        self.client = client
+        self.server = server
+        self.handshake_seen = handshake_seen
+        self.first_ts = ts
+        self.last_ts = ts
+        self.id = connection_id(ts, client, server)
+        self.halves = (
+            _Half(sink, self.id, CLIENT_TO_SERVER),
+            _Half(sink, self.id, SERVER_TO_CLIENT),
+        )
+        self.syn: int | None = None
+        self.syn_seq: int | None = None  # the client's SYN, to recognise its retransmissions
+        self.syn_count = 0
+        self.synack: int | None = None
+        self.established: int | None = None
+        self.refused: int | None = None
+        self.client_fin: int | None = None
+        self.server_fin: int | None = None
+        self.rst: int | None = None
+        self.rst_by: int | None = None
+        self.closed: int | None = None
+        self.packets = 0
+        self.lingering = False
+
+    def add(self, seg: Segment, d: int) -> None:
+        half, peer = self.halves[d], self.halves[1 - d]
+        ts, flags = seg.ts, seg.flags
+        first_from_side = not half.seen
+        half.seen = True
+        self.packets += 1
+        self.last_ts = ts
+        if flags & SYN:
+            self._syn(seg, d, half)
+        elif half.base is None and (seg.payload or seg.missing or flags & FIN):
+            # Picked up mid-stream. Pure ACKs do not place the stream: a keep-alive probe
+            # carries the sequence number before the next byte.
+            half.pick_up(seg.seq)
+        if flags & RST:
+            self._rst(d, ts, first_from_side)  # an RST's payload is diagnostic text, not data
+        elif half.base is not None:
+            # A SYN occupies one sequence number before the first byte (Fast Open data).
+            off = half.offset(seg.seq) + (1 if flags & SYN else 0)
+            end = off + len(seg.payload) + seg.missing
+            if end > off:
+                half.known_end = max(half.known_end, end)
+            if seg.payload:
+                half.add_data(off, seg.payload, ts)
+            if flags & FIN:
+                self._fin(d, half, end, ts)
+        if flags & ACK:
+            if peer.base is None:
+                peer.ack_before_base = seg.ack
+            else:
+                self._ack(d, peer, peer.offset(seg.ack), ts)
+
+    def _syn(self, seg: Segment, d: int, half: _Half) -> None:
+        if seg.flags & ACK:
+            if d == SERVER_TO_CLIENT and self.synack is None:
+                self.synack = seg.ts
+        elif d == CLIENT_TO_SERVER:
+            self.syn_count += 1
+            if self.syn is None:
+                self.syn = seg.ts
+                self.syn_seq = seg.seq
+        if half.base is None:
+            half.base = seg.seq + 1
+
+    def _ack(self, d: int, peer: _Half, ack_off: int, ts: int) -> None:
+        # Offset 0 of the server's stream is the SYN-ACK's sequence number + 1.
+        acks_synack = self.synack is not None and ack_off >= 0
+        if d == CLIENT_TO_SERVER and acks_synack and self.established is None:
+            self.established = ts
+        peer.acked(ack_off, ts)
+
+    def _fin(self, d: int, half: _Half, offset: int, ts: int) -> None:
+        if half.fin is None:
+            half.fin = offset
+        if d == CLIENT_TO_SERVER and self.client_fin is None:
+            self.client_fin = ts
+        elif d == SERVER_TO_CLIENT and self.server_fin is None:
+            self.server_fin = ts
+        if self.closed is None:
+            self.closed = ts
+
+    def _rst(self, d: int, ts: int, first_from_side: bool) -> None:
+        if self.rst is None:
+            self.rst = ts
+            self.rst_by = d
+        if self.closed is None:
+            self.closed = ts
+        # The server's only answer to the SYN is a reset: nothing listens on the port.
+        answering_syn = self.syn is not None and self.synack is None and first_from_side
+        if d == SERVER_TO_CLIENT and answering_syn and self.refused is None:
+            self.refused = ts
+
+    def is_retransmitted_syn(self, seg: Segment) -> bool:
+        return self.syn_seq == seg.seq and self.client == (seg.src, seg.sport)
+
+    def reused_by(self, seg: Segment) -> bool:
+        """Is this SYN (not a retransmission of ours) the start of a new connection?"""
+        if self.is_retransmitted_syn(seg):
+            return False
+        # A live TCP would not accept a SYN: this one ended, even if we did not see how.
+        return self.closed is not None or not self.handshake_seen or self.unanswered
+
+    @property
+    def unanswered(self) -> bool:
+        return self.syn is not None and self.packets == self.syn_count  # nothing but SYNs
+
+    @property
+    def over(self) -> bool:
+        client, server = self.halves
+        return self.rst is not None or (client.fin_acked and server.fin_acked)
+
+    @property
+    def both_fins(self) -> bool:
+        return self.halves[0].fin is not None and self.halves[1].fin is not None
+
+    def state(self) -> str:
+        if self.refused is not None:
+            return "refused"
+        if self.unanswered:
+            return "syn-unanswered"
+        if self.rst is not None:
+            return "reset"
+        if self.closed is not None:
+            return "closed"
+        return "open" if self.handshake_seen else "midstream"
+
+    def finish(self) -> Connection:
+        """Flush both streams and summarise."""
+        for half in self.halves:
+            half.flush(self.last_ts)
+        client, server = self.halves
+        news = [t for h in self.halves for t in (h.first_new, h.last_new) if t is not None]
+        established = self.established
+        if established is None:
+            established = self.synack  # DESIGN "Exact times": no client packet captured
+        return Connection(
+            id=self.id,
+            client=self.client,
+            server=self.server,
+            handshake_seen=self.handshake_seen,
+            first_ts=self.first_ts,
+            last_ts=self.last_ts,
+            syn=self.syn,
+            syn_count=self.syn_count,
+            synack=self.synack,
+            established=established,
+            refused=self.refused,
+            client_fin=self.client_fin,
+            server_fin=self.server_fin,
+            rst=self.rst,
+            rst_by=self.rst_by,
+            closed=self.closed,
+            first_data=min(news) if news else None,
+            last_data=max(news) if news else None,
+            bytes_c2s=client.bytes,
+            bytes_s2c=server.bytes,
+            packets=self.packets,
+            retransmissions=client.retransmissions + server.retransmissions,
+            gaps=client.gaps + server.gaps,
+            gap_bytes=client.gap_bytes + server.gap_bytes,
+            state=self.state(),
+        )
+
+
+class _Closed(NamedTuple):
+    serial: int
+    syn_client: Endpoint
+    syn_seq: int | None
+
+
+class Reassembler:
+    """Feed segments in capture order with `add`; call `finish` at the end of the capture."""
+
+    def __init__(self, sink: StreamSink) -> None:
+        self.sink = sink
+        self._conns: dict[_Key, _Conn] = {}
+        self._recent: dict[_Key, _Closed] = {}  # recently closed 4-tuples
+        self._recent_expiry: list[tuple[int, int, _Key]] = []  # heap: (expiry, serial, key)
+        self._linger: list[tuple[int, int, _Key]] = []  # heap: (deadline, serial, key)
+        self._serial = 0
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    @property
+    def recently_closed(self) -> int:
+        return len(self._recent)
+
+    def add(self, seg: Segment) -> None:
+        self._advance(seg.ts)
+        a, b = (seg.src, seg.sport), (seg.dst, seg.dport)
+        key = (a, b) if a <= b else (b, a)
+        conn = self._conns.get(key)
+        pure_syn = seg.flags & (SYN | ACK) == SYN
+        if conn is not None and pure_syn and conn.reused_by(seg):
+            self._close(conn)
+            conn = None
+        if conn is None:
+            if not self._may_open(key, seg, pure_syn):
+                return
+            conn = self._open(key, seg)
+        conn.add(seg, CLIENT_TO_SERVER if a == conn.client else SERVER_TO_CLIENT)
+        if conn.over:
+            self._close(conn)
+        elif conn.both_fins and not conn.lingering:
+            conn.lingering = True
+            heapq.heappush(self._linger, (seg.ts + LINGER_US, conn.serial, key))
+
+    def finish(self) -> None:
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        self._recent.clear()
+        self._recent_expiry.clear()
+        self._linger.clear()
+
+    def _advance(self, now: int) -> None:
+        """Capture time moved on: end lingering connections, forget old closed 4-tuples."""
+        while self._linger and self._linger[0][0] <= now:
+            _, serial, key = heapq.heappop(self._linger)
+            conn = self._conns.get(key)
+            if conn is not None and conn.serial == serial:
+                self._close(conn)
+        while self._recent_expiry and self._recent_expiry[0][0] <= now:
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        _, serial, key = heapq.heappop(self._recent_expiry)
+        entry = self._recent.get(key)
+        if entry is not None and entry.serial == serial:
+            del self._recent[key]
+
+    def _may_open(self, key: _Key, seg: Segment, pure_syn: bool) -> bool:
+        """Only a new SYN reopens a recently closed 4-tuple; anything else is a straggler."""
+        entry = self._recent.get(key)
+        if entry is None:
+            return True
+        retransmitted = entry.syn_seq == seg.seq and entry.syn_client == (seg.src, seg.sport)
+        if not pure_syn or retransmitted:
+            return False
+        del self._recent[key]
+        return True
+
+    def _open(self, key: _Key, seg: Segment) -> _Conn:
+        src, dst = Endpoint(seg.src, seg.sport), Endpoint(seg.dst, seg.dport)
+        handshake = bool(seg.flags & SYN)
+        if handshake:
+            client, server = (dst, src) if seg.flags & ACK else (src, dst)
+        else:
+            # No handshake: the client's port is usually the ephemeral (higher) one.
+            client, server = (src, dst) if src.port >= dst.port else (dst, src)
+        self._serial += 1
+        conn = _Conn(key, self._serial, client, server, handshake, seg.ts, self.sink)
+        self._conns[key] = conn
+        self.sink.on_open(conn.id, client, server, seg.ts)
+        return conn
+
+    def _close(self, conn: _Conn) -> None:
+        del self._conns[conn.key]
+        self.sink.on_close(conn.finish())
+        self._recent[conn.key] = _Closed(conn.serial, conn.client, conn.syn_seq)
+        heapq.heappush(self._recent_expiry, (conn.last_ts + RECENT_US, conn.serial, conn.key))
+        while len(self._recent) > MAX_RECENT:
+            self._forget_oldest()

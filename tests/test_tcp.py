@@ -1,0 +1,886 @@
+"""TCP reassembly: streams, gaps and the exact handshake/teardown times (DESIGN "Exact times").
+
+Conversations are built as Segment lists by a small sender model (`Conv`) that tracks
+sequence numbers like a TCP stack, so every test knows the bytes sent and the time of every
+packet; perturbations (loss, reordering, duplicates, overlaps) are applied to those lists.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import os
+import random
+import subprocess
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from conftest import require
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jsdissect import tcp
+from jsdissect.capture import ACK, FIN, PSH, RST, SYN, Segment
+from jsdissect.tcp import (
+    CLIENT_TO_SERVER,
+    SERVER_TO_CLIENT,
+    Connection,
+    Endpoint,
+    Reassembler,
+)
+
+T0 = 1_772_442_902_000_000  # 2026-03-02T09:15:02Z in µs
+MOD = 1 << 32
+SECOND = 1_000_000
+
+
+def segment(
+    ts: int,
+    src: tuple[str, int],
+    dst: tuple[str, int],
+    seq: int,
+    ack: int,
+    flags: int,
+    payload: bytes,
+    window: int = 65535,
+    missing: int = 0,
+) -> Segment:
+    return Segment(ts, *src, *dst, seq, ack, flags, window, payload, missing, None, None)
+
+
+# --- a sender model -------------------------------------------------------------------------
+
+
+class Conv:
+    """Builds one conversation's segments; `seq[d]` is the next sequence number of side d."""
+
+    def __init__(
+        self,
+        client: tuple[str, int] = ("10.0.0.1", 40000),
+        server: tuple[str, int] = ("10.0.0.2", 4444),
+        isn: tuple[int, int] = (1000, 5000),
+        t: int = T0,
+    ) -> None:
+        self.ends = (client, server)
+        self.isn = isn
+        self.seq = list(isn)
+        self.t = t
+        self.sent = [bytearray(), bytearray()]
+
+    def seg(
+        self,
+        d: int,
+        flags: int,
+        payload: bytes = b"",
+        *,
+        seq: int | None = None,
+        ack: int | None = None,
+        dt: int = 100,
+        missing: int = 0,
+    ) -> Segment:
+        self.t += dt
+        src, dst = self.ends[d], self.ends[1 - d]
+        seq = (self.seq[d] if seq is None else seq) % MOD
+        ack = (self.seq[1 - d] if ack is None else ack) % MOD
+        return segment(self.t, src, dst, seq, ack, flags, payload, missing=missing)
+
+    def syn(self, payload: bytes = b"", dt: int = 100) -> Segment:
+        seg = self.seg(CLIENT_TO_SERVER, SYN, payload, seq=self.isn[0], ack=0, dt=dt)
+        self.seq[0] = self.isn[0] + 1 + len(payload)
+        self.sent[0][:] = payload
+        return seg
+
+    def synack(self, dt: int = 100) -> Segment:
+        seg = self.seg(SERVER_TO_CLIENT, SYN | ACK, seq=self.isn[1], dt=dt)
+        self.seq[1] = self.isn[1] + 1
+        return seg
+
+    def ack(self, d: int, dt: int = 100) -> Segment:
+        return self.seg(d, ACK, dt=dt)
+
+    def data(self, d: int, payload: bytes, mss: int = 100, dt: int = 100) -> list[Segment]:
+        out = []
+        for i in range(0, len(payload), mss):
+            chunk = payload[i : i + mss]
+            out.append(self.seg(d, PSH | ACK, chunk, dt=dt))
+            self.seq[d] += len(chunk)
+            self.sent[d] += chunk
+        return out
+
+    def fin(self, d: int, dt: int = 100) -> Segment:
+        seg = self.seg(d, FIN | ACK, dt=dt)
+        self.seq[d] += 1
+        return seg
+
+    def rst(self, d: int, dt: int = 100) -> Segment:
+        return self.seg(d, RST | ACK, dt=dt)
+
+    def handshake(self) -> list[Segment]:
+        return [self.syn(), self.synack(), self.ack(CLIENT_TO_SERVER)]
+
+    def close(self) -> list[Segment]:
+        """Client closes first; the server's FIN-ACK acks it; the client acks that."""
+        return [self.fin(CLIENT_TO_SERVER), self.fin(SERVER_TO_CLIENT), self.ack(CLIENT_TO_SERVER)]
+
+
+def full_conversation(conv: Conv, request: bytes, answer: bytes) -> list[Segment]:
+    return [
+        *conv.handshake(),
+        *conv.data(CLIENT_TO_SERVER, request),
+        *conv.data(SERVER_TO_CLIENT, answer),
+        *conv.close(),
+    ]
+
+
+# --- a sink that keeps everything, for assertions ------------------------------------------
+
+
+@dataclass
+class Stream:
+    pieces: list[tuple[int, bytes, int]] = field(default_factory=list)  # (offset, data, ts)
+    gaps: list[tuple[int, int, int]] = field(default_factory=list)  # (offset, size, ts)
+    end: int = 0  # next offset the sink expects: pieces and gaps must tile the stream
+
+    @property
+    def data(self) -> bytes:
+        """The stream with gaps filled with zero bytes (only for small streams)."""
+        out = bytearray(self.end)
+        for off, data, _ in self.pieces:
+            out[off : off + len(data)] = data
+        return bytes(out)
+
+    @property
+    def times(self) -> list[int | None]:
+        """Per byte, when it was first captured (None inside gaps)."""
+        out: list[int | None] = [None] * self.end
+        for off, data, ts in self.pieces:
+            out[off : off + len(data)] = [ts] * len(data)
+        return out
+
+
+@dataclass
+class Result:
+    conn: Connection
+    c2s: Stream
+    s2c: Stream
+    closed_before_finish: bool
+
+
+class Collector:
+    """A StreamSink that checks the sink contract as it records."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, tuple[Stream, Stream]] = {}
+        self.results: list[Result] = []
+        self.finishing = False
+
+    def on_open(self, conn_id: str, client: Endpoint, server: Endpoint, ts: int) -> None:
+        assert conn_id not in self.open
+        self.open[conn_id] = (Stream(), Stream())
+
+    def on_data(self, conn_id: str, direction: int, offset: int, data: bytes, ts: int) -> None:
+        stream = self.open[conn_id][direction]
+        assert offset == stream.end and data  # in order, no overlap, nothing shifted
+        stream.pieces.append((offset, data, ts))
+        stream.end += len(data)
+
+    def on_gap(self, conn_id: str, direction: int, offset: int, size: int, ts: int) -> None:
+        stream = self.open[conn_id][direction]
+        assert offset == stream.end and size > 0
+        stream.gaps.append((offset, size, ts))
+        stream.end += size
+
+    def on_close(self, conn: Connection) -> None:
+        c2s, s2c = self.open.pop(conn.id)
+        self.results.append(Result(conn, c2s, s2c, not self.finishing))
+
+
+def feed(segments: list[Segment], finish: bool = True) -> tuple[Collector, Reassembler]:
+    sink = Collector()
+    reasm = Reassembler(sink)
+    for seg in segments:
+        reasm.add(seg)
+    if finish:
+        sink.finishing = True
+        reasm.finish()
+    return sink, reasm
+
+
+def collect(segments: list[Segment]) -> list[Result]:
+    return feed(segments)[0].results
+
+
+def only(segments: list[Segment]) -> Result:
+    results = collect(segments)
+    assert len(results) == 1
+    return results[0]
+
+
+# --- a clean conversation --------------------------------------------------------------------
+
+
+def test_clean_conversation_streams_and_times() -> None:
+    conv = Conv()
+    request, answer = b"<start_remote_task/>" * 20, b"<spooler/>\0" * 30
+    segs = full_conversation(conv, request, answer)
+    sink, reasm = feed(segs, finish=False)
+    assert reasm.open_connections == 0  # both FINs acknowledged: over before finish()
+    [res] = sink.results
+    conn = res.conn
+    assert (res.c2s.data, res.s2c.data) == (request, answer)
+    assert conn.client == Endpoint("10.0.0.1", 40000)
+    assert conn.server == Endpoint("10.0.0.2", 4444)
+    assert conn.handshake_seen
+    data = [s for s in segs if s.payload]
+    fin_c, fin_s, last_ack = segs[-3:]
+    assert conn.first_ts == conn.syn == segs[0].ts
+    assert conn.syn_count == 1
+    assert conn.synack == segs[1].ts
+    assert conn.established == segs[2].ts
+    assert (conn.client_fin, conn.server_fin) == (fin_c.ts, fin_s.ts)
+    assert conn.closed == fin_c.ts
+    assert conn.last_ts == last_ack.ts
+    assert (conn.rst, conn.rst_by, conn.refused) == (None, None, None)
+    assert (conn.first_data, conn.last_data) == (data[0].ts, data[-1].ts)
+    assert (conn.bytes_c2s, conn.bytes_s2c) == (len(request), len(answer))
+    assert (conn.packets, conn.retransmissions, conn.gaps, conn.gap_bytes) == (len(segs), 0, 0, 0)
+    assert conn.state == "closed"
+    assert res.c2s.times[0] == data[0].ts and res.c2s.times[-1] == data[3].ts
+
+
+def test_connection_id_is_stable_whatever_else_is_captured() -> None:
+    segs = full_conversation(Conv(), b"abc", b"def")
+    other = full_conversation(Conv(client=("10.0.0.9", 50000), t=T0 - 50), b"x", b"y")
+    alone = only(segs).conn.id
+    mixed = {r.conn.client: r.conn.id for r in collect(sorted(segs + other))}
+    text = f"{T0 + 100}|10.0.0.1:40000|10.0.0.2:4444".encode()
+    expected = "C" + base64.b32encode(hashlib.sha1(text).digest()).decode()[:10].lower()
+    assert alone == mixed[Endpoint("10.0.0.1", 40000)] == expected
+    assert len(set(mixed.values())) == 2
+
+
+def test_ipv6_conversation() -> None:
+    conv = Conv(client=("2001:db8::1", 40000), server=("2001:db8::20", 4455))
+    res = only(full_conversation(conv, b"hello", b"world"))
+    assert (res.c2s.data, res.s2c.data) == (b"hello", b"world")
+    assert str(res.conn.server) == "[2001:db8::20]:4455"
+
+
+# --- reordering, duplicates, overlaps --------------------------------------------------------
+
+
+def test_out_of_order_and_duplicates_reassemble_with_first_capture_times() -> None:
+    conv = Conv()
+    hand = conv.handshake()
+    payload = bytes(range(256)) * 4
+    data = conv.data(CLIENT_TO_SERVER, payload, mss=64)
+    order = [*data[8:], data[3], *data[:8], data[5], data[0]]  # 16 segments, 3 duplicates
+    t = hand[-1].ts
+    shuffled = [s._replace(ts=t + 10 * (i + 1)) for i, s in enumerate(order)]
+    res = only(hand + shuffled)
+    assert res.c2s.data == payload
+    assert res.conn.retransmissions == 3
+    assert res.conn.gaps == 0
+    first_seen = {}
+    for s in shuffled:
+        first_seen.setdefault(s.seq, s.ts)
+    times = res.c2s.times
+    for s in data:
+        off = (s.seq - conv.isn[0] - 1) % MOD
+        assert times[off : off + len(s.payload)] == [first_seen[s.seq]] * len(s.payload)
+
+
+def test_retransmission_with_different_content_first_copy_wins() -> None:
+    conv = Conv()
+    hand = conv.handshake()
+    base = conv.seq[0]
+    first = conv.seg(CLIENT_TO_SERVER, PSH | ACK, b"0123456789", seq=base)
+    again = conv.seg(CLIENT_TO_SERVER, PSH | ACK, b"XXXXXabcde", seq=base + 5)
+    res = only([*hand, first, again])
+    assert res.c2s.data == b"0123456789abcde"
+    assert res.c2s.times == [first.ts] * 10 + [again.ts] * 5
+    assert res.conn.retransmissions == 1
+
+
+def test_buffered_copy_wins_over_a_later_overlapping_segment() -> None:
+    conv = Conv()
+    hand = conv.handshake()
+    base = conv.seq[0]
+    seg = conv.seg
+    later = seg(CLIENT_TO_SERVER, PSH | ACK, b"B" * 10, seq=base + 10)  # buffered first
+    far = seg(CLIENT_TO_SERVER, PSH | ACK, b"D" * 5, seq=base + 30)
+    # Covers both buffered pieces and the holes around them, with different content.
+    wide = seg(CLIENT_TO_SERVER, PSH | ACK, b"a" * 40, seq=base)
+    res = only([*hand, later, far, wide])
+    assert res.c2s.data == b"a" * 10 + b"B" * 10 + b"a" * 10 + b"D" * 5 + b"a" * 5
+    times = res.c2s.times
+    expected = [wide.ts] * 10 + [later.ts] * 10 + [wide.ts] * 10 + [far.ts] * 5
+    assert times == expected + [wide.ts] * 5
+    assert res.conn.retransmissions == 1
+
+
+def test_many_reversed_segments() -> None:
+    conv = Conv()
+    hand = conv.handshake()
+    payload = os.urandom(3000)
+    data = conv.data(CLIENT_TO_SERVER, payload, mss=1)
+    t = hand[-1].ts
+    reversed_segs = [s._replace(ts=t + i + 1) for i, s in enumerate(reversed(data))]
+    res = only(hand + reversed_segs)
+    assert res.c2s.data == payload
+    assert res.c2s.times == [s.ts for s in reversed(reversed_segs)]
+
+
+# --- loss ------------------------------------------------------------------------------------
+
+
+def test_lost_segment_is_a_gap_when_the_peer_acks_beyond_it() -> None:
+    conv = Conv()
+    hand = conv.handshake()
+    payload = bytes(range(100)) * 3
+    first, lost, third = conv.data(CLIENT_TO_SERVER, payload, mss=100)
+    ack = conv.ack(SERVER_TO_CLIENT)  # the server got all 300 bytes
+    rest = conv.close()
+    sink = Collector()
+    reasm = Reassembler(sink)
+    for s in [*hand, first, third]:
+        reasm.add(s)
+    assert sink.open[reasm_id(sink)][0].end == 100  # third segment waits for the hole
+    reasm.add(ack)
+    assert sink.open[reasm_id(sink)][0].gaps == [(100, 100, ack.ts)]
+    for s in rest:
+        reasm.add(s)
+    [res] = sink.results
+    assert res.c2s.data == payload[:100] + bytes(100) + payload[200:]
+    assert res.c2s.times[200:] == [third.ts] * 100  # captured time, not the gap's
+    assert (res.conn.gaps, res.conn.gap_bytes, res.conn.bytes_c2s) == (1, 100, 200)
+    assert lost.payload == payload[100:200]
+
+
+def reasm_id(sink: Collector) -> str:
+    [conn_id] = sink.open
+    return conn_id
+
+
+def test_lost_tail_acked_is_a_gap() -> None:
+    conv = Conv()
+    hand = conv.handshake()
+    kept, _lost = conv.data(CLIENT_TO_SERVER, b"k" * 100 + b"l" * 50, mss=100)
+    ack = conv.ack(SERVER_TO_CLIENT)
+    res = only([*hand, kept, ack])
+    assert res.c2s.gaps == [(100, 50, ack.ts)]
+
+
+def test_lost_segments_without_acks_are_gaps_at_the_end() -> None:
+    conv = Conv()
+    hand = conv.handshake()
+    segs = conv.data(CLIENT_TO_SERVER, os.urandom(500), mss=100)
+    fin = conv.fin(CLIENT_TO_SERVER)
+    # Only the client's side was captured: no ACK proves the loss until the end.
+    captured = [*hand, segs[0], segs[2], segs[4], fin]
+    res = only(captured)
+    assert res.c2s.gaps == [(100, 100, fin.ts), (300, 100, fin.ts)]
+    assert res.c2s.data == (
+        segs[0].payload + bytes(100) + segs[2].payload + bytes(100) + segs[4].payload
+    )
+    assert res.conn.state == "closed"
+
+
+def test_lost_segment_before_fin_is_a_gap_at_close() -> None:
+    conv = Conv()
+    hand = conv.handshake()
+    kept, _lost = conv.data(CLIENT_TO_SERVER, b"a" * 150, mss=100)
+    fin = conv.fin(CLIENT_TO_SERVER)
+    res = only([*hand, kept, fin])
+    assert res.c2s.gaps == [(100, 50, fin.ts)]
+
+
+def test_snaplen_cut_payload_is_a_gap() -> None:
+    conv = Conv()
+    hand = conv.handshake()
+    full, nxt = conv.data(CLIENT_TO_SERVER, os.urandom(200), mss=100)
+    cut = full._replace(payload=full.payload[:10], missing=90)
+    ack = conv.ack(SERVER_TO_CLIENT)
+    res = only([*hand, cut, nxt, ack])
+    assert res.c2s.gaps == [(10, 90, ack.ts)]
+    assert res.c2s.data[100:] == nxt.payload
+
+
+def test_out_of_order_buffer_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tcp, "MAX_BUFFER_PIECES", 8)
+    conv = Conv()
+    hand = conv.handshake()
+    segs = conv.data(CLIENT_TO_SERVER, os.urandom(30 * 10), mss=10)
+    sink, _ = feed([*hand, *segs[1:]], finish=False)  # the first segment was lost
+    [(stream, _)] = sink.open.values()
+    assert stream.gaps == [(0, 10, segs[9].ts)]  # the 9th buffered piece forced it out
+    assert stream.data[10:] == b"".join(s.payload for s in segs[1:])
+
+
+def test_offsets_are_64_bit_past_4_gib() -> None:
+    conv = Conv()
+    hand = conv.handshake()
+    segs = []
+    step = 1 << 30
+    for i in range(6):
+        # 10 bytes captured of every GiB (snaplen), each GiB acknowledged by the server.
+        seq = conv.isn[0] + 1 + i * step
+        segs.append(conv.seg(CLIENT_TO_SERVER, PSH | ACK, b"%010d" % i, seq=seq, missing=step - 10))
+        segs.append(conv.seg(SERVER_TO_CLIENT, ACK, ack=seq + step))
+    sink = Collector()
+    reasm = Reassembler(sink)
+    for s in hand + segs:
+        reasm.add(s)
+    [(c2s, _)] = sink.open.values()
+    assert [(off, data) for off, data, _ in c2s.pieces] == [
+        (i * step, b"%010d" % i) for i in range(6)
+    ]
+    assert c2s.end == 6 * step
+
+
+# --- sequence numbers ------------------------------------------------------------------------
+
+
+def test_sequence_wraparound() -> None:
+    conv = Conv(isn=(MOD - 50, MOD - 1))  # the server's stream starts exactly at 2^32
+    hand = conv.handshake()
+    request, answer = os.urandom(400), os.urandom(300)
+    c2s = conv.data(CLIENT_TO_SERVER, request, mss=30)
+    s2c = conv.data(SERVER_TO_CLIENT, answer, mss=30)
+    random.Random(1).shuffle(c2s)
+    t = hand[-1].ts
+    c2s = [s._replace(ts=t + i + 1) for i, s in enumerate(c2s)]
+    res = only([*hand, *c2s, *s2c, *conv.close()])
+    assert (res.c2s.data, res.s2c.data) == (request, answer)
+    assert res.conn.gaps == 0 and res.conn.state == "closed"
+
+
+def test_gap_across_the_wrap() -> None:
+    conv = Conv(isn=(MOD - 150, 7))
+    hand = conv.handshake()
+    a, lost, c = conv.data(CLIENT_TO_SERVER, os.urandom(300), mss=100)
+    assert lost.seq > (lost.seq + 100) % MOD  # the lost segment holds sequence number 0
+    ack = conv.ack(SERVER_TO_CLIENT)
+    res = only([*hand, a, c, ack])
+    assert res.c2s.gaps == [(100, 100, ack.ts)]
+    assert res.c2s.data[200:] == c.payload
+
+
+# --- handshake -------------------------------------------------------------------------------
+
+
+def test_midstream_start_guesses_roles_by_port() -> None:
+    conv = Conv()
+    conv.handshake()
+    conv.data(CLIENT_TO_SERVER, b"before the capture")
+    answer = conv.data(SERVER_TO_CLIENT, b"first seen")  # 4444 -> 40000 comes first
+    more = conv.data(CLIENT_TO_SERVER, b"then this")
+    res = only([*answer, *more])
+    conn = res.conn
+    assert (conn.client, conn.server) == (Endpoint("10.0.0.1", 40000), Endpoint("10.0.0.2", 4444))
+    assert not conn.handshake_seen
+    assert (conn.syn, conn.synack, conn.established) == (None, None, None)
+    assert conn.state == "midstream"
+    assert (res.c2s.data, res.s2c.data) == (b"then this", b"first seen")
+    assert conn.first_ts == answer[0].ts
+
+
+def test_midstream_keepalive_probes_are_not_data() -> None:
+    conv = Conv()
+    conv.handshake()
+    conv.data(CLIENT_TO_SERVER, b"<before the capture/>")
+    # Keep-alive probes carry the sequence number before the next byte: Linux's without
+    # payload, Windows' with one garbage byte.
+    bare = conv.seg(CLIENT_TO_SERVER, ACK, seq=conv.seq[0] - 1)
+    ack = conv.ack(SERVER_TO_CLIENT)
+    garbage = conv.seg(CLIENT_TO_SERVER, ACK, b"\0", seq=conv.seq[0] - 1)
+    data = conv.data(CLIENT_TO_SERVER, b"<new/>")
+    answer = conv.data(SERVER_TO_CLIENT, b"ok")
+    res = only([bare, ack, garbage, *data, *answer])
+    assert (res.c2s.data, res.s2c.data) == (b"<new/>", b"ok")
+    assert (res.conn.gaps, res.conn.retransmissions) == (0, 1)
+    assert res.conn.first_data == data[0].ts
+
+
+def test_midstream_equal_ports_first_sender_is_client() -> None:
+    conv = Conv(client=("10.0.0.1", 5000), server=("10.0.0.2", 5000))
+    conv.handshake()
+    segs = [*conv.data(SERVER_TO_CLIENT, b"x"), *conv.data(CLIENT_TO_SERVER, b"y")]
+    conn = only(segs).conn
+    assert conn.client == Endpoint("10.0.0.2", 5000)
+
+
+def test_capture_starting_at_synack() -> None:
+    conv = Conv()
+    segs = conv.handshake()[1:]
+    conn = only(segs).conn
+    assert conn.client == Endpoint("10.0.0.1", 40000) and conn.handshake_seen
+    assert (conn.syn, conn.synack, conn.established) == (None, segs[0].ts, segs[1].ts)
+
+
+def test_syn_retransmitted_and_never_answered() -> None:
+    conv = Conv()
+    syns = [conv.syn(dt=0), conv.syn(dt=SECOND), conv.syn(dt=2 * SECOND)]
+    conn = only(syns).conn
+    assert conn.state == "syn-unanswered"
+    assert (conn.syn, conn.syn_count) == (syns[0].ts, 3)
+    assert (conn.synack, conn.established, conn.closed) == (None, None, None)
+    assert conn.retransmissions == 0 and conn.packets == 3
+
+
+def test_one_sided_capture_after_syn_is_not_unanswered() -> None:
+    conv = Conv()
+    syn, _synack, ack = conv.handshake()  # the server's packets were not captured
+    res = only([syn, ack, *conv.data(CLIENT_TO_SERVER, b"hi")])
+    assert (res.conn.state, res.conn.established, res.c2s.data) == ("open", None, b"hi")
+
+
+def test_syn_retransmitted_then_answered() -> None:
+    conv = Conv()
+    segs = [conv.syn(), conv.syn(dt=SECOND), conv.synack(), conv.ack(CLIENT_TO_SERVER)]
+    conn = only(segs).conn
+    assert (conn.syn, conn.syn_count, conn.established) == (segs[0].ts, 2, segs[3].ts)
+    assert conn.state == "open"
+
+
+def test_syn_answered_by_rst_is_refused() -> None:
+    conv = Conv()
+    syn = conv.syn()
+    rst = conv.seg(SERVER_TO_CLIENT, RST | ACK, seq=0, ack=conv.isn[0] + 1)
+    late_syn = conv.syn(dt=5)  # crossed the RST on the wire: same ISN, not a new connection
+    sink, reasm = feed([syn, rst, late_syn], finish=False)
+    assert reasm.open_connections == 0
+    [res] = sink.results
+    conn = res.conn
+    assert conn.state == "refused"
+    assert conn.refused == conn.rst == conn.closed == rst.ts
+    assert conn.rst_by == SERVER_TO_CLIENT
+    assert (conn.synack, conn.established) == (None, None)
+
+
+def test_established_is_first_data_when_handshake_ack_was_not_captured() -> None:
+    conv = Conv()
+    syn, synack, _ack = conv.handshake()
+    data = conv.data(CLIENT_TO_SERVER, b"hello")
+    assert only([syn, synack, *data]).conn.established == data[0].ts
+
+
+def test_established_is_synack_time_when_client_never_seen_again() -> None:
+    conv = Conv()
+    syn, synack, _ack = conv.handshake()
+    conn = only([syn, synack]).conn
+    assert conn.established == synack.ts and conn.state == "open"
+
+
+def test_fast_open_data_on_syn_is_at_offset_zero() -> None:
+    conv = Conv()
+    syn = conv.syn(b"<?xml?>")
+    segs = [syn, conv.synack(), *conv.data(CLIENT_TO_SERVER, b"<more/>")]
+    res = only(segs)
+    assert res.c2s.data == b"<?xml?><more/>"
+    assert res.c2s.pieces[0] == (0, b"<?xml?>", syn.ts)
+    assert res.conn.first_data == syn.ts and res.conn.established == segs[2].ts
+
+
+# --- teardown --------------------------------------------------------------------------------
+
+
+def test_server_closes_first() -> None:
+    conv = Conv()
+    segs = [*conv.handshake(), *conv.data(SERVER_TO_CLIENT, b"bye")]
+    fin_s = conv.fin(SERVER_TO_CLIENT)
+    fin_c = conv.fin(CLIENT_TO_SERVER)
+    last = conv.ack(SERVER_TO_CLIENT)
+    sink, reasm = feed([*segs, fin_s, fin_c, last], finish=False)
+    assert reasm.open_connections == 0
+    conn = sink.results[0].conn
+    assert (conn.server_fin, conn.client_fin, conn.closed) == (fin_s.ts, fin_c.ts, fin_s.ts)
+    assert conn.last_ts == last.ts and conn.state == "closed"
+
+
+def test_reset_after_established() -> None:
+    conv = Conv()
+    segs = [*conv.handshake(), *conv.data(CLIENT_TO_SERVER, b"req")]
+    rst = conv.rst(CLIENT_TO_SERVER)
+    stray = conv.data(SERVER_TO_CLIENT, b"too late")
+    sink, reasm = feed([*segs, rst, *stray], finish=False)
+    assert reasm.open_connections == 0
+    [res] = sink.results
+    conn = res.conn
+    assert (conn.state, conn.rst, conn.rst_by, conn.closed) == ("reset", rst.ts, 0, rst.ts)
+    assert conn.refused is None and res.s2c.data == b""
+
+
+def test_both_fins_without_last_ack_linger_two_seconds() -> None:
+    conv = Conv()
+    segs = full_conversation(conv, b"a", b"b")[:-1]  # the last ACK was not captured
+    other = Conv(client=("10.0.0.3", 41000), t=segs[-1].ts + 2 * SECOND).syn()
+    sink, reasm = feed([*segs, other], finish=False)
+    assert [r.conn.client for r in sink.results] == [Endpoint("10.0.0.1", 40000)]
+    assert reasm.open_connections == 1
+    assert sink.results[0].conn.state == "closed"
+
+
+def test_finish_closes_open_connections() -> None:
+    conv = Conv()
+    segs = [*conv.handshake(), *conv.data(CLIENT_TO_SERVER, b"pending")]
+    sink, reasm = feed(segs)
+    assert reasm.open_connections == 0
+    [res] = sink.results
+    assert not res.closed_before_finish and res.conn.state == "open"
+    assert res.c2s.data == b"pending"
+
+
+# --- 4-tuple reuse and stragglers ------------------------------------------------------------
+
+
+def test_four_tuple_reuse_makes_two_connections() -> None:
+    first = full_conversation(Conv(isn=(1000, 5000)), b"one", b"1")
+    second_conv = Conv(isn=(900_000, 70_000), t=first[-1].ts + 3 * SECOND)
+    second = full_conversation(second_conv, b"two", b"2")
+    results = collect(first + second)
+    assert [(r.c2s.data, r.s2c.data) for r in results] == [(b"one", b"1"), (b"two", b"2")]
+    assert results[0].conn.id != results[1].conn.id
+    assert [r.conn.syn for r in results] == [first[0].ts, second[0].ts]
+
+
+def test_reuse_while_previous_lingers() -> None:
+    first = full_conversation(Conv(isn=(1000, 5000)), b"one", b"1")[:-1]  # last ACK missing
+    second = full_conversation(Conv(isn=(77, 88), t=first[-1].ts + 10), b"two", b"2")
+    results = collect(first + second)
+    assert [r.c2s.data for r in results] == [b"one", b"two"]
+    assert [r.closed_before_finish for r in results] == [True, True]
+
+
+def test_new_syn_after_unanswered_syns_is_a_new_attempt() -> None:
+    attempt = Conv(isn=(1000, 5000))
+    syns = [attempt.syn(), attempt.syn(dt=SECOND)]
+    retry = Conv(isn=(424242, 5000), t=syns[-1].ts + SECOND)
+    results = collect([*syns, *full_conversation(retry, b"ok", b"")])
+    assert [r.conn.state for r in results] == ["syn-unanswered", "closed"]
+
+
+def test_stray_packets_after_close_make_no_phantom_connection() -> None:
+    conv = Conv()
+    segs = full_conversation(conv, b"req", b"ans")
+    fin_s = segs[-2]
+    stray = [
+        fin_s._replace(ts=segs[-1].ts + SECOND),  # retransmitted FIN-ACK
+        segs[-1]._replace(ts=segs[-1].ts + 30 * SECOND),  # and the ACK again
+    ]
+    sink, reasm = feed(segs + stray, finish=False)
+    assert len(sink.results) == 1 and reasm.open_connections == 0
+    # A minute later the 4-tuple is forgotten: a packet then is picked up mid-stream.
+    late = segs[-1]._replace(ts=segs[-1].ts + 61 * SECOND)
+    reasm.add(late)
+    assert reasm.open_connections == 1 and reasm.recently_closed == 0
+
+
+# --- properties ------------------------------------------------------------------------------
+
+
+@st.composite
+def scrambled_stream(draw: st.DrawFn) -> tuple[bytes, int, list[tuple[int, int]]]:
+    """A stream, an ISN and segment ranges covering it, in any order, with duplicates."""
+    data = draw(st.binary(min_size=1, max_size=400))
+    isn = draw(st.sampled_from([0, 1000, MOD - 1, MOD - 200]) | st.integers(0, MOD - 1))
+    cuts = draw(st.lists(st.integers(1, max(1, len(data) - 1)), max_size=25))
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    ranges = list(itertools.pairwise(bounds))
+    extra = draw(st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(1, 60))))
+    ranges += [(s, min(len(data), s + n)) for s, n in extra]
+    ranges += draw(st.lists(st.sampled_from(ranges), max_size=8))  # exact duplicates
+    return data, isn, draw(st.permutations(ranges))
+
+
+@settings(max_examples=150, deadline=None)
+@given(scrambled_stream())
+def test_any_order_of_segments_gives_same_bytes_and_first_capture_times(
+    case: tuple[bytes, int, list[tuple[int, int]]],
+) -> None:
+    data, isn, ranges = case
+    conv = Conv(isn=(isn, 77))
+    hand = conv.handshake()
+    base = conv.seq[0]
+    segs = [conv.seg(CLIENT_TO_SERVER, PSH | ACK, data[s:e], seq=base + s, dt=7) for s, e in ranges]
+    conv.seq[0] += len(data)
+    res = only([*hand, *segs, *conv.close()])
+    expected_times: list[int | None] = [None] * len(data)
+    retransmitted = 0
+    for (s, e), seg in zip(ranges, segs, strict=True):
+        if any(t is not None for t in expected_times[s:e]):
+            retransmitted += 1
+        for i in range(s, e):
+            if expected_times[i] is None:
+                expected_times[i] = seg.ts
+    assert res.c2s.data == data
+    assert res.c2s.times == expected_times
+    assert res.conn.gaps == 0 and res.conn.retransmissions == retransmitted
+    assert res.conn.state == "closed"
+
+
+@settings(max_examples=100, deadline=None)
+@given(scrambled_stream(), st.data())
+def test_lost_segments_are_exactly_the_gaps(
+    case: tuple[bytes, int, list[tuple[int, int]]], more: st.DataObject
+) -> None:
+    data, isn, ranges = case
+    kept = more.draw(st.lists(st.sampled_from(ranges), unique=True), label="kept")
+    conv = Conv(isn=(isn, 77))
+    hand = conv.handshake()
+    base = conv.seq[0]
+    segs = [conv.seg(CLIENT_TO_SERVER, PSH | ACK, data[s:e], seq=base + s) for s, e in kept]
+    conv.seq[0] += len(data)
+    ack = conv.ack(SERVER_TO_CLIENT)  # the server got it all: what is missing was lost
+    res = only([*hand, *segs, ack])
+    covered = [False] * len(data)
+    for s, e in kept:
+        covered[s:e] = [True] * (e - s)
+    holes = []
+    for is_covered, group in itertools.groupby(enumerate(covered), key=lambda x: x[1]):
+        offsets = [i for i, _ in group]
+        if not is_covered:
+            holes.append((offsets[0], len(offsets), ack.ts))
+    assert res.c2s.gaps == holes
+    assert res.c2s.end == len(data)
+    assert all(
+        got == want or not c for got, want, c in zip(res.c2s.data, data, covered, strict=True)
+    )
+
+
+# --- tshark as an independent oracle ---------------------------------------------------------
+
+
+def write_pcap(segments: list[Segment], path: Path) -> None:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+    from scapy.utils import wrpcap
+
+    packets = []
+    for s in segments:
+        ip = IPv6(src=s.src, dst=s.dst) if ":" in s.src else IP(src=s.src, dst=s.dst)
+        tcp_hdr = TCP(
+            sport=s.sport, dport=s.dport, seq=s.seq, ack=s.ack, flags=s.flags, window=s.window
+        )
+        pkt = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ip / tcp_hdr
+        if s.payload:
+            pkt = pkt / Raw(s.payload)
+        pkt.time = Decimal(s.ts) / 1_000_000
+        packets.append(pkt)
+    wrpcap(str(path), packets)
+
+
+def read_pcap(path: Path) -> list[Segment]:
+    """Segments from a pcap via scapy: independent of jsdissect.capture."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.utils import rdpcap
+
+    out = []
+    for pkt in rdpcap(str(path)):
+        ip = pkt[IP] if IP in pkt else pkt[IPv6]
+        hdr = pkt[TCP]
+        ts = int(Decimal(pkt.time) * 1_000_000)
+        src, dst = (ip.src, hdr.sport), (ip.dst, hdr.dport)
+        flags, payload = int(hdr.flags), bytes(hdr.payload)
+        out.append(segment(ts, src, dst, hdr.seq, hdr.ack, flags, payload, hdr.window))
+    return out
+
+
+def tshark_follow(tshark: str, path: Path, streams: int) -> dict[tuple[str, str], bytes]:
+    """{(sender, receiver): bytes} per direction, from `-z follow,tcp,raw,N`."""
+    args = [tshark, "-q", "-r", str(path)]
+    for n in range(streams):
+        args += ["-z", f"follow,tcp,raw,{n}"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout
+    result: dict[tuple[str, str], bytes] = {}
+    for block in out.split("=" * 67):
+        lines = block.strip("\n").split("\n")
+        if not lines or lines[0] != "Follow: tcp,raw":
+            continue
+        node0 = lines[2].removeprefix("Node 0: ")
+        node1 = lines[3].removeprefix("Node 1: ")
+        # Lines from node 1 are indented by a tab (tshark 4.0 follow output).
+        for line in lines[4:]:
+            key = (node1, node0) if line.startswith("\t") else (node0, node1)
+            result[key] = result.get(key, b"") + bytes.fromhex(line.strip())
+    return result
+
+
+def oracle_capture() -> list[Segment]:
+    """Several conversations, interleaved, each with a duplicate and a reordered pair
+    (tshark 4.0's follow reorders and drops duplicates too)."""
+    wrapping = Conv(client=("10.0.0.5", 59999), isn=(MOD - 700, MOD - 3), t=T0 + 50)
+    ipv6 = Conv(client=("2001:db8::5", 45000), server=("2001:db8::20", 4455), t=T0 + 70)
+    convs = [
+        (Conv(), os.urandom(3000), os.urandom(5000)),
+        (wrapping, b"<a/>" * 600, b"x"),
+        (ipv6, os.urandom(1200), os.urandom(2500)),
+    ]
+    segments = []
+    for conv, request, answer in convs:
+        segs = full_conversation(conv, request, answer)
+        segs.insert(6, segs[4])  # a duplicate, as a retransmission looks on the wire
+        segs[6] = segs[6]._replace(ts=segs[5].ts + 1)
+        early, late = segs[7], segs[8]
+        segs[7], segs[8] = late._replace(ts=early.ts), early._replace(ts=late.ts)
+        segments += segs
+    return sorted(segments, key=lambda s: s.ts)
+
+
+def test_streams_equal_tshark_follow(tmp_path: Path) -> None:
+    tshark = require("tshark")  # skips on a developer machine without it, fails in CI
+    path = tmp_path / "oracle.pcap"
+    write_pcap(oracle_capture(), path)
+    results = collect(read_pcap(path))
+    assert len(results) == 3
+    follow = tshark_follow(tshark, path, len(results))
+    for res in results:
+        client, server = str(res.conn.client), str(res.conn.server)
+        assert res.c2s.data == follow[(client, server)]
+        assert res.s2c.data == follow[(server, client)]
+        assert res.conn.gaps == 0 and res.conn.retransmissions == 1
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+
+class CountingSink:
+    def __init__(self) -> None:
+        self.closed = 0
+        self.bytes = 0
+
+    def on_open(self, conn_id: str, client: Endpoint, server: Endpoint, ts: int) -> None:
+        pass
+
+    def on_data(self, conn_id: str, direction: int, offset: int, data: bytes, ts: int) -> None:
+        self.bytes += len(data)
+
+    def on_gap(self, conn_id: str, direction: int, offset: int, size: int, ts: int) -> None:
+        pass
+
+    def on_close(self, conn: Connection) -> None:
+        self.closed += 1
+
+
+def test_memory_follows_open_connections_not_capture_size() -> None:
+    sink = CountingSink()
+    reasm = Reassembler(sink)
+    most_open = most_remembered = 0
+    for i in range(10_000):
+        client = (f"10.1.{i // 50_000}.{1 + i % 200}", 1024 + i % 60_000)
+        conv = Conv(client=client, isn=(i * 7919, i * 104729), t=T0 + i * 10_000)
+        for seg in full_conversation(conv, b"<ok/>", b"\0"):
+            reasm.add(seg)
+            most_open = max(most_open, reasm.open_connections)
+            most_remembered = max(most_remembered, reasm.recently_closed)
+    reasm.finish()
+    assert sink.closed == 10_000 and sink.bytes == 60_000
+    assert most_open == 1
+    # Closed 4-tuples are remembered for 60 s of capture time: 6000 at 10 ms apart.
+    assert most_remembered <= 6_001
