@@ -268,9 +268,10 @@ def tasks(
     rows = [report.task_row(t) for t in result.task_records]
     if statuses:
         rows = [r for r in rows if r["status"] in statuses]
-    _emit(rows, report.TASK_COLUMNS, opts, shown)
+    to_stdout = _emit(rows, report.TASK_COLUMNS, opts, shown)
     if not opts["quiet"]:
-        click.echo(report.task_summary(rows, result.decode_errors), err=True)
+        click.echo("\n" + report.summary_text(rows), err=to_stdout, nl=False)
+        click.echo(report.task_summary(rows, result.decode_errors), err=to_stdout)
 
 
 # --- messages ---------------------------------------------------------------------------
@@ -311,3 +312,136 @@ def messages(
         return
     for row in rows:
         click.echo(report.message_line(row))
+
+
+# --- summary, ports, timeline, log -------------------------------------------------------
+
+
+@main.command(
+    epilog="""Examples:
+
+\b
+  jsdissect summary captures/demo.pcap
+  jsdissect summary day-*.pcapng --slowest 20 --csv phases.csv
+"""
+)
+@CAPTURES
+@_common
+@click.option("--slowest", default=10, show_default=True, help="How many slowest tasks to list.")
+@_guarded
+def summary(captures: tuple[str, ...], slowest: int, **opts: Any) -> None:
+    """Per-phase duration distribution (count, median, p95, max) per remote scheduler, and
+    the slowest tasks."""
+    from jsdissect import report
+
+    result = _analyze(captures, opts)
+    rows = [report.task_row(t) for t in result.task_records]
+    if opts["csv_path"] or opts["json_path"]:
+        _emit(report.phase_distribution(rows), report.DISTRIBUTION_COLUMNS, opts, ())
+        return
+    click.echo(report.summary_text(rows, slowest), nl=False)
+    click.echo(report.task_summary(rows, result.decode_errors))
+
+
+@main.command(
+    epilog="""Examples:
+
+\b
+  jsdissect ports captures/demo.pcap
+  jsdissect ports day-*.pcapng --json ports.json
+  jsdissect ports capture.pcap --time-wait 60
+"""
+)
+@CAPTURES
+@_common
+@click.option(
+    "--time-wait",
+    default=120.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds a closed port may linger in TIME_WAIT.",
+)
+@_guarded
+def ports(captures: tuple[str, ...], time_wait: float, **opts: Any) -> None:
+    """Callback ports used, the peak of parallel tasks, ports reused within TIME_WAIT,
+    failed callbacks and command connections, and the firewall rules to write."""
+    import json
+
+    from jsdissect import ports as port_report
+    from jsdissect.report import write_output
+
+    result = _analyze(captures, opts)
+    scheduler_ports = opts["scheduler_ports"] or (4444, 4455)
+    rep = port_report.port_report(
+        result.task_records, result.channels, scheduler_ports, int(time_wait * 1e6)
+    )
+    if opts["json_path"]:
+        data = port_report.to_json(rep)
+        write_output(opts["json_path"], lambda out: json.dump(data, out, indent=1))
+    if opts["json_path"] != "-":
+        click.echo(port_report.to_text(rep), nl=False)
+
+
+@main.command(
+    epilog="""Examples:
+
+\b
+  jsdissect timeline captures/demo.pcap -o tasks.png
+  jsdissect timeline day-*.pcapng -o tasks.html
+"""
+)
+@CAPTURES
+@_common
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="FILE",
+    help="Picture to write: .png or .svg (matplotlib), .html (interactive, plotly).",
+)
+@_guarded
+def timeline(captures: tuple[str, ...], output: str, **opts: Any) -> None:
+    """One bar per task over time, split into its phases (connect, spawn, callback, startup,
+    run, close), failed tasks marked, grouped by remote scheduler."""
+    from pathlib import Path
+
+    from jsdissect import plot
+
+    if Path(output).suffix.lower() not in (".png", ".svg", ".html"):
+        raise click.BadParameter("use a .png, .svg or .html file name", param_hint="--output")
+    result = _analyze(captures, opts)
+    plot.write(result.task_records, output)
+    if not opts["quiet"]:
+        click.echo(f"{output}: {len(result.task_records)} task(s)", err=True)
+
+
+@main.command(
+    epilog="""Examples:
+
+\b
+  jsdissect log captures/demo.pcap --process-id 84217301
+  jsdissect log captures/demo.pcap --all
+"""
+)
+@CAPTURES
+@_common
+@click.option("--process-id", help="The task whose log to print.")
+@click.option("--all", "all_tasks", is_flag=True, help="Every task, with a header per task.")
+@_guarded
+def log(captures: tuple[str, ...], process_id: str | None, all_tasks: bool, **opts: Any) -> None:
+    """The log lines a task forwarded over spooler_log (with times and levels), its exit
+    code and errors."""
+    from jsdissect import report
+
+    if not process_id and not all_tasks:
+        raise click.UsageError("give --process-id ID or --all")
+    result = _analyze(captures, opts)
+    chosen = [t for t in result.task_records if all_tasks or t.process_id == process_id]
+    if not chosen:
+        _fail(f"no task with process_id {process_id} in {', '.join(captures)}", 1)
+    for task in chosen:
+        if all_tasks:
+            name = task.process_id or task.callback_conn or "?"
+            click.echo(f"== task {name} ({task.job or 'job unknown'}, {task.status}) ==")
+        for line in report.task_log(task):
+            click.echo(line)

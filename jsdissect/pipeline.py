@@ -164,6 +164,7 @@ def _ports_outside_filter(channels: list[Channel], opts: Options, extra: set[int
 class _ConnState:
     client: Endpoint
     server: Endpoint
+    handshake: bool  # False: picked up mid-stream
     kind: str | None = None  # None: not decided yet; "cmd", "api", "" (other)
     decoder: cmd.CommandDecoder | api.ObjServerDecoder | None = None
     pending: list[tuple[int, int, bytes, int]] = field(default_factory=list)
@@ -182,8 +183,10 @@ class _Dispatcher:
         self.open: dict[str, _ConnState] = {}
         self.channels: list[Channel] = []
 
-    def on_open(self, conn_id: str, client: Endpoint, server: Endpoint, ts: int) -> None:
-        state = _ConnState(client, server)
+    def on_open(
+        self, conn_id: str, client: Endpoint, server: Endpoint, ts: int, handshake: bool
+    ) -> None:
+        state = _ConnState(client, server, handshake)
         if server.port in self.scheduler_ports:
             self._decide(conn_id, state, "cmd")
         elif (server.ip, server.port) in self.expected:
@@ -228,9 +231,11 @@ class _Dispatcher:
     def _decide(self, conn_id: str, state: _ConnState, kind: str) -> None:
         state.kind = kind
         if kind == "cmd":
-            state.decoder = cmd.CommandDecoder(conn_id)
+            state.decoder = cmd.CommandDecoder(conn_id, midstream=not state.handshake)
         elif kind == "api":
-            state.decoder = api.ObjServerDecoder(conn_id, None)
+            # The controller accepted the callback (§2): it is the server when we saw the SYN.
+            controller = SERVER_TO_CLIENT if state.handshake else None
+            state.decoder = api.ObjServerDecoder(conn_id, controller)
         pending, state.pending = state.pending, []
         if state.decoder is None:
             return

@@ -422,3 +422,91 @@ def task_summary(rows: Sequence[dict[str, Any]], decode_errors: int = 0) -> str:
     if decode_errors:
         parts.append(f"{decode_errors} decode error(s): see 'jsdissect messages --errors'")
     return "; ".join(parts)
+
+
+PHASE_COLUMNS = (
+    "connect_ms",
+    "spawn_ms",
+    "callback_delay_ms",
+    "startup_ms",
+    "run_ms",
+    "close_ms",
+    "total_ms",
+)
+DISTRIBUTION_COLUMNS: tuple[Column, ...] = (
+    *_cols("remote phase", TEXT),
+    *_cols("count", INTEGER),
+    *_cols("median_ms p95_ms max_ms", DURATION),
+)
+
+
+def phase_distribution(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per remote scheduler and phase: count, median, p95 and max of the durations."""
+    by_remote: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_remote.setdefault(row["remote"] or "(unknown)", []).append(row)
+    out = []
+    for remote in sorted(by_remote):
+        for phase in PHASE_COLUMNS:
+            values = sorted(r[phase] for r in by_remote[remote] if r[phase] is not None)
+            if not values:
+                continue
+            out.append(
+                {
+                    "remote": remote,
+                    "phase": phase.removesuffix("_ms"),
+                    "count": len(values),
+                    "median_ms": values[(len(values) - 1) // 2],
+                    "p95_ms": _percentile(values, 0.95),
+                    "max_ms": values[-1],
+                }
+            )
+    return out
+
+
+def summary_text(rows: Sequence[dict[str, Any]], slowest: int = 0) -> str:
+    """The per-phase distribution table, and optionally the slowest tasks."""
+    text = "Phases per remote scheduler (ms):\n" + to_text(
+        phase_distribution(rows), DISTRIBUTION_COLUMNS
+    )
+    timed = [r for r in rows if r["total_ms"] is not None]
+    if slowest and timed:
+        timed.sort(key=lambda r: r["total_ms"], reverse=True)
+        shown = [c for c in TASK_COLUMNS if c.name in _SLOWEST_SHOWN]
+        text += f"\nSlowest {min(slowest, len(timed))} task(s):\n" + to_text(timed[:slowest], shown)
+    return text
+
+
+_SLOWEST_SHOWN = {
+    "process_id",
+    "remote",
+    "status",
+    "spawn_ms",
+    "callback_delay_ms",
+    "startup_ms",
+    "run_ms",
+    "close_ms",
+    "total_ms",
+}
+
+
+LOG_LEVELS = {-9: "debug9", -8: "debug8", -7: "debug7", -6: "debug6", -5: "debug5"}
+LOG_LEVELS |= {-4: "debug4", -3: "debug3", -2: "debug2", -1: "debug1"}
+LOG_LEVELS |= {0: "info", 1: "warn", 2: "error"}  # PROTOCOL §6.5
+
+
+def task_log(task: Task) -> list[str]:
+    """The lines a task forwarded over spooler_log, then its exit code and error."""
+    lines = []
+    events = task.callback.events if task.callback is not None else ()
+    for ev in events:
+        if isinstance(ev, api.LogLine):
+            level = LOG_LEVELS.get(ev.level, ev.method) if ev.level is not None else ev.method
+            lines.append(f"{format_time(ev.start)}  {level:<6}  {ev.text}")
+    if task.exit_code is not None:
+        signal = f" signal {task.signal}" if task.signal is not None else ""
+        lines.append(f"exit code {task.exit_code}{signal}")
+    if task.error:
+        lines.append(f"error {task.error}")
+    lines.append(f"status {task.status}")
+    return lines

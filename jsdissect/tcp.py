@@ -74,7 +74,9 @@ STATES = {
 class StreamSink(Protocol):
     """Receives a connection's life as it happens."""
 
-    def on_open(self, conn_id: str, client: Endpoint, server: Endpoint, ts: int) -> None: ...
+    def on_open(
+        self, conn_id: str, client: Endpoint, server: Endpoint, ts: int, handshake: bool
+    ) -> None: ...
 
     def on_data(self, conn_id: str, direction: int, offset: int, data: bytes, ts: int) -> None:
         """`data` starts at stream `offset` (0 = first byte after the SYN); `ts` is when
@@ -587,7 +589,7 @@ class Reassembler:
         self._serial += 1
         conn = _Conn(key, self._serial, client, server, handshake, seg.ts, self.sink)
         self._conns[key] = conn
-        self.sink.on_open(conn.id, client, server, seg.ts)
+        self.sink.on_open(conn.id, client, server, seg.ts, handshake)
         return conn
 
     def _close(self, conn: _Conn) -> None:

@@ -160,6 +160,4 @@ def test_terminal_table_right_aligns_numbers_and_blanks_missing() -> None:
     assert header.split() == ["process_id", "startup_ms", "status"]
     assert first.split() == ["84217301", "115.701", "completed"]
     assert second.split() == ["partial"]
-    assert first.index("115.701") + len("115.701") == header.index("startup_ms") + len(
-        "startup_ms"
-    )
+    assert first.index("115.701") + len("115.701") == header.index("startup_ms") + len("startup_ms")

@@ -177,7 +177,9 @@ class Collector:
         self.results: list[Result] = []
         self.finishing = False
 
-    def on_open(self, conn_id: str, client: Endpoint, server: Endpoint, ts: int) -> None:
+    def on_open(
+        self, conn_id: str, client: Endpoint, server: Endpoint, ts: int, handshake: bool
+    ) -> None:
         assert conn_id not in self.open
         self.open[conn_id] = (Stream(), Stream())
 
@@ -855,7 +857,9 @@ class CountingSink:
         self.closed = 0
         self.bytes = 0
 
-    def on_open(self, conn_id: str, client: Endpoint, server: Endpoint, ts: int) -> None:
+    def on_open(
+        self, conn_id: str, client: Endpoint, server: Endpoint, ts: int, handshake: bool
+    ) -> None:
         pass
 
     def on_data(self, conn_id: str, direction: int, offset: int, data: bytes, ts: int) -> None:
