@@ -1,0 +1,274 @@
+"""The firewall and port report: which ports the tasks used, what failed, what to open.
+
+Answers DESIGN "Who uses it and why": the controller listens on a new port per task,
+counting down from 59999 (PROTOCOL §2), so the range a firewall must open grows with the
+number of parallel remote tasks, and a closed port lingers in TIME_WAIT for about two
+minutes before the same 4-tuple can be used again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from itertools import pairwise
+
+from jsdissect.correlate import Channel, Task
+from jsdissect.report import format_time
+
+TOP_PORT = 59999  # PROTOCOL §2: Used_ports::bind_free_port counts down from here
+TIME_WAIT_US = 120_000_000  # DESIGN "Ports report": < 120 s apart may still be in TIME_WAIT
+FAILED_CALLBACK = ("callback-unanswered", "callback-refused", "callback-missing")
+
+
+@dataclass(frozen=True, slots=True)
+class PortUse:
+    controller: str
+    port: int
+    process_id: str | None
+    remote: str | None
+    first: int | None  # callback SYN, else the start command
+    last: int | None  # callback closed, else the task's last known time
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reuse:
+    controller: str
+    port: int
+    previous_process_id: str | None
+    process_id: str | None
+    gap_ms: float  # previous connection closed → next SYN
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    what: str  # "callback-unanswered", "cmd-refused", …
+    source: str  # who connected
+    target: str  # where to
+    at: int | None
+    process_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    host: str  # where the rule goes (a controller, or a remote scheduler)
+    ports: str  # "59990-59999" or "4455"
+    sources: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortReport:
+    uses: tuple[PortUse, ...]
+    port_range: dict[str, tuple[int, int]]  # controller → (lowest, highest) port used
+    peak: dict[str, tuple[int, int | None]]  # controller → (tasks in parallel, when)
+    reuses: tuple[Reuse, ...]
+    failures: tuple[Failure, ...]
+    rules: tuple[Rule, ...]
+
+
+def port_report(
+    tasks: Sequence[Task],
+    channels: Sequence[Channel],
+    scheduler_ports: Sequence[int],
+    time_wait_us: int = TIME_WAIT_US,
+) -> PortReport:
+    uses = tuple(_use(t) for t in tasks if t.callback_port is not None and t.controller)
+    by_controller: dict[str, list[PortUse]] = defaultdict(list)
+    for use in uses:
+        by_controller[use.controller].append(use)
+    ranges = {
+        c: (min(u.port for u in us), max(u.port for u in us)) for c, us in by_controller.items()
+    }
+    peaks = {c: _peak(us) for c, us in by_controller.items()}
+    failures = _callback_failures(tasks) + _command_failures(channels, scheduler_ports)
+    rules = _controller_rules(tasks, ranges, peaks) + _remote_rules(tasks)
+    return PortReport(
+        uses=uses,
+        port_range=ranges,
+        peak=peaks,
+        reuses=tuple(_reuses(uses, time_wait_us)),
+        failures=tuple(sorted(failures, key=lambda f: (f.at or 0, f.target))),
+        rules=tuple(rules),
+    )
+
+
+def _use(task: Task) -> PortUse:
+    times = [getattr(task, c) for c in _TIMES if getattr(task, c) is not None]
+    first = task.callback_syn if task.callback_syn is not None else task.start_sent
+    last = task.callback_closed if task.callback_closed is not None else None
+    if first is None and times:
+        first = min(times)
+    if last is None and times:
+        last = max(times)
+    return PortUse(
+        task.controller, task.callback_port, task.process_id, task.remote, first, last, task.status
+    )
+
+
+_TIMES = (
+    "cmd_syn",
+    "start_sent",
+    "start_answered",
+    "callback_syn",
+    "callback_established",
+    "begin_answered",
+    "release_answered",
+    "callback_closed",
+    "close_sent",
+    "close_answered",
+)
+
+
+def _peak(uses: Sequence[PortUse]) -> tuple[int, int | None]:
+    """Most tasks holding a callback port at once (sweep over start/end events)."""
+    events = []
+    for use in uses:
+        if use.first is not None:
+            events.append((use.first, 1))
+            events.append(((use.last if use.last is not None else use.first) + 1, -1))
+    best, when, current = 0, None, 0
+    for at, delta in sorted(events):
+        current += delta
+        if current > best:
+            best, when = current, at
+    return best, when
+
+
+def _reuses(uses: Sequence[PortUse], time_wait_us: int) -> list[Reuse]:
+    by_port: dict[tuple[str, int], list[PortUse]] = defaultdict(list)
+    for use in uses:
+        if use.first is not None:
+            by_port[(use.controller, use.port)].append(use)
+    found = []
+    for (controller, port), same in sorted(by_port.items()):
+        same.sort(key=lambda u: u.first)
+        for prev, nxt in pairwise(same):
+            if prev.last is not None and 0 <= nxt.first - prev.last < time_wait_us:
+                gap = round((nxt.first - prev.last) / 1000, 3)
+                found.append(Reuse(controller, port, prev.process_id, nxt.process_id, gap))
+    return found
+
+
+def _callback_failures(tasks: Sequence[Task]) -> list[Failure]:
+    out = []
+    for t in tasks:
+        if t.status in FAILED_CALLBACK:
+            source = t.remote.rsplit(":", 1)[0] if t.remote else "?"
+            target = f"{t.controller}:{t.callback_port}"
+            at = t.callback_syn if t.callback_syn is not None else t.start_sent
+            out.append(Failure(t.status, source, target, at, t.process_id))
+    return out
+
+
+def _command_failures(channels: Sequence[Channel], scheduler_ports: Sequence[int]) -> list[Failure]:
+    out = []
+    for ch in channels:
+        conn = ch.conn
+        if conn.server.port in scheduler_ports and conn.state in ("refused", "syn-unanswered"):
+            what = "cmd-refused" if conn.state == "refused" else "cmd-unanswered"
+            out.append(Failure(what, conn.client.ip, str(conn.server), conn.syn, None))
+    return out
+
+
+def _controller_rules(
+    tasks: Sequence[Task],
+    ranges: dict[str, tuple[int, int]],
+    peaks: dict[str, tuple[int, int | None]],
+) -> list[Rule]:
+    rules = []
+    for controller, (low, _high) in sorted(ranges.items()):
+        peak = peaks[controller][0]
+        size = max(peak * 2, peak + 10)  # headroom: ports linger in TIME_WAIT, load varies
+        bottom = min(TOP_PORT - size + 1, low)
+        remotes = sorted(
+            {t.remote.rsplit(":", 1)[0] for t in tasks if t.controller == controller and t.remote}
+        )
+        reason = (
+            f"peak of {peak} remote task(s) in parallel; each holds its own port, counted down "
+            f"from {TOP_PORT}, and a freed port may be taken again at once; range sized "
+            f"2x the peak (at least +10) and widened to cover every port seen (lowest {low})"
+        )
+        rules.append(Rule(controller, f"{bottom}-{TOP_PORT}", tuple(remotes), reason))
+    return rules
+
+
+def _remote_rules(tasks: Sequence[Task]) -> list[Rule]:
+    sources: dict[str, set[str]] = defaultdict(set)
+    for t in tasks:
+        if t.remote and t.controller:
+            sources[t.remote].add(t.controller)
+    rules = []
+    for remote, controllers in sorted(sources.items()):
+        host, port = remote.rsplit(":", 1)
+        reason = "the controllers send start_remote_task/close on the remote's scheduler port"
+        rules.append(Rule(host.strip("[]"), port, tuple(sorted(controllers)), reason))
+    return rules
+
+
+def to_json(rep: PortReport) -> dict:
+    def times(d: dict) -> dict:
+        return {
+            k: (format_time(v) if k in ("first", "last", "at") and v else v) for k, v in d.items()
+        }
+
+    return {
+        "ports": [times(asdict(u)) for u in rep.uses],
+        "range": {c: {"low": lo, "high": hi} for c, (lo, hi) in rep.port_range.items()},
+        "peak": {
+            c: {"tasks": n, "at": format_time(at) if at else None}
+            for c, (n, at) in rep.peak.items()
+        },
+        "time_wait_reuse": [asdict(r) for r in rep.reuses],
+        "failures": [times(asdict(f)) for f in rep.failures],
+        "rules": [asdict(r) for r in rep.rules],
+    }
+
+
+def to_text(rep: PortReport) -> str:
+    lines = ["Callback ports (controller listens, remote connects):"]
+    for controller, (low, high) in sorted(rep.port_range.items()):
+        n, at = rep.peak[controller]
+        used = sorted({u.port for u in rep.uses if u.controller == controller}, reverse=True)
+        when = f" at {format_time(at)}" if at else ""
+        lines.append(
+            f"  {controller}: {len(used)} port(s) {low}-{high}, peak {n} in parallel{when}"
+        )
+        lines.append("    " + _wrap(", ".join(map(str, used))))
+    lines.append("")
+    lines.append("Ports reused within TIME_WAIT:" + ("" if rep.reuses else " none"))
+    for r in rep.reuses:
+        lines.append(
+            f"  {r.controller}:{r.port} after {r.gap_ms:.3f} ms "
+            f"(task {r.previous_process_id or '?'} → {r.process_id or '?'})"
+        )
+    lines.append("")
+    lines.append("Failed connections:" + ("" if rep.failures else " none"))
+    for f in rep.failures:
+        at = format_time(f.at) if f.at else "?"
+        task = f" task {f.process_id}" if f.process_id else ""
+        lines.append(f"  {at}  {f.what:<20} {f.source} → {f.target}{task}")
+    if any(f.what in ("callback-unanswered", "callback-refused") for f in rep.failures):
+        lines.append(
+            "  (callback SYN unanswered: a firewall drops it; refused: nothing listens or a"
+            " firewall rejects it — the task fails after 60 s with Z-REMOTE-118)"
+        )
+    lines.append("")
+    lines.append("Firewall rules to allow:")
+    for rule in rep.rules:
+        sources = ", ".join(rule.sources) or "any"
+        lines.append(f"  on {rule.host}: incoming TCP {rule.ports} from {sources}")
+        lines.append(f"      because {rule.reason}")
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, width: int = 90) -> str:
+    out, line = [], ""
+    for word in text.split(" "):
+        if line and len(line) + len(word) > width:
+            out.append(line.rstrip())
+            line = ""
+        line += word + " "
+    out.append(line.rstrip())
+    return "\n    ".join(out)
