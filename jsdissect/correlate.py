@@ -95,6 +95,9 @@ def correlate(channels: Iterable[Channel], capture_end: int | None) -> list[Task
     unmatched = _match_callbacks(tasks, channels)
     tasks += [_partial_from_callback(ch) for ch in unmatched if ch.kind == "api"]
     for task in tasks:
+        if task.start_seen or task.callback is not None:
+            # Start or callback captured: the counts are known, zero when nothing was said.
+            task.steps = task.log_lines = 0
         if task.callback is not None:
             _fill_from_callback(task, task.callback)
         _finish(task, capture_end)
@@ -278,9 +281,6 @@ def _fill_from_callback(task: Task, ch: Channel) -> None:
     task.callback_closed = conn.closed
     if task.remote is not None and source.ip != task.remote.rsplit(":", 1)[0].strip("[]"):
         task.note_list.append(f"callback from {source.ip}, not the remote's address")
-    if ch.kind != "api":
-        return
-    task.steps = task.log_lines = 0
     for ev in ch.events:
         _apply_api_event(task, ev)
 

@@ -18,7 +18,7 @@ from jsdissect.correlate import Channel, Task, correlate
 from jsdissect.protocol import Event
 from jsdissect.protocol import command as cmd
 from jsdissect.protocol import objserver as api
-from jsdissect.tcp import CLIENT_TO_SERVER, Connection, Endpoint, Reassembler
+from jsdissect.tcp import CLIENT_TO_SERVER, SERVER_TO_CLIENT, Connection, Endpoint, Reassembler
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -279,7 +279,7 @@ def _looks_like_api_frame(data: bytes) -> bool:
 def _api_roles(conn: Connection, events: list[Event]) -> tuple[Endpoint, Endpoint]:
     """The controller is the side that sends the controller's requests (§5.2)."""
     for ev in events:
-        if isinstance(ev, api.Request):
+        if isinstance(ev, api.Request) and ev.sender in (api.CONTROLLER, api.TASK_SERVER):
             sender_is_client = ev.direction == CLIENT_TO_SERVER
             if (ev.sender == api.CONTROLLER) == sender_is_client:
                 return conn.client, conn.server

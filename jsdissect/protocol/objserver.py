@@ -1,0 +1,1452 @@
+"""The binary object-server channel (PROTOCOL.md §5, §6): task server → controller port.
+
+Sans-I/O: `ObjServerDecoder.feed` takes in-order pieces of one direction's byte stream and
+returns events. Per direction it cuts frames at the length prefixes (§5.1); each complete
+frame becomes a `Request` or a `Reply` (paired LIFO, §5.2/§12), followed by the task
+lifecycle markers it carries (§6.6) and by a `DecodeError` for every part that does not fit
+the layouts. Nothing raises out of `feed`, `gap` or `close`.
+
+Internally everything is keyed by tcp direction; the side labels "C"/"T" are only attached
+to events. Which direction is the controller's: the sender of the first `S` CreateInstance;
+before that `controller_direction`; without either, the first request that only one side
+sends decides (`O`+`A` call by name comes from C; `O`+`G`/`I` and `K` come from T). Until
+then `sender` is "?".
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+import defusedxml.ElementTree as SafeElementTree
+
+from jsdissect.protocol import DecodeError, Event
+
+CONTROLLER = "C"  # RPC client, the TCP acceptor (§0, §4)
+TASK_SERVER = "T"  # RPC server, the TCP connector
+UNKNOWN_SIDE = "?"  # neither CreateInstance nor controller_direction nor a telling request yet
+
+# --- layouts and constants, named as in PROTOCOL.md ------------------------------------
+
+LENGTH_PREFIX = struct.Struct(">I")  # §5.1 uint32 BE payload length
+MAX_MESSAGE_SIZE = 1_048_576_000  # §5.1 C++ max_message_size (Z-REMOTE-115)
+MESSAGE_SIZE_MAXIMUM = 100_000_000  # §5.1 Scala MessageTcpBridge; our default sanity bound
+
+# §5.1 message classes
+MSG_SESSION = 0x53  # S
+MSG_OBJECT = 0x4F  # O
+MSG_KEEP_ALIVE = 0x4B  # K
+MSG_ANSWER = 0x41  # A
+MSG_ERROR = 0x45  # E
+MSG_NO_SESSION = 0x4E  # N: defined, never sent
+REQUEST_CLASSES = frozenset((MSG_SESSION, MSG_OBJECT, MSG_KEEP_ALIVE))
+ANSWER_CLASSES = frozenset((MSG_ANSWER, MSG_ERROR))
+
+# §5.9 commands
+CMD_CREATE_INSTANCE = 0x43  # C, after S
+CMD_RELEASE = 0x52  # R
+CMD_QUERY_INTERFACE = 0x51  # Q
+CMD_GET_IDS_OF_NAMES = 0x47  # G
+CMD_INVOKE = 0x49  # I
+CMD_CALL = 0x41  # A, call by name
+CREATE_INSTANCE = "CreateInstance"
+RELEASE = "Release"
+QUERY_INTERFACE = "QueryInterface"
+GET_IDS_OF_NAMES = "GetIDsOfNames"
+INVOKE = "Invoke"
+CALL = "Call"
+KEEP_ALIVE = "KeepAlive"
+UNKNOWN_COMMAND = "Unknown"
+OBJECT_COMMANDS = {
+    CMD_RELEASE: RELEASE,
+    CMD_QUERY_INTERFACE: QUERY_INTERFACE,
+    CMD_GET_IDS_OF_NAMES: GET_IDS_OF_NAMES,
+    CMD_INVOKE: INVOKE,
+    CMD_CALL: CALL,
+}
+
+# §5.3 primitives
+U8 = struct.Struct(">B")
+I8 = struct.Struct(">b")
+I16 = struct.Struct(">h")
+U16 = struct.Struct(">H")
+I32 = struct.Struct(">i")
+U32 = struct.Struct(">I")
+I64 = struct.Struct(">q")
+U64 = struct.Struct(">Q")
+GUID_SIZE = 16
+STRING_MIN = 4  # int32 byte count
+DOUBLE_HEAD = struct.Struct(">BB")  # 's' 0x73, text length; then the ASCII text
+DOUBLE_MARK = 0x73
+DOUBLE_TEXT = re.compile(
+    r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|nan|inf|infinity)", re.IGNORECASE
+)
+
+# §5.4 VARTYPEs
+VT_EMPTY = 0x00
+VT_NULL = 0x01
+VT_I2 = 0x02
+VT_I4 = 0x03
+VT_R4 = 0x04
+VT_R8 = 0x05
+VT_CY = 0x06
+VT_DATE = 0x07
+VT_BSTR = 0x08
+VT_DISPATCH = 0x09
+VT_ERROR = 0x0A
+VT_BOOL = 0x0B
+VT_VARIANT = 0x0C
+VT_UNKNOWN = 0x0D
+VT_I1 = 0x10
+VT_UI1 = 0x11
+VT_UI2 = 0x12
+VT_UI4 = 0x13
+VT_I8 = 0x14
+VT_UI8 = 0x15
+VT_INT = 0x16
+VT_UINT = 0x17
+VT_ARRAY = 0x2000
+VARIANT_MIN = 4  # int32 vt
+FIXED_VALUES = {  # vt -> layout of its value
+    VT_I1: I8,
+    VT_UI1: U8,
+    VT_I2: I16,
+    VT_UI2: U16,
+    VT_I4: I32,
+    VT_UI4: U32,
+    VT_INT: I32,
+    VT_UINT: U32,
+    VT_ERROR: I32,
+    VT_CY: I64,
+    VT_I8: I64,
+    VT_UI8: U64,
+}
+INTEGER_VTS = frozenset(FIXED_VALUES) - {VT_ERROR, VT_CY}
+DOUBLE_VTS = frozenset((VT_R4, VT_R8, VT_DATE))
+OBJREF_VTS = frozenset((VT_DISPATCH, VT_UNKNOWN))
+VT_NAMES = {
+    VT_EMPTY: "VT_EMPTY",
+    VT_NULL: "VT_NULL",
+    VT_I2: "VT_I2",
+    VT_I4: "VT_I4",
+    VT_R4: "VT_R4",
+    VT_R8: "VT_R8",
+    VT_CY: "VT_CY",
+    VT_DATE: "VT_DATE",
+    VT_BSTR: "VT_BSTR",
+    VT_DISPATCH: "VT_DISPATCH",
+    VT_ERROR: "VT_ERROR",
+    VT_BOOL: "VT_BOOL",
+    VT_VARIANT: "VT_VARIANT",
+    VT_UNKNOWN: "VT_UNKNOWN",
+    VT_I1: "VT_I1",
+    VT_UI1: "VT_UI1",
+    VT_UI2: "VT_UI2",
+    VT_UI4: "VT_UI4",
+    VT_I8: "VT_I8",
+    VT_UI8: "VT_UI8",
+    VT_INT: "VT_INT",
+    VT_UINT: "VT_UINT",
+}
+
+# §5.5 SAFEARRAY: cDims, fFeatures, element count, lower bound, element VARTYPE
+SAFEARRAY_HEADER = struct.Struct(">hHiii")
+ARRAY_ELEMENT_MIN = {VT_UI1: 1, VT_BSTR: STRING_MIN, VT_VARIANT: VARIANT_MIN}
+MAX_NESTING = 64  # nested arrays / objref properties; deeper is an error, not a recursion
+
+# §5.6 objref: int64 id, is_new; if new: title, CLSID, property count, properties
+OBJREF_HEAD = struct.Struct(">QB")
+PROPERTY_MIN = STRING_MIN + VARIANT_MIN
+
+# §5.7 DISPPARAMS: cArgs, cNamedArgs
+DISPPARAMS_HEAD = struct.Struct(">ii")
+DISPID_PROPERTYPUT = -3
+
+# §5.8 EXCEPINFO: wCode, wReserved … dwHelpContext, scode
+EXCEPINFO_HEAD = struct.Struct(">hh")
+EXCEPINFO_TAIL = struct.Struct(">ii")
+
+# §5.9 request bodies
+GET_IDS_HEAD = struct.Struct(">16si")  # IID, LCID; then name count and names
+INVOKE_HEAD = struct.Struct(">i16sii")  # DISPID, IID, LCID, flags
+DISPATCH_METHOD = 1
+DISPATCH_PROPERTYGET = 2
+DISPATCH_PROPERTYPUT = 4
+DISPATCH_PROPERTYPUTREF = 8
+
+# §5.12 CLSIDs
+CLSID_REMOTE_MODULE_INSTANCE_SERVER = "feee47a3-6c1b-11d8-8103-000476ee8afb"
+IID_IREMOTE_MODULE_INSTANCE_SERVER = "feee47a2-6c1b-11d8-8103-000476ee8afb"
+CLSID_COM_LOG_PROXY = "feee47a6-6c1b-11d8-8103-000476ee8afb"
+CLSID_TASK_PROXY = "feee47aa-6c1b-11d8-8103-000476ee8afb"
+CLSID_SPOOLER_PROXY = "feee47b3-6c1b-11d8-8103-000476ee8afb"
+CLSID_NULL = "00000000-0000-0000-0000-000000000000"
+
+# Object classes: the §6.3 begin names, plus the RMIS and two Appendix A classes.
+RMIS = "RMIS"
+SPOOLER = "spooler"
+SPOOLER_JOB = "spooler_job"
+SPOOLER_TASK = "spooler_task"
+SPOOLER_LOG = "spooler_log"
+VARIABLE_SET = "Variable_set"
+ORDER = "Order"
+PROXY_CLASSES = {  # §5.6 specialised proxies
+    CLSID_COM_LOG_PROXY: SPOOLER_LOG,
+    CLSID_TASK_PROXY: SPOOLER_TASK,
+    CLSID_SPOOLER_PROXY: SPOOLER,
+}
+TITLE_CLASSES = {  # last resort: C++ class names in objref titles (§5.6, debugging only)
+    "Com_spooler": SPOOLER,
+    "Com_job": SPOOLER_JOB,
+    "Com_task": SPOOLER_TASK,
+    "Com_log": SPOOLER_LOG,
+    "Com_variable_set": VARIABLE_SET,
+    "Com_order": ORDER,
+}
+
+
+def _dispids(table: str) -> dict[int, str]:
+    words = table.split()
+    return {int(dispid): name for dispid, name in zip(words[::2], words[1::2], strict=True)}
+
+
+# Appendix A (Unix C++ method tables); names learned from GetIDsOfNames answers win.
+CLASS_DISPIDS = {
+    SPOOLER_LOG: _dispids("""
+        0 info 1 debug9 2 debug8 3 debug7 4 debug6 5 debug5 6 debug4 7 debug3 8 debug2
+        9 debug1 10 debug 11 msg 12 warn 13 error 14 log 15 mail 16 mail_on_error
+        17 mail_on_success 18 mail_on_process 19 level 20 filename 21 collect_within
+        22 collect_max 23 mail_it 24 java_class_name 25 last_error_line 26 last
+        27 mail_on_warning 28 Start_new_file 29 Log_file 30 New_filename"""),
+    SPOOLER_TASK: _dispids("""
+        2 error 3 job 4 params 5 result 6 wait_until_terminated 7 repeat 8 end
+        9 history_field 10 id 11 delay_spooler_process 13 order 14 java_class_name
+        15 changed_directories 16 add_pid 17 remove_pid 18 stderr_text 19 stdout_text
+        20 Create_subprocess 21 Add_subprocess 22 Priority_class 23 Step_count
+        24 Stderr_path 25 Stdout_path 26 Set_error_code_and_text 27 Web_service
+        28 Web_service_or_null 29 Priority 30 Exit_code 31 Trigger_files 32 Try_hold_lock
+        33 Try_hold_lock_non_exclusive 34 Call_me_again_when_locks_available 35 Params_xml
+        36 Order_params_xml 37 Web_service_access_token 38 agent_url"""),
+    SPOOLER_JOB: _dispids("""
+        1 start_when_directory_changed 2 clear_when_directory_changed 3 start
+        5 include_path 6 name 7 wake 8 state_text 9 title 10 delay_after_error
+        11 order_queue 12 java_class_name 13 delay_order_after_setback
+        14 max_order_setbacks 15 clear_delay_after_error 16 Remove 17 Execute_command
+        19 Process_class 20 Folder_path 21 Configuration_directory 22 Setback_max
+        23 Script_code"""),
+    SPOOLER: _dispids("""
+        0 var 1 log 2 id 3 param 4 script 5 job 6 create_variable_set 7 include_path
+        8 log_dir 9 let_run_terminate_and_restart 10 variables 12 db_name
+        13 create_job_chain 14 add_job_chain 15 job_chain 16 create_order 17 is_service
+        18 java_class_name 19 directory 20 job_chain_exists 21 hostname
+        22 abort_immediately 23 abort_immediately_and_restart 29 Ini_path 30 Execute_xml
+        31 Tcp_port 32 Udp_port 33 Create_xslt_stylesheet 34 Terminate
+        35 Terminate_and_restart 37 Locks 38 Process_classes 39 Supervisor_client
+        40 Configuration_directory 41 Schedule 42 Uri"""),
+    VARIABLE_SET: _dispids("""
+        0 value 1 set_var 2 count 3 dom 4 Clone 5 merge 6 xml 7 java_class_name 8 var
+        9 Names 10 Substitute"""),
+    ORDER: _dispids("""
+        1 id 2 title 3 priority 4 job_chain 5 job_chain_node 7 state 8 state_text 9 error
+        10 payload 11 payload_is_type 12 java_class_name 13 setback 14 at 15 Run_time
+        16 remove_from_job_chain 17 String_next_start_time 18 Xml 19 Web_service
+        20 Web_service_or_null 21 Web_service_operation 22 Web_service_operation_or_null
+        23 Xml_payload 24 Params 25 Suspended 26 Log 27 End_state 28 Setback_count
+        29 Ignore_max_orders 30 History_id 31 Last_error"""),
+    RMIS: _dispids("""
+        1 Construct 2 Add_obj 3 Name_exists 4 Call 5 Begin 6 End 7 Step
+        8 Wait_for_subprocesses"""),
+}
+
+# §6.5 / DESIGN "log_lines": spooler_log methods that write a line, with their level
+# (−9…−1 debug9…debug1, 0 info, 1 warn, 2 error; `log` takes it as 1st parameter;
+# `msg` has no level of its own in the spec).
+LOG_DISPID = 14
+LINE_METHODS: dict[str, int | None] = {
+    "info": 0,
+    **{f"debug{n}": -n for n in range(1, 10)},
+    "debug": -1,
+    "msg": None,
+    "warn": 1,
+    "error": 2,
+    "log": None,
+}
+EXIT_CODE = "exit_code"  # §6.5 spooler_task.exit_code put (DISPID 30)
+LINE_WHITESPACE = " \t\r\n\f\v"
+
+# §6.1 call-by-name methods of the RMIS that mark the lifecycle
+LC_CONSTRUCT = "construct"
+LC_BEGIN = "begin"
+LC_STEP = "step"
+LC_CALL = "call"
+LC_RELEASE = "release"
+PROCESS_RESULT = "process.result"  # §6.4
+
+MAX_PENDING = 1000  # open requests per connection; deeper nesting is not a conversation
+
+
+# --- values (§5.3–§5.8) -----------------------------------------------------------------
+
+
+def _quote(text: str) -> str:
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _short_title(title: str | None) -> str | None:
+    return title.rsplit("::", 1)[-1].strip() if title else None
+
+
+def object_id_text(object_id: int) -> str:
+    """§5.3 debug form high.low (lower-case hex)."""
+    return f"{object_id >> 32:08x}.{object_id & 0xFFFFFFFF:08x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Double:  # §5.3 double-as-text; equal when the text is equal
+    text: str
+    value: float = field(compare=False)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True, slots=True)
+class ObjRef:  # §5.6; id 0 is the null pointer
+    id: int
+    is_new: bool
+    title: str | None = None  # only when is_new
+    clsid: str | None = None
+    properties: tuple[tuple[str, Variant], ...] = ()
+    name: str | None = field(default=None, compare=False)  # filled by the decoder when known
+
+    def __str__(self) -> str:
+        if not self.id:
+            return "null"
+        label = self.name or _short_title(self.title)
+        return f"obj {object_id_text(self.id)}" + (f" ({label})" if label else "")
+
+
+@dataclass(frozen=True, slots=True)
+class SafeArray:  # §5.5, one dimension
+    features: int
+    elem_vt: int
+    elements: tuple[Any, ...] | bytes  # Variants, strs (VT_BSTR) or bytes (VT_UI1)
+    lbound: int = 0
+
+    def __str__(self) -> str:
+        if isinstance(self.elements, bytes):
+            return f"bytes {self.elements.hex()}"
+        items = (_quote(e) if isinstance(e, str) else str(e) for e in self.elements)
+        return "[" + ", ".join(items) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:  # §5.4
+    vt: int
+    value: Any = None
+
+    def __str__(self) -> str:
+        value = self.value
+        if self.vt & VT_ARRAY or self.vt in OBJREF_VTS or self.vt in DOUBLE_VTS:
+            return str(value)
+        if self.vt == VT_EMPTY:
+            return "empty"
+        if self.vt == VT_NULL:
+            return "null"
+        if self.vt == VT_BSTR:
+            return _quote(value)
+        if self.vt == VT_BOOL:
+            return "true" if value else "false"
+        if self.vt == VT_ERROR:
+            return f"error 0x{value & 0xFFFFFFFF:08X}"
+        if self.vt == VT_CY:
+            return str(Decimal(value).scaleb(-4))
+        return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ExcepInfo:  # §5.8
+    code: int
+    reserved: int
+    source: str
+    description: str
+    help_file: str
+    help_context: int
+    scode: int
+
+    def __str__(self) -> str:
+        return f"{self.description or self.source} (scode 0x{self.scode & 0xFFFFFFFF:08X})"
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeFailure:  # §5.10 Invoke answer with failed hr: argErr + EXCEPINFO
+    arg_err: int
+    excepinfo: ExcepInfo
+
+    def __str__(self) -> str:
+        return f"failed: {self.excepinfo}"
+
+
+def hresult_text(hr: int) -> str:
+    return f"COM-{hr & 0xFFFFFFFF:08X}"
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request(Event):  # §5.9
+    sender: str  # CONTROLLER or TASK_SERVER (UNKNOWN_SIDE until known)
+    # "CreateInstance", "Release", "QueryInterface", "GetIDsOfNames", "Invoke", "Call",
+    # "KeepAlive" (or "Unknown" for an unreadable command byte)
+    command: str
+    object_id: int | None
+    object_name: str | None  # "RMIS", "spooler_log", … when known (§6.3, §12)
+    method: str | None  # Call name, GetIDsOfNames name, or Invoke name resolved from its DISPID
+    dispid: int | None
+    flags: int | None  # Invoke flags (§5.9)
+    # decoded values in parameter order (wire order reversed back, §5.7); a property put's
+    # value (named DISPID_PROPERTYPUT) comes last, as the put's last parameter in COM
+    args: tuple[Any, ...]
+    depth: int  # callback nesting level: 0 for the controller's own calls
+    named_args: tuple[tuple[int, Any], ...] = ()  # §5.7 all named (DISPID, value) pairs
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(Event):  # §5.10/§5.11
+    sender: str
+    request: Request | None  # paired through the per-connection stack (§5.2, §12)
+    hr: int | None
+    result: Any  # VARIANT value, DISPIDs, objref…
+    error_name: str | None  # `E` answer strings (§5.11)
+    error_code: str | None
+    error_what: str | None
+
+
+# --- lifecycle markers (§6.6), emitted besides the Request/Reply they come from -----------
+
+
+@dataclass(frozen=True, slots=True)
+class Construct(Event):  # §6.2
+    params: tuple[tuple[str, str], ...]
+    job: str | None
+    task_id: int | None
+    language: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BeginAnswered(Event):  # §6.1 #2: start confirmation
+    started: bool | None
+    call_start: int  # when the begin call's first byte was captured
+
+
+@dataclass(frozen=True, slots=True)
+class StepAnswered(Event):  # §6.1 #4, §6.4
+    number: int  # 1-based count of step calls on this connection
+    call_start: int
+    result: bool | None  # spooler_process() result (API) or spooler_process_result (shell)
+    exit_code: int | None  # shell <process.result>
+    signal: int | None
+    state_text: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleCall(Event):  # construct/begin/step/end/call(...) sent by the controller
+    name: str  # "construct", "begin", "step", "end", "spooler_open", "spooler_exit", …
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseAnswered(Event):  # §6.1 #9: answer to Release of the RMIS
+    object_id: int
+    call_start: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAliveK(Event):  # §8: `K` request
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine(Event):  # §6.5: one counted line (DESIGN "log_lines")
+    method: str  # "log", "info", "warn", …
+    level: int | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExitCodePut(Event):  # §6.5: spooler_task.exit_code put (DISPID 30)
+    exit_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiError(Event):  # `E` answer or failed HRESULT (§5.10, §5.11)
+    code: str  # "Z-JAVA-105", "COM-80020009", …
+    text: str
+    method: str | None  # the request it answers
+
+
+# --- payload reader ---------------------------------------------------------------------
+
+
+class _Malformed(Exception):
+    """Bytes that do not fit the layout; becomes a DecodeError of the frame."""
+
+
+def _guid_text(raw: bytes) -> str:
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class _Reader:
+    """Cursor over one payload. Every length and count is checked against the bytes that
+    are left before anything is read or looped over."""
+
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: bytes, pos: int = 0) -> None:
+        self.buf = buf
+        self.pos = pos
+
+    @property
+    def remaining(self) -> int:
+        return len(self.buf) - self.pos
+
+    def need(self, size: int, what: str) -> None:
+        if size > self.remaining:
+            raise _Malformed(
+                f"truncated {what} at payload byte {self.pos}"
+                f" ({size} bytes needed, {self.remaining} left)"
+            )
+
+    def fixed(self, layout: struct.Struct, what: str) -> Any:
+        self.need(layout.size, what)
+        values = layout.unpack_from(self.buf, self.pos)
+        self.pos += layout.size
+        return values[0] if len(values) == 1 else values
+
+    def raw(self, size: int, what: str) -> bytes:
+        self.need(size, what)
+        self.pos += size
+        return self.buf[self.pos - size : self.pos]
+
+    def count(self, element_min: int, what: str) -> int:
+        """int32 count of elements each at least `element_min` bytes long."""
+        at = self.pos
+        n = self.fixed(I32, what)
+        if n < 0 or n * element_min > self.remaining:
+            raise _Malformed(
+                f"{what} {n} at payload byte {at} does not fit the {self.remaining} bytes left"
+            )
+        return n
+
+    def string(self, what: str = "string") -> str:
+        at = self.pos
+        size = self.fixed(I32, f"{what} length")
+        if size < 0:
+            raise _Malformed(f"{what} at payload byte {at} has negative length {size}")
+        return self.raw(size, what).decode("latin-1")
+
+    def guid(self, what: str) -> str:
+        return _guid_text(self.raw(GUID_SIZE, what))
+
+    def double(self) -> Double:
+        at = self.pos
+        mark, size = self.fixed(DOUBLE_HEAD, "double header")
+        if mark != DOUBLE_MARK:
+            raise _Malformed(f"double at payload byte {at} starts with 0x{mark:02X}, not 's'")
+        text = self.raw(size, "double text").decode("latin-1")
+        if not DOUBLE_TEXT.fullmatch(text):
+            raise _Malformed(f"double text {text!r} at payload byte {at} is not a number")
+        return Double(text, float(text))
+
+    def end(self, what: str) -> None:
+        if self.remaining:
+            raise _Malformed(f"{self.remaining} bytes after the {what} at payload byte {self.pos}")
+
+    # §5.4
+    def variant(self, depth: int = 0) -> Variant:
+        if depth > MAX_NESTING:
+            raise _Malformed(f"values nested deeper than {MAX_NESTING} at payload byte {self.pos}")
+        at = self.pos
+        vt = self.fixed(U32, "VARIANT type")
+        if vt & VT_ARRAY:
+            return Variant(vt, self.safearray(vt & ~VT_ARRAY, at, depth))
+        if vt in (VT_EMPTY, VT_NULL):
+            return Variant(vt)
+        name = VT_NAMES.get(vt)
+        if vt in FIXED_VALUES:
+            return Variant(vt, self.fixed(FIXED_VALUES[vt], f"{name} value"))
+        if vt == VT_BOOL:
+            return Variant(vt, self.fixed(U8, "VT_BOOL value") != 0)
+        if vt in DOUBLE_VTS:
+            return Variant(vt, self.double())
+        if vt == VT_BSTR:
+            return Variant(vt, self.string("VT_BSTR value"))
+        if vt in OBJREF_VTS:
+            return Variant(vt, self.objref(depth + 1))
+        raise _Malformed(f"VARIANT type 0x{vt:04X} at payload byte {at} is not transmittable")
+
+    # §5.5
+    def safearray(self, tag: int, at: int, depth: int) -> SafeArray:
+        if tag not in ARRAY_ELEMENT_MIN:
+            raise _Malformed(f"array type VT_ARRAY|0x{tag:04X} at payload byte {at} not supported")
+        dims, features, n, lbound, elem_vt = self.fixed(SAFEARRAY_HEADER, "SAFEARRAY header")
+        if dims != 1:
+            raise _Malformed(f"SAFEARRAY at payload byte {at} has {dims} dimensions, not 1")
+        if elem_vt != tag:
+            raise _Malformed(
+                f"SAFEARRAY at payload byte {at}: element type 0x{elem_vt:04X}"
+                f" differs from the tag's 0x{tag:04X}"
+            )
+        if n < 0 or n * ARRAY_ELEMENT_MIN[tag] > self.remaining:
+            raise _Malformed(
+                f"SAFEARRAY at payload byte {at} claims {n} elements; {self.remaining} bytes left"
+            )
+        elements: tuple[Any, ...] | bytes
+        if tag == VT_UI1:
+            elements = self.raw(n, "VT_UI1 elements")
+        elif tag == VT_BSTR:
+            elements = tuple(self.string("array element") for _ in range(n))
+        else:
+            elements = tuple(self.variant(depth + 1) for _ in range(n))
+        return SafeArray(features, elem_vt, elements, lbound)
+
+    # §5.6
+    def objref(self, depth: int = 0) -> ObjRef:
+        object_id, is_new = self.fixed(OBJREF_HEAD, "objref")
+        if not is_new:
+            return ObjRef(object_id, False)
+        title = self.string("objref title")
+        clsid = self.guid("objref CLSID")
+        n = self.count(PROPERTY_MIN, "objref property count")
+        props = tuple((self.string("property name"), self.variant(depth + 1)) for _ in range(n))
+        return ObjRef(object_id, True, title, clsid, props)
+
+    # §5.7
+    def dispparams(self) -> tuple[tuple[Any, ...], tuple[tuple[int, Any], ...]]:
+        at = self.pos
+        n_args, n_named = self.fixed(DISPPARAMS_HEAD, "DISPPARAMS")
+        if not 0 <= n_named <= n_args or 4 * (n_named + n_args) > self.remaining:
+            raise _Malformed(
+                f"DISPPARAMS at payload byte {at}: {n_args} args, {n_named} named"
+                f" do not fit the {self.remaining} bytes left"
+            )
+        dispids = [self.fixed(I32, "named DISPID") for _ in range(n_named)]
+        values = [self.variant() for _ in range(n_args)]
+        named = tuple(zip(dispids, values[:n_named], strict=True))
+        put = tuple(value for dispid, value in named if dispid == DISPID_PROPERTYPUT)
+        return (*reversed(values[n_named:]), *put), named
+
+    # §5.8
+    def excepinfo(self) -> ExcepInfo:
+        code, reserved = self.fixed(EXCEPINFO_HEAD, "EXCEPINFO")
+        source = self.string("EXCEPINFO source")
+        description = self.string("EXCEPINFO description")
+        help_file = self.string("EXCEPINFO help file")
+        help_context, scode = self.fixed(EXCEPINFO_TAIL, "EXCEPINFO")
+        return ExcepInfo(code, reserved, source, description, help_file, help_context, scode)
+
+
+# --- value walking ----------------------------------------------------------------------
+
+
+def _iter_refs(value: Any) -> Iterator[ObjRef]:
+    if isinstance(value, Variant):
+        yield from _iter_refs(value.value)
+    elif isinstance(value, ObjRef):
+        yield value
+        for _, prop in value.properties:
+            yield from _iter_refs(prop)
+    elif isinstance(value, SafeArray):
+        if not isinstance(value.elements, bytes):
+            for element in value.elements:
+                yield from _iter_refs(element)
+    elif isinstance(value, tuple):
+        for element in value:
+            yield from _iter_refs(element)
+
+
+def _map_refs(value: Any, fn: Callable[[ObjRef], ObjRef]) -> Any:
+    if isinstance(value, Variant):
+        return Variant(value.vt, _map_refs(value.value, fn))
+    if isinstance(value, ObjRef):
+        props = tuple((name, _map_refs(prop, fn)) for name, prop in value.properties)
+        return fn(replace(value, properties=props) if props else value)
+    if isinstance(value, SafeArray) and not isinstance(value.elements, bytes):
+        return replace(value, elements=tuple(_map_refs(e, fn) for e in value.elements))
+    if isinstance(value, tuple):
+        return tuple(_map_refs(e, fn) for e in value)
+    return value
+
+
+def _text(value: Any) -> str | None:
+    """A string argument: VT_BSTR variant or a BSTR array element."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Variant) and value.vt == VT_BSTR:
+        return value.value
+    return None
+
+
+def _integer(value: Any) -> int | None:
+    if isinstance(value, Variant) and value.vt in INTEGER_VTS:
+        return value.value
+    return None
+
+
+def _array_elements(value: Any) -> tuple[Any, ...]:
+    if isinstance(value, Variant) and isinstance(value.value, SafeArray):
+        elements = value.value.elements
+        return () if isinstance(elements, bytes) else elements
+    return ()
+
+
+# --- per-connection state ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Frame:
+    offset: int  # stream offset of the length prefix
+    start: int  # ts of the piece with the first length byte
+    end: int  # max ts over the pieces that contributed bytes
+
+
+@dataclass(slots=True)
+class _Stream:
+    """Framing state of one direction (§5.1)."""
+
+    expected: int | None = None  # next stream offset
+    dead: bool = False
+    head: bytearray = field(default_factory=bytearray)
+    frame: _Frame | None = None
+    length: int | None = None
+    pieces: list[bytes] = field(default_factory=list)  # joined only when complete
+    have: int = 0
+    missing: int = 0  # payload bytes lost in gaps; pieces then hold only the prefix
+
+    def reset(self) -> None:
+        self.head.clear()
+        self.frame = None
+        self.length = None
+        self.pieces = []
+        self.have = 0
+        self.missing = 0
+
+
+@dataclass(slots=True)
+class _Obj:
+    """An exported object (§5.6, §12): keyed by (exporting direction, id)."""
+
+    title: str | None = None
+    clsid: str | None = None
+    name: str | None = None  # begin name (§6.3) or "RMIS"
+    cls: str | None = None  # key of CLASS_DISPIDS
+    learned: dict[int, str] = field(default_factory=dict)  # GetIDsOfNames answers
+
+    def label(self) -> str | None:
+        return self.name or self.cls
+
+    def dispid_name(self, dispid: int | None) -> str | None:
+        if dispid is None:
+            return None
+        return self.learned.get(dispid) or CLASS_DISPIDS.get(self.cls or "", {}).get(dispid)
+
+
+@dataclass(slots=True)
+class _Parsed:
+    """What could be read of a request, kept when the rest is malformed."""
+
+    command: str = UNKNOWN_COMMAND
+    object_id: int | None = None
+    method: str | None = None
+    dispid: int | None = None
+    flags: int | None = None
+    args: tuple[Any, ...] = ()
+    named: tuple[tuple[int, Any], ...] = ()
+    names: tuple[str, ...] | None = None  # GetIDsOfNames: one DISPID per name in the answer
+    n_iids: int | None = None  # CreateInstance: one interface per IID in the answer
+    complete: bool = False
+
+
+@dataclass(slots=True)
+class _Answer:
+    hr: int | None = None
+    result: Any = None
+    strings: list[str] = field(default_factory=list)  # `E`
+
+
+@dataclass(slots=True)
+class _Pending:
+    direction: int
+    request: Request
+    parsed: _Parsed
+    target: _Obj | None
+    lifecycle: str | None  # LC_BEGIN, LC_STEP, LC_RELEASE: answers that mark the lifecycle
+    step: int = 0
+
+
+def _parse_request(r: _Reader, cls: int, p: _Parsed) -> None:
+    if cls == MSG_KEEP_ALIVE:
+        p.command = KEEP_ALIVE
+        r.end("keep-alive")
+        return
+    if cls == MSG_SESSION:
+        _parse_create_instance(r, p)
+        return
+    p.object_id = r.fixed(U64, "object id")
+    command = r.fixed(U8, "object command")
+    p.command = OBJECT_COMMANDS.get(command, UNKNOWN_COMMAND)
+    if p.command == UNKNOWN_COMMAND:
+        raise _Malformed(f"unknown object command 0x{command:02X}")
+    if p.command == QUERY_INTERFACE:
+        p.args = (r.guid("IID"),)
+    elif p.command == GET_IDS_OF_NAMES:
+        r.fixed(GET_IDS_HEAD, "GetIDsOfNames header")
+        p.names = tuple(r.string("name") for _ in range(r.count(STRING_MIN, "name count")))
+        p.args = p.names
+        p.method = p.names[0] if p.names else None
+    elif p.command == INVOKE:
+        p.dispid, _iid, _lcid, p.flags = r.fixed(INVOKE_HEAD, "Invoke header")
+        p.args, p.named = r.dispparams()
+    elif p.command == CALL:
+        p.method = r.string("method name")
+        p.args, p.named = r.dispparams()
+    r.end(p.command)
+
+
+def _parse_create_instance(r: _Reader, p: _Parsed) -> None:
+    r.fixed(U64, "session id")
+    command = r.fixed(U8, "session command")
+    if command != CMD_CREATE_INSTANCE:
+        raise _Malformed(f"unknown session command 0x{command:02X}")
+    p.command = CREATE_INSTANCE
+    clsid = r.guid("CLSID")
+    r.objref()  # outer, always null
+    r.fixed(I32, "context")
+    p.n_iids = r.count(GUID_SIZE, "IID count")
+    p.args = (clsid, *(r.guid("IID") for _ in range(p.n_iids)))
+    r.end(CREATE_INSTANCE)
+
+
+def _parse_answer(r: _Reader, p: _Parsed, a: _Answer) -> None:
+    """§5.10: the layout after `A` depends on the request's command."""
+    if p.command in (RELEASE, KEEP_ALIVE):
+        r.end(f"answer to {p.command}")
+        return
+    if p.command == UNKNOWN_COMMAND:
+        raise _Malformed("answer to a request whose layout is unknown")
+    a.hr = r.fixed(I32, "HRESULT")
+    if p.command == CREATE_INSTANCE and a.hr >= 0:
+        refs = []  # one (hr_i, objref) per IID; with the request unreadable: until the end
+        while r.remaining if p.n_iids is None else len(refs) < p.n_iids:
+            r.fixed(I32, "interface HRESULT")
+            refs.append(r.objref())
+        a.result = refs[0] if refs else None  # the RMIS; C++ repeats it for further IIDs
+    elif p.command == QUERY_INTERFACE and a.hr >= 0:
+        a.result = r.objref()
+    elif p.command == GET_IDS_OF_NAMES and a.hr >= 0:
+        n = len(p.names) if p.names is not None else r.remaining // 4
+        r.need(4 * n, "DISPIDs")
+        a.result = tuple(r.fixed(I32, "DISPID") for _ in range(n))
+    elif p.command == INVOKE:
+        if a.hr >= 0:
+            a.result = r.variant()
+        else:
+            arg_err = r.fixed(I32, "argErr")
+            a.result = InvokeFailure(arg_err, r.excepinfo())
+    elif p.command == CALL:
+        a.result = r.variant()
+    r.end(f"answer to {p.command}")
+
+
+def _parse_error_strings(r: _Reader, a: _Answer) -> None:
+    """§5.11: strings until the payload ends."""
+    while r.remaining:
+        a.strings.append(r.string("error string"))
+
+
+def _error_fields(strings: list[str]) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for s in strings:
+        key, sep, value = s.partition("=")
+        if sep and key in ("name", "code", "what"):
+            fields[key] = value
+    return fields
+
+
+def _parse_process_result(text: str) -> tuple[tuple[Any, ...], list[str]]:
+    """§6.4: (result, exit_code, signal, state_text) and the problems found."""
+    try:
+        root = SafeElementTree.fromstring(text)
+    except Exception as exc:  # ParseError, defusedxml's forbidden constructs
+        return (None, None, None, None), [f"malformed <process.result>: {exc}"]
+    if root.tag != PROCESS_RESULT:
+        return (None, None, None, None), [f"step answer is <{root.tag}>, not <process.result>"]
+    problems: list[str] = []
+
+    def number(key: str) -> int | None:
+        raw = root.get(key)
+        if raw is None:
+            return None
+        try:
+            return int(raw.strip())
+        except ValueError:
+            problems.append(f"<process.result> {key}={raw!r} is not a number")
+            return None
+
+    flag = (root.get("spooler_process_result") or "").strip().lower()
+    result = {"true": True, "1": True, "false": False, "0": False}.get(flag)
+    fields = (result, number("exit_code"), number("signal"), root.get("state_text"))
+    return fields, problems
+
+
+def _construct_event(where: dict[str, int | str], args: tuple[Any, ...]) -> Construct:
+    """§6.2: every `key=value` string of the array, split at the first '='."""
+    params = []
+    for element in _array_elements(args[0]) if args else ():
+        text = _text(element)
+        if text is not None:
+            key, _, value = text.partition("=")
+            params.append((key, value))
+    values: dict[str, str] = {}
+    for key, value in params:
+        values.setdefault(key, value)
+    task_id = values.get("task_id", "").strip()
+    return Construct(
+        **where,
+        params=tuple(params),
+        job=values.get("job"),
+        task_id=int(task_id) if re.fullmatch(r"[+-]?\d+", task_id) else None,
+        language=values.get("language"),
+    )
+
+
+def _lifecycle_name(method: str, args: tuple[Any, ...]) -> str:
+    """`call("?spooler_on_success()V")` → "spooler_on_success"; others as sent."""
+    if method.lower() != LC_CALL:
+        return method
+    target = _text(args[0]) if args else None
+    if not target:
+        return method
+    return target.lstrip("?").split("(", 1)[0] or method
+
+
+# --- the decoder ------------------------------------------------------------------------
+
+
+class ObjServerDecoder:
+    """One per callback connection. `controller_direction` is the tcp direction the
+    controller sends in (normally SERVER_TO_CLIENT: the controller accepted); None lets the
+    decoder infer it from the first CreateInstance (or the first telling request).
+    `max_frame` is the sanity bound on frame lengths (never above MAX_MESSAGE_SIZE)."""
+
+    def __init__(
+        self,
+        conn: str,
+        controller_direction: int | None = None,
+        *,
+        max_frame: int = MESSAGE_SIZE_MAXIMUM,
+    ) -> None:
+        self.conn = conn
+        self.max_frame = min(max_frame, MAX_MESSAGE_SIZE)
+        self._controller = controller_direction
+        self._created = False  # an `S` was seen: its sender is the controller
+        self._streams = (_Stream(), _Stream())
+        self._pending: list[_Pending] = []
+        self._objects: dict[tuple[int, int], _Obj] = {}
+        self._rmis: tuple[int, int] | None = None
+        self._steps = 0
+        self._closed = False
+
+    # -- public entry points: never raise --
+
+    def feed(self, direction: int, offset: int, data: bytes, ts: int) -> list[Event]:
+        """`data` = stream bytes from `offset` on, first captured at `ts` (µs)."""
+        out: list[Event] = []
+        if self._valid(direction, offset, ts, out) and data:
+            try:
+                self._feed(direction, offset, data, ts, out)
+            except Exception as exc:  # a decoder reports, it never raises
+                self._crashed(direction, offset, ts, exc, out)
+        return out
+
+    def gap(self, direction: int, offset: int, size: int, ts: int) -> list[Event]:
+        """Bytes [offset, offset+size) were never captured."""
+        out: list[Event] = []
+        if self._valid(direction, offset, ts, out):
+            try:
+                self._gap(direction, offset, size, ts, out)
+            except Exception as exc:  # a decoder reports, it never raises
+                self._crashed(direction, offset, ts, exc, out)
+        return out
+
+    def close(self) -> list[Event]:
+        """End of the connection: an unfinished frame becomes a DecodeError."""
+        out: list[Event] = []
+        if self._closed:
+            return out
+        self._closed = True
+        for direction, st in enumerate(self._streams):
+            if st.dead or st.frame is None:
+                continue
+            have = len(st.head) if st.length is None else LENGTH_PREFIX.size + st.have
+            want = "?" if st.length is None else LENGTH_PREFIX.size + st.length
+            reason = f"connection ended inside a frame ({have} of {want} bytes)"
+            out.append(self._error(direction, st.frame, reason))
+            st.reset()
+        return out
+
+    # -- framing (§5.1) --
+
+    def _valid(self, direction: int, offset: int, ts: int, out: list[Event]) -> bool:
+        if direction in (0, 1):
+            return not self._closed
+        where = _Frame(offset, ts, ts)
+        out.append(self._error(0, where, f"direction {direction!r} is neither 0 nor 1"))
+        return False
+
+    def _crashed(self, d: int, offset: int, ts: int, exc: Exception, out: list[Event]) -> None:
+        st = self._streams[d]
+        self._die(d, st, st.frame or _Frame(offset, ts, ts), f"internal error: {exc!r}", out)
+
+    def _feed(self, d: int, offset: int, data: bytes, ts: int, out: list[Event]) -> None:
+        st = self._streams[d]
+        if st.expected is None:
+            st.expected = offset
+        if offset > st.expected:
+            self._gap(d, st.expected, offset - st.expected, ts, out)
+        elif offset < st.expected:  # overlap: those bytes were fed already
+            data = data[st.expected - offset :]
+            offset = st.expected
+        if st.dead:
+            return
+        data = bytes(data)
+        st.expected = offset + len(data)
+        pos = 0
+        while pos < len(data) and not st.dead:
+            pos = self._consume(d, st, data, pos, offset, ts, out)
+
+    def _consume(
+        self, d: int, st: _Stream, data: bytes, pos: int, offset: int, ts: int, out: list[Event]
+    ) -> int:
+        if st.frame is None:
+            st.frame = _Frame(offset + pos, ts, ts)
+        st.frame.end = max(st.frame.end, ts)
+        if st.length is None:
+            take = min(LENGTH_PREFIX.size - len(st.head), len(data) - pos)
+            st.head += data[pos : pos + take]
+            if len(st.head) == LENGTH_PREFIX.size:
+                self._check_length(d, st, out)
+            return pos + take
+        take = min(st.length - st.have, len(data) - pos)
+        if not st.missing:
+            st.pieces.append(data[pos : pos + take])
+        st.have += take
+        if st.have == st.length:
+            self._finish_frame(d, st, out)
+        return pos + take
+
+    def _check_length(self, d: int, st: _Stream, out: list[Event]) -> None:
+        length = LENGTH_PREFIX.unpack(st.head)[0]
+        if length == 0:
+            reason = "frame length 0: a payload holds at least its message class"
+            self._die(d, st, st.frame, reason, out)
+        elif length > self.max_frame:
+            reason = f"frame length {length} exceeds the limit {self.max_frame}"
+            self._die(d, st, st.frame, reason, out)
+        else:
+            st.length = length
+
+    def _gap(self, d: int, offset: int, size: int, ts: int, out: list[Event]) -> None:
+        st = self._streams[d]
+        if st.dead or size <= 0:
+            return
+        if st.expected is None:
+            st.expected = offset
+        if offset < st.expected:
+            size -= st.expected - offset
+            if size <= 0:
+                return
+        elif offset > st.expected:
+            size += offset - st.expected
+        offset = st.expected
+        st.expected = offset + size
+        if st.length is not None and size <= st.length - st.have:
+            # The frame's length is known, so the next frame starts right after it: only
+            # this frame is lost.
+            st.missing += size
+            st.have += size
+            if st.have == st.length:
+                self._finish_frame(d, st, out)
+            return
+        reason = f"gap of {size} bytes at stream offset {offset}: framing lost"
+        self._die(d, st, st.frame or _Frame(offset, ts, ts), reason, out)
+
+    def _die(
+        self, d: int, st: _Stream, frame: _Frame | None, reason: str, out: list[Event]
+    ) -> None:
+        """Framing lost: this direction is not decoded any more."""
+        assert frame is not None
+        out.append(self._error(d, frame, reason))
+        st.reset()
+        st.dead = True
+
+    def _finish_frame(self, d: int, st: _Stream, out: list[Event]) -> None:
+        payload = b"".join(st.pieces)
+        frame, missing = st.frame, st.missing
+        st.reset()
+        assert frame is not None
+        errors: list[str] = []
+        try:
+            events = self._message(d, payload, frame, errors)
+        except Exception as exc:  # a decoder reports, it never raises
+            events = []
+            errors.append(f"internal error: {exc!r}")
+        if missing:
+            errors = [f"{missing} bytes of the frame were not captured (gap)"]
+        out.extend(events)
+        out.extend(self._error(d, frame, reason) for reason in errors)
+
+    # -- messages (§5.9–§5.11) --
+
+    def _message(self, d: int, payload: bytes, frame: _Frame, errors: list[str]) -> list[Event]:
+        if not payload:
+            errors.append("no payload")
+            return []
+        cls = payload[0]
+        if cls in REQUEST_CLASSES:
+            return self._request(d, payload, frame, errors)
+        if cls in ANSWER_CLASSES:
+            return self._answer(d, payload, frame, errors)
+        if cls == MSG_NO_SESSION:
+            errors.append("message class 'N' (no session/object) is never sent")
+        else:
+            errors.append(f"unknown message class 0x{cls:02X}")
+        return []
+
+    def _request(self, d: int, payload: bytes, frame: _Frame, errors: list[str]) -> list[Event]:
+        p = _Parsed()
+        try:
+            _parse_request(_Reader(payload, 1), payload[0], p)
+            p.complete = True
+        except _Malformed as exc:
+            errors.append(str(exc))
+        self._infer_controller(d, payload[0], p.command)
+        target = self._target(d, p)
+        for value in (p.args, p.named):
+            self._record(d, value)
+        rmis_call = self._rmis_call(d, p, target)
+        if rmis_call and p.complete and (p.method or "").lower() == LC_BEGIN:
+            self._name_begin_objects(d, p.args)
+        request = Request(
+            **self._where(d, frame),
+            sender=self._side(d),
+            command=p.command,
+            object_id=p.object_id,
+            object_name=target.label() if target else None,
+            method=target.dispid_name(p.dispid) if p.command == INVOKE and target else p.method,
+            dispid=p.dispid,
+            flags=p.flags,
+            args=self._named(d, p.args),
+            depth=len(self._pending),
+            named_args=self._named(d, p.named),
+        )
+        pending = _Pending(d, request, p, target, None)
+        events: list[Event] = [request]
+        if rmis_call:
+            events += self._rmis_call_events(pending, frame)
+        elif p.command == RELEASE and self._rmis == (1 - d, p.object_id):
+            pending.lifecycle = LC_RELEASE
+        elif p.command == KEEP_ALIVE:
+            events.append(KeepAliveK(**self._where(d, frame)))
+        elif p.complete and target is not None:
+            events += self._log_lines(request, target, frame)
+            events += self._exit_code_put(request, target, frame)
+        self._push(pending, errors)
+        return events
+
+    def _answer(self, d: int, payload: bytes, frame: _Frame, errors: list[str]) -> list[Event]:
+        pending = self._pop(d, errors)
+        a = _Answer()
+        r = _Reader(payload, 1)
+        try:
+            if payload[0] == MSG_ERROR:
+                _parse_error_strings(r, a)
+            elif pending is not None:
+                _parse_answer(r, pending.parsed, a)
+        except _Malformed as exc:
+            errors.append(str(exc))
+        if pending is not None:
+            self._learn(d, pending, a)
+        fields = _error_fields(a.strings)
+        reply = Reply(
+            **self._where(d, frame),
+            sender=self._side(d),
+            request=pending.request if pending else None,
+            hr=a.hr,
+            result=self._named(d, a.result),
+            error_name=fields.get("name"),
+            error_code=fields.get("code"),
+            error_what=fields.get("what"),
+        )
+        events: list[Event] = [reply]
+        if pending is not None and pending.lifecycle:
+            events += self._answered_events(pending, reply, errors)
+        if payload[0] == MSG_ERROR or (a.hr is not None and a.hr < 0):
+            events.append(self._api_error(reply))
+        return events
+
+    # -- pairing (§5.2, §12) --
+
+    def _push(self, pending: _Pending, errors: list[str]) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            dropped = self._pending.pop(0).request
+            errors.append(
+                f"more than {MAX_PENDING} open requests; forgot the oldest"
+                f" ({dropped.command} at offset {dropped.offset})"
+            )
+        self._pending.append(pending)
+
+    def _pop(self, d: int, errors: list[str]) -> _Pending | None:
+        if not self._pending:
+            errors.append("answer with no open request")
+            return None
+        top = self._pending[-1]
+        if top.direction == d:
+            errors.append(
+                "answer from the side that sent the open request"
+                f" ({top.request.command} at offset {top.request.offset})"
+            )
+            return None
+        return self._pending.pop()
+
+    def _infer_controller(self, d: int, cls: int, command: str) -> None:
+        if cls == MSG_SESSION and not self._created:
+            self._created = True
+            self._controller = d
+        elif self._controller is not None:
+            return
+        elif command == CALL:
+            self._controller = d
+        elif command in (GET_IDS_OF_NAMES, INVOKE) or cls == MSG_KEEP_ALIVE:
+            self._controller = 1 - d
+
+    def _side(self, d: int) -> str:
+        if self._controller is None:
+            return UNKNOWN_SIDE
+        return CONTROLLER if d == self._controller else TASK_SERVER
+
+    def _where(self, d: int, frame: _Frame) -> dict[str, Any]:
+        return {
+            "conn": self.conn,
+            "direction": d,
+            "offset": frame.offset,
+            "start": frame.start,
+            "end": frame.end,
+        }
+
+    def _error(self, d: int, frame: _Frame, reason: str) -> DecodeError:
+        return DecodeError(**self._where(d, frame), channel="api", reason=reason)
+
+    # -- objects (§5.6, §6.3, §12) --
+
+    def _target(self, d: int, p: _Parsed) -> _Obj | None:
+        """The object addressed by `O <id>`: exported by the receiver."""
+        if p.object_id is None:
+            return None
+        key = (1 - d, p.object_id)
+        obj = self._objects.get(key)
+        if obj is None:
+            obj = self._objects[key] = _Obj()
+        if obj.cls is None and _looks_like_log_call(p):
+            obj.cls = SPOOLER_LOG  # picked up mid-stream: begin not seen
+        return obj
+
+    def _lookup(self, d: int, object_id: int) -> _Obj | None:
+        """An objref sent by direction d: its own export, or (is_new=0) the receiver's."""
+        return self._objects.get((d, object_id)) or self._objects.get((1 - d, object_id))
+
+    def _record(self, d: int, value: Any) -> None:
+        for ref in _iter_refs(value):
+            if ref.is_new and ref.id:
+                obj = self._objects.setdefault((d, ref.id), _Obj())
+                obj.title, obj.clsid = ref.title, ref.clsid
+                obj.cls = _class_of(ref) or obj.cls
+
+    def _named(self, d: int, value: Any) -> Any:
+        """The value with every known objref labelled (for readable messages)."""
+        if next(_iter_refs(value), None) is None:
+            return value
+
+        def label(ref: ObjRef) -> ObjRef:
+            obj = self._lookup(d, ref.id) if ref.id else None
+            name = obj.label() if obj else None
+            return replace(ref, name=name) if name else ref
+
+        return _map_refs(value, label)
+
+    def _name_begin_objects(self, d: int, args: tuple[Any, ...]) -> None:
+        """§6.3: begin(objects, names) — parameter order; the names went first on the wire."""
+        if len(args) < 2:
+            return
+        for name_value, obj_value in zip(
+            _array_elements(args[1]), _array_elements(args[0]), strict=False
+        ):
+            name = _text(name_value)
+            ref = obj_value.value if isinstance(obj_value, Variant) else None
+            if name and isinstance(ref, ObjRef) and ref.id:
+                obj = self._lookup(d, ref.id)
+                if obj is not None:
+                    obj.name = name
+                    obj.cls = name if name in CLASS_DISPIDS else obj.cls
+
+    def _learn(self, d: int, pending: _Pending, a: _Answer) -> None:
+        self._record(d, a.result)
+        p = pending.parsed
+        if p.command == CREATE_INSTANCE and isinstance(a.result, ObjRef) and a.result.id:
+            self._rmis = (d, a.result.id)
+            rmis = self._objects.setdefault(self._rmis, _Obj())
+            rmis.name, rmis.cls = RMIS, RMIS
+        elif p.command == GET_IDS_OF_NAMES and isinstance(a.result, tuple) and pending.target:
+            # the answering side exports the object, so its DISPIDs are the ones named
+            pending.target.learned.update(zip(a.result, p.names or (), strict=False))
+
+    # -- lifecycle markers (§6.6) --
+
+    def _rmis_call(self, d: int, p: _Parsed, target: _Obj | None) -> bool:
+        """A call by name from the controller to the RMIS (§6.1)."""
+        if p.command != CALL or self._side(d) != CONTROLLER or target is None:
+            return False
+        if self._rmis is None:  # CreateInstance not captured: C only calls the RMIS by name
+            self._rmis = (1 - d, p.object_id or 0)
+            target.name, target.cls = target.name or RMIS, RMIS
+        return self._rmis == (1 - d, p.object_id)
+
+    def _rmis_call_events(self, pending: _Pending, frame: _Frame) -> list[Event]:
+        request, p = pending.request, pending.parsed
+        if not p.method:
+            return []
+        where = self._where(request.direction, frame)
+        events: list[Event] = [LifecycleCall(**where, name=_lifecycle_name(p.method, p.args))]
+        method = p.method.lower()
+        if method == LC_CONSTRUCT and p.complete:
+            events.append(_construct_event(where, request.args))
+        elif method == LC_BEGIN:
+            pending.lifecycle = LC_BEGIN
+        elif method == LC_STEP:
+            self._steps += 1
+            pending.lifecycle, pending.step = LC_STEP, self._steps
+        return events
+
+    def _answered_events(self, pending: _Pending, reply: Reply, errors: list[str]) -> list[Event]:
+        where = self._where(reply.direction, _Frame(reply.offset, reply.start, reply.end))
+        call_start = pending.request.start
+        result = reply.result
+        if pending.lifecycle == LC_BEGIN:
+            started = result.value if isinstance(result, Variant) and result.vt == VT_BOOL else None
+            return [BeginAnswered(**where, started=started, call_start=call_start)]
+        if pending.lifecycle == LC_RELEASE:
+            object_id = pending.request.object_id or 0
+            return [ReleaseAnswered(**where, object_id=object_id, call_start=call_start)]
+        fields: tuple[Any, ...] = (None, None, None, None)
+        if isinstance(result, Variant) and result.vt == VT_BOOL:
+            fields = (result.value, None, None, None)
+        elif isinstance(result, Variant) and result.vt == VT_BSTR:
+            fields, problems = _parse_process_result(result.value)
+            errors += problems
+        result_flag, exit_code, signal, state_text = fields
+        return [
+            StepAnswered(
+                **where,
+                number=pending.step,
+                call_start=call_start,
+                result=result_flag,
+                exit_code=exit_code,
+                signal=signal,
+                state_text=state_text,
+            )
+        ]
+
+    def _api_error(self, reply: Reply) -> ApiError:
+        where = self._where(reply.direction, _Frame(reply.offset, reply.start, reply.end))
+        method = reply.request.method if reply.request else None
+        if reply.hr is None:  # `E`
+            return ApiError(
+                **where, code=reply.error_code or "", text=reply.error_what or "", method=method
+            )
+        text = ""
+        if isinstance(reply.result, InvokeFailure):
+            info = reply.result.excepinfo
+            text = info.description or info.source
+        return ApiError(**where, code=hresult_text(reply.hr), text=text, method=method)
+
+    def _log_lines(self, request: Request, target: _Obj, frame: _Frame) -> list[Event]:
+        """DESIGN "log_lines": every string given to a spooler_log line method."""
+        if target.cls != SPOOLER_LOG or not request.method:
+            return []
+        if request.command == INVOKE and not (request.flags or 0) & DISPATCH_METHOD:
+            return []
+        method = request.method.lower()
+        if method not in LINE_METHODS or request.command not in (INVOKE, CALL):
+            return []
+        level: int | None = LINE_METHODS[method]
+        args = request.args
+        if method == "log":
+            level, args = (_integer(args[0]) if args else None), args[1:]
+        text = _text(args[0]) if args else None
+        if text is None:
+            return []
+        where = self._where(request.direction, frame)
+        return [
+            LogLine(**where, method=method, level=level, text=line)
+            for line in text.split("\n")
+            if line.strip(LINE_WHITESPACE)
+        ]
+
+    def _exit_code_put(self, request: Request, target: _Obj, frame: _Frame) -> list[Event]:
+        if target.cls != SPOOLER_TASK or request.command != INVOKE:
+            return []
+        if not (request.flags or 0) & (DISPATCH_PROPERTYPUT | DISPATCH_PROPERTYPUTREF):
+            return []
+        if (request.method or "").lower() != EXIT_CODE:
+            return []
+        exit_code = _integer(request.args[-1]) if request.args else None
+        if exit_code is None:
+            return []
+        return [ExitCodePut(**self._where(request.direction, frame), exit_code=exit_code)]
+
+
+def _class_of(ref: ObjRef) -> str | None:
+    """Object class by CLSID (§5.6), else by the title's C++ class name."""
+    return PROXY_CLASSES.get(ref.clsid or "") or TITLE_CLASSES.get(_short_title(ref.title) or "")
+
+
+def _looks_like_log_call(p: _Parsed) -> bool:
+    """§6.5 log forwarding: Invoke DISPID 14, METHOD, (VT_I4 level, VT_BSTR text)."""
+    return (
+        p.command == INVOKE
+        and p.dispid == LOG_DISPID
+        and bool((p.flags or 0) & DISPATCH_METHOD)
+        and len(p.args) == 2
+        and _integer(p.args[0]) is not None
+        and _text(p.args[1]) is not None
+    )
