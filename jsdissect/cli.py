@@ -60,6 +60,11 @@ def _guarded(func: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except click.ClickException:
+            raise  # usage errors: click prints them with exit status 2
+        except BrokenPipeError:  # `jsdissect tasks X | head`: stop quietly, like cat would
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except CaptureError as exc:
             _fail(str(exc), EXIT_BAD_INPUT)
         except OSError as exc:
@@ -141,7 +146,8 @@ def _emit(rows: list[dict], columns, opts: dict[str, Any], shown: Sequence[str])
             report.write_output(path, lambda out, w=writer: w(rows, columns, out))
             to_stdout |= path == "-"
     if not to_stdout and not any(p for p, _ in outputs):
-        chosen = [c for c in columns if c.name in shown]
+        by_name = {c.name: c for c in columns}
+        chosen = [by_name[name] for name in shown if name in by_name]
         click.echo(report.to_text(rows, chosen), nl=False)
     return to_stdout
 

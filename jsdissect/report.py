@@ -386,6 +386,9 @@ def to_text(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
     return out.getvalue()
 
 
+MAX_CELL = 48  # long error texts would push every row off the screen; CSV/JSON keep all
+
+
 def _display(value: Any, type_: str) -> str:
     value = cell(value, type_)
     if value is None:
@@ -394,7 +397,8 @@ def _display(value: Any, type_: str) -> str:
         return value[11:-1]  # the time of day; dates are in CSV/JSON
     if type_ == DURATION:
         return f"{value:.3f}"
-    return str(value)
+    text = str(value)
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
 def message_line(row: dict[str, Any]) -> str:
