@@ -34,7 +34,14 @@ COLOURS = {
     "run": "#43a047",
     "close": "#8e24aa",
 }
-FAILED = ("start-failed", "callback-refused", "callback-unanswered", "callback-missing", "aborted")
+FAILED = (
+    "start-failed",
+    "callback-refused",
+    "callback-unanswered",
+    "callback-missing",
+    "killed",
+    "aborted",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +75,20 @@ def _times(task: Task) -> list[int]:
 
 
 def _segments(task: Task) -> tuple[tuple[str, int, int], ...]:
-    """Consecutive phases; a missing boundary merges its phase into the next one."""
-    out, start = [], None
+    """Consecutive phases. When a boundary is missing, the span up to the next known one is
+    named for the phase it began in: a callback that never came is time spent waiting in
+    "callback", whatever ended it."""
+    out: list[tuple[str, int, int]] = []
+    start: int | None = None
+    label: str | None = None
     for phase, begin, end in PHASES:
         if start is None:
             start = getattr(task, begin)
+        label = label or phase
         stop = getattr(task, end)
         if start is not None and stop is not None and stop >= start:
-            out.append((phase, start, stop))
-            start = stop
+            out.append((label, start, stop))
+            start, label = stop, None
     return tuple(out)
 
 
@@ -110,7 +122,7 @@ def figure(tasks: Sequence[Task]) -> Figure:
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first task event")
     ax.legend(loc="upper right", fontsize="small", ncols=3)
-    ax.set_title(f"{len(rows)} remote task(s); x = failed")
+    ax.set_title(f"{len(rows)} remote task(s); x = failed or killed")
     fig.tight_layout()
     return fig
 

@@ -194,9 +194,24 @@ def message_rows(channels: Sequence[Channel], tasks: Sequence[Task]) -> list[dic
     rows = []
     for ch in channels:
         for ev in ch.events:
-            rows.append(message_row(ch, ev, process_of.get(ch.conn.id)))
+            if not isinstance(ev, LIFECYCLE_MARKERS):
+                rows.append(message_row(ch, ev, process_of.get(ch.conn.id)))
     rows.sort(key=lambda r: (r["time"], r["conn"], r["offset"]))
     return rows
+
+
+# Derived from the Request/Reply they share a frame with: not messages of their own.
+LIFECYCLE_MARKERS = (
+    api.Construct,
+    api.LifecycleCall,
+    api.BeginAnswered,
+    api.StepAnswered,
+    api.ReleaseAnswered,
+    api.KeepAliveK,
+    api.LogLine,
+    api.ExitCodePut,
+    api.ApiError,
+)
 
 
 def message_row(ch: Channel, ev: Event, process_id: str | None) -> dict[str, Any]:
@@ -305,8 +320,12 @@ def _value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 2] + '…"'
     return str(value)
+
+
+MAX_VALUE = 120  # a construct script or a Params_xml document would drown the trace
 
 
 # --- cell formatting and writers ---------------------------------------------------------
