@@ -1,0 +1,1047 @@
+"""Read capture files and decode link/IP/TCP headers into compact TCP segment records.
+
+The hot path of jsdissect: unrelated traffic is rejected by libpcap's BPF (in C) and never
+becomes a Python object. A pure-Python fallback (a small struct-based pcap/pcapng reader)
+reads what libpcap cannot, applies the same compiled filter and gives identical records.
+
+Decoding works on offsets into one big buffer (a libpcap batch or a chunk of the file), so
+a packet that is rejected costs no bytes object: one function per link type finds the IP
+header, `_ipv4`/`_ipv6` find the TCP header, `_tcp` builds the Segment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import heapq
+import os
+import socket
+import struct
+import sys
+import tempfile
+import zlib
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal, NamedTuple
+
+Engine = Literal["auto", "libpcap", "python"]
+
+# TCP flag bits (RFC 9293 §3.1)
+FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+
+class CaptureError(Exception):
+    """A capture file that cannot be read at all (missing, not a capture, unsupported)."""
+
+
+class Segment(NamedTuple):
+    """One captured TCP segment. Compact (a tuple) because there can be millions."""
+
+    ts: int  # capture time, integer microseconds since the Unix epoch (UTC); ns truncated
+    src: str  # source IP, text form ("10.0.0.1", "2001:db8::1")
+    sport: int
+    dst: str
+    dport: int
+    seq: int
+    ack: int
+    flags: int  # TCP flag bits, see FIN/SYN/... above
+    window: int
+    payload: bytes  # TCP payload as captured (may be shorter than on the wire)
+    missing: int  # payload bytes lost to the snaplen (0 when the packet is complete)
+    tsval: int | None  # TCP timestamp option (RFC 7323), when present
+    tsecr: int | None
+
+
+@dataclass(slots=True)
+class CaptureStats:
+    """What reading saw besides the segments: counts and non-fatal problems."""
+
+    files: int = 0
+    packets: int = 0  # packets handed to Python (after BPF)
+    segments: int = 0  # TCP segments yielded
+    skipped: int = 0  # not TCP, unsupported link type, undecodable headers
+    fragments: int = 0  # IP fragments (skipped)
+    truncated_packets: int = 0  # snaplen cut into the TCP payload
+    engine: str = ""  # "libpcap" or "python" (last file)
+    warnings: list[str] = field(default_factory=list)  # e.g. "FILE: cut short after packet 12"
+
+
+# ---------------------------------------------------------------------------------------
+# Layouts
+# ---------------------------------------------------------------------------------------
+
+# Link types (tcpdump.org/linktypes.html). 12 and 14 are the BSD DLT_RAW values that
+# some writers put into files instead of LINKTYPE_RAW (101); libpcap reports 101 as 12.
+LT_NULL, LT_ETHERNET, LT_RAW, LT_LOOP, LT_LINUX_SLL = 0, 1, 101, 108, 113
+LT_RAW_BSD, LT_RAW_OPENBSD, LT_IPV4, LT_IPV6, LT_LINUX_SLL2 = 12, 14, 228, 229, 276
+
+ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
+VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad, old QinQ
+AF_INET_BSD, AF_INET6_BSD = 2, (24, 28, 30)  # NetBSD/OpenBSD, FreeBSD, Darwin
+IPPROTO_TCP = 6
+IPV6_EXT_GENERIC = (0, 43, 60)  # hop-by-hop, routing, destination options: (len+1)*8 bytes
+IPV6_FRAGMENT, IPV6_AH = 44, 51
+
+# IPv4 (RFC 791 §3.1): version/IHL, total length, flags/fragment offset, protocol, addresses
+IPV4_HDR = struct.Struct("!BxH2xHxB2x4s4s")
+# IPv6 (RFC 8200 §3): version/class/flow, payload length, next header, addresses
+IPV6_HDR = struct.Struct("!IHBx16s16s")
+# TCP (RFC 9293 §3.1): ports, seq, ack, data offset, flags, window
+TCP_HDR = struct.Struct("!HHIIBBH")
+U16_BE = struct.Struct("!H")
+U32_PAIR_BE = struct.Struct("!II")
+TCP_OPT_TS, TCP_OPT_TS_LEN = 8, 10  # RFC 7323 §3
+NOP_NOP_TS = b"\x01\x01\x08\x0a"  # the usual layout of the timestamp option
+
+# pcap file header and record header (draft-ietf-opsawg-pcap §4, §5)
+PCAP_MAGICS = {  # magic → (byte order, nanosecond resolution, record header length)
+    b"\xa1\xb2\xc3\xd4": (">", False, 16),
+    b"\xd4\xc3\xb2\xa1": ("<", False, 16),
+    b"\xa1\xb2\x3c\x4d": (">", True, 16),
+    b"\x4d\x3c\xb2\xa1": ("<", True, 16),
+    # Kuznetzov's "modified" pcap (old Red Hat tcpdump): 8 more bytes per record header
+    b"\xa1\xb2\xcd\x34": (">", False, 24),
+    b"\x34\xcd\xb2\xa1": ("<", False, 24),
+}
+PCAP_FILE_HDR_LEN = 24
+LINKTYPE_MASK = 0x03FFFFFF  # the upper bits of the link type field carry FCS information
+MAX_SNAPLEN = 262144  # libpcap's limit; a larger captured length means a corrupt record
+
+# pcapng (draft-ietf-opsawg-pcapng §4): block types and the options we read
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+BYTE_ORDER_MAGIC = 0x1A2B3C4D
+BT_SHB, BT_IDB, BT_PB, BT_SPB, BT_EPB = 0x0A0D0D0A, 1, 2, 3, 6
+OPT_END, IF_TSRESOL, IF_TSOFFSET = 0, 9, 14
+PCAPNG_MIN_SHB_LEN = 28
+MAX_BLOCK_LEN = 16 * 1024 * 1024  # larger means a corrupt length field, not a real block
+
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK = 1 << 20
+LIBPCAP_BATCH = 1024
+HOST_ORDER = "<" if sys.byteorder == "little" else ">"
+
+# Decoder results that are not a Segment.
+_SKIP, _FRAG = 0, 1
+
+Decoder = Callable[[bytes, int, int, int], "Segment | int"]
+PacketFilter = Callable[[bytes, int, int], bool]
+_new_segment = tuple.__new__  # builds a Segment without NamedTuple's argument binding
+
+# ---------------------------------------------------------------------------------------
+# Header decoding: offsets into a buffer, `end` = end of the captured bytes of the packet
+# ---------------------------------------------------------------------------------------
+
+_addr_cache: dict[bytes, str] = {}
+_ADDR_CACHE_MAX = 1 << 16
+
+
+def _addr(raw: bytes) -> str:
+    """Text form of a 4- or 16-byte address; cached because busy hosts repeat."""
+    text = _addr_cache.get(raw)
+    if text is None:
+        if len(_addr_cache) >= _ADDR_CACHE_MAX:
+            _addr_cache.clear()
+        family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+        text = _addr_cache[raw] = socket.inet_ntop(family, raw)
+    return text
+
+
+def _tcp_timestamps(buf: bytes, pos: int, end: int) -> tuple[int | None, int | None]:
+    """Find the timestamp option in TCP options buf[pos:end]; stop at anything malformed."""
+    while pos < end:
+        kind = buf[pos]
+        if kind == 0:
+            break
+        if kind == 1:
+            pos += 1
+            continue
+        if pos + 2 > end:
+            break
+        length = buf[pos + 1]
+        if length < 2 or pos + length > end:
+            break
+        if kind == TCP_OPT_TS and length == TCP_OPT_TS_LEN:
+            tsval, tsecr = U32_PAIR_BE.unpack_from(buf, pos + 2)
+            return tsval, tsecr
+        pos += length
+    return None, None
+
+
+def _tcp(
+    buf: bytes, off: int, ip_end: int, cap_end: int, ts: int, src: str, dst: str
+) -> Segment | int:
+    """TCP header at `off`; the IP datagram ends at ip_end on the wire, cap_end as captured."""
+    if off + 20 > cap_end:
+        return _SKIP
+    sport, dport, seq, ack, doff, flags, window = TCP_HDR.unpack_from(buf, off)
+    data = off + ((doff >> 4) << 2)
+    if data < off + 20 or data > ip_end:
+        return _SKIP
+    tsval = tsecr = None
+    if data > off + 20:
+        opt_end = data if data < cap_end else cap_end
+        if buf.startswith(NOP_NOP_TS, off + 20) and off + 32 <= opt_end:
+            tsval, tsecr = U32_PAIR_BE.unpack_from(buf, off + 24)
+        else:
+            tsval, tsecr = _tcp_timestamps(buf, off + 20, opt_end)
+    if cap_end > data:
+        payload = buf[data:cap_end]
+        missing = ip_end - cap_end
+    else:
+        payload = b""
+        missing = ip_end - data
+    return _new_segment(
+        Segment,
+        (ts, src, sport, dst, dport, seq, ack, flags, window, payload, missing, tsval, tsecr),
+    )
+
+
+def _ipv4(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
+    if off + 20 > end:
+        return _SKIP
+    vihl, total, frag, proto, src, dst = IPV4_HDR.unpack_from(buf, off)
+    if vihl >> 4 != 4:
+        return _SKIP
+    if frag & 0x3FFF:  # MF set or a fragment offset: not reassembled
+        return _FRAG
+    if proto != IPPROTO_TCP:
+        return _SKIP
+    hlen = (vihl & 0x0F) << 2
+    if total == 0:  # segmentation offload: the length is left for the NIC to fill in
+        total = end - off
+    if hlen < 20 or total < hlen:
+        return _SKIP
+    # The wire length comes from the IP header, never the frame: Ethernet pads short frames.
+    ip_end = off + total
+    return _tcp(
+        buf,
+        off + hlen,
+        ip_end,
+        ip_end if ip_end < end else end,
+        ts,
+        _addr_cache.get(src) or _addr(src),
+        _addr_cache.get(dst) or _addr(dst),
+    )
+
+
+def _ipv6(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
+    if off + 40 > end:
+        return _SKIP
+    vtf, plen, nxt, src, dst = IPV6_HDR.unpack_from(buf, off)
+    if vtf >> 28 != 6:
+        return _SKIP
+    # Payload length 0: a jumbogram or segmentation offload; take what was captured.
+    ip_end = off + 40 + plen if plen else end
+    cap_end = ip_end if ip_end < end else end
+    pos = off + 40
+    while nxt != IPPROTO_TCP:
+        if pos + 8 > cap_end:
+            return _SKIP
+        if nxt in IPV6_EXT_GENERIC:
+            nxt, pos = buf[pos], pos + ((buf[pos + 1] + 1) << 3)
+        elif nxt == IPV6_FRAGMENT:
+            # RFC 8200 §4.5; offset 0 and M=0 is an "atomic fragment", a whole packet.
+            if U16_BE.unpack_from(buf, pos + 2)[0] & 0xFFF9:
+                return _FRAG
+            nxt, pos = buf[pos], pos + 8
+        elif nxt == IPV6_AH:  # RFC 4302 §2.2: length in 4-byte units, minus 2
+            nxt, pos = buf[pos], pos + ((buf[pos + 1] + 2) << 2)
+        else:
+            return _SKIP
+    return _tcp(
+        buf,
+        pos,
+        ip_end,
+        cap_end,
+        ts,
+        _addr_cache.get(src) or _addr(src),
+        _addr_cache.get(dst) or _addr(dst),
+    )
+
+
+def _ethertype(buf: bytes, off: int, end: int, ts: int, etype: int) -> Segment | int:
+    """Dispatch on an EtherType, stepping over any VLAN tags first."""
+    while etype in VLAN_TPIDS:
+        if off + 4 > end:
+            return _SKIP
+        etype = (buf[off + 2] << 8) | buf[off + 3]
+        off += 4
+    if etype == ETH_IPV4:
+        return _ipv4(buf, off, end, ts)
+    if etype == ETH_IPV6:
+        return _ipv6(buf, off, end, ts)
+    return _SKIP
+
+
+def _link_ethernet(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
+    if off + 14 > end:
+        return _SKIP
+    etype = (buf[off + 12] << 8) | buf[off + 13]
+    if etype == ETH_IPV4:  # the common case, without the VLAN loop
+        return _ipv4(buf, off + 14, end, ts)
+    return _ethertype(buf, off + 14, end, ts, etype)
+
+
+def _link_sll(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
+    # Linux cooked v1: packet type, ARPHRD, address length, address[8], protocol
+    if off + 16 > end:
+        return _SKIP
+    return _ethertype(buf, off + 16, end, ts, (buf[off + 14] << 8) | buf[off + 15])
+
+
+def _link_sll2(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
+    # Linux cooked v2: protocol, reserved, ifindex, ARPHRD, packet type, addr len, addr[8]
+    if off + 20 > end:
+        return _SKIP
+    return _ethertype(buf, off + 20, end, ts, (buf[off] << 8) | buf[off + 1])
+
+
+def _link_null(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
+    """BSD NULL (AF_ value in the writer's byte order) and LOOP (network order)."""
+    if off + 4 > end:
+        return _SKIP
+    family = buf[off] | buf[off + 1] << 8 | buf[off + 2] << 16 | buf[off + 3] << 24
+    if family > 0xFFFF:  # the AF_ values are small: this one is big-endian
+        family = buf[off + 3] | buf[off + 2] << 8 | buf[off + 1] << 16 | buf[off] << 24
+    if family == AF_INET_BSD:
+        return _ipv4(buf, off + 4, end, ts)
+    if family in AF_INET6_BSD:
+        return _ipv6(buf, off + 4, end, ts)
+    return _SKIP
+
+
+def _link_raw(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
+    if off >= end:
+        return _SKIP
+    version = buf[off] >> 4
+    if version == 4:
+        return _ipv4(buf, off, end, ts)
+    if version == 6:
+        return _ipv6(buf, off, end, ts)
+    return _SKIP
+
+
+def _unsupported_link(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
+    return _SKIP
+
+
+def _unsupported_warning(path: str, linktype: int) -> str:
+    return f"{path}: link type {linktype} not supported, its packets skipped"
+
+
+DECODERS: dict[int, Decoder] = {
+    LT_NULL: _link_null,
+    LT_ETHERNET: _link_ethernet,
+    LT_RAW_BSD: _link_raw,
+    LT_RAW_OPENBSD: _link_raw,
+    LT_RAW: _link_raw,
+    LT_LOOP: _link_null,
+    LT_LINUX_SLL: _link_sll,
+    LT_IPV4: _ipv4,
+    LT_IPV6: _ipv6,
+    LT_LINUX_SLL2: _link_sll2,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# BPF
+# ---------------------------------------------------------------------------------------
+
+
+def _pcapy() -> Any:
+    """The pcapy module, or None when it is not installed."""
+    try:
+        import pcapy
+    except ImportError:
+        return None
+    return pcapy
+
+
+def _filter_for_linktype(bpf: str, linktype: int) -> str:
+    """The user's filter, widened on Ethernet to frames with one or two VLAN tags.
+
+    libpcap's `vlan` keyword shifts the offsets of everything compiled after it, so the
+    tagged alternatives are nested (not listed side by side) to test each depth once.
+    """
+    if linktype != LT_ETHERNET:
+        return bpf
+    return f"({bpf}) or (vlan and (({bpf}) or (vlan and ({bpf}))))"
+
+
+def _rejects_all(exc: Exception) -> bool:
+    """libpcap refuses to compile a filter that cannot match on a link type (`ip6` on
+    LINKTYPE_IPV4): for us that is a file without matching packets, not an error."""
+    return "rejects all packets" in str(exc)
+
+
+def _check_filter(bpf: str) -> None:
+    """Reject a filter that does not compile at all, before any file is read."""
+    pcapy = _pcapy()
+    if pcapy is None:
+        raise CaptureError("a BPF filter needs pcapy-ng, which is not installed")
+    try:
+        pcapy.compile(LT_ETHERNET, 65535, bpf, 1, 0)
+    except pcapy.PcapError as exc:
+        if _rejects_all(exc):
+            return
+        raise CaptureError(f"invalid BPF filter {bpf!r}: {exc}") from None
+
+
+def _bpf_dlt(linktype: int) -> int:
+    """The DLT that libpcap compiles for a file's link type (raw IP has several numbers)."""
+    if linktype in (LT_RAW, LT_RAW_BSD, LT_RAW_OPENBSD):
+        return LT_RAW_BSD  # DLT_RAW on every platform except OpenBSD
+    return linktype
+
+
+def _family_as_compiled(family_order: str, program_order: str) -> Callable[[bytes], bytes]:
+    """Rewrite a NULL/LOOP header into what a filter compiled without a file expects.
+
+    Reading a file, libpcap tests the AF_ value in the file's byte order and accepts all
+    three BSD AF_INET6 values; compiled without a file (pcapy.compile, as the python engine
+    must) it tests the host's byte order and only the host's AF_INET6.
+    """
+    read = struct.Struct(family_order + "I").unpack_from
+    write = struct.Struct(program_order + "I").pack
+    host_inet6 = socket.AF_INET6
+
+    def rewrite(pkt: bytes) -> bytes:
+        family = read(pkt)[0] if len(pkt) >= 4 else 0
+        if family in AF_INET6_BSD:
+            family = host_inet6
+        elif family == host_inet6:
+            family = 0xFFFFFFFF  # not an IPv6 value in a file
+        return write(family) + pkt[4:]
+
+    return rewrite
+
+
+def _python_filter(bpf: str, linktype: int, file_order: str, path: str) -> PacketFilter:
+    """A filter that rejects exactly the packets libpcap's BPF would reject for this file."""
+    pcapy = _pcapy()
+    if pcapy is None:
+        raise CaptureError(f"{path}: a BPF filter needs pcapy-ng, which is not installed")
+    try:
+        program = pcapy.compile(
+            _bpf_dlt(linktype), 65535, _filter_for_linktype(bpf, linktype), 1, 0
+        )
+    except pcapy.PcapError as exc:
+        if _rejects_all(exc):
+            return lambda buf, off, end: False
+        raise CaptureError(f"{path}: filter {bpf!r} on link type {linktype}: {exc}") from None
+    run = program.filter
+    if linktype in (LT_NULL, LT_LOOP):
+        rewrite = (
+            _family_as_compiled(file_order, HOST_ORDER)
+            if linktype == LT_NULL
+            else _family_as_compiled(">", ">")
+        )
+        return lambda buf, off, end: run(rewrite(buf[off:end])) != 0
+    return lambda buf, off, end: run(buf[off:end]) != 0
+
+
+# ---------------------------------------------------------------------------------------
+# Opening files
+# ---------------------------------------------------------------------------------------
+
+
+class _FileInfo(NamedTuple):
+    path: str  # as the user gave it, for messages
+    fmt: str  # "pcap" or "pcapng"
+    gzipped: bool
+    source: str  # the file to read: `path`, or its decompressed copy
+
+
+def _os_problem(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a capture file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def _open_raw(path: str) -> IO[bytes]:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise CaptureError(f"{path}: {_os_problem(exc)}") from None
+
+
+def _identify(path: str) -> _FileInfo:
+    """Check that a file is a pcap/pcapng capture (maybe gzipped) by its header."""
+    with _open_raw(path) as f:
+        try:
+            head = f.read(PCAPNG_MIN_SHB_LEN)
+        except OSError as exc:
+            raise CaptureError(f"{path}: {_os_problem(exc)}") from None
+    if not head:
+        raise CaptureError(f"{path}: empty file")
+    gzipped = head[:2] == GZIP_MAGIC
+    if gzipped:
+        try:
+            with gzip.open(path, "rb") as gz:
+                head = gz.read(PCAPNG_MIN_SHB_LEN)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise CaptureError(f"{path}: unreadable gzip data ({exc})") from None
+        if not head:
+            raise CaptureError(f"{path}: empty gzip file")
+    magic = head[:4]
+    if magic in PCAP_MAGICS:
+        fmt, need = "pcap", PCAP_FILE_HDR_LEN
+    elif magic == PCAPNG_MAGIC:
+        fmt, need = "pcapng", PCAPNG_MIN_SHB_LEN
+    else:
+        what = "gzipped file is not" if gzipped else "not"
+        number = int.from_bytes(magic.ljust(4, b"\0"), "big")
+        raise CaptureError(f"{path}: {what} a pcap or pcapng file (magic 0x{number:08x})")
+    if len(head) < need:
+        raise CaptureError(f"{path}: cut short in the {fmt} file header")
+    if fmt == "pcapng" and _section_order(head, 0) is None:
+        raise CaptureError(f"{path}: bad pcapng section header (byte-order magic)")
+    return _FileInfo(path, fmt, gzipped, path)
+
+
+class _ChunkReader:
+    """Reads a plain or gzipped file in big chunks; a broken gzip stream ends it early."""
+
+    def __init__(self, info: _FileInfo) -> None:
+        self.gzipped = info.gzipped
+        self._raw = _open_raw(info.source)
+        self._gz = gzip.GzipFile(fileobj=self._raw, mode="rb") if info.gzipped else None
+        # GzipFile.read(n) drops what it had decompressed when the stream turns out broken;
+        # read1 returns it piecewise, so everything before the damage is kept.
+        self._read = self._gz.read1 if self._gz else self._raw.read
+        self.problem = ""  # why the data ended early, if it did
+
+    def read(self) -> bytes:
+        if self.problem:
+            return b""
+        try:
+            return self._read(CHUNK)
+        except (OSError, EOFError, zlib.error) as exc:
+            self.problem = f"gzip data broken: {exc}" if self.gzipped else str(exc)
+            return b""
+
+    def read_at_least(self, size: int) -> bytes:
+        data = self.read()
+        while len(data) < size and (more := self.read()):
+            data += more
+        return data
+
+    def close(self) -> None:
+        if self._gz:
+            self._gz.close()  # leaves the file object it was given open
+        self._raw.close()
+
+
+def _gunzip_to_temp(info: _FileInfo, warnings: list[str]) -> str:
+    """Decompress to a temporary file for libpcap (it cannot read gzip), streaming."""
+    fd, tmp = tempfile.mkstemp(prefix="jsdissect-", suffix="." + info.fmt)
+    reader = _ChunkReader(info)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := reader.read():
+                out.write(chunk)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        reader.close()
+    if reader.problem:
+        warnings.append(f"{info.path}: {reader.problem}; reading what came before")
+    return tmp
+
+
+# ---------------------------------------------------------------------------------------
+# Pure-Python readers: batches of records (ts, start, end, decoder, filter) in a buffer
+# ---------------------------------------------------------------------------------------
+
+Record = tuple[int, int, int, Decoder, "PacketFilter | None"]
+Batch = tuple[bytes, list[Record]]
+
+
+class _Corrupt(Exception):
+    """A record or block that cannot be read: the readable part of the file ends there."""
+
+
+class _Reading:
+    """One file being read in Python: its source, how many packets, how it ended."""
+
+    def __init__(self, info: _FileInfo, bpf: str | None, warnings: list[str]) -> None:
+        self.info = info
+        self.bpf = bpf
+        self.warnings = warnings
+        self.source = _ChunkReader(info)
+        self.packets = 0  # records read from the file (before any filter)
+        self._links: dict[tuple[int, str], tuple[Decoder, PacketFilter | None]] = {}
+
+    def link(self, linktype: int, order: str) -> tuple[Decoder, PacketFilter | None]:
+        """Decoder and filter for a link type in a file (section) of byte order `order`."""
+        key = (linktype, order)
+        if key not in self._links:
+            decoder = DECODERS.get(linktype)
+            if decoder is None:
+                decoder = _unsupported_link
+                self.warnings.append(_unsupported_warning(self.info.path, linktype))
+            filt = _python_filter(self.bpf, linktype, order, self.info.path) if self.bpf else None
+            self._links[key] = (decoder, filt)
+        return self._links[key]
+
+    def refill(self, buf: bytes, pos: int, corrupt: str) -> bytes:
+        """The unread rest of buf plus the next chunk; b"" at the end of the readable data,
+        with a warning if that end is not a clean end of file."""
+        chunk = b"" if corrupt else self.source.read()
+        if chunk:
+            return buf[pos:] + chunk
+        reason = corrupt or (
+            f"{len(buf) - pos} bytes of an incomplete record at the end" if pos < len(buf) else ""
+        )
+        if self.source.problem:
+            reason = f"{reason}; {self.source.problem}" if reason else self.source.problem
+        if reason:
+            self.warnings.append(
+                f"{self.info.path}: cut short after packet {self.packets} ({reason})"
+            )
+        return b""
+
+
+def _pcap_batches(r: _Reading) -> Iterator[Batch]:
+    buf = r.source.read_at_least(PCAP_FILE_HDR_LEN)
+    if len(buf) < PCAP_FILE_HDR_LEN:  # it was long enough when _identify looked
+        raise CaptureError(f"{r.info.path}: cut short in the pcap file header")
+    order, nano, rec_len = PCAP_MAGICS[buf[:4]]
+    snaplen, network = struct.unpack_from(order + "II", buf, 16)
+    decoder, filt = r.link(network & LINKTYPE_MASK, order)
+    # As libpcap does, a record longer than the file's snaplen is cut to it.
+    if snaplen == 0 or snaplen > MAX_SNAPLEN:
+        snaplen = MAX_SNAPLEN
+    rec_hdr = struct.Struct(order + "IIII").unpack_from
+    pos, offset = PCAP_FILE_HDR_LEN, 0  # offset: where buf starts in the file
+    while buf:
+        records: list[Record] = []
+        size, corrupt = len(buf), ""
+        while pos + rec_len <= size:
+            sec, frac, caplen, _wirelen = rec_hdr(buf, pos)
+            if caplen > MAX_SNAPLEN:
+                corrupt = f"corrupt record at byte {offset + pos}: captured length {caplen}"
+                break
+            start = pos + rec_len
+            if start + caplen > size:
+                break
+            ts = sec * 1_000_000 + (frac // 1000 if nano else frac)
+            records.append((ts, start, start + min(caplen, snaplen), decoder, filt))
+            pos = start + caplen
+        r.packets += len(records)
+        if records:
+            yield buf, records
+        offset += pos
+        buf, pos = r.refill(buf, pos, corrupt), 0
+
+
+class _Interface(NamedTuple):
+    decoder: Decoder
+    filt: PacketFilter | None
+    mul: int  # µs = ticks * mul // div + offset_us
+    div: int
+    offset_us: int
+    snaplen: int
+
+
+class _Section:
+    """One pcapng section: its byte order and its interfaces."""
+
+    def __init__(self, order: str) -> None:
+        self.order = order
+        self.u32 = struct.Struct(order + "I").unpack_from
+        self.idb = struct.Struct(order + "H2xI").unpack_from
+        self.epb = struct.Struct(order + "IIIII").unpack_from
+        self.pb = struct.Struct(order + "HHIIII").unpack_from
+        self.opt = struct.Struct(order + "HH").unpack_from
+        self.i64 = struct.Struct(order + "q").unpack_from
+        self.interfaces: list[_Interface] = []
+
+    def add_interface(self, r: _Reading, buf: bytes, start: int, end: int) -> None:
+        if start + 8 > end:
+            raise _Corrupt("interface description block too short")
+        linktype, snaplen = self.idb(buf, start)
+        resol, offset_s = 1_000_000, 0
+        pos = start + 8
+        while pos + 4 <= end:
+            code, length = self.opt(buf, pos)
+            if code == OPT_END or pos + 4 + length > end:
+                break
+            if code == IF_TSRESOL and length >= 1:
+                value = buf[pos + 4]  # high bit set: a power of 2, else of 10
+                resol = 1 << (value & 0x7F) if value & 0x80 else 10 ** (value & 0x7F)
+            elif code == IF_TSOFFSET and length >= 8:
+                offset_s = self.i64(buf, pos + 4)[0]
+            pos += 4 + ((length + 3) & ~3)
+        mul, div = (1, resol // 1_000_000) if resol % 1_000_000 == 0 else (1_000_000, resol)
+        decoder, filt = r.link(linktype, self.order)
+        snaplen = snaplen if 0 < snaplen <= MAX_SNAPLEN else MAX_SNAPLEN
+        self.interfaces.append(_Interface(decoder, filt, mul, div, offset_s * 1_000_000, snaplen))
+
+    def packet(self, btype: int, buf: bytes, start: int, end: int) -> Record:
+        """The record of a packet block's body buf[start:end]."""
+        if btype == BT_SPB:
+            return self._simple_packet(buf, start, end)
+        if start + 20 > end:
+            raise _Corrupt("packet block too short")
+        if btype == BT_EPB:
+            ifid, hi, lo, caplen, _wirelen = self.epb(buf, start)
+        else:
+            ifid, _drops, hi, lo, caplen, _wirelen = self.pb(buf, start)
+        if ifid >= len(self.interfaces):
+            raise _Corrupt(f"packet of undefined interface {ifid}")
+        data = start + 20
+        if data + caplen > end:
+            raise _Corrupt(f"captured length {caplen} beyond its block")
+        iface = self.interfaces[ifid]
+        ts = ((hi << 32) | lo) * iface.mul // iface.div + iface.offset_us
+        return ts, data, data + caplen, iface.decoder, iface.filt
+
+    def _simple_packet(self, buf: bytes, start: int, end: int) -> Record:
+        # An SPB belongs to interface 0 and has no time stamp: like libpcap, report time 0
+        # (plus the interface's offset); its captured length is min(wire length, snaplen).
+        if start + 4 > end or not self.interfaces:
+            raise _Corrupt("simple packet block without an interface")
+        iface = self.interfaces[0]
+        caplen = min(self.u32(buf, start)[0], iface.snaplen)
+        if start + 4 + caplen > end:
+            raise _Corrupt(f"captured length {caplen} beyond its block")
+        return iface.offset_us, start + 4, start + 4 + caplen, iface.decoder, iface.filt
+
+
+def _section_order(buf: bytes, pos: int) -> str | None:
+    """Byte order of a Section Header Block from its byte-order magic, None if invalid."""
+    magic = buf[pos + 8 : pos + 12]
+    if magic == BYTE_ORDER_MAGIC.to_bytes(4, "big"):
+        return ">"
+    if magic == BYTE_ORDER_MAGIC.to_bytes(4, "little"):
+        return "<"
+    return None
+
+
+def _block_length(section: _Section, buf: bytes, pos: int) -> int:
+    """Length of the block at pos; 0 when it is not all in buf yet."""
+    total = section.u32(buf, pos + 4)[0]
+    if total < 12 or total % 4 or total > MAX_BLOCK_LEN:
+        raise _Corrupt(f"corrupt block length {total}")
+    if pos + total > len(buf):
+        return 0
+    if section.u32(buf, pos + total - 4)[0] != total:
+        raise _Corrupt("block lengths disagree")
+    return total
+
+
+def _pcapng_batches(r: _Reading) -> Iterator[Batch]:
+    buf = r.source.read_at_least(PCAPNG_MIN_SHB_LEN)
+    if len(buf) < PCAPNG_MIN_SHB_LEN:  # it was long enough when _identify looked
+        raise CaptureError(f"{r.info.path}: cut short in the pcapng file header")
+    section = _Section(_section_order(buf, 0) or ">")
+    packet_blocks = (BT_EPB, BT_SPB, BT_PB)
+    pos, offset = 0, 0  # offset: where buf starts in the file
+    while buf:
+        records: list[Record] = []
+        size, corrupt = len(buf), ""
+        try:
+            while pos + 12 <= size:
+                btype = section.u32(buf, pos)[0]
+                if btype == BT_SHB:  # the same in both byte orders
+                    order = _section_order(buf, pos)
+                    if order is None:
+                        raise _Corrupt("bad section header")
+                    section = _Section(order)
+                total = _block_length(section, buf, pos)
+                if not total:
+                    break
+                if btype in packet_blocks:
+                    records.append(section.packet(btype, buf, pos + 8, pos + total - 4))
+                elif btype == BT_IDB:
+                    section.add_interface(r, buf, pos + 8, pos + total - 4)
+                pos += total
+        except _Corrupt as exc:
+            corrupt = f"{exc} at byte {offset + pos}"
+        r.packets += len(records)
+        if records:
+            yield buf, records
+        offset += pos
+        buf, pos = r.refill(buf, pos, corrupt), 0
+
+
+# ---------------------------------------------------------------------------------------
+# Packets to segments, both engines; counting what is not a segment
+# ---------------------------------------------------------------------------------------
+
+
+class _Counts:
+    """Counters of one file, added to CaptureStats after every batch."""
+
+    __slots__ = ("fragments", "packets", "segments", "skipped", "truncated")
+
+    def __init__(self) -> None:
+        self.packets = self.segments = self.skipped = self.fragments = self.truncated = 0
+
+    def flush(self, stats: CaptureStats) -> None:
+        stats.packets += self.packets
+        stats.segments += self.segments
+        stats.skipped += self.skipped
+        stats.fragments += self.fragments
+        stats.truncated_packets += self.truncated
+        self.packets = self.segments = self.skipped = self.fragments = self.truncated = 0
+
+
+def _python_segments(
+    info: _FileInfo, bpf: str | None, stats: CaptureStats, skip: int = 0
+) -> Iterator[Segment]:
+    """All segments of one file read in Python; the first `skip` filtered packets dropped
+    (they were delivered by libpcap before it stopped)."""
+    stats.engine = "python"
+    r = _Reading(info, bpf, stats.warnings)
+    counts = _Counts()
+    passed = 0
+    try:
+        batches = _pcap_batches(r) if info.fmt == "pcap" else _pcapng_batches(r)
+        for buf, records in batches:
+            for ts, start, end, decoder, filt in records:
+                if filt is not None and not filt(buf, start, end):
+                    continue
+                passed += 1
+                if passed <= skip:
+                    continue
+                counts.packets += 1
+                try:
+                    result = decoder(buf, start, end, ts)
+                except (struct.error, IndexError):  # a gap in the bounds checks: skip it
+                    result = _SKIP
+                if type(result) is Segment:
+                    counts.segments += 1
+                    counts.truncated += result[10] > 0  # missing
+                    yield result
+                elif result == _FRAG:
+                    counts.fragments += 1
+                else:
+                    counts.skipped += 1
+            counts.flush(stats)
+    finally:
+        counts.flush(stats)
+        r.source.close()
+
+
+LibpcapBatches = Iterator[tuple[bytes, Iterable[tuple[int, ...]]]]
+
+
+def _libpcap_segments(
+    decoder: Decoder, batches: LibpcapBatches, stats: CaptureStats, delivered: list[int]
+) -> Iterator[Segment]:
+    """Decode libpcap's packets; delivered[0] counts the packets handed over."""
+    counts = _Counts()
+    try:
+        for buf, meta in batches:
+            for sec, usec, start, caplen in meta:
+                counts.packets += 1
+                try:
+                    result = decoder(buf, start, start + caplen, sec * 1_000_000 + usec)
+                except (struct.error, IndexError):  # a gap in the bounds checks: skip it
+                    result = _SKIP
+                if type(result) is Segment:
+                    counts.segments += 1
+                    counts.truncated += result[10] > 0  # missing
+                    yield result
+                elif result == _FRAG:
+                    counts.fragments += 1
+                else:
+                    counts.skipped += 1
+            delivered[0] += counts.packets
+            counts.flush(stats)
+    finally:
+        delivered[0] += counts.packets
+        counts.flush(stats)
+
+
+class _LibpcapUnusable(Exception):
+    """libpcap cannot open or filter this file; the python engine may."""
+
+
+def _libpcap_open(path: str, bpf: str | None) -> tuple[Any, int]:
+    """A pcapy reader with the filter set (None: the filter matches nothing on this file's
+    link type), and the file's link type (a DLT)."""
+    pcapy = _pcapy()
+    if pcapy is None:
+        raise _LibpcapUnusable("pcapy-ng is not installed")
+    try:
+        reader = pcapy.open_offline(path)
+    except pcapy.PcapError as exc:
+        raise _LibpcapUnusable(f"libpcap cannot open it: {exc}") from None
+    dlt = reader.datalink()
+    if bpf:
+        try:
+            reader.setfilter(_filter_for_linktype(bpf, dlt))
+        except pcapy.PcapError as exc:
+            reader.close()
+            if _rejects_all(exc):
+                return None, dlt
+            raise _LibpcapUnusable(f"libpcap cannot filter link type {dlt}: {exc}") from None
+    return reader, dlt
+
+
+def _libpcap_batches(reader: Any) -> LibpcapBatches:
+    """Batches (buffer, [(sec, usec, offset, caplen)]) from libpcap.
+
+    next_batch (pcapy-ng ≥ 2) crosses into Python once per batch, not once per packet;
+    it was measured faster than next() and loop()/dispatch() callbacks.
+    """
+    if not hasattr(reader, "next_batch"):
+        yield from _libpcap_singles(reader)
+        return
+    while True:
+        buf, meta = reader.next_batch(LIBPCAP_BATCH)
+        if not meta:
+            return
+        yield buf, struct.iter_unpack("=IIII", meta)
+
+
+def _libpcap_singles(reader: Any) -> LibpcapBatches:
+    """One packet per batch: after a batch failed, to get the good packets before the fault."""
+    while True:
+        hdr, data = reader.next()
+        if hdr is None:
+            return
+        sec, usec = hdr.getts()
+        yield data, ((sec, usec, 0, len(data)),)
+
+
+def _libpcap_skip(reader: Any, count: int) -> None:
+    """Read past `count` packets (that pass the filter) without decoding them."""
+    while count > 0:
+        if hasattr(reader, "next_batch"):
+            _buf, meta = reader.next_batch(min(count, LIBPCAP_BATCH))
+            count -= len(meta) // 16
+        else:
+            hdr, _data = reader.next()
+            count -= 1
+            meta = hdr is not None
+        if not meta:
+            return
+
+
+def _libpcap_read(
+    reader: Any,
+    decoder: Decoder,
+    batches: Callable[[Any], LibpcapBatches],
+    stats: CaptureStats,
+    delivered: list[int],
+) -> Generator[Segment, None, str]:
+    """Segments from an open reader, which it closes; returns libpcap's error, if any."""
+    pcapy = _pcapy()
+    with contextlib.closing(reader):
+        try:
+            yield from _libpcap_segments(decoder, batches(reader), stats, delivered)
+        except pcapy.PcapError as exc:
+            return str(exc)
+    return ""
+
+
+def _libpcap_file(
+    info: _FileInfo, bpf: str | None, engine: Engine, stats: CaptureStats
+) -> Iterator[Segment]:
+    try:
+        reader, dlt = _libpcap_open(info.source, bpf)
+    except _LibpcapUnusable as exc:
+        if engine == "libpcap":
+            raise CaptureError(f"{info.path}: {exc}") from None
+        yield from _python_segments(info, bpf, stats)
+        return
+    stats.engine = "libpcap"
+    if reader is None:
+        return
+    decoder = DECODERS.get(dlt)
+    if decoder is None:
+        decoder = _unsupported_link
+        stats.warnings.append(_unsupported_warning(info.path, dlt))
+    delivered = [0]
+    problem = yield from _libpcap_read(reader, decoder, _libpcap_batches, stats, delivered)
+    if not problem:
+        return
+    # A batch failed part-way (a file cut short, a block libpcap rejects), losing the good
+    # packets before the fault in that batch: read them again one at a time.
+    reader, _dlt = _libpcap_open(info.source, bpf)
+    _libpcap_skip(reader, delivered[0])
+    yield from _libpcap_read(reader, decoder, _libpcap_singles, stats, delivered)
+    if engine == "auto" and "truncated" not in problem:
+        # Not the end of the data but something libpcap 1.9 rejects (pcapng interfaces of
+        # different link types, say): Python reads on from where libpcap stopped.
+        yield from _python_segments(info, bpf, stats, skip=delivered[0])
+        return
+    where = f"{delivered[0]} packets passed the filter" if bpf else f"packet {delivered[0]}"
+    stats.warnings.append(f"{info.path}: cut short after {where} (libpcap: {problem})")
+
+
+def _file_segments(
+    info: _FileInfo, bpf: str | None, engine: Engine, stats: CaptureStats
+) -> Iterator[Segment]:
+    """Segments of one file with the chosen engine, falling back to Python under "auto"."""
+    if engine == "python":
+        yield from _python_segments(info, bpf, stats)
+        return
+    if not info.gzipped:
+        yield from _libpcap_file(info, bpf, engine, stats)
+        return
+    try:
+        tmp = _gunzip_to_temp(info, stats.warnings)
+    except OSError as exc:  # no room for the copy, say
+        if engine == "libpcap":
+            raise CaptureError(f"{info.path}: cannot decompress for libpcap: {exc}") from None
+        yield from _python_segments(info, bpf, stats)
+        return
+    try:
+        yield from _libpcap_file(info._replace(gzipped=False, source=tmp), bpf, engine, stats)
+    finally:
+        os.unlink(tmp)
+
+
+def read_segments(
+    paths: Sequence[str | Path],
+    *,
+    bpf: str | None = None,
+    engine: Engine = "auto",
+    stats: CaptureStats | None = None,
+) -> Iterator[Segment]:
+    """Yield the TCP segments of all files, merged into one timeline by timestamp.
+
+    `bpf` is a libpcap filter expression applied before any Python work; the python engine
+    applies the same compiled filter so both engines yield identical segments.
+    Raises CaptureError (naming the file) for a file that is not a readable capture; a file
+    cut short is read up to its last complete packet with a warning in `stats`.
+    """
+    if engine not in ("auto", "libpcap", "python"):
+        raise ValueError(f"unknown engine {engine!r}")
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    stats = stats if stats is not None else CaptureStats()
+    if bpf:
+        _check_filter(bpf)
+    # Check every file up front, so a bad one fails before any work is done.
+    infos = [_identify(str(p)) for p in paths]
+    stats.files += len(infos)
+    return _merged(infos, bpf, engine, stats)
+
+
+def _merged(
+    infos: list[_FileInfo], bpf: str | None, engine: Engine, stats: CaptureStats
+) -> Iterator[Segment]:
+    if len(infos) == 1:
+        yield from _file_segments(infos[0], bpf, engine, stats)
+        return
+    keyed = [_keyed(i, _file_segments(info, bpf, engine, stats)) for i, info in enumerate(infos)]
+    # (ts, file index, packet index) is unique, so the merge is stable and deterministic.
+    for _ts, _i, _n, seg in heapq.merge(*keyed):
+        yield seg
+
+
+def _keyed(index: int, segments: Iterator[Segment]) -> Iterator[tuple[int, int, int, Segment]]:
+    for n, seg in enumerate(segments):
+        yield seg[0], index, n, seg

@@ -1,0 +1,766 @@
+"""capture: files, link types, IP/TCP headers → Segment records, both engines alike.
+
+Packets are built with scapy; the pcap and pcapng containers are written by the small
+struct-based encoders below (pcap in both byte orders and resolutions, pcapng with several
+interfaces and sections, gzip), so every variant of the same packets can be compared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import struct
+import subprocess
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+from conftest import require
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import (
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
+from scapy.layers.ipsec import AH
+from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
+from scapy.packet import Packet, Padding
+
+from jsdissect.capture import (
+    ACK,
+    DECODERS,
+    PSH,
+    SYN,
+    CaptureError,
+    CaptureStats,
+    Segment,
+    read_segments,
+)
+
+ENGINES = ("libpcap", "python")
+T0_NS = 1_767_225_600_123_456_789  # 2026-01-01T00:00:00.123456789Z
+STEP_NS = 1_000_250_333  # 1.000250333 s: every timestamp has a sub-µs part
+
+# ---------------------------------------------------------------------------------------
+# Encoders: pcap (draft-ietf-opsawg-pcap) and pcapng (draft-ietf-opsawg-pcapng)
+# ---------------------------------------------------------------------------------------
+
+Frame = tuple[int, bytes, int]  # (ts in ns, captured bytes, length on the wire)
+
+
+def pcap_file(
+    linktype: int, frames: Iterable[Frame], *, nano=False, order="<", snaplen=65535
+) -> bytes:
+    magic = 0xA1B23C4D if nano else 0xA1B2C3D4
+    out = [struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype)]
+    for ts_ns, data, wirelen in frames:
+        sec, frac = divmod(ts_ns, 10**9)
+        frac = frac if nano else frac // 1000
+        out.append(struct.pack(order + "IIII", sec, frac, len(data), wirelen) + data)
+    return b"".join(out)
+
+
+def ng_block(order: str, btype: int, body: bytes) -> bytes:
+    body += b"\0" * (-len(body) % 4)
+    total = len(body) + 12
+    return struct.pack(order + "II", btype, total) + body + struct.pack(order + "I", total)
+
+
+def ng_shb(order: str) -> bytes:
+    return ng_block(order, 0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+
+
+def ng_idb(order: str, linktype: int, *, tsresol=None, tsoffset=0, snaplen=0) -> bytes:
+    opts = b""
+    if tsresol is not None:
+        opts += struct.pack(order + "HHB3x", 9, 1, tsresol)
+    if tsoffset:
+        opts += struct.pack(order + "HHq", 14, 8, tsoffset)
+    if opts:
+        opts += struct.pack(order + "HH", 0, 0)
+    return ng_block(order, 1, struct.pack(order + "HHI", linktype, 0, snaplen) + opts)
+
+
+def ng_epb(order: str, ifid: int, ticks: int, data: bytes, wirelen: int) -> bytes:
+    head = struct.pack(order + "IIIII", ifid, ticks >> 32, ticks & 0xFFFFFFFF, len(data), wirelen)
+    return ng_block(order, 6, head + data)
+
+
+def ng_spb(order: str, data: bytes, wirelen: int) -> bytes:
+    return ng_block(order, 3, struct.pack(order + "I", wirelen) + data)
+
+
+def block_starts(data: bytes) -> list[int]:
+    """Offsets of the blocks of a little-endian pcapng file."""
+    starts, pos = [], 0
+    while pos < len(data):
+        starts.append(pos)
+        pos += struct.unpack_from("<I", data, pos + 4)[0]
+    return starts
+
+
+def ticks(ts_ns: int, tsresol: int | None, tsoffset: int = 0) -> int:
+    """ts_ns in an interface's units. A binary resolution gets the first tick at or after
+    the truncated µs, which floors back to that µs when ticks are finer than 1 µs."""
+    ns = ts_ns - tsoffset * 10**9
+    tsresol = 6 if tsresol is None else tsresol
+    if tsresol & 0x80:
+        return -(-(ns // 1000) * 2 ** (tsresol & 0x7F) // 10**6)
+    return ns * 10**tsresol // 10**9
+
+
+# ---------------------------------------------------------------------------------------
+# The packets, each with the Segment it must give (ts filled in from its place)
+# ---------------------------------------------------------------------------------------
+
+A4, B4 = "10.1.0.10", "10.1.0.20"
+A6, B6 = "2001:db8::10", "2001:db8::20"
+TS_OPTS = [("NOP", None), ("NOP", None), ("Timestamp", (123456789, 987654321))]
+SYN_OPTS = [
+    ("MSS", 1460),
+    ("SAckOK", b""),
+    ("Timestamp", (4000000000, 0)),
+    ("NOP", None),
+    ("WScale", 7),
+]
+START = b'<?xml version="1.0"?><remote_scheduler.start_remote_task tcp_port="59999"/>'
+
+
+def seg(src, sport, dst, dport, seq, ack, flags, window=8192, payload=b"", tsval=None, tsecr=None):
+    return Segment(0, src, sport, dst, dport, seq, ack, flags, window, payload, 0, tsval, tsecr)
+
+
+def tcp_cases() -> list[tuple[Packet, Segment]]:
+    """IP packets (scapy) and the Segment each must decode to."""
+    ext_headers = (
+        IPv6ExtHdrHopByHop()
+        / IPv6ExtHdrDestOpt()
+        / IPv6ExtHdrRouting(addresses=[])
+        / IPv6ExtHdrFragment(offset=0, m=0)  # an "atomic fragment": a whole packet
+    )
+    return [
+        (
+            IP(src=A4, dst=B4)
+            / TCP(sport=40001, dport=4455, seq=1000, flags="S", window=64240, options=SYN_OPTS),
+            seg(A4, 40001, B4, 4455, 1000, 0, SYN, 64240, tsval=4000000000, tsecr=0),
+        ),
+        (
+            IP(src=B4, dst=A4) / TCP(sport=4455, dport=40001, seq=5000, ack=1001, flags="SA"),
+            seg(B4, 4455, A4, 40001, 5000, 1001, SYN | ACK),
+        ),
+        (
+            IP(src=A4, dst=B4)
+            / TCP(
+                sport=40001, dport=4455, seq=1001, ack=5001, flags="PA", window=502, options=TS_OPTS
+            )
+            / START,
+            seg(A4, 40001, B4, 4455, 1001, 5001, PSH | ACK, 502, START, 123456789, 987654321),
+        ),
+        (
+            IP(src=A4, dst=B4, options=b"\x94\x04\x00\x00")  # router alert: IHL 6
+            / TCP(sport=40001, dport=4455, seq=1077, ack=5001, flags="A")
+            / b"x",
+            seg(A4, 40001, B4, 4455, 1077, 5001, ACK, payload=b"x"),
+        ),
+        (
+            IPv6(src=A6, dst=B6)
+            / TCP(sport=40002, dport=4455, seq=2**32 - 1, ack=7, flags="PA")
+            / b"\0\0\0;S",
+            seg(A6, 40002, B6, 4455, 2**32 - 1, 7, PSH | ACK, payload=b"\0\0\0;S"),
+        ),
+        (
+            IPv6(src=B6, dst=A6)
+            / ext_headers
+            / TCP(sport=4455, dport=40002, seq=9, ack=3, flags="A")
+            / b"ext",
+            seg(B6, 4455, A6, 40002, 9, 3, ACK, payload=b"ext"),
+        ),
+        (
+            IPv6(src=B6, dst=A6)
+            / AH(nh=6, payloadlen=4, spi=1, icv=b"\0" * 12)
+            / TCP(sport=4455, dport=40002, seq=12, ack=3, flags="A")
+            / b"ah",
+            seg(B6, 4455, A6, 40002, 12, 3, ACK, payload=b"ah"),
+        ),
+        (
+            IP(src=B4, dst=A4) / TCP(sport=59999, dport=50123, seq=77, ack=88, flags="A"),
+            seg(B4, 59999, A4, 50123, 77, 88, ACK),
+        ),
+    ]
+
+
+def not_segments() -> list[tuple[Packet, str]]:
+    """IP packets that must not give a segment, and the counter they land in."""
+    tcp = TCP(sport=1, dport=4455) / (b"z" * 40)
+    return [
+        (IP(src=A4, dst=B4, flags="MF", proto=6) / tcp, "fragments"),
+        (IP(src=A4, dst=B4, frag=100, proto=6) / tcp, "fragments"),
+        (IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(offset=0, m=1, nh=6) / tcp, "fragments"),
+        (IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(offset=8, m=0, nh=6) / tcp, "fragments"),
+        (IP(src=A4, dst=B4) / UDP(sport=53, dport=53) / b"dns", "skipped"),
+        (IPv6(src=A6, dst=B6, nh=50) / (b"\0" * 24), "skipped"),  # ESP: encrypted
+    ]
+
+
+def expected(cases: list[tuple[Packet, Segment]]) -> list[Segment]:
+    return [s._replace(ts=(T0_NS + i * STEP_NS) // 1000) for i, (_p, s) in enumerate(cases)]
+
+
+def read(path: Path | list[Path], **kw) -> list[Segment]:
+    return list(read_segments(path if isinstance(path, list) else [path], **kw))
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[tuple[Packet, Segment]]:
+    return tcp_cases()
+
+
+@pytest.fixture(scope="module")
+def ips(cases) -> list[Packet]:
+    return [p for p, _ in cases]
+
+
+# ---------------------------------------------------------------------------------------
+# Link layers
+# ---------------------------------------------------------------------------------------
+
+MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+SLL_ADDR = b"\2\0\0\0\0\1\0\0"
+
+
+def bsd_family(ip: Packet, inet6: int) -> int:
+    return inet6 if ip.version == 6 else 2
+
+
+LINKS: dict[str, tuple[int, Callable[[Packet], bytes]]] = {  # name → (link type, framing)
+    "ethernet": (1, lambda ip: bytes(Ether(**MACS) / ip)),
+    "dot1q": (1, lambda ip: bytes(Ether(**MACS) / Dot1Q(vlan=10) / ip)),
+    "qinq": (1, lambda ip: bytes(Ether(**MACS) / Dot1AD(vlan=100) / Dot1Q(vlan=10) / ip)),
+    "qinq9100": (1, lambda ip: bytes(Ether(type=0x9100, **MACS) / Dot1Q(vlan=7) / Dot1Q() / ip)),
+    "sll": (113, lambda ip: bytes(CookedLinux(lladdrtype=1, lladdrlen=6, src=SLL_ADDR) / ip)),
+    "sll2": (276, lambda ip: bytes(CookedLinuxV2(ifindex=3, lladdrlen=6, src=SLL_ADDR) / ip)),
+    "null": (0, lambda ip: struct.pack("<I", bsd_family(ip, 30)) + bytes(ip)),  # Darwin
+    "null_be": (0, lambda ip: struct.pack(">I", bsd_family(ip, 24)) + bytes(ip)),  # NetBSD
+    "loop": (108, lambda ip: struct.pack(">I", bsd_family(ip, 28)) + bytes(ip)),  # FreeBSD
+    "raw": (101, bytes),
+    "raw12": (12, bytes),
+    "raw14": (14, bytes),
+}
+
+
+def link_frames(name: str, ips: Iterable[Packet]) -> list[Frame]:
+    frame = LINKS[name][1]
+    return [(T0_NS + i * STEP_NS, frame(p), len(frame(p))) for i, p in enumerate(ips)]
+
+
+# ---------------------------------------------------------------------------------------
+# Exact records
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ethernet_pcap_gives_exact_segments(tmp_path, cases, ips, engine):
+    path = tmp_path / "eth.pcap"
+    path.write_bytes(pcap_file(1, link_frames("ethernet", ips)))
+    stats = CaptureStats()
+    got = read(path, engine=engine, stats=stats)
+    assert got == expected(cases)
+    assert got[0].ts == 1_767_225_600_123_456  # ns truncated, never rounded
+    assert got[1].ts == 1_767_225_601_123_707  # .123456789 + 1.000250333 = .123707122
+    assert (got[0].tsval, got[0].tsecr) == (4000000000, 0)  # among MSS, SACK, WS
+    assert (got[2].tsval, got[2].tsecr) == (123456789, 987654321)  # NOP NOP TS
+    assert (stats.files, stats.packets, stats.segments, stats.skipped) == (1, 8, 8, 0)
+    assert (stats.engine, stats.warnings) == (engine, [])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_not_tcp_and_fragments_are_counted_not_yielded(tmp_path, engine):
+    others = not_segments()
+    path = tmp_path / "other.pcap"
+    path.write_bytes(pcap_file(1, link_frames("ethernet", [p for p, _ in others])))
+    stats = CaptureStats()
+    assert read(path, engine=engine, stats=stats) == []
+    assert (stats.packets, stats.fragments, stats.skipped, stats.segments) == (6, 4, 2, 0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_malformed_headers_are_skipped(tmp_path, engine):
+    good = bytes(IP(src=A4, dst=B4) / TCP(sport=1, dport=2, options=TS_OPTS) / b"data")
+    tcp_off = 20 + 12  # TCP's data offset byte
+
+    def at(pos: int, new: bytes) -> bytes:
+        return good[:pos] + new + good[pos + len(new) :]
+
+    broken = [
+        good[:30],  # captured 30 bytes: the TCP header is incomplete
+        at(0, b"\x44"),  # IHL 4
+        at(0, b"\x75"),  # IP version 7
+        at(2, struct.pack("!H", 10)),  # total length shorter than the header
+        at(tcp_off, b"\x40"),  # TCP data offset 4
+        at(tcp_off, b"\xf0"),  # TCP header longer than the packet
+        b"",
+    ]
+    tolerated = [
+        at(40, b"\x08\x00"),  # timestamp option of length 0
+        at(40, b"\x08\x30"),  # an option running past the header
+    ]
+    path = tmp_path / "broken.pcap"
+    path.write_bytes(pcap_file(101, [(T0_NS, b, len(b)) for b in broken + tolerated]))
+    stats = CaptureStats()
+    got = read(path, engine=engine, stats=stats)
+    # Malformed options cost only the timestamp, not the segment.
+    assert [(s.payload, s.tsval) for s in got] == [(b"data", None)] * len(tolerated)
+    assert stats.skipped == len(broken)
+
+
+@given(linktype=st.sampled_from(sorted(DECODERS)), data=st.binary(max_size=120))
+@settings(max_examples=300, deadline=None)
+def test_decoders_never_raise_on_arbitrary_bytes(linktype, data):
+    result = DECODERS[linktype](data, 0, len(data), 0)
+    assert type(result) is Segment or result in (0, 1)
+
+
+@given(data=st.binary(min_size=34, max_size=80), cut=st.integers(0, 80))
+@settings(max_examples=300, deadline=None)
+def test_tcp_behind_ethernet_survives_any_header_bytes(data, cut):
+    frame = bytes(Ether(**MACS))[:12] + b"\x08\x00\x45" + data
+    DECODERS[1](frame, 0, min(cut, len(frame)), 0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_snaplen_cut_counts_missing_bytes(tmp_path, engine):
+    syn = Ether(**MACS) / IP(src=A4, dst=B4) / TCP(sport=1, dport=2, flags="S", options=SYN_OPTS)
+    data = Ether(**MACS) / IP(src=A4, dst=B4) / TCP(sport=1, dport=2, flags="A") / (b"p" * 100)
+    frames = [(T0_NS, bytes(p)[:64], len(p)) for p in (syn, data)]
+    path = tmp_path / "snap.pcap"
+    path.write_bytes(pcap_file(1, frames, snaplen=64))
+    stats = CaptureStats()
+    got = read(path, engine=engine, stats=stats)
+    # The SYN keeps its flags though its options were cut; the data lost 90 of 100 bytes.
+    assert [(s.flags, s.payload, s.missing, s.tsval) for s in got] == [
+        (SYN, b"", 0, None),
+        (ACK, b"p" * 10, 90, None),
+    ]
+    assert stats.truncated_packets == 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_record_longer_than_the_file_snaplen_is_cut_to_it(tmp_path, engine):
+    frame = bytes(Ether(**MACS) / IP(src=A4, dst=B4) / TCP(sport=1, dport=2) / (b"p" * 100))
+    path = tmp_path / "long.pcap"
+    path.write_bytes(pcap_file(1, [(T0_NS, frame, len(frame))], snaplen=64))
+    [got] = read(path, engine=engine)  # libpcap does so; the python engine follows
+    assert (got.payload, got.missing) == (b"p" * 10, 90)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ethernet_padding_is_not_payload(tmp_path, engine):
+    frame = Ether(**MACS) / IP(src=A4, dst=B4) / TCP(sport=1, dport=2, flags="A") / b"ab"
+    padded = bytes(frame / Padding(b"\0" * 4))  # 56 + 4: a minimum-size Ethernet frame
+    path = tmp_path / "pad.pcap"
+    path.write_bytes(pcap_file(1, [(T0_NS, padded, len(padded))]))
+    [got] = read(path, engine=engine)
+    assert (got.payload, got.missing) == (b"ab", 0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ipv4_total_length_zero_from_segmentation_offload(tmp_path, engine):
+    frame = bytearray(bytes(Ether(**MACS) / IP(src=A4, dst=B4) / TCP() / (b"t" * 3000)))
+    frame[16:18] = b"\0\0"  # the NIC fills it in; the capture saw 0
+    path = tmp_path / "tso.pcap"
+    path.write_bytes(pcap_file(1, [(T0_NS, bytes(frame), len(frame))]))
+    [got] = read(path, engine=engine)
+    assert (len(got.payload), got.missing) == (3000, 0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_unsupported_link_type_is_skipped_with_a_warning(tmp_path, ips, engine):
+    path = tmp_path / "wifi.pcap"
+    path.write_bytes(pcap_file(105, link_frames("raw", ips)))  # 802.11
+    stats = CaptureStats()
+    assert read(path, engine=engine, stats=stats) == []
+    assert stats.skipped == len(ips)
+    assert stats.warnings == [f"{path}: link type 105 not supported, its packets skipped"]
+
+
+# ---------------------------------------------------------------------------------------
+# The same packets in every container and link type give the same records
+# ---------------------------------------------------------------------------------------
+
+
+def pcapng_two_ifaces(order: str, frames: list[Frame], linktype: int = 1) -> bytes:
+    """Even packets on a ns interface, odd ones on a 2^-30 s interface with a time offset."""
+    resol, offset = (9, 0x80 | 30), (0, 1_700_000_000)
+    out = [
+        ng_shb(order),
+        ng_idb(order, linktype, tsresol=resol[0]),
+        ng_idb(order, linktype, tsresol=resol[1], tsoffset=offset[1]),
+    ]
+    for i, (ts, data, wirelen) in enumerate(frames):
+        out.append(ng_epb(order, i % 2, ticks(ts, resol[i % 2], offset[i % 2]), data, wirelen))
+    return b"".join(out)
+
+
+def pcapng_sections(frames: list[Frame], linktype: int = 1, second: str = ">") -> bytes:
+    """Two sections: little-endian in µs, then one in byte order `second` whose packets
+    are on its second interface, in units of 100 ns."""
+    half = len(frames) // 2
+    out = [ng_shb("<"), ng_idb("<", linktype)]
+    out += [ng_epb("<", 0, ticks(ts, None), d, w) for ts, d, w in frames[:half]]
+    # libpcap 1.9 rejects an interface with another snaplen than the first; see below.
+    out += [ng_shb(second), ng_idb(second, linktype, snaplen=65535 if second == ">" else 0)]
+    out += [ng_idb(second, linktype, tsresol=7)]
+    out += [ng_epb(second, 1, ticks(ts, 7), d, w) for ts, d, w in frames[half:]]
+    return b"".join(out)
+
+
+CONTAINERS: dict[str, Callable[[int, list[Frame]], bytes]] = {
+    "pcap_us_le": lambda lt, f: pcap_file(lt, f),
+    "pcap_us_be": lambda lt, f: pcap_file(lt, f, order=">"),
+    "pcap_ns_le": lambda lt, f: pcap_file(lt, f, nano=True),
+    "pcap_ns_be": lambda lt, f: pcap_file(lt, f, nano=True, order=">"),
+    "pcapng_le": lambda lt, f: pcapng_two_ifaces("<", f, lt),
+    "pcapng_be": lambda lt, f: pcapng_two_ifaces(">", f, lt),
+    "pcapng_sections": lambda lt, f: pcapng_sections(f, lt),
+    "pcapng_sections_le": lambda lt, f: pcapng_sections(f, lt, "<"),
+}
+
+# Where libpcap 1.9 stops (a warning) and auto reads on in Python: a pcapng interface it
+# takes for another link type (LINKTYPE_RAW is DLT 12 for the first, 101 for the next),
+# a section in the other byte order.
+LIBPCAP_LIMITS = [
+    ("-raw", "different from the type of the first interface"),
+    ("pcapng_sections-", "pcapng block size"),
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, ips) -> dict[str, Path]:
+    """Every container × link type, and gzip, holding the same packets."""
+    root = tmp_path_factory.mktemp("corpus")
+    files = {}
+
+    def add(name: str, data: bytes) -> None:
+        files[name] = root / name
+        files[name].write_bytes(data)
+
+    for cname, container in CONTAINERS.items():
+        for lname, (linktype, _) in LINKS.items():
+            if lname != "null_be" or cname.endswith("be"):  # NULL: in the writer's order
+                add(f"{cname}-{lname}", container(linktype, link_frames(lname, ips)))
+        add(f"{cname}-gz", gzip.compress(container(1, link_frames("ethernet", ips))))
+    for linktype, version in ((228, 4), (229, 6)):
+        only = [p for p in ips if p.version == version]
+        add(f"lt{linktype}", pcap_file(linktype, link_frames("raw", only)))
+    return files
+
+
+def test_every_container_and_link_type_gives_the_same_segments(corpus, cases):
+    want = expected(cases)
+    for name, path in corpus.items():
+        if not name.startswith("lt"):
+            assert read(path, engine="python") == want, name
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ipv4_and_ipv6_link_types(corpus, cases, engine):
+    want = [s[1:] for s in expected(cases)]  # (the packets sit elsewhere in time)
+    v4 = [s for s, (p, _) in zip(want, cases, strict=True) if p.version == 4]
+    v6 = [s for s, (p, _) in zip(want, cases, strict=True) if p.version == 6]
+    assert [s[1:] for s in read(corpus["lt228"], engine=engine)] == v4
+    assert [s[1:] for s in read(corpus["lt229"], engine=engine)] == v6
+
+
+@pytest.mark.parametrize("bpf", [None, "tcp port 4455", "tcp[13] & 2 != 0", "ip6", "port 59999"])
+def test_engines_agree_on_every_file(corpus, bpf):
+    for name, path in corpus.items():
+        python = read(path, engine="python", bpf=bpf)
+        assert read(path, engine="auto", bpf=bpf) == python, name
+        if bpf is None:
+            assert len(python) == 8 or name.startswith("lt"), name
+        if bpf and name.endswith("raw14"):
+            # libpcap on Linux has no DLT 14 to compile for; auto took the python engine.
+            with pytest.raises(CaptureError, match="libpcap cannot filter link type 14"):
+                read(path, engine="libpcap", bpf=bpf)
+            continue
+        stats = CaptureStats()
+        libpcap = read(path, engine="libpcap", bpf=bpf, stats=stats)
+        if stats.warnings:
+            assert any(k in name and m in stats.warnings[0] for k, m in LIBPCAP_LIMITS), name
+            assert libpcap == python[: len(libpcap)]
+        else:
+            assert libpcap == python, name
+
+
+@pytest.mark.parametrize("bpf", ["tcp port 4455", "tcp port 59999 or ip6"])
+def test_filter_reaches_into_vlan_and_qinq(corpus, bpf):
+    untagged = read(corpus["pcap_us_le-ethernet"], engine="python", bpf=bpf)
+    assert len(untagged) >= 3  # (BPF's `tcp` does not look past IPv6 extension headers)
+    assert {":" in s.src for s in untagged} == {True, False}  # IPv4 and IPv6
+    for link in ("dot1q", "qinq", "qinq9100"):
+        for engine in ENGINES:
+            assert read(corpus[f"pcap_us_le-{link}"], engine=engine, bpf=bpf) == untagged
+
+
+def test_filtered_packets_never_reach_python(corpus):
+    stats = CaptureStats()
+    got = read(corpus["pcap_us_le-qinq"], engine="libpcap", bpf="port 59999", stats=stats)
+    assert [s.sport for s in got] == [59999]
+    assert (stats.packets, stats.engine) == (1, "libpcap")
+
+
+def test_auto_takes_python_only_where_libpcap_cannot(corpus):
+    stats = CaptureStats()
+    read(corpus["pcap_ns_be-sll2"], bpf="tcp", stats=stats)
+    assert stats.engine == "libpcap"
+    read(corpus["pcap_ns_be-raw14"], bpf="tcp", stats=stats)
+    assert stats.engine == "python"
+
+
+def test_filter_that_cannot_match_the_link_type_gives_nothing(corpus):
+    for engine in (*ENGINES, "auto"):
+        assert read(corpus["lt228"], engine=engine, bpf="ip6") == []
+
+
+# ---------------------------------------------------------------------------------------
+# Container details
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_pcapng_resolutions_and_offset(tmp_path, engine):
+    """Each interface its own if_tsresol and if_tsoffset; the time is floored to the µs."""
+    frame = bytes(Ether(**MACS) / IP(src=A4, dst=B4) / TCP(sport=1, dport=2))
+    sec = 1_767_225_600
+    interfaces = [  # (if_tsresol, ticks per second, fraction in ticks, µs expected)
+        (None, 10**6, 999_999, 999_999),
+        (3, 10**3, 999, 999_000),
+        (9, 10**9, 999_999_999, 999_999),
+        (0x80 | 20, 2**20, 2**20 - 1, 999_999),  # 999999.046 µs
+        (0x80 | 30, 2**30, 2**30 - 1, 999_999),
+        (0x80 | 10, 2**10, 2**10 - 1, 999_023),  # 999023.4375 µs
+    ]
+    blocks = [ng_shb("<")]
+    blocks += [
+        ng_idb("<", 1, tsresol=r, tsoffset=i * 10**6) for i, (r, *_) in enumerate(interfaces)
+    ]
+    for i, (_r, per_s, frac, _us) in enumerate(interfaces):
+        ticks = (sec - i * 10**6) * per_s + frac
+        blocks.append(ng_epb("<", i, ticks, frame, len(frame)))
+    path = tmp_path / "resol.pcapng"
+    path.write_bytes(b"".join(blocks))
+    got = [s.ts for s in read(path, engine=engine)]
+    assert got == [sec * 10**6 + us for *_, us in interfaces]
+
+
+def test_pcapng_interfaces_of_different_link_types(tmp_path, cases, ips):
+    """libpcap 1.9 rejects an interface whose link type differs from the first one's;
+    auto reads on in Python from the packet where libpcap stopped."""
+    eth, raw = link_frames("ethernet", ips), link_frames("raw", ips)
+    blocks = [ng_shb("<"), ng_idb("<", 1, tsresol=9)]
+    blocks += [ng_epb("<", 0, ticks(ts, 9), data, n) for ts, data, n in eth[:3]]
+    blocks.append(ng_idb("<", 101))
+    for i in range(3, len(ips)):
+        ts, data, n = raw[i] if i % 2 else eth[i]
+        blocks.append(ng_epb("<", i % 2, ticks(ts, None if i % 2 else 9), data, n))
+    path = tmp_path / "mixed.pcapng"
+    path.write_bytes(b"".join(blocks))
+    want = expected(cases)
+    assert read(path, engine="python") == want
+    stats = CaptureStats()
+    assert read(path, engine="auto", stats=stats) == want
+    assert (stats.engine, stats.warnings) == ("python", [])
+    stats = CaptureStats()
+    assert read(path, engine="libpcap", stats=stats) == want[:3]
+    assert "different from the type of the first interface" in stats.warnings[0]
+    filtered = read(path, engine="python", bpf="tcp port 4455")
+    assert read(path, engine="auto", bpf="tcp port 4455") == filtered
+    assert 0 < len(filtered) < len(want)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_pcapng_simple_packet_blocks(tmp_path, engine):
+    frame = bytes(Ether(**MACS) / IP(src=A4, dst=B4) / TCP(sport=1, dport=2) / (b"s" * 50))
+    data = [ng_shb("<"), ng_idb("<", 1, snaplen=64, tsoffset=7), ng_spb("<", frame, len(frame))]
+    path = tmp_path / "spb.pcapng"
+    path.write_bytes(b"".join(data))
+    [got] = read(path, engine=engine)
+    # An SPB has no time stamp (libpcap says 0, plus the offset) and is cut to the snaplen.
+    assert (got.ts, got.payload, got.missing) == (7_000_000, b"s" * 10, 40)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_modified_pcap_format(tmp_path, ips, engine):
+    out = [struct.pack("<IHHiIII", 0xA1B2CD34, 2, 4, 0, 0, 65535, 1)]
+    for ts, data, wirelen in link_frames("ethernet", ips):
+        sec, usec = divmod(ts // 1000, 10**6)
+        out.append(struct.pack("<IIIIIHBx", sec, usec, len(data), wirelen, 2, 0x800, 0) + data)
+    path = tmp_path / "modified.pcap"
+    path.write_bytes(b"".join(out))
+    assert read(path, engine=engine) == read_ethernet_reference(tmp_path, ips)
+
+
+def read_ethernet_reference(tmp_path: Path, ips: list[Packet]) -> list[Segment]:
+    path = tmp_path / "reference.pcap"
+    path.write_bytes(pcap_file(1, link_frames("ethernet", ips)))
+    return read(path, engine="python")
+
+
+# ---------------------------------------------------------------------------------------
+# Several files
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_files_merge_into_one_timeline(tmp_path, cases, ips, engine):
+    frames = link_frames("ethernet", ips)
+    a, b = tmp_path / "a.pcap", tmp_path / "b.pcapng.gz"
+    a.write_bytes(pcap_file(1, frames[0::2]))
+    b.write_bytes(gzip.compress(pcapng_two_ifaces("<", frames[1::2])))
+    stats = CaptureStats()
+    assert read([b, a], engine=engine, stats=stats) == expected(cases)
+    assert stats.files == 2
+    # Equal timestamps: file order, then packet order.
+    same = [(T0_NS, data, n) for _, data, n in frames[:2]]
+    c, d = tmp_path / "c.pcap", tmp_path / "d.pcap"
+    c.write_bytes(pcap_file(1, same))
+    d.write_bytes(pcap_file(1, same[::-1]))
+    assert [s.seq for s in read([d, c], engine=engine)] == [5000, 1000, 1000, 5000]
+
+
+def test_gzip_copy_for_libpcap_is_removed_even_when_reading_stops_early(tmp_path, ips, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    os.mkdir(tmp_path / "tmp")
+    path = tmp_path / "a.pcap.gz"
+    path.write_bytes(gzip.compress(pcap_file(1, link_frames("ethernet", ips))))
+    segments = read_segments([path], engine="libpcap")
+    next(segments)
+    assert len(os.listdir(tmp_path / "tmp")) == 1
+    segments.close()
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+# ---------------------------------------------------------------------------------------
+# Files that cannot be read, files cut short
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_unreadable_files_raise_capture_error_naming_the_file(tmp_path, engine):
+    def make(name: str, data: bytes) -> Path:
+        (tmp_path / name).write_bytes(data)
+        return tmp_path / name
+
+    problems = {
+        make("capture.pcap", b'<?xml version="1.0"?><spooler/>'): (
+            "not a pcap or pcapng file (magic 0x3c3f786d)"
+        ),
+        make("empty.pcap", b""): "empty file",
+        make("short.pcap", pcap_file(1, [])[:10]): "cut short in the pcap file header",
+        make("short.pcapng", ng_shb("<")[:20]): "cut short in the pcapng file header",
+        make("text.gz", gzip.compress(b"hello world")): "gzipped file is not a pcap or pcapng",
+        make("bad.gz", b"\x1f\x8b\x08garbage"): "unreadable gzip data",
+        tmp_path / "missing.pcap": "no such file",
+        tmp_path: "is a directory",
+    }
+    for path, problem in problems.items():
+        with pytest.raises(CaptureError) as err:
+            read(path, engine=engine)
+        message = str(err.value)
+        assert message.startswith(f"{path}: ") and problem in message, message
+        assert "\n" not in message
+
+
+def test_invalid_filter_raises_capture_error(corpus):
+    with pytest.raises(CaptureError, match="invalid BPF filter 'tcp prot 1'"):
+        read(corpus["pcap_us_le-ethernet"], bpf="tcp prot 1")
+
+
+CUT_FORMATS: dict[str, Callable[[list[Frame]], bytes]] = {
+    "pcap": lambda f: pcap_file(1, f),
+    "pcap_ns_be": lambda f: pcap_file(1, f, nano=True, order=">"),
+    "pcapng": lambda f: pcapng_two_ifaces("<", f),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(CUT_FORMATS))
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_file_cut_short_gives_the_complete_packets_and_a_warning(
+    tmp_path, cases, ips, fmt, engine, gz
+):
+    data = CUT_FORMATS[fmt](link_frames("ethernet", ips))[:-30]  # inside the last packet
+    path = tmp_path / f"cut.{fmt}"
+    path.write_bytes(gzip.compress(data) if gz else data)
+    stats = CaptureStats()
+    assert read(path, engine=engine, stats=stats) == expected(cases)[:-1]
+    [warning] = stats.warnings
+    assert warning.startswith(f"{path}: cut short after packet 7 ("), warning
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_corrupt_block_length_keeps_the_blocks_before(tmp_path, cases, ips, engine):
+    data = pcapng_two_ifaces("<", link_frames("ethernet", ips))
+    sixth = block_starts(data)[3 + 5]  # SHB, 2 IDBs, 5 packets
+    path = tmp_path / "corrupt.pcapng"
+    path.write_bytes(data[: sixth + 4] + struct.pack("<I", 13) + data[sixth + 8 :])
+    stats = CaptureStats()
+    assert read(path, engine=engine, stats=stats) == expected(cases)[:5]
+    [warning] = stats.warnings
+    assert warning.startswith(f"{path}: cut short after packet 5 ("), warning
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_broken_gzip_stream_keeps_what_came_before(tmp_path, cases, ips, engine):
+    data = pcapng_two_ifaces("<", link_frames("ethernet", ips))
+    path = tmp_path / "broken.pcapng.gz"
+    path.write_bytes(gzip.compress(data)[:-200])
+    stats = CaptureStats()
+    got = read(path, engine=engine, stats=stats)
+    assert got and got == expected(cases)[: len(got)]
+    assert any("gzip data broken" in w for w in stats.warnings), stats.warnings
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_damaged_files_never_raise_anything_but_capture_error(tmp_path, ips, engine):
+    pcapng = pcapng_two_ifaces("<", link_frames("sll", ips))
+    pcap = pcap_file(0, link_frames("null", ips))
+    path = tmp_path / "damaged"
+    for blob in (pcapng, pcap):
+        for i in range(24, len(blob), 29):
+            damaged = bytearray(blob)
+            damaged[i] ^= 0xFF
+            damaged[i // 2] ^= 0x5A
+            path.write_bytes(bytes(damaged))
+            with contextlib.suppress(CaptureError):
+                read(path, engine=engine)
+
+
+# ---------------------------------------------------------------------------------------
+# An outside oracle
+# ---------------------------------------------------------------------------------------
+
+
+def test_tshark_sees_the_same_times_sequence_numbers_and_lengths(corpus):
+    tshark = require("tshark")
+    path = corpus["pcapng_le-ethernet"]
+    fields = ["-e", "frame.time_epoch", "-e", "tcp.seq_raw", "-e", "tcp.len"]
+    out = subprocess.run(
+        [tshark, "-r", str(path), "-T", "fields", *fields],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    theirs = []
+    for line in out.splitlines():
+        epoch, seq, length = line.split("\t")
+        sec, _, frac = epoch.partition(".")
+        theirs.append((int(sec) * 10**6 + int(frac.ljust(9, "0")[:6]), int(seq), int(length)))
+    ours = [(s.ts, s.seq, len(s.payload) + s.missing) for s in read(path)]
+    assert len(ours) == 8
+    assert ours == theirs
