@@ -369,6 +369,13 @@ class _Conn:
             # Picked up mid-stream. Pure ACKs do not place the stream: a keep-alive probe
             # carries the sequence number before the next byte.
             half.pick_up(seg.seq)
+        if flags & ACK:
+            # Before this packet's own data: what it acknowledges was received before it was
+            # sent, so a hole it reveals in the peer's stream comes first in time too.
+            if peer.base is None:
+                peer.ack_before_base = seg.ack
+            else:
+                self._ack(d, peer, peer.offset(seg.ack), ts)
         if flags & RST:
             self._rst(d, ts, first_from_side)  # an RST's payload is diagnostic text, not data
         elif half.base is not None:
@@ -381,11 +388,6 @@ class _Conn:
                 half.add_data(off, seg.payload, ts)
             if flags & FIN:
                 self._fin(d, half, end, ts)
-        if flags & ACK:
-            if peer.base is None:
-                peer.ack_before_base = seg.ack
-            else:
-                self._ack(d, peer, peer.offset(seg.ack), ts)
 
     def _syn(self, seg: Segment, d: int, half: _Half) -> None:
         if seg.flags & ACK:

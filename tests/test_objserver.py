@@ -1239,14 +1239,23 @@ def test_gap_inside_a_frame_loses_only_that_frame() -> None:
     assert one(w.events, BeginAnswered).started is True
 
 
-def test_gap_over_a_frame_header_stops_the_direction() -> None:
+def test_gap_between_frames_resumes_at_the_next_frame_header() -> None:
     w = started_conversation()
     offset = w.next[T2C]
     events = w.decoder.gap(T2C, offset, 7, 60)
     events += w.decoder.feed(T2C, offset + 7, EX3_ANSWER, 61)
-    assert len(events) == 1
-    assert_error(events[0], offset, "gap of 7 bytes", "framing lost")
-    # an offset jump without gap() is a gap as well
+    assert_error(events[0], offset, "gap of 7 bytes", "frames lost")
+    assert [type(e) for e in events[1:2]] == [Reply]
+
+
+def test_gap_not_followed_by_a_frame_header_stops_the_direction() -> None:
+    w = started_conversation()
+    offset = w.next[T2C]
+    events = w.decoder.gap(T2C, offset, 7, 60)
+    events += w.decoder.feed(T2C, offset + 7, EX3_ANSWER[5:], 61)
+    assert_error(events[-1], offset + 7, "no frame header after the gap", "framing lost")
+    assert w.decoder.feed(T2C, offset + 7 + len(EX3_ANSWER) - 5, EX3_ANSWER, 62) == []
+    # an offset jump inside a frame is a gap over its header: framing is lost
     w2 = Wire()
     events = w2.decoder.feed(C2T, 0, EX2_CREATE[:10], 1) + w2.decoder.feed(C2T, 100, b"\0" * 8, 2)
     assert_error(next(e for e in events if isinstance(e, DecodeError)), 0, "framing lost")

@@ -62,3 +62,78 @@ def test_sample_times_match_tshark_to_the_microsecond(capture: Path) -> None:
             assert row[column] == value, f"{row['process_id']} {column}"
             checked += 1
     assert checked > 0
+
+
+# --- crafted captures: exact times known by construction --------------------------------
+
+
+def _crafted(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    import pathological
+
+    out = tmp_path_factory.mktemp("patho")
+    return sorted(p for p in pathological.write_all(out) if p.suffix in (".pcap", ".pcapng"))
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {p.name: p for p in _crafted(tmp_path_factory)}
+
+
+def test_crafted_captures_cover_the_edge_cases(crafted: dict[str, Path]) -> None:
+    for name in (
+        "reorder_dup",
+        "gap_frame",
+        "seq_wrap",
+        "starts_mid_callback",
+        "ends_mid_task",
+        "ipv6",
+        "vlan",
+        "sll2",
+        "snaplen",
+        "nat_source",
+        "nat_destination",
+        "callback_unanswered",
+        "callback_refused",
+        "port_reuse",
+    ):
+        assert any(name in key for key in crafted), name
+
+
+def test_crafted_task_tables_match_truth_with_exact_times(crafted: dict[str, Path]) -> None:
+    problems = []
+    for name, capture in crafted.items():
+        try:
+            check_against_truth(capture)
+        except AssertionError as exc:
+            problems.append(f"{name}: {exc}")
+    assert not problems, "\n\n".join(problems)
+
+
+def test_both_engines_give_the_same_table(crafted: dict[str, Path]) -> None:
+    for capture in [*SAMPLES, *crafted.values()]:
+        fast = jsdissect.analyze([capture], engine="libpcap").task_records
+        slow = jsdissect.analyze([capture], engine="python").task_records
+        assert [report.task_row(t) for t in fast] == [report.task_row(t) for t in slow], capture
+
+
+# --- a live run: emulate twenty tasks on real sockets, capture, compare ------------------
+
+
+def test_live_twenty_tasks_match_truth(tmp_path: Path) -> None:
+    from conftest import require, require_root
+
+    require("tcpdump")
+    require_root()
+    import capture_run
+    from emulator import TWENTY
+
+    reason = capture_run.capture_unavailable("pcap", TWENTY)
+    if reason:
+        from conftest import IN_CI
+
+        (pytest.fail if IN_CI else pytest.skip)(reason)
+    capture, _truth = capture_run.emulate_and_capture(TWENTY, tmp_path / "twenty.pcap")
+    pairs = check_against_truth(capture)
+    assert len(pairs) == 20
+    statuses = {r["status"] for _, r in pairs}
+    assert {"completed", "start-failed", "killed", "callback-refused"} <= statuses

@@ -736,6 +736,7 @@ class _Stream:
 
     expected: int | None = None  # next stream offset
     dead: bool = False
+    resync: bool = False  # after a gap between frames: the next piece must start a frame
     head: bytearray = field(default_factory=bytearray)
     frame: _Frame | None = None
     length: int | None = None
@@ -750,6 +751,16 @@ class _Stream:
         self.pieces = []
         self.have = 0
         self.missing = 0
+
+
+def _looks_like_frame(data: bytes) -> bool:
+    """§12 mid-stream heuristic: a sane length, a known class, for `O` a known command."""
+    if len(data) < 5:
+        return False
+    length = LENGTH_PREFIX.unpack_from(data)[0]
+    if not 0 < length < 1 << 30 or data[4] not in REQUEST_CLASSES | ANSWER_CLASSES:
+        return False
+    return data[4] != MSG_OBJECT or (len(data) >= 14 and data[13] in OBJECT_COMMANDS)
 
 
 @dataclass(slots=True)
@@ -1041,6 +1052,12 @@ class ObjServerDecoder:
             return
         data = bytes(data)
         st.expected = offset + len(data)
+        if st.resync:
+            st.resync = False
+            if not _looks_like_frame(data):
+                frame = _Frame(offset, ts, ts)
+                self._die(d, st, frame, "no frame header after the gap: framing lost", out)
+                return
         pos = 0
         while pos < len(data) and not st.dead:
             pos = self._consume(d, st, data, pos, offset, ts, out)
@@ -1098,8 +1115,15 @@ class ObjServerDecoder:
             if st.have == st.length:
                 self._finish_frame(d, st, out)
             return
+        if st.frame is None:
+            # Between frames: senders write a frame in one send, so the bytes after a lost
+            # run of whole frames usually begin a frame; checked when they arrive (§12).
+            reason = f"gap of {size} bytes at stream offset {offset}: frames lost"
+            out.append(self._error(d, _Frame(offset, ts, ts), reason))
+            st.resync = True
+            return
         reason = f"gap of {size} bytes at stream offset {offset}: framing lost"
-        self._die(d, st, st.frame or _Frame(offset, ts, ts), reason, out)
+        self._die(d, st, st.frame, reason, out)
 
     def _die(
         self, d: int, st: _Stream, frame: _Frame | None, reason: str, out: list[Event]
