@@ -50,9 +50,10 @@ class Options:
     all_tcp: bool = False  # read every TCP segment (the `connections` command)
 
 
-@dataclass(slots=True)
+@dataclass
 class Analysis:
-    """What one run found; DataFrames are built on first use."""
+    """What one run found; DataFrames are built on first use (cached_property needs the
+    instance __dict__, so no slots here)."""
 
     paths: tuple[str, ...]
     channels: list[Channel]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from truth import load_truth, mismatches, oracle_times, pair_rows, tshark_packets
 
 import jsdissect
 from jsdissect import report
-from truth import load_truth, mismatches, oracle_times, pair_rows, tshark_packets
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted(
