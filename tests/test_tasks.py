@@ -137,3 +137,61 @@ def test_live_twenty_tasks_match_truth(tmp_path: Path) -> None:
     assert len(pairs) == 20
     statuses = {r["status"] for _, r in pairs}
     assert {"completed", "start-failed", "killed", "callback-refused"} <= statuses
+
+
+# --- library API, several files, other ports ---------------------------------------------
+
+
+def test_analyze_returns_joinable_dataframes() -> None:
+    result = jsdissect.analyze([ROOT / "captures" / "demo.pcap"])
+    tasks, conns, msgs = result.tasks, result.connections, result.messages
+    assert len(tasks) == 10 and str(tasks["start_sent"].dtype) == "datetime64[us, UTC]"
+    assert set(tasks["cmd_conn"].dropna()) <= set(conns["id"])
+    assert set(tasks["callback_conn"].dropna()) <= set(conns["id"])
+    per_task = msgs.dropna(subset=["process_id"]).groupby("process_id")["conn"].nunique()
+    assert (per_task[per_task.index.isin(tasks["process_id"])] >= 1).all()
+    assert set(msgs["channel"]) == {"cmd", "api"}
+
+
+def test_ring_buffer_files_are_one_timeline(tmp_path: Path) -> None:
+    from scapy.utils import rdpcap, wrpcap
+
+    capture = ROOT / "captures" / "demo.pcap"
+    packets = rdpcap(str(capture))
+    third = len(packets) // 3
+    parts = [packets[:third], packets[third : 2 * third], packets[2 * third :]]
+    files = []
+    for i, part in enumerate(parts):
+        files.append(tmp_path / f"ring_{i:05d}.pcap")
+        wrpcap(str(files[-1]), part)
+    whole = [report.task_row(t) for t in jsdissect.analyze([capture]).task_records]
+    split = [report.task_row(t) for t in jsdissect.analyze(files[::-1]).task_records]
+    assert split == whole
+
+
+def _move_scheduler_port(src: Path, dst: Path, old: int, new: int) -> None:
+    from scapy.layers.inet import TCP
+    from scapy.utils import rdpcap, wrpcap
+
+    packets = rdpcap(str(src))
+    for pkt in packets:
+        if TCP in pkt:
+            for field in ("sport", "dport"):
+                if getattr(pkt[TCP], field) == old:
+                    setattr(pkt[TCP], field, new)
+            del pkt[TCP].chksum
+    wrpcap(str(dst), packets)
+
+
+def test_command_channel_on_another_port_is_found_by_its_first_bytes(tmp_path: Path) -> None:
+    moved = tmp_path / "moved.pcap"
+    _move_scheduler_port(ROOT / "captures" / "one_shell.pcap", moved, 4455, 6123)
+    expected = table(ROOT / "captures" / "one_shell.pcap")
+    found = jsdissect.analyze([moved]).task_records
+    assert [(t.process_id, t.status, t.remote) for t in found] == [
+        (r["process_id"], r["status"], r["remote"].replace("4455", "6123")) for r in expected
+    ]
+    by_option = jsdissect.analyze([moved], scheduler_ports=[6123], heuristics=False)
+    assert [t.process_id for t in by_option.task_records] == [expected[0]["process_id"]]
+    blind = jsdissect.analyze([moved], heuristics=False).task_records
+    assert all(t.process_id is None and t.status == "partial" for t in blind)
