@@ -212,11 +212,11 @@ def _match_callbacks(tasks: list[Task], channels: list[Channel]) -> list[Channel
     """Greedy in start order: each task takes the earliest free SYN in its window; a task
     with none at its controller IP takes one to its port from its remote's IP (NAT)."""
     candidates = [ch for ch in channels if ch.kind == "api" or (ch.kind == "" and _no_data(ch))]
-    by_port: dict[int, list[tuple[int, int, Channel]]] = defaultdict(list)
+    by_port: dict[int, list[tuple[int, int, int, Channel]]] = defaultdict(list)
     for i, ch in enumerate(candidates):
-        by_port[_callback_target(ch).port].append((_candidate_time(ch), i, ch))
+        by_port[_callback_target(ch).port].append((_candidate_time(ch), _source(ch).port, i, ch))
     for entries in by_port.values():
-        entries.sort(key=lambda e: (e[0], e[1]))
+        entries.sort(key=lambda e: e[:3])  # nearest in time, then port order (DESIGN)
     taken: set[int] = set()
     waiting = sorted(
         (t for t in tasks if t.window_end is not None), key=lambda t: (t.start_sent, t.cmd_port)
@@ -233,9 +233,9 @@ def _no_data(ch: Channel) -> bool:
 
 
 def _take(task: Task, entries: list, taken: set[int], exact: bool) -> None:
-    lo = bisect.bisect_left(entries, (task.start_sent, -1))
+    lo = bisect.bisect_left(entries, (task.start_sent,))
     eligible = []
-    for when, i, ch in entries[lo:]:
+    for when, _port, i, ch in entries[lo:]:
         if when > task.window_end:
             break
         if i in taken:

@@ -1,0 +1,139 @@
+"""Matching rules of DESIGN "What fills a row" on hand-built connections and events."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from jsdissect.correlate import Channel, correlate
+from jsdissect.protocol import command as cmd
+from jsdissect.tcp import Connection, Endpoint
+
+S = 1_000_000  # µs per second
+C_IP, R_IP = "10.1.0.10", "10.1.0.20"
+
+
+def conn(cid: str, client: Endpoint, server: Endpoint, syn: int, **kw) -> Connection:
+    base = dict(
+        id=cid,
+        client=client,
+        server=server,
+        handshake_seen=True,
+        first_ts=syn,
+        last_ts=syn + 10 * S,
+        syn=syn,
+        syn_count=1,
+        synack=syn + 100,
+        established=syn + 200,
+        refused=None,
+        client_fin=None,
+        server_fin=None,
+        rst=None,
+        rst_by=None,
+        closed=None,
+        first_data=None,
+        last_data=None,
+        bytes_c2s=0,
+        bytes_s2c=0,
+        packets=3,
+        retransmissions=0,
+        gaps=0,
+        gap_bytes=0,
+        state="open",
+    )
+    base.update(kw)
+    return Connection(**base)
+
+
+def command(cid: str, cport: int, start: int, tcp_port: int, process_id: str) -> Channel:
+    c = conn(cid, Endpoint(C_IP, cport), Endpoint(R_IP, 4455), start - 1000)
+    where = dict(conn=cid, direction=0, offset=0, start=start, end=start)
+    answer = dict(conn=cid, direction=1, offset=0, start=start + 500, end=start + 600)
+    events = (
+        cmd.StartRemoteTask(
+            **where,
+            tcp_port=tcp_port,
+            kind=None,
+            java_options=None,
+            java_classpath=None,
+            ip_address=None,
+        ),
+        cmd.ProcessAnswer(
+            **answer,
+            command="remote_scheduler.start_remote_task",
+            command_offset=0,
+            time=None,
+            process_id=process_id,
+            pid=None,
+        ),
+    )
+    return Channel(c, "cmd", events)
+
+
+def callback(cid: str, src: Endpoint, dst: Endpoint, syn: int) -> Channel:
+    return Channel(conn(cid, src, dst, syn, bytes_c2s=10, bytes_s2c=10), "api", (), dst, src)
+
+
+def test_each_start_takes_the_earliest_free_syn_in_its_window() -> None:
+    chans = [
+        command("A", 40001, 1 * S, 59999, "1"),
+        command("B", 40002, 2 * S, 59998, "2"),
+        callback("cbB", Endpoint(R_IP, 50002), Endpoint(C_IP, 59998), 2 * S + 300),
+        callback("cbA", Endpoint(R_IP, 50001), Endpoint(C_IP, 59999), 1 * S + 300),
+    ]
+    tasks = {t.process_id: t for t in correlate(chans, 20 * S)}
+    assert tasks["1"].callback_conn == "cbA" and tasks["2"].callback_conn == "cbB"
+    assert not tasks["1"].notes
+
+
+def test_a_reused_port_belongs_to_the_later_start() -> None:
+    chans = [
+        command("A", 40001, 1 * S, 59999, "1"),  # its callback never came
+        command("B", 40002, 5 * S, 59999, "2"),
+        callback("cb", Endpoint(R_IP, 50002), Endpoint(C_IP, 59999), 5 * S + 300),
+    ]
+    tasks = {t.process_id: t for t in correlate(chans, 100 * S)}
+    assert tasks["2"].callback_conn == "cb" and tasks["1"].callback_conn is None
+    assert tasks["1"].status == "callback-missing"
+
+
+def test_ambiguous_candidates_are_resolved_by_time_then_port_and_reported() -> None:
+    chans = [
+        command("A", 40001, 1 * S, 59999, "1"),
+        callback("cb2", Endpoint(R_IP, 50009), Endpoint(C_IP, 59999), 1 * S + 300),
+        callback("cb1", Endpoint(R_IP, 50001), Endpoint(C_IP, 59999), 1 * S + 300),
+    ]
+    (task, partial) = correlate(chans, 20 * S)
+    assert task.callback_conn == "cb1"
+    assert "2 candidate callbacks" in task.notes and "cb2" in task.notes
+    assert partial.status == "partial" and partial.callback_conn == "cb2"
+
+
+def test_a_syn_outside_the_window_is_not_taken() -> None:
+    chans = [
+        command("A", 40001, 1 * S, 59999, "1"),
+        callback("late", Endpoint(R_IP, 50001), Endpoint(C_IP, 59999), 62 * S),
+    ]
+    tasks = correlate(chans, 200 * S)
+    by_pid = {t.process_id: t for t in tasks}
+    assert by_pid["1"].callback_conn is None and by_pid["1"].status == "callback-missing"
+    assert any(t.callback_conn == "late" and t.status == "partial" for t in tasks)
+
+
+def test_translated_addresses_are_matched_and_said() -> None:
+    nat_controller = "192.0.2.10"
+    chans = [
+        command("A", 40001, 1 * S, 59999, "1"),
+        callback("cb", Endpoint(R_IP, 50001), Endpoint(nat_controller, 59999), 1 * S + 300),
+    ]
+    (task,) = correlate(chans, 20 * S)
+    assert task.callback_conn == "cb" and "address translation" in task.notes
+
+
+def test_an_unanswered_syn_seen_once_near_the_end_is_running() -> None:
+    base = callback("cb", Endpoint(R_IP, 50001), Endpoint(C_IP, 59999), 1 * S + 300)
+    silent = replace(base.conn, synack=None, established=None, bytes_c2s=0, bytes_s2c=0)
+    chans = [command("A", 40001, 1 * S, 59999, "1"), Channel(silent, "", ())]
+    (task,) = correlate(chans, 3 * S)
+    assert task.status == "running"
+    (task,) = correlate([chans[0], Channel(replace(silent, syn_count=3), "", ())], 3 * S)
+    assert task.status == "callback-unanswered"
