@@ -95,9 +95,14 @@ def port_report(
 
 
 def _use(task: Task) -> PortUse:
+    """The span the controller holds the port: bound before the start is sent, released
+    when the callback connection closes, or when the controller gives up waiting (§2)."""
     times = [getattr(task, c) for c in _TIMES if getattr(task, c) is not None]
-    first = task.callback_syn if task.callback_syn is not None else task.start_sent
-    last = task.callback_closed if task.callback_closed is not None else None
+    first = task.start_sent if task.start_sent is not None else task.callback_syn
+    if task.callback_established is not None and task.callback_closed is not None:
+        last = task.callback_closed
+    else:
+        last = task.close_sent
     if first is None and times:
         first = min(times)
     if last is None and times:

@@ -1,0 +1,130 @@
+"""The answers people came for: ports report, timeline picture, task log, phase summary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from truth import load_truth
+
+import jsdissect
+from jsdissect import plot, report
+from jsdissect.ports import port_report
+
+ROOT = Path(__file__).resolve().parent.parent
+CAPTURES = ROOT / "captures"
+FAILED_CALLBACK = {"callback-unanswered", "callback-refused", "callback-missing"}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jsdissect", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def truth_peak(truth: dict) -> dict[str, int]:
+    """Most callback ports held at once per controller (start sent → callback closed),
+    replayed from the emulator's event order."""
+    controller = {i: t["controller"] for i, t in enumerate(truth["tasks"])}
+    current: dict[str, int] = defaultdict(int)
+    peak: dict[str, int] = defaultdict(int)
+    for key, event in truth["events"]:
+        c = controller[int(key)]
+        if event == "start_sent":
+            current[c] += 1
+            peak[c] = max(peak[c], current[c])
+        elif event == "callback_closed":
+            current[c] -= 1
+    return dict(peak)
+
+
+@pytest.mark.parametrize("name", ["parallel_50.pcap", "failures.pcap", "demo.pcap"])
+def test_ports_report_matches_truth(name: str) -> None:
+    truth = load_truth(CAPTURES / name)
+    out = cli("ports", str(CAPTURES / name), "--json", "-")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    used = defaultdict(set)
+    for t in truth["tasks"]:
+        if t["status"] != "start-failed":
+            used[t["controller"]].add(t["callback_port"])
+    seen = defaultdict(set)
+    for p in data["ports"]:
+        if p["status"] != "start-failed":
+            seen[p["controller"]].add(p["port"])
+    assert seen == used
+    failed = sorted(t["process_id"] for t in truth["tasks"] if t["status"] in FAILED_CALLBACK)
+    listed = sorted(f["process_id"] for f in data["failures"] if f["what"] in FAILED_CALLBACK)
+    assert listed == failed
+    for controller, ports in used.items():
+        (rule,) = [r for r in data["rules"] if r["host"] == controller]
+        low, high = map(int, rule["ports"].split("-"))
+        assert high == 59999 and all(low <= p <= high for p in ports)
+    if name == "parallel_50.pcap":  # every task there ends with callback_closed
+        peaks = {c: v["tasks"] for c, v in data["peak"].items()}
+        assert peaks == truth_peak(truth)
+
+
+def test_ports_report_flags_reuse_within_time_wait() -> None:
+    result = jsdissect.analyze([CAPTURES / "failures.pcap"])
+    rep = port_report(result.task_records, result.channels, (4455,))
+    assert any(r.controller == "127.0.0.22" and r.port == 59999 for r in rep.reuses)
+    assert not port_report(result.task_records, result.channels, (4455,), time_wait_us=0).reuses
+
+
+def test_log_prints_exactly_the_lines_the_task_sent() -> None:
+    for name in ("one_api.pcapng", "scala_api.pcap", "demo.pcap"):
+        truth = load_truth(CAPTURES / name)
+        for task in truth["tasks"]:
+            if task["process_id"] is None:
+                continue
+            out = cli("log", str(CAPTURES / name), "--process-id", task["process_id"])
+            assert out.returncode == 0, out.stderr
+            lines = [line.split("  ", 1)[1] for line in out.stdout.splitlines() if "Z  " in line]
+            assert [(report.LOG_LEVELS[lv], text) for lv, text in task["log"]] == [
+                (rest[:6].strip(), rest[8:]) for rest in lines
+            ], (name, task["process_id"])
+
+
+def test_log_of_an_unknown_task_says_so() -> None:
+    out = cli("log", str(CAPTURES / "demo.pcap"), "--process-id", "no-such-task")
+    assert out.returncode == 1 and "no-such-task" in out.stderr
+
+
+def test_timeline_png_has_one_bar_per_task(tmp_path: Path) -> None:
+    capture = CAPTURES / "parallel_50.pcap"
+    target = tmp_path / "timeline.png"
+    out = cli("timeline", str(capture), "-o", str(target))
+    assert out.returncode == 0, out.stderr
+    from matplotlib.image import imread
+
+    height, width, _ = imread(str(target)).shape
+    assert width == 1200 and height > 600
+    tasks = jsdissect.analyze([capture]).task_records
+    ax = plot.figure(tasks).axes[0]
+    rows = {round(bar.get_y() + bar.get_height() / 2) for c in ax.containers for bar in c}
+    assert len(rows) == len(tasks) == 50
+
+
+def test_timeline_html_and_bad_extension(tmp_path: Path) -> None:
+    page = tmp_path / "t.html"
+    assert cli("timeline", str(CAPTURES / "demo.pcap"), "-o", str(page)).returncode == 0
+    assert "plotly" in page.read_text()[:200_000].lower()
+    bad = cli("timeline", str(CAPTURES / "demo.pcap"), "-o", str(tmp_path / "t.jpg"))
+    assert bad.returncode == 2 and not (tmp_path / "t.jpg").exists()
+
+
+def test_summary_distribution_per_remote() -> None:
+    rows = [report.task_row(t) for t in jsdissect.analyze([CAPTURES / "demo.pcap"]).task_records]
+    dist = {(d["remote"], d["phase"]): d for d in report.phase_distribution(rows)}
+    for remote in {r["remote"] for r in rows}:
+        runs = sorted(r["run_ms"] for r in rows if r["remote"] == remote and r["run_ms"])
+        d = dist[(remote, "run")]
+        assert (d["count"], d["max_ms"]) == (len(runs), runs[-1])
+        assert d["median_ms"] == runs[(len(runs) - 1) // 2]
+    out = cli("summary", str(CAPTURES / "demo.pcap"))
+    assert out.returncode == 0 and "Slowest" in out.stdout and "p95_ms" in out.stdout
