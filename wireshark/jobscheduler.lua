@@ -1,0 +1,2610 @@
+-- jobscheduler.lua: Wireshark dissector for JobScheduler 1.x remote execution.
+--
+-- Two protocols (PROTOCOL.md is the authority for every byte):
+--   jobscheduler      the XML command channel, controller -> remote scheduler port (§3)
+--   jobscheduler_api  the binary object-server ("callback") channel, task server -> the
+--                     per-task port the controller announced in start_remote_task (§5, §6)
+-- Both are tied together per task (§7): jobscheduler.process_id is on every frame with
+-- payload of both connections of a task once the start answer has been seen (all frames
+-- in a two-pass run, tshark -2 or the GUI).
+--
+-- Works on Wireshark 4.0 (Lua 5.2) through 4.6 (Lua 5.4): bit operations only through the
+-- global `bit` table, integer division through math.floor, optional APIs feature-detected
+-- and registered under pcall.
+--
+-- Install: copy this file into the personal Lua plugins folder (see wireshark/README.md)
+-- or run `tshark -X lua_script:jobscheduler.lua ...`.
+
+local PLUGIN_VERSION = "0.1.0"
+
+if set_plugin_info then
+    set_plugin_info({
+        version = PLUGIN_VERSION,
+        description = "JobScheduler 1.x remote execution: XML command channel and "
+            .. "object-server callback channel",
+        repository = "jsdissect",
+    })
+end
+
+---------------------------------------------------------------------------------------------
+-- Protocols, fields, expert info, preferences
+---------------------------------------------------------------------------------------------
+
+local p_cmd = Proto("jobscheduler", "JobScheduler Remote Execution")
+local p_api = Proto("jobscheduler_api", "JobScheduler Object Server")
+local p_post = Proto("jobscheduler_tcp", "JobScheduler TCP tracking")
+
+local FRAME_REQUEST = frametype and frametype.REQUEST or nil
+local FRAME_RESPONSE = frametype and frametype.RESPONSE or nil
+local FRAME_NONE = frametype and frametype.NONE or nil
+
+-- §5.1 message classes
+local CLASS_NAMES = {
+    [0x53] = "S (session request)",
+    [0x4F] = "O (object request)",
+    [0x4B] = "K (keep-alive)",
+    [0x41] = "A (answer)",
+    [0x45] = "E (error answer)",
+    [0x4E] = "N (no session/object)",
+}
+
+-- §5.9 object commands, and 'C' (CreateInstance) inside S
+local COMMAND_NAMES = {
+    [0x43] = "CreateInstance",
+    [0x52] = "Release",
+    [0x51] = "QueryInterface",
+    [0x47] = "GetIDsOfNames",
+    [0x49] = "Invoke",
+    [0x41] = "Call by name",
+    [0x4B] = "keep-alive",
+}
+
+-- §5.4 VARTYPEs
+local VT_NAMES = {
+    [0x0000] = "VT_EMPTY", [0x0001] = "VT_NULL", [0x0002] = "VT_I2", [0x0003] = "VT_I4",
+    [0x0004] = "VT_R4", [0x0005] = "VT_R8", [0x0006] = "VT_CY", [0x0007] = "VT_DATE",
+    [0x0008] = "VT_BSTR", [0x0009] = "VT_DISPATCH", [0x000A] = "VT_ERROR",
+    [0x000B] = "VT_BOOL", [0x000C] = "VT_VARIANT", [0x000D] = "VT_UNKNOWN",
+    [0x0010] = "VT_I1", [0x0011] = "VT_UI1", [0x0012] = "VT_UI2", [0x0013] = "VT_UI4",
+    [0x0014] = "VT_I8", [0x0015] = "VT_UI8", [0x0016] = "VT_INT", [0x0017] = "VT_UINT",
+    [0x2008] = "VT_ARRAY|VT_BSTR", [0x200C] = "VT_ARRAY|VT_VARIANT",
+    [0x2011] = "VT_ARRAY|VT_UI1",
+}
+
+-- §5.10 HRESULTs seen on the wire
+local HRESULT_NAMES = {
+    [0x00000000] = "S_OK",
+    [0x00000001] = "S_FALSE",
+    [0x00080012] = "CO_S_NOTALLINTERFACES",
+    [0x80004002] = "E_NOINTERFACE",
+    [0x80004003] = "E_POINTER",
+    [0x80020003] = "DISP_E_MEMBERNOTFOUND",
+    [0x80020004] = "DISP_E_PARAMNOTFOUND",
+    [0x80020006] = "DISP_E_UNKNOWNNAME",
+    [0x80020008] = "DISP_E_BADVARTYPE",
+    [0x80020009] = "DISP_E_EXCEPTION",
+    [0x8002000E] = "DISP_E_BADPARAMCOUNT",
+    [0x80070057] = "E_INVALIDARG",
+}
+
+-- §5.12 GUIDs (canonical text) and what they are
+local GUID_NAMES = {
+    ["feee47a3-6c1b-11d8-8103-000476ee8afb"] = "CLSID Remote_module_instance_server",
+    ["feee47a2-6c1b-11d8-8103-000476ee8afb"] = "IID Iremote_module_instance_server",
+    ["feee47a6-6c1b-11d8-8103-000476ee8afb"] = "CLSID Com_log_proxy",
+    ["feee47aa-6c1b-11d8-8103-000476ee8afb"] = "CLSID Task_proxy",
+    ["feee47b3-6c1b-11d8-8103-000476ee8afb"] = "CLSID Spooler_proxy",
+}
+local CLSID_CLASS = {
+    ["feee47a6-6c1b-11d8-8103-000476ee8afb"] = "Com_log",
+    ["feee47aa-6c1b-11d8-8103-000476ee8afb"] = "Com_task",
+    ["feee47b3-6c1b-11d8-8103-000476ee8afb"] = "Com_spooler",
+}
+
+local SIDE_NAMES = { [1] = "controller", [2] = "task server" }
+local CMD_MESSAGE_NAMES = { [1] = "command", [2] = "answer", [3] = "keep-alive" }
+
+local F = {}   -- jobscheduler fields
+local FA = {}  -- jobscheduler_api fields
+
+-- command channel (§3)
+F.message = ProtoField.uint8("jobscheduler.message", "Message", base.DEC, CMD_MESSAGE_NAMES)
+F.command = ProtoField.string("jobscheduler.command", "Command")
+F.result = ProtoField.string("jobscheduler.answer.result", "Answer result")
+F.tcp_port = ProtoField.uint16("jobscheduler.tcp_port", "Callback port (tcp_port)")
+F.kind = ProtoField.string("jobscheduler.kind", "Kind")
+F.java_options = ProtoField.string("jobscheduler.java_options", "Java options")
+F.java_classpath = ProtoField.string("jobscheduler.java_classpath", "Java class path")
+F.ip_address = ProtoField.string("jobscheduler.ip_address", "Callback address (ip_address)")
+F.process_id = ProtoField.string("jobscheduler.process_id", "Process id (task key)")
+F.pid = ProtoField.uint32("jobscheduler.pid", "OS pid")
+F.close = ProtoField.bool("jobscheduler.close", "Close")
+F.kill = ProtoField.bool("jobscheduler.kill", "Kill")
+F.signal = ProtoField.string("jobscheduler.signal", "Signal")
+F.answer_time = ProtoField.absolute_time("jobscheduler.answer_time", "Answer time", base.UTC)
+F.error_code = ProtoField.string("jobscheduler.error.code", "ERROR code")
+F.error_text = ProtoField.string("jobscheduler.error.text", "ERROR text")
+F.error_class = ProtoField.string("jobscheduler.error.class", "ERROR class")
+F.error_time = ProtoField.string("jobscheduler.error.time", "ERROR time")
+F.error_source = ProtoField.string("jobscheduler.error.source", "ERROR source")
+F.keepalive = ProtoField.uint32("jobscheduler.keepalive.spaces", "Keep-alive spaces")
+F.attribute = ProtoField.string("jobscheduler.attribute", "Attribute")
+F.document = ProtoField.string("jobscheduler.document", "Document")
+F.response_in = ProtoField.framenum("jobscheduler.response_in", "Answer in", base.NONE,
+    FRAME_RESPONSE)
+F.request_in = ProtoField.framenum("jobscheduler.request_in", "Command in", base.NONE,
+    FRAME_REQUEST)
+F.time = ProtoField.relative_time("jobscheduler.time", "Time since command")
+F.callback_in = ProtoField.framenum("jobscheduler.callback_in", "Callback connection in",
+    base.NONE, FRAME_NONE)
+F.started_in = ProtoField.framenum("jobscheduler.task_started_in",
+    "Task started (begin answered) in", base.NONE, FRAME_NONE)
+F.segment = ProtoField.bytes("jobscheduler.segment", "Segment of a message")
+
+-- callback channel (§5)
+FA.length = ProtoField.uint32("jobscheduler_api.length", "Frame length")
+FA.class = ProtoField.uint8("jobscheduler_api.class", "Message class", base.HEX, CLASS_NAMES)
+FA.command = ProtoField.uint8("jobscheduler_api.command", "Command", base.HEX, COMMAND_NAMES)
+FA.sender = ProtoField.uint8("jobscheduler_api.sender", "Sender", base.DEC, SIDE_NAMES)
+FA.session = ProtoField.uint64("jobscheduler_api.session_id", "Session id", base.HEX)
+FA.object_id = ProtoField.uint64("jobscheduler_api.object_id", "Object id", base.HEX)
+FA.object_name = ProtoField.string("jobscheduler_api.object_name", "Object")
+FA.method = ProtoField.string("jobscheduler_api.method", "Method")
+FA.dispid = ProtoField.int32("jobscheduler_api.dispid", "DISPID")
+FA.flags = ProtoField.uint32("jobscheduler_api.flags", "Invoke flags", base.HEX)
+FA.flag_method = ProtoField.bool("jobscheduler_api.flags.method", "METHOD", 32, nil, 0x1)
+FA.flag_get = ProtoField.bool("jobscheduler_api.flags.propertyget", "PROPERTYGET", 32, nil, 0x2)
+FA.flag_put = ProtoField.bool("jobscheduler_api.flags.propertyput", "PROPERTYPUT", 32, nil, 0x4)
+FA.flag_putref = ProtoField.bool("jobscheduler_api.flags.propertyputref", "PROPERTYPUTREF", 32,
+    nil, 0x8)
+FA.clsid = ProtoField.guid("jobscheduler_api.clsid", "CLSID")
+FA.iid = ProtoField.guid("jobscheduler_api.iid", "IID")
+FA.iid_count = ProtoField.uint32("jobscheduler_api.iid_count", "Number of IIDs")
+FA.context = ProtoField.uint32("jobscheduler_api.context", "Context")
+FA.lcid = ProtoField.uint32("jobscheduler_api.lcid", "LCID", base.HEX)
+FA.name_count = ProtoField.uint32("jobscheduler_api.name_count", "Number of names")
+FA.args = ProtoField.uint32("jobscheduler_api.args", "Arguments (cArgs)")
+FA.named_args = ProtoField.uint32("jobscheduler_api.named_args", "Named arguments")
+FA.named_dispid = ProtoField.int32("jobscheduler_api.named_dispid", "Named argument DISPID")
+FA.argument = ProtoField.none("jobscheduler_api.argument", "Argument")
+FA.variant = ProtoField.none("jobscheduler_api.variant", "VARIANT")
+FA.vt = ProtoField.uint32("jobscheduler_api.vt", "VARTYPE", base.HEX, VT_NAMES)
+FA.v_int = ProtoField.int32("jobscheduler_api.value.int", "Integer")
+FA.v_uint = ProtoField.uint32("jobscheduler_api.value.uint", "Unsigned")
+FA.v_int64 = ProtoField.int64("jobscheduler_api.value.int64", "Integer (64 bit)")
+FA.v_uint64 = ProtoField.uint64("jobscheduler_api.value.uint64", "Unsigned (64 bit)")
+FA.v_bool = ProtoField.bool("jobscheduler_api.value.bool", "Boolean")
+FA.v_string = ProtoField.string("jobscheduler_api.value.string", "String")
+FA.v_real = ProtoField.double("jobscheduler_api.value.real", "Number")
+FA.v_real_text = ProtoField.string("jobscheduler_api.value.real_text", "Number as sent")
+FA.v_error = ProtoField.uint32("jobscheduler_api.value.error", "Error (VT_ERROR)", base.HEX,
+    HRESULT_NAMES)
+FA.array = ProtoField.none("jobscheduler_api.array", "SAFEARRAY")
+FA.array_dims = ProtoField.int16("jobscheduler_api.array.dims", "Dimensions")
+FA.array_features = ProtoField.uint16("jobscheduler_api.array.features", "Features", base.HEX)
+FA.array_count = ProtoField.uint32("jobscheduler_api.array.count", "Elements")
+FA.array_lbound = ProtoField.int32("jobscheduler_api.array.lbound", "Lower bound")
+FA.array_vt = ProtoField.uint32("jobscheduler_api.array.vt", "Element type", base.HEX, VT_NAMES)
+FA.array_bytes = ProtoField.bytes("jobscheduler_api.array.bytes", "Bytes")
+FA.objref = ProtoField.none("jobscheduler_api.objref", "Object reference")
+FA.objref_id = ProtoField.uint64("jobscheduler_api.objref.id", "Object id", base.HEX)
+FA.objref_new = ProtoField.bool("jobscheduler_api.objref.is_new", "New")
+FA.objref_title = ProtoField.string("jobscheduler_api.objref.title", "Title")
+FA.objref_clsid = ProtoField.guid("jobscheduler_api.objref.clsid", "Proxy CLSID")
+FA.objref_props = ProtoField.uint32("jobscheduler_api.objref.properties", "Properties")
+FA.objref_prop = ProtoField.string("jobscheduler_api.objref.property", "Property")
+FA.objref_name = ProtoField.string("jobscheduler_api.objref.name", "Object")
+FA.hresult = ProtoField.uint32("jobscheduler_api.hresult", "HRESULT", base.HEX, HRESULT_NAMES)
+FA.hresult_name = ProtoField.string("jobscheduler_api.hresult.name", "HRESULT name")
+FA.arg_err = ProtoField.int32("jobscheduler_api.arg_err", "Argument in error")
+FA.excepinfo = ProtoField.none("jobscheduler_api.excepinfo", "EXCEPINFO")
+FA.exc_code = ProtoField.uint16("jobscheduler_api.excepinfo.code", "wCode")
+FA.exc_reserved = ProtoField.uint16("jobscheduler_api.excepinfo.reserved", "wReserved")
+FA.exc_source = ProtoField.string("jobscheduler_api.excepinfo.source", "Source")
+FA.exc_description = ProtoField.string("jobscheduler_api.excepinfo.description", "Description")
+FA.exc_helpfile = ProtoField.string("jobscheduler_api.excepinfo.helpfile", "Help file")
+FA.exc_helpcontext = ProtoField.uint32("jobscheduler_api.excepinfo.helpcontext", "Help context")
+FA.exc_scode = ProtoField.uint32("jobscheduler_api.excepinfo.scode", "scode", base.HEX,
+    HRESULT_NAMES)
+FA.error_name = ProtoField.string("jobscheduler_api.error.name", "Error name")
+FA.error_code = ProtoField.string("jobscheduler_api.error.code", "Error code")
+FA.error_what = ProtoField.string("jobscheduler_api.error.what", "Error text")
+FA.error_string = ProtoField.string("jobscheduler_api.error.string", "Error string")
+FA.response_in = ProtoField.framenum("jobscheduler_api.response_in", "Answer in", base.NONE,
+    FRAME_RESPONSE)
+FA.request_in = ProtoField.framenum("jobscheduler_api.request_in", "Request in", base.NONE,
+    FRAME_REQUEST)
+FA.time = ProtoField.relative_time("jobscheduler_api.time", "Time since request")
+FA.depth = ProtoField.uint32("jobscheduler_api.depth", "Callback nesting level")
+FA.announced_in = ProtoField.framenum("jobscheduler_api.announced_in", "Callback announced in",
+    base.NONE, FRAME_NONE)
+FA.param = ProtoField.string("jobscheduler_api.construct.param", "Task parameter")
+FA.job = ProtoField.string("jobscheduler_api.job", "Job")
+FA.task_id = ProtoField.uint32("jobscheduler_api.task_id", "Task id")
+FA.started = ProtoField.bool("jobscheduler_api.task_started", "Task started")
+FA.step = ProtoField.uint32("jobscheduler_api.step", "Step number")
+FA.exit_code = ProtoField.int32("jobscheduler_api.exit_code", "Exit code")
+FA.signal = ProtoField.int32("jobscheduler_api.signal", "Signal")
+FA.log_text = ProtoField.string("jobscheduler_api.log.text", "Log text")
+FA.log_level = ProtoField.int32("jobscheduler_api.log.level", "Log level")
+FA.log_lines = ProtoField.uint32("jobscheduler_api.log.lines", "Log lines")
+FA.segment = ProtoField.bytes("jobscheduler_api.segment", "Segment of a message")
+
+local function field_list(t)
+    local out = {}
+    for _, f in pairs(t) do out[#out + 1] = f end
+    return out
+end
+p_cmd.fields = field_list(F)
+p_api.fields = field_list(FA)
+
+local E = {
+    cmd_error = ProtoExpert.new("jobscheduler.expert.error", "ERROR answer",
+        expert.group.RESPONSE_CODE, expert.severity.ERROR),
+    cmd_malformed = ProtoExpert.new("jobscheduler.expert.malformed", "Malformed command channel",
+        expert.group.MALFORMED, expert.severity.ERROR),
+    unpaired = ProtoExpert.new("jobscheduler.expert.unpaired", "Answer without a command",
+        expert.group.SEQUENCE, expert.severity.WARN),
+    refused = ProtoExpert.new("jobscheduler.expert.callback_refused",
+        "Callback connection refused (SYN answered by RST)",
+        expert.group.SEQUENCE, expert.severity.WARN),
+    unanswered = ProtoExpert.new("jobscheduler.expert.callback_unanswered",
+        "Callback SYN never answered (dropped?)", expert.group.SEQUENCE, expert.severity.WARN),
+    missing = ProtoExpert.new("jobscheduler.expert.callback_missing",
+        "No callback connection within 60 s", expert.group.SEQUENCE, expert.severity.WARN),
+}
+local EA = {
+    error = ProtoExpert.new("jobscheduler_api.expert.error", "Error answer (E)",
+        expert.group.RESPONSE_CODE, expert.severity.ERROR),
+    failed = ProtoExpert.new("jobscheduler_api.expert.failed_hresult", "Failed HRESULT",
+        expert.group.RESPONSE_CODE, expert.severity.ERROR),
+    malformed = ProtoExpert.new("jobscheduler_api.expert.malformed", "Malformed frame",
+        expert.group.MALFORMED, expert.severity.ERROR),
+    too_long = ProtoExpert.new("jobscheduler_api.expert.length",
+        "Announced length beyond the sanity bound", expert.group.MALFORMED,
+        expert.severity.ERROR),
+    truncated = ProtoExpert.new("jobscheduler_api.expert.truncated",
+        "Frame not completely captured", expert.group.MALFORMED, expert.severity.WARN),
+    unpaired = ProtoExpert.new("jobscheduler_api.expert.unpaired",
+        "Answer without a pending request", expert.group.SEQUENCE, expert.severity.WARN),
+    no_session = ProtoExpert.new("jobscheduler_api.expert.no_session",
+        "N message (never sent by 1.x peers)", expert.group.PROTOCOL, expert.severity.WARN),
+}
+p_cmd.experts = field_list(E)
+p_api.experts = field_list(EA)
+
+p_cmd.prefs.ports = Pref.range("Command ports", "4444,4455",
+    "TCP ports of remote schedulers (XML command channel)", 65535)
+p_cmd.prefs.heuristic = Pref.bool("Heuristic detection", true,
+    "Recognise the command channel on other ports by its first bytes, and callback "
+    .. "connections whose start command was not captured by their first CreateInstance "
+    .. "(or a mid-stream request)")
+p_cmd.prefs.task_table = Pref.bool("Print task table at the end (tshark)", false,
+    "At the end of a tshark run, print the per-task table as CSV on stdout "
+    .. "(jsdissect tasks column names)")
+p_cmd.prefs.task_table_file = Pref.string("Task table file", "",
+    "Write the task table CSV to this file at the end of the run instead of stdout")
+
+---------------------------------------------------------------------------------------------
+-- Constants and small helpers
+---------------------------------------------------------------------------------------------
+
+local CONTROLLER, TASK_SERVER = 1, 2  -- the two sides of a callback connection (§0)
+local ARROWS = { [CONTROLLER] = "C→T ", [TASK_SERVER] = "T→C " }
+local MAX_FRAME = 64 * 1024 * 1024  -- sanity bound on a callback frame's length (§5.1)
+local MAX_DOCUMENT = 1024 * 1024    -- bound on one XML command or answer (§3)
+local MAX_DEPTH = 16                -- nesting of VARIANT arrays / objref properties
+local CALLBACK_TIMEOUT_US = 60000000  -- §2: Z-REMOTE-118 after 60 s
+
+local band = bit.band
+
+-- A parse failure inside one message: caught per message, shown as malformed.
+local Malformed = {}
+local function malformed(reason)
+    error(setmetatable({ reason = reason }, Malformed), 0)
+end
+
+local function need(tvb, off, n)
+    if n < 0 or off + n > tvb:len() then
+        malformed(string.format("needs %d bytes at offset %d, frame has %d", n, off, tvb:len()))
+    end
+end
+
+local function u8(tvb, off) need(tvb, off, 1) return tvb(off, 1):uint() end
+local function u32(tvb, off) need(tvb, off, 4) return tvb(off, 4):uint() end
+local function i32(tvb, off) need(tvb, off, 4) return tvb(off, 4):int() end
+local function hex8(tvb, off) need(tvb, off, 8) return tvb(off, 8):bytes():tohex() end
+
+local function latin1_to_utf8(s)
+    return (s:gsub("[\128-\255]", function(c)
+        local b = c:byte()
+        return string.char(0xC0 + math.floor(b / 64), 0x80 + b % 64)
+    end))
+end
+
+local function guid_text(tvb, off)
+    local h = tvb(off, 16):bytes():tohex():lower()
+    return h:sub(1, 8) .. "-" .. h:sub(9, 12) .. "-" .. h:sub(13, 16) .. "-" .. h:sub(17, 20)
+        .. "-" .. h:sub(21, 32)
+end
+
+local function quote(s)
+    if #s > 60 then s = s:sub(1, 57) .. "..." end
+    return '"' .. s:gsub("[%c]", " ") .. '"'
+end
+
+-- Capture time in whole microseconds (DESIGN "Exact times"). The state keeps the value
+-- pinfo.abs_ts gives (a double: within 0.12 µs, available in every pass); the exact value
+-- from frame.time_epoch, there only when a tree is built, is learnt per frame in the
+-- postdissector and replaces it when the task table is written.
+local f_time_epoch = Field.new("frame.time_epoch")
+local f_tcp_len = Field.new("tcp.len")
+local f_tcp_stream = Field.new("tcp.stream")
+
+local function frame_us(pinfo)
+    local t = pinfo.abs_ts
+    local s = math.floor(t)
+    return s * 1000000 + math.floor((t - s) * 1000000 + 0.125)
+end
+
+local function exact_frame_us()
+    local fi = f_time_epoch()
+    if fi == nil then return nil end
+    return fi.value.secs * 1000000 + math.floor(fi.value.nsecs / 1000)
+end
+
+local function us_nstime(us)
+    local s = math.floor(us / 1000000)
+    return NSTime.new(s, (us - s * 1000000) * 1000)
+end
+
+local function iso_us(us)
+    if us == nil then return "" end
+    local s = math.floor(us / 1000000)
+    return os.date("!%Y-%m-%dT%H:%M:%S", s) .. string.format(".%06dZ", us - s * 1000000)
+end
+
+-- days since 1970-01-01 of a proleptic Gregorian date (civil calendar, UTC)
+local function days_from_civil(y, m, d)
+    if m <= 2 then y = y - 1 end
+    local era = math.floor(y / 400)
+    local yoe = y - era * 400
+    local mp = (m + 9) % 12
+    local doy = math.floor((153 * mp + 2) / 5) + d - 1
+    local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+    return era * 146097 + doe - 719468
+end
+
+-- §3.4 answer time "YYYY-MM-DDThh:mm:ss.mmmZ"
+local function parse_answer_time(text)
+    local y, mo, d, h, mi, s, frac = text:match(
+        "^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)%.?(%d*)Z?$")
+    if not y then return nil end
+    local secs = days_from_civil(tonumber(y), tonumber(mo), tonumber(d)) * 86400
+        + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(s)
+    local ns = 0
+    if frac ~= "" then ns = tonumber((frac .. "000000000"):sub(1, 9)) end
+    return NSTime.new(secs, ns)
+end
+
+local function endpoint_text(addr, port)
+    if addr:find(":", 1, true) then return "[" .. addr .. "]:" .. port end
+    return addr .. ":" .. port
+end
+
+---------------------------------------------------------------------------------------------
+-- State (per capture file; reset in init)
+---------------------------------------------------------------------------------------------
+
+local conns       -- 4-tuple key -> current connection record
+local tasks       -- every task, in the order it was seen
+local records     -- per-message facts decided on the first pass, by message key
+local frame_conn  -- frame number -> connection record (first pass)
+local incomplete  -- frame number -> frames not completely captured that begin there
+local exact_us    -- time as kept (from pinfo.abs_ts) -> exact time, where they differ
+local watched     -- callback port -> true: announced in a start command
+local capture_end -- latest capture time seen (µs)
+local conn_count
+local last_main_frame  -- frame the protocol dissectors last ran on (postdissector check)
+local registered = {}  -- ports added to the tcp.port table for jobscheduler_api
+local cmd_ports = {}   -- command port -> true (preference)
+
+local tcp_port_table = DissectorTable.get("tcp.port")
+local registered_range = nil  -- the range string currently added for jobscheduler
+
+local function reset_state()
+    conns, tasks, records, frame_conn, watched, incomplete = {}, {}, {}, {}, {}, {}
+    exact_us = {}
+    capture_end, conn_count, last_main_frame = nil, 0, nil
+end
+reset_state()
+
+local function parse_ports(range)
+    local out = {}
+    for part in tostring(range):gmatch("[^,]+") do
+        local a, b = part:match("^%s*(%d+)%s*%-%s*(%d+)%s*$")
+        if a then
+            for p = tonumber(a), tonumber(b) do out[p] = true end
+        else
+            local p = part:match("^%s*(%d+)%s*$")
+            if p then out[tonumber(p)] = true end
+        end
+    end
+    return out
+end
+
+-- Command ports: re-registered in the tcp.port table whenever the preference changes.
+local function apply_port_pref()
+    local range = p_cmd.prefs.ports
+    if registered_range == range then return end
+    if registered_range and registered_range ~= "" then
+        pcall(function() tcp_port_table:remove(registered_range, p_cmd) end)
+    end
+    if range and range ~= "" then tcp_port_table:add(range, p_cmd) end
+    registered_range = range
+    cmd_ports = parse_ports(range)
+end
+
+-- Connection records: one per TCP connection, keyed by its 4-tuple (a new SYN after the
+-- old connection was used starts a new record for the same 4-tuple).
+local function conn_key(src, sport, dst, dport)
+    local a, b = src .. "/" .. sport, dst .. "/" .. dport
+    if a < b then return a .. "|" .. b end
+    return b .. "|" .. a
+end
+
+local function new_conn(key, src, sport, dst, dport)
+    conn_count = conn_count + 1
+    local c = {
+        key = key, id = conn_count, pending = {}, syn_count = 0,
+        ends = { { addr = src, port = sport }, { addr = dst, port = dport } },
+    }
+    conns[key] = c
+    return c
+end
+
+local function conn_of(pinfo)
+    local src, dst = tostring(pinfo.src), tostring(pinfo.dst)
+    local sport, dport = pinfo.src_port, pinfo.dst_port
+    local key = conn_key(src, sport, dst, dport)
+    return conns[key] or new_conn(key, src, sport, dst, dport), src, dst
+end
+
+local function is_endpoint(ep, addr, port)
+    return ep ~= nil and ep.addr == addr and ep.port == port
+end
+
+local function peer_of(conn, ep)
+    if is_endpoint(conn.ends[1], ep.addr, ep.port) then return conn.ends[2] end
+    return conn.ends[1]
+end
+
+---------------------------------------------------------------------------------------------
+-- Tasks (§7 correlation; DESIGN "What fills a row", "Matching")
+---------------------------------------------------------------------------------------------
+
+local function new_task(t)
+    t.errors, t.notes = {}, {}
+    tasks[#tasks + 1] = t
+    return t
+end
+
+local function add_error(task, when, code, text)
+    if task == nil then return end
+    local parts = {}
+    if code and code ~= "" then parts[#parts + 1] = code end
+    if text and text ~= "" then parts[#parts + 1] = text end
+    task.errors[#task.errors + 1] = { when = when, text = table.concat(parts, " ") }
+end
+
+local function remote_ip(task)
+    if task.remote == nil then return nil end
+    return task.remote:match("^%[(.*)%]:%d+$") or task.remote:match("^(.*):%d+$")
+end
+
+-- A callback connection (its first SYN or, picked up mid-stream, its first payload) to
+-- controller_ip:port at `when`: the earliest-started waiting task whose window holds it,
+-- exact controller address first, then the same port from the task's remote (NAT).
+local function match_callback(conn, controller_ip, port, source_ip, when)
+    local chosen, exact
+    for pass = 1, 2 do
+        for _, t in ipairs(tasks) do
+            if t.callback == nil and t.start_seen and not t.start_failed
+                and t.callback_port == port and t.start_sent <= when then
+                local window_end = t.start_sent + CALLBACK_TIMEOUT_US
+                if t.window_end and t.window_end < window_end then window_end = t.window_end end
+                local cmd_closed = t.cmd and t.cmd.closed
+                if when <= window_end and (cmd_closed == nil or when <= cmd_closed)
+                    and ((pass == 1 and t.expected_ip == controller_ip)
+                        or (pass == 2 and remote_ip(t) == source_ip)) then
+                    chosen, exact = t, pass == 1
+                    break
+                end
+            end
+        end
+        if chosen then break end
+    end
+    if chosen == nil then return nil end
+    chosen.callback = conn
+    conn.task = chosen
+    if not exact then
+        chosen.notes[#chosen.notes + 1] = "callback to " .. endpoint_text(controller_ip, port)
+            .. " instead of " .. tostring(chosen.expected_ip) .. ": address translation"
+    elseif remote_ip(chosen) ~= nil and source_ip ~= remote_ip(chosen) then
+        chosen.notes[#chosen.notes + 1] = "callback from " .. source_ip
+            .. ", not the remote's address"
+    end
+    return chosen
+end
+
+-- §7.1: the start command announces the callback port. Wireshark 4.6+: a conversation
+-- for controller address + port with any peer, as the FTP dissector announces its data
+-- connection; older versions: the tcp.port table, cleared again in init.
+local function register_callback_port(port, pinfo, controller_addr)
+    watched[port] = true
+    if Conversation and Conversation.find and convtypes and convtypes.TCP then
+        local ok = pcall(function()
+            local conv = Conversation.find(pinfo.number, convtypes.TCP, controller_addr, port,
+                nil, nil, true)
+            if not pcall(function() conv.dissector = p_api end) then
+                conv.dissector = Dissector.get("jobscheduler_api")
+            end
+        end)
+        if ok then return end
+    end
+    if not registered[port] then
+        tcp_port_table:add(port, p_api)
+        registered[port] = true
+    end
+end
+
+---------------------------------------------------------------------------------------------
+-- TCP tracking (postdissector, first pass): handshake, refusal and FIN/RST times.
+-- Bare segments never reach a protocol dissector, and the first pass of `tshark -2` has
+-- no tree for field extractors, so the TCP header is read from the frame's own bytes.
+---------------------------------------------------------------------------------------------
+
+local PT_TCP = 2
+local SEQ_MOD = 4294967296
+
+local function port_bytes(p)
+    return string.char(math.floor(p / 256), p % 256)
+end
+
+-- The TCP header in the frame: the first place where this frame's two ports appear with
+-- a plausible data offset.
+local function tcp_header(raw, sport, dport)
+    local pattern = port_bytes(sport) .. port_bytes(dport)
+    local from = 1
+    while true do
+        local i = raw:find(pattern, from, true)
+        if i == nil then return nil end
+        if i + 19 <= #raw and raw:byte(i + 12) >= 0x50 then return i end
+        from = i + 1
+    end
+end
+
+local function be32(raw, i)
+    local a, b, c, d = raw:byte(i, i + 3)
+    return ((a * 256 + b) * 256 + c) * 256 + d
+end
+
+local function interesting_port(p)
+    return cmd_ports[p] or watched[p]
+end
+
+local function track_tcp(tvb, pinfo, now)
+    local src, dst = tostring(pinfo.src), tostring(pinfo.dst)
+    local sport, dport = pinfo.src_port, pinfo.dst_port
+    local key = conn_key(src, sport, dst, dport)
+    local conn = conns[key]
+    local ports_match = interesting_port(sport) or interesting_port(dport)
+    if conn == nil and not ports_match and not p_cmd.prefs.heuristic then return end
+    local raw = tvb:raw(0, math.min(tvb:len(), 192))
+    local h = tcp_header(raw, sport, dport)
+    if h == nil then return end
+    local flags = raw:byte(h + 13)
+    local seq, ack = be32(raw, h + 4), be32(raw, h + 8)
+    local syn, fin = band(flags, 0x02) ~= 0, band(flags, 0x01) ~= 0
+    local rst, ackf = band(flags, 0x04) ~= 0, band(flags, 0x10) ~= 0
+    if syn and not ackf then
+        if conn ~= nil and ((conn.syn_seq ~= nil and conn.syn_seq ~= seq)
+            or (conn.syn_seq == nil and (conn.first or conn.closed))) then
+            conn = nil  -- a new connection on a 4-tuple used before
+        end
+        if conn == nil then conn = new_conn(key, src, sport, dst, dport) end
+        if conn.syn == nil then
+            conn.syn, conn.syn_frame, conn.syn_seq = now, pinfo.number, seq
+            conn.client = { addr = src, port = sport }
+            conn.server = { addr = dst, port = dport }
+            if watched[dport] then match_callback(conn, dst, dport, src, now) end
+        end
+        conn.syn_count = conn.syn_count + 1
+        frame_conn[pinfo.number] = conn
+        return
+    end
+    if conn == nil then
+        if not ports_match then return end
+        conn = new_conn(key, src, sport, dst, dport)
+    end
+    frame_conn[pinfo.number] = conn
+    local from_server = is_endpoint(conn.server, src, sport)
+    if syn and ackf then
+        if from_server and conn.synack == nil and conn.refused == nil then
+            conn.synack, conn.synack_seq = now, seq
+        end
+    elseif conn.synack ~= nil and conn.established == nil and not from_server and ackf
+        and (ack - (conn.synack_seq + 1)) % SEQ_MOD < SEQ_MOD / 2 then
+        conn.established = now
+    end
+    if rst and from_server and conn.syn ~= nil and conn.synack == nil
+        and not conn.server_spoke and conn.refused == nil then
+        conn.refused, conn.refused_frame = now, pinfo.number
+    end
+    if from_server then conn.server_spoke = true end
+    if (fin or rst) and conn.closed == nil then
+        conn.closed = now
+        -- a connection that never carried this protocol need not be remembered
+        if conn.channel == nil and not ports_match and conns[key] == conn then
+            conns[key] = nil
+        end
+    end
+end
+
+---------------------------------------------------------------------------------------------
+-- Reassembly bookkeeping shared by both channels
+---------------------------------------------------------------------------------------------
+
+-- Where the first pass keeps each message's facts for later passes: frame, tvb (a
+-- reassembled tvb has offset 0, a remainder is a sub-tvb of the frame), offset, length.
+local function message_key(pinfo, tvb, off)
+    return pinfo.number .. ":" .. tvb:offset() .. ":" .. off .. ":" .. tvb:len()
+end
+
+local function direction(pinfo)
+    local a = tostring(pinfo.src) .. "/" .. pinfo.src_port
+    local b = tostring(pinfo.dst) .. "/" .. pinfo.dst_port
+    if a < b then return 1 end
+    return 2
+end
+
+-- The time of a message's first byte (DESIGN "Exact times"): a message continued from
+-- an earlier desegment request began when that request was made.
+local function start_time(cont, off, now)
+    if off == 0 and cont ~= nil then return cont.t end
+    return now
+end
+
+-- Several messages in one frame: the first sets the columns, the others append.
+local function set_column(pinfo, proto_col, text)
+    if tostring(pinfo.cols.protocol) == proto_col then
+        pinfo.cols.info:append(" | " .. text)
+    else
+        pinfo.cols.protocol = proto_col
+        pinfo.cols.info = text
+    end
+end
+
+local function add_process_id(tree, task)
+    if task ~= nil and task.process_id ~= nil then
+        tree:add(F.process_id, task.process_id):set_generated()
+    end
+end
+
+-- A stand-in tree for parsing without display (heuristic probes): every call returns it.
+local NULL_TREE = setmetatable({}, {
+    __index = function() return function(self) return self end end,
+})
+
+---------------------------------------------------------------------------------------------
+-- Command channel (§3)
+---------------------------------------------------------------------------------------------
+
+local XML_ENTITIES = { lt = "<", gt = ">", amp = "&", quot = '"', apos = "'" }
+
+local function xml_unescape(s)
+    return (s:gsub("&(#?[xX]?%w+);", function(e)
+        if XML_ENTITIES[e] then return XML_ENTITIES[e] end
+        local n = e:match("^#[xX](%x+)$")
+        n = n and tonumber(n, 16) or tonumber(e:match("^#(%d+)$") or "")
+        if n and n < 256 then return string.char(n) end
+        return "&" .. e .. ";"
+    end))
+end
+
+local function parse_attrs(s)
+    local attrs, order = {}, {}
+    for k, _, v in s:gmatch("([%w_%.:%-]+)%s*=%s*([\"'])(.-)%2") do
+        attrs[k] = xml_unescape(v)
+        order[#order + 1] = k
+    end
+    return attrs, order
+end
+
+local function is_letter(b)
+    return (b >= 0x41 and b <= 0x5A) or (b >= 0x61 and b <= 0x7A)
+end
+
+-- §3.1 Xml_end_finder on a string: index of the byte that completes the request, or nil.
+local function request_end(s)
+    local n = #s
+    local non_xml = s:byte(1) ~= 0x3C
+    local depth = 0
+    local i = 1
+    while i <= n do
+        local c = s:byte(i)
+        if c == 0x3C then
+            local j = i + 1
+            while j <= n and s:byte(j) == 0 do j = j + 1 end
+            if j > n then return nil end
+            local close = s:find(">", j, true)
+            if close == nil then return nil end
+            local d = s:byte(j)
+            if d == 0x2F then
+                depth = depth - 1
+                if depth <= 0 then return close end
+            elseif is_letter(d) then
+                local k = close - 1
+                while k > j and s:byte(k) == 0 do k = k - 1 end
+                if s:byte(k) == 0x2F then
+                    if depth == 0 then return close end
+                else
+                    depth = depth + 1
+                end
+            end
+            i = close + 1
+        elseif non_xml and c == 0x0A then
+            return i
+        else
+            local nxt = s:find(non_xml and "[<\n]" or "<", i)
+            if nxt == nil then return nil end
+            i = nxt
+        end
+    end
+    return nil
+end
+
+-- Start tags of a document in order: { name, attrs, order, pos }.
+local function elements(doc, limit)
+    local out = {}
+    local pos = 1
+    while #out < limit do
+        local lt = doc:find("<", pos, true)
+        if lt == nil then break end
+        local gt = doc:find(">", lt, true)
+        if gt == nil then break end
+        local name, rest = doc:sub(lt + 1, gt - 1):match("^([%a_][^%s/>]*)(.*)$")
+        if name then
+            local attrs, order = parse_attrs(rest)
+            out[#out + 1] = { name = name, attrs = attrs, order = order, pos = lt }
+        end
+        pos = gt + 1
+    end
+    return out
+end
+
+-- The command element: §3.4 wrappers <spooler><command>…</command></spooler> and
+-- <commands> hold the real command.
+local function command_element(doc)
+    local els = elements(doc, 4)
+    local i = 1
+    while els[i] and (els[i].name == "spooler" or els[i].name == "command"
+        or els[i].name == "commands") and els[i + 1] do
+        i = i + 1
+    end
+    return els[i]
+end
+
+-- §3.4: <spooler><answer time>RESULT</answer></spooler>; an ERROR element wins.
+local function answer_parts(doc)
+    local result = { attrs = {}, order = {} }
+    local els = elements(doc, 64)
+    local answer_at
+    for i, el in ipairs(els) do
+        if el.name == "answer" and answer_at == nil then
+            answer_at = i
+            result.time = el.attrs.time
+        end
+        if el.name == "ERROR" and result.error == nil then result.error = el end
+    end
+    local first = els[1]
+    if answer_at then first = els[answer_at + 1] or els[answer_at] end
+    if first then
+        result.name, result.attrs, result.order = first.name, first.attrs, first.order
+    end
+    return result
+end
+
+local START = "remote_scheduler.start_remote_task"
+local KILL = "remote_scheduler.remote_task.kill"
+local CLOSE = "remote_scheduler.remote_task.close"
+
+local function may_still_come(since)
+    return capture_end == nil or capture_end < since + CALLBACK_TIMEOUT_US
+end
+
+-- DESIGN "Status": the first rule that applies.
+local function status_of(t)
+    local cb = t.callback
+    if t.start_failed then return "start-failed" end
+    if cb and cb.refused then return "callback-refused" end
+    if cb and cb.synack == nil and cb.syn ~= nil then
+        if cb.syn_count > 1 or not may_still_come(cb.syn) then return "callback-unanswered" end
+        return "running"
+    end
+    if t.start_seen and cb == nil then
+        if (t.cmd and t.cmd.closed) or not may_still_come(t.start_sent) then
+            return "callback-missing"
+        end
+    end
+    if t.killed then return "killed" end
+    local function ended_before(conn, normal_end)
+        if conn == nil or conn.closed == nil then return false end
+        return normal_end == nil or conn.closed < normal_end
+    end
+    if ended_before(cb, t.release_answered) or ended_before(t.cmd, t.close_answered) then
+        return "aborted"
+    end
+    if not t.start_seen then return "partial" end
+    if t.close_answered then return "completed" end
+    return "running"
+end
+
+local function cmd_state(conn)
+    if conn.cmd == nil then
+        conn.cmd = { queue = {}, tasks = {} }
+        conn.channel = "cmd"
+    end
+    return conn.cmd
+end
+
+local function current_task(conn)
+    if conn.cmd then return conn.cmd.tasks[#conn.cmd.tasks] end
+    return conn.task
+end
+
+local function task_for_process(cs, process_id)
+    for i = #cs.tasks, 1, -1 do
+        local t = cs.tasks[i]
+        if process_id == nil or t.process_id == nil or t.process_id == process_id then
+            return t
+        end
+    end
+    return nil
+end
+
+local function new_cmd_task(conn, client_addr, client_port)
+    local cs = cmd_state(conn)
+    local t = new_task({
+        controller = client_addr,
+        remote = endpoint_text(cs.server.addr, cs.server.port),
+        cmd = conn,
+        cmd_port = client_port,
+    })
+    cs.tasks[#cs.tasks + 1] = t
+    return t
+end
+
+local function truthy(v)
+    v = (v or ""):lower()
+    return v == "yes" or v == "true" or v == "1"
+end
+
+-- First-pass effects of one command; returns the record later passes use.
+local function apply_command(conn, pinfo, el, sent, src, sport)
+    local cs = cmd_state(conn)
+    local name = el and el.name
+    local rec = { kind = 1, frame = pinfo.number, t = sent, name = name }
+    if name == START then
+        local t = new_cmd_task(conn, src, sport)
+        t.start_seen, t.start_sent, t.start_frame = true, sent, pinfo.number
+        t.callback_port = tonumber(el.attrs.tcp_port or "")
+        t.kind = el.attrs.kind == "process" and "shell" or "api"
+        t.expected_ip = el.attrs.ip_address or src
+        -- a later start for the same controller port ends earlier windows (§7.2)
+        for _, other in ipairs(tasks) do
+            if other ~= t and other.callback == nil and other.callback_port == t.callback_port
+                and other.expected_ip == t.expected_ip
+                and (other.window_end == nil or other.window_end > sent) then
+                other.window_end = sent
+            end
+        end
+        if t.callback_port then
+            local addr = pinfo.src
+            if el.attrs.ip_address then
+                local ok, a = pcall(Address.ip, el.attrs.ip_address)
+                if ok and a then addr = a end
+            end
+            register_callback_port(t.callback_port, pinfo, addr)
+        end
+        rec.task = t
+    elseif name == CLOSE or name == KILL then
+        local t = task_for_process(cs, el.attrs.process_id) or new_cmd_task(conn, src, sport)
+        t.process_id = t.process_id or el.attrs.process_id
+        if name == CLOSE then
+            if t.close_sent == nil then t.close_sent = sent end
+            if truthy(el.attrs.kill) then t.killed = true end
+        else
+            t.killed = true
+        end
+        rec.task = t
+    else
+        rec.task = cs.tasks[#cs.tasks]
+    end
+    cs.queue[#cs.queue + 1] = rec
+    return rec
+end
+
+-- First-pass effects of one answer: pairs in order with the oldest open command (§3.1:
+-- one command at a time).
+local function apply_cmd_answer(conn, pinfo, parts, done)
+    local cs = cmd_state(conn)
+    local rec = { kind = 2, frame = pinfo.number, t = done }
+    local req = table.remove(cs.queue, 1)
+    rec.request = req
+    rec.task = req and req.task or cs.tasks[#cs.tasks]
+    if req == nil then return rec end
+    req.response = rec
+    local t = req.task
+    if t == nil then return rec end
+    if parts.error then add_error(t, done, parts.error.attrs.code, parts.error.attrs.text) end
+    if req.name == START then
+        t.start_answered = done
+        if parts.error then
+            t.start_failed = true
+        elseif parts.name == "process" then
+            t.process_id = parts.attrs.process_id
+            t.pid = tonumber(parts.attrs.pid or "")
+        end
+    elseif req.name == CLOSE then
+        t.close_answered = done
+    end
+    return rec
+end
+
+local function add_attrs(tree, range, order, attrs)
+    for _, k in ipairs(order) do
+        tree:add(F.attribute, range, k .. "=" .. latin1_to_utf8(attrs[k])):set_generated()
+    end
+end
+
+local function add_cmd_links(tree, rec)
+    if rec == nil then return end
+    if rec.kind == 1 and rec.response then
+        tree:add(F.response_in, rec.response.frame):set_generated()
+    elseif rec.kind == 2 and rec.request then
+        tree:add(F.request_in, rec.request.frame):set_generated()
+        tree:add(F.time, us_nstime(rec.t - rec.request.t)):set_generated()
+    end
+end
+
+-- What the first pass learnt about the task, shown on its start command: the callback
+-- connection and how it went (only known once the whole file was read).
+local function add_start_facts(item, task, pinfo)
+    local cb = task.callback
+    if cb then
+        item:add(F.callback_in, cb.syn_frame or cb.first_frame):set_generated()
+    end
+    if task.begin_answer_frame then
+        item:add(F.started_in, task.begin_answer_frame):set_generated()
+    end
+    if not pinfo.visited then return end
+    local status = status_of(task)
+    local port = tostring(task.callback_port)
+    if status == "callback-refused" then
+        item:add_proto_expert_info(E.refused, "Callback SYN to port " .. port
+            .. " refused (RST in frame " .. cb.refused_frame .. ")")
+    elseif status == "callback-unanswered" then
+        item:add_proto_expert_info(E.unanswered, "Callback SYN to port " .. port .. " sent "
+            .. cb.syn_count .. " time(s), never answered")
+    elseif status == "callback-missing" then
+        item:add_proto_expert_info(E.missing, "No callback connection to port " .. port
+            .. " within 60 s")
+    end
+end
+
+-- One XML command (client → server); returns its Info text.
+local function dissect_command(tvb, off, doc, pinfo, tree, rec)
+    local range = tvb(off, #doc)
+    local item = tree:add(p_cmd, range)
+    item:add(F.message, 1):set_generated()
+    item:add(F.document, range, latin1_to_utf8(doc))
+    local el = command_element(doc)
+    if el == nil then
+        item:add_proto_expert_info(E.cmd_malformed, "No XML element in the command")
+        return "malformed command"
+    end
+    item:add(F.command, range, el.name)
+    local a = el.attrs
+    local info = el.name:gsub("^remote_scheduler%.", "")
+    if el.name == START then
+        if a.tcp_port then item:add(F.tcp_port, range, tonumber(a.tcp_port) or 0) end
+        if a.kind then item:add(F.kind, range, a.kind) end
+        if a.java_options then item:add(F.java_options, range, latin1_to_utf8(a.java_options)) end
+        if a.java_classpath then
+            item:add(F.java_classpath, range, latin1_to_utf8(a.java_classpath))
+        end
+        if a.ip_address then item:add(F.ip_address, range, a.ip_address) end
+        info = info .. " tcp_port=" .. tostring(a.tcp_port)
+            .. (a.kind and (" kind=" .. a.kind) or "")
+    elseif el.name == CLOSE or el.name == KILL then
+        if a.process_id then item:add(F.process_id, range, a.process_id) end
+        if el.name == CLOSE then
+            item:add(F.close, true):set_generated()
+            item:add(F.kill, truthy(a.kill)):set_generated()
+            info = info .. " process_id=" .. tostring(a.process_id)
+                .. (a.kill and (" kill=" .. a.kill) or "")
+        else
+            item:add(F.kill, true):set_generated()
+            if a.signal then item:add(F.signal, range, a.signal) end
+            info = info .. " process_id=" .. tostring(a.process_id)
+                .. " signal=" .. tostring(a.signal)
+        end
+    else
+        add_attrs(item, range, el.order, a)
+    end
+    local task = rec and rec.task
+    if task and el.name ~= CLOSE and el.name ~= KILL then add_process_id(item, task) end
+    if task and el.name == START then add_start_facts(item, task, pinfo) end
+    add_cmd_links(item, rec)
+    return info
+end
+
+-- One answer (server → client; `len` includes the NUL); returns its Info text.
+local function dissect_answer(tvb, off, doc, len, pinfo, tree, rec)
+    local range = tvb(off, len)
+    local item = tree:add(p_cmd, range)
+    item:add(F.message, 2):set_generated()
+    if #doc > 0 then item:add(F.document, tvb(off, #doc), latin1_to_utf8(doc)) end
+    local parts = answer_parts(doc)
+    local info = "answer"
+    if parts.time then
+        local ts = parse_answer_time(parts.time)
+        if ts then item:add(F.answer_time, range, ts) end
+    end
+    if parts.error then
+        local a = parts.error.attrs
+        item:add(F.result, range, "ERROR")
+        if a.code then item:add(F.error_code, range, latin1_to_utf8(a.code)) end
+        if a.text then item:add(F.error_text, range, latin1_to_utf8(a.text)) end
+        if a.class then item:add(F.error_class, range, latin1_to_utf8(a.class)) end
+        if a.time then item:add(F.error_time, range, a.time) end
+        if a.source then item:add(F.error_source, range, latin1_to_utf8(a.source)) end
+        item:add_proto_expert_info(E.cmd_error, "ERROR " .. tostring(a.code) .. " "
+            .. latin1_to_utf8(tostring(a.text)))
+        info = "answer ERROR " .. tostring(a.code)
+    elseif parts.name then
+        item:add(F.result, range, parts.name)
+        info = "answer " .. parts.name
+        if parts.name == "process" then
+            if parts.attrs.process_id then
+                item:add(F.process_id, range, parts.attrs.process_id)
+                info = info .. " process_id=" .. parts.attrs.process_id
+            end
+            if parts.attrs.pid then
+                item:add(F.pid, range, tonumber(parts.attrs.pid) or 0)
+                info = info .. " pid=" .. parts.attrs.pid
+            end
+        else
+            add_attrs(item, range, parts.order, parts.attrs)
+        end
+    else
+        item:add_proto_expert_info(E.cmd_malformed, "No XML element in the answer")
+    end
+    local task = rec and rec.task
+    if task and parts.name ~= "process" then add_process_id(item, task) end
+    if rec and rec.request == nil then item:add_proto_expert_info(E.unpaired) end
+    if task and task.begin_answer_frame and rec.request and rec.request.name == START then
+        item:add(F.started_in, task.begin_answer_frame):set_generated()
+    end
+    add_cmd_links(item, rec)
+    return info
+end
+
+local IDLE = "^[ \0\r\n\t]+"
+
+-- Which side is the remote scheduler (the command channel's server).
+local function cmd_server(conn, tvb, src, sport, dst, dport)
+    if conn.server then return conn.server end
+    local to_cmd, from_cmd = cmd_ports[dport], cmd_ports[sport]
+    if to_cmd and not from_cmd then return { addr = dst, port = dport } end
+    if from_cmd and not to_cmd then return { addr = src, port = sport } end
+    local first = tvb:raw(0, 1)
+    if first == "<" or first == " " then return { addr = dst, port = dport } end
+    return { addr = src, port = sport }
+end
+
+local function dissect_cmd(tvb, pinfo, tree)
+    local len = tvb:len()
+    if len == 0 then return 0 end
+    local conn, src, dst = conn_of(pinfo)
+    if pinfo.visited and conn.first_frame and pinfo.number < conn.first_frame then return 0 end
+    last_main_frame = pinfo.number
+    local first_pass = not pinfo.visited
+    local cs = cmd_state(conn)
+    cs.server = cs.server or cmd_server(conn, tvb, src, pinfo.src_port, dst, pinfo.dst_port)
+    local from_client = not is_endpoint(cs.server, src, pinfo.src_port)
+    local now = frame_us(pinfo)
+    local dir = direction(pinfo)
+    local cont
+    if first_pass then
+        -- one command at a time (§3.1): when the peer speaks, a document still pending in
+        -- the other direction was complete on the wire but not in the capture
+        conn.pending[3 - dir] = nil
+        cont = conn.pending[dir]
+        conn.pending[dir] = nil
+        frame_conn[pinfo.number] = conn
+        if conn.first == nil then conn.first, conn.first_frame = now, pinfo.number end
+    end
+    local raw = tvb:raw()
+    local off = 0
+    while off < len do
+        local idle = raw:match(IDLE, off + 1)
+        if idle then
+            -- §3.7 keep-alive spaces before a command (answers: padding NULs)
+            local item = tree:add(p_cmd, tvb(off, #idle))
+            if from_client then
+                local spaces = select(2, idle:gsub(" ", " "))
+                item:add(F.message, 3):set_generated()
+                item:add(F.keepalive, tvb(off, #idle), spaces)
+                set_column(pinfo, "JobScheduler", "keep-alive (" .. spaces .. " space(s))")
+            else
+                set_column(pinfo, "JobScheduler", "padding")
+            end
+            add_process_id(item, cs.tasks[#cs.tasks])
+            off = off + #idle
+        else
+            local doc_len, used
+            if from_client then
+                doc_len = request_end(raw:sub(off + 1))
+                used = doc_len
+            else
+                local nul = raw:find("\0", off + 1, true)
+                if nul then doc_len, used = nul - off - 1, nul - off end
+            end
+            if doc_len == nil then
+                local item = tree:add(p_cmd, tvb(off))
+                item:add(F.segment, tvb(off))
+                add_process_id(item, cs.tasks[#cs.tasks])
+                if len - off > MAX_DOCUMENT or tvb:reported_len() > len
+                    or not pinfo.can_desegment or pinfo.can_desegment == 0 then
+                    item:add_proto_expert_info(E.cmd_malformed,
+                        "Document not complete here and it cannot be reassembled")
+                    set_column(pinfo, "JobScheduler", "incomplete document")
+                    return len
+                end
+                if first_pass then conn.pending[dir] = { t = start_time(cont, off, now) } end
+                item:set_text("JobScheduler Remote Execution [segment of a document]")
+                pinfo.desegment_offset = off
+                pinfo.desegment_len = DESEGMENT_ONE_MORE_SEGMENT
+                set_column(pinfo, "JobScheduler", "[segment of a document]")
+                return len
+            end
+            local doc = raw:sub(off + 1, off + doc_len)
+            local key = message_key(pinfo, tvb, off)
+            local rec = records[key]
+            if first_pass and rec == nil then
+                if from_client then
+                    rec = apply_command(conn, pinfo, command_element(doc),
+                        start_time(cont, off, now), src, pinfo.src_port)
+                else
+                    rec = apply_cmd_answer(conn, pinfo, answer_parts(doc), now)
+                end
+                records[key] = rec
+            end
+            local info
+            if from_client then
+                info = dissect_command(tvb, off, doc, pinfo, tree, rec)
+            else
+                info = dissect_answer(tvb, off, doc, used, pinfo, tree, rec)
+            end
+            set_column(pinfo, "JobScheduler", info)
+            off = off + used
+        end
+    end
+    return len
+end
+
+p_cmd.dissector = dissect_cmd
+
+---------------------------------------------------------------------------------------------
+-- Callback channel (§5, §6)
+---------------------------------------------------------------------------------------------
+
+-- Appendix A: DISPIDs of the Unix C++ method tables, by class.
+local DISPIDS = {
+    Com_log = {
+        [0] = "info", "debug9", "debug8", "debug7", "debug6", "debug5", "debug4", "debug3",
+        "debug2", "debug1", "debug", "msg", "warn", "error", "log", "mail", "mail_on_error",
+        "mail_on_success", "mail_on_process", "level", "filename", "collect_within",
+        "collect_max", "mail_it", "java_class_name", "last_error_line", "last",
+        "mail_on_warning", "Start_new_file", "Log_file", "New_filename",
+    },
+    Com_task = {
+        [2] = "error", [3] = "job", [4] = "params", [5] = "result",
+        [6] = "wait_until_terminated", [7] = "repeat", [8] = "end", [9] = "history_field",
+        [10] = "id", [11] = "delay_spooler_process", [13] = "order", [14] = "java_class_name",
+        [15] = "changed_directories", [16] = "add_pid", [17] = "remove_pid",
+        [18] = "stderr_text", [19] = "stdout_text", [20] = "Create_subprocess",
+        [21] = "Add_subprocess", [22] = "Priority_class", [23] = "Step_count",
+        [24] = "Stderr_path", [25] = "Stdout_path", [26] = "Set_error_code_and_text",
+        [27] = "Web_service", [28] = "Web_service_or_null", [29] = "Priority",
+        [30] = "Exit_code", [31] = "Trigger_files", [32] = "Try_hold_lock",
+        [33] = "Try_hold_lock_non_exclusive", [34] = "Call_me_again_when_locks_available",
+        [35] = "Params_xml", [36] = "Order_params_xml", [37] = "Web_service_access_token",
+        [38] = "agent_url",
+    },
+    Com_job = {
+        [1] = "start_when_directory_changed", [2] = "clear_when_directory_changed",
+        [3] = "start", [5] = "include_path", [6] = "name", [7] = "wake", [8] = "state_text",
+        [9] = "title", [10] = "delay_after_error", [11] = "order_queue",
+        [12] = "java_class_name", [13] = "delay_order_after_setback",
+        [14] = "max_order_setbacks", [15] = "clear_delay_after_error", [16] = "Remove",
+        [17] = "Execute_command", [19] = "Process_class", [20] = "Folder_path",
+        [21] = "Configuration_directory", [22] = "Setback_max", [23] = "Script_code",
+    },
+    Com_spooler = {
+        [0] = "var", "log", "id", "param", "script", "job", "create_variable_set",
+        "include_path", "log_dir", "let_run_terminate_and_restart", "variables",
+        [12] = "db_name", [13] = "create_job_chain", [14] = "add_job_chain",
+        [15] = "job_chain", [16] = "create_order", [17] = "is_service",
+        [18] = "java_class_name", [19] = "directory", [20] = "job_chain_exists",
+        [21] = "hostname", [22] = "abort_immediately",
+        [23] = "abort_immediately_and_restart", [24] = "Db_history_table_name",
+        [25] = "Db_order_history_table_name", [26] = "Db_orders_table_name",
+        [27] = "Db_tasks_table_name", [28] = "Db_variables_table_name", [29] = "Ini_path",
+        [30] = "Execute_xml", [31] = "Tcp_port", [32] = "Udp_port",
+        [33] = "Create_xslt_stylesheet", [34] = "Terminate", [35] = "Terminate_and_restart",
+        [37] = "Locks", [38] = "Process_classes", [39] = "Supervisor_client",
+        [40] = "Configuration_directory", [41] = "Schedule", [42] = "Uri",
+    },
+    Com_variable_set = {
+        [0] = "value", "set_var", "count", "dom", "Clone", "merge", "xml", "java_class_name",
+        "var", "Names", "Substitute",
+    },
+    Com_order = {
+        [1] = "id", [2] = "title", [3] = "priority", [4] = "job_chain",
+        [5] = "job_chain_node", [7] = "state", [8] = "state_text", [9] = "error",
+        [10] = "payload", [11] = "payload_is_type", [12] = "java_class_name",
+        [13] = "setback", [14] = "at", [15] = "Run_time", [16] = "remove_from_job_chain",
+        [17] = "String_next_start_time", [18] = "Xml", [19] = "Web_service",
+        [20] = "Web_service_or_null", [21] = "Web_service_operation",
+        [22] = "Web_service_operation_or_null", [23] = "Xml_payload", [24] = "Params",
+        [25] = "Suspended", [26] = "Log", [27] = "End_state", [28] = "Setback_count",
+        [29] = "Ignore_max_orders", [30] = "History_id", [31] = "Last_error",
+    },
+}
+local NAME_CLASS = {
+    spooler_log = "Com_log", spooler_task = "Com_task", spooler_job = "Com_job",
+    spooler = "Com_spooler",
+}
+-- spooler_log methods that write a line (DESIGN "log_lines")
+local LOG_METHODS = {
+    log = true, info = true, msg = true, warn = true, error = true, debug = true,
+    debug1 = true, debug2 = true, debug3 = true, debug4 = true, debug5 = true, debug6 = true,
+    debug7 = true, debug8 = true, debug9 = true,
+}
+
+local function other_side(side)
+    if side == CONTROLLER then return TASK_SERVER end
+    return CONTROLLER
+end
+
+local function api_state(conn)
+    if conn.api == nil then
+        conn.api = { stack = {}, exports = { {}, {} }, dispids = {}, steps = 0 }
+        conn.channel = "api"
+    end
+    return conn.api
+end
+
+-- Object table lookup: ids are owned by the exporting side; an id the receiver of a
+-- request does not know may be one of the other side's objects (§5.6).
+local function object_entry(as, exporter, id)
+    if exporter == nil then return as.exports[1][id] or as.exports[2][id] end
+    return as.exports[exporter][id] or as.exports[other_side(exporter)][id]
+end
+
+local function object_class(entry)
+    if entry == nil then return nil end
+    if entry.name and NAME_CLASS[entry.name] then return NAME_CLASS[entry.name] end
+    if entry.clsid and CLSID_CLASS[entry.clsid] then return CLSID_CLASS[entry.clsid] end
+    local title = entry.title or ""
+    for class in pairs(DISPIDS) do
+        if title:find(class, 1, true) then return class end
+    end
+    if title:find("Variable_set", 1, true) then return "Com_variable_set" end
+    return nil
+end
+
+local function dispid_name(as, exporter, id, dispid)
+    local learned = as.dispids[tostring(exporter) .. ":" .. id]
+    if learned and learned[dispid] then return learned[dispid] end
+    local class = object_class(object_entry(as, exporter, id))
+    if class and DISPIDS[class][dispid] then return DISPIDS[class][dispid] end
+    return nil
+end
+
+-- A range of the frame; a frame shorter than its layout is malformed (§5.1), not an error.
+local function rng(tvb, off, n)
+    need(tvb, off, n or 0)
+    if n == nil then return tvb(off) end
+    return tvb(off, n)
+end
+
+-- §5.3 string: int32 byte count, then ISO-8859-1 bytes.
+local function read_string(tvb, off)
+    local n = u32(tvb, off)
+    need(tvb, off + 4, n)
+    if n == 0 then return 4, "" end
+    return 4 + n, tvb:raw(off + 4, n)
+end
+
+local function add_string(tree, field, tvb, off)
+    local n, s = read_string(tvb, off)
+    local item = tree:add(field, rng(tvb, off, n), latin1_to_utf8(s))
+    return n, s, item
+end
+
+local dissect_variant  -- forward: VARIANTs and objrefs nest
+
+-- §5.6 objref; returns consumed, { id, is_new, title, clsid, props, item }.
+local function dissect_objref(tvb, off, tree, depth)
+    need(tvb, off, 9)
+    local id = hex8(tvb, off)
+    local is_new = u8(tvb, off + 8)
+    local item = tree:add(FA.objref, rng(tvb, off, 9))
+    local ref = { id = id, is_new = is_new ~= 0, item = item }
+    item:add(FA.objref_id, rng(tvb, off, 8))
+    item:add(FA.objref_new, rng(tvb, off + 8, 1))
+    local pos = off + 9
+    if id == "0000000000000000" then
+        item:set_text("Object reference: null")
+        ref.id = nil
+        return 9, ref
+    end
+    if is_new ~= 0 then
+        local n, title = add_string(item, FA.objref_title, tvb, pos)
+        ref.title = title
+        pos = pos + n
+        need(tvb, pos, 16)
+        ref.clsid = guid_text(tvb, pos)
+        local gi = item:add(FA.objref_clsid, rng(tvb, pos, 16))
+        if GUID_NAMES[ref.clsid] then gi:append_text(" (" .. GUID_NAMES[ref.clsid] .. ")") end
+        pos = pos + 16
+        local count = u32(tvb, pos)
+        item:add(FA.objref_props, rng(tvb, pos, 4))
+        pos = pos + 4
+        if count > (tvb:len() - pos) / 8 then malformed("objref property count " .. count) end
+        ref.props = {}
+        for _ = 1, count do
+            local pstart = pos
+            local pn, pname = read_string(tvb, pos)
+            local pi = item:add(FA.objref_prop, rng(tvb, pos, pn), latin1_to_utf8(pname))
+            pos = pos + pn
+            local vn, value = dissect_variant(tvb, pos, pi, depth + 1)
+            pos = pos + vn
+            pi:set_len(pos - pstart)
+            pi:append_text(" = " .. tostring(value.text))
+            ref.props[#ref.props + 1] = { name = pname, value = value }
+        end
+        item:set_text("Object reference: " .. id .. " (new, " .. latin1_to_utf8(title) .. ")")
+    else
+        item:set_text("Object reference: " .. id)
+    end
+    item:set_len(pos - off)
+    return pos - off, ref
+end
+
+-- §5.5 SAFEARRAY after its VT_ARRAY|t tag.
+local function dissect_safearray(tvb, off, tree, elem_vt, depth)
+    need(tvb, off, 16)
+    local item = tree:add(FA.array, rng(tvb, off, 16))
+    item:add(FA.array_dims, rng(tvb, off, 2))
+    item:add(FA.array_features, rng(tvb, off + 2, 2))
+    local count = u32(tvb, off + 4)
+    item:add(FA.array_count, rng(tvb, off + 4, 4))
+    item:add(FA.array_lbound, rng(tvb, off + 8, 4))
+    item:add(FA.array_vt, rng(tvb, off + 12, 4))
+    local pos = off + 16
+    local values = {}
+    local element_size = (elem_vt == 0x11) and 1 or 4
+    if count > (tvb:len() - pos) / element_size then malformed("array count " .. count) end
+    if elem_vt == 0x11 then
+        if count > 0 then item:add(FA.array_bytes, rng(tvb, pos, count)) end
+        values.bytes = count
+        pos = pos + count
+    elseif elem_vt == 0x08 then
+        for i = 1, count do
+            local n, s = add_string(item, FA.v_string, tvb, pos)
+            values[i] = { vt = 8, value = s, text = quote(latin1_to_utf8(s)) }
+            pos = pos + n
+        end
+    elseif elem_vt == 0x0C then
+        for i = 1, count do
+            local n, v = dissect_variant(tvb, pos, item, depth + 1)
+            values[i] = v
+            pos = pos + n
+        end
+    else
+        malformed(string.format("array element type 0x%04x", elem_vt))
+    end
+    item:set_len(pos - off)
+    item:set_text(string.format("SAFEARRAY: %d element(s)", count))
+    return pos - off, values
+end
+
+local FIXED = {  -- vt -> { size, field, reader }
+    [0x02] = { 2, "v_int" }, [0x03] = { 4, "v_int" }, [0x10] = { 1, "v_int" },
+    [0x16] = { 4, "v_int" }, [0x11] = { 1, "v_uint" }, [0x12] = { 2, "v_uint" },
+    [0x13] = { 4, "v_uint" }, [0x17] = { 4, "v_uint" }, [0x06] = { 8, "v_int64" },
+    [0x14] = { 8, "v_int64" }, [0x15] = { 8, "v_uint64" }, [0x0A] = { 4, "v_error" },
+}
+
+-- §5.4 VARIANT; returns consumed, { vt, value, text, ref, array }.
+dissect_variant = function(tvb, off, tree, depth)
+    if depth > MAX_DEPTH then malformed("VARIANT nesting too deep") end
+    local vt = u32(tvb, off)
+    local item = tree:add(FA.variant, rng(tvb, off, 4))
+    item:add(FA.vt, rng(tvb, off, 4))
+    local pos = off + 4
+    local v = { vt = vt }
+    local base_vt = vt
+    if vt >= 0x2000 and vt < 0x4000 then
+        local n, values = dissect_safearray(tvb, pos, item, vt - 0x2000, depth)
+        v.array = values
+        local size = values.bytes and (values.bytes .. " bytes") or (#values .. " element(s)")
+        v.text = "[" .. size .. "]"
+        pos = pos + n
+    elseif vt == 0x00 or vt == 0x01 then
+        v.text = vt == 0 and "empty" or "null"
+    elseif FIXED[vt] then
+        local size, name = FIXED[vt][1], FIXED[vt][2]
+        need(tvb, pos, size)
+        local r = rng(tvb, pos, size)
+        if name == "v_int" then
+            v.value = size == 1 and (r:uint() >= 128 and r:uint() - 256 or r:uint()) or r:int()
+            item:add(FA.v_int, r, v.value)
+        elseif name == "v_int64" then
+            v.value = r:int64()
+            item:add(FA.v_int64, r)
+        elseif name == "v_uint64" then
+            v.value = r:uint64()
+            item:add(FA.v_uint64, r)
+        else
+            v.value = r:uint()
+            item:add(FA[name], r, v.value)
+        end
+        v.text = tostring(v.value)
+        if name == "v_error" then v.text = string.format("error 0x%08x", v.value) end
+        pos = pos + size
+    elseif vt == 0x0B then
+        need(tvb, pos, 1)
+        v.value = rng(tvb, pos, 1):uint() ~= 0
+        item:add(FA.v_bool, rng(tvb, pos, 1), v.value)
+        v.text = v.value and "true" or "false"
+        pos = pos + 1
+    elseif vt == 0x08 then
+        local n, s = add_string(item, FA.v_string, tvb, pos)
+        v.value = s
+        v.text = quote(latin1_to_utf8(s))
+        pos = pos + n
+    elseif vt == 0x04 or vt == 0x05 or vt == 0x07 then
+        need(tvb, pos, 2)
+        if rng(tvb, pos, 1):uint() ~= 0x73 then malformed("double without 's' marker") end
+        local l = rng(tvb, pos + 1, 1):uint()
+        need(tvb, pos + 2, l)
+        local text = l > 0 and tvb:raw(pos + 2, l) or ""
+        item:add(FA.v_real_text, rng(tvb, pos, 2 + l), text)
+        local num = tonumber(text)
+        if num then item:add(FA.v_real, rng(tvb, pos, 2 + l), num) end
+        v.value, v.text = num, text
+        pos = pos + 2 + l
+    elseif vt == 0x09 or vt == 0x0D then
+        local n, ref = dissect_objref(tvb, pos, item, depth)
+        v.ref = ref
+        v.text = ref.id and ("object " .. ref.id) or "null object"
+        pos = pos + n
+    else
+        malformed(string.format("VARTYPE 0x%04x not transmittable", base_vt))
+    end
+    item:set_len(pos - off)
+    item:set_text(string.format("VARIANT %s: %s", VT_NAMES[vt] or string.format("0x%04x", vt),
+        tostring(v.text)))
+    return pos - off, v
+end
+
+-- §5.7 DISPPARAMS; returns consumed, args in parameter order (wire order reversed back,
+-- named values separately), and the list of all values in wire order.
+local function dissect_dispparams(tvb, off, tree, depth)
+    local c_args = u32(tvb, off)
+    local c_named = u32(tvb, off + 4)
+    tree:add(FA.args, rng(tvb, off, 4))
+    tree:add(FA.named_args, rng(tvb, off + 4, 4))
+    if c_args > 1000 or c_named > c_args or c_args > (tvb:len() - off) / 4 then
+        malformed("argument counts " .. c_args .. "/" .. c_named)
+    end
+    local pos = off + 8
+    local named_ids = {}
+    for i = 1, c_named do
+        named_ids[i] = i32(tvb, pos)
+        tree:add(FA.named_dispid, rng(tvb, pos, 4))
+        pos = pos + 4
+    end
+    local wire = {}
+    for i = 1, c_args do
+        local start = pos
+        local label
+        if i <= c_named then
+            label = "Named argument (DISPID " .. named_ids[i] .. ")"
+        else
+            label = "Argument " .. (c_args - i + 1)
+        end
+        local ai = tree:add(FA.argument, rng(tvb, pos, 4))
+        local n, v = dissect_variant(tvb, pos, ai, depth + 1)
+        pos = pos + n
+        ai:set_len(pos - start)
+        ai:set_text(label .. ": " .. tostring(v.text))
+        wire[i] = v
+    end
+    local positional, named = {}, {}
+    for i = 1, c_named do named[named_ids[i]] = wire[i] end
+    for i = c_args, c_named + 1, -1 do positional[#positional + 1] = wire[i] end
+    return pos - off, positional, named, wire
+end
+
+-- §5.8 EXCEPINFO
+local function dissect_excepinfo(tvb, off, tree)
+    need(tvb, off, 4)
+    local item = tree:add(FA.excepinfo, rng(tvb, off, 4))
+    item:add(FA.exc_code, rng(tvb, off, 2))
+    item:add(FA.exc_reserved, rng(tvb, off + 2, 2))
+    local pos = off + 4
+    local info = {}
+    local n
+    n, info.source = add_string(item, FA.exc_source, tvb, pos)
+    pos = pos + n
+    n, info.description = add_string(item, FA.exc_description, tvb, pos)
+    pos = pos + n
+    n, info.helpfile = add_string(item, FA.exc_helpfile, tvb, pos)
+    pos = pos + n
+    need(tvb, pos, 8)
+    item:add(FA.exc_helpcontext, rng(tvb, pos, 4))
+    item:add(FA.exc_scode, rng(tvb, pos + 4, 4))
+    info.scode = rng(tvb, pos + 4, 4):uint()
+    pos = pos + 8
+    item:set_len(pos - off)
+    return pos - off, info
+end
+
+local function hresult_text(hr)
+    return HRESULT_NAMES[hr] or string.format("0x%08x", hr)
+end
+
+local function add_hresult(tree, tvb, off)
+    local hr = u32(tvb, off)
+    local item = tree:add(FA.hresult, rng(tvb, off, 4))
+    tree:add(FA.hresult_name, rng(tvb, off, 4), hresult_text(hr)):set_generated()
+    if hr >= 0x80000000 then
+        item:add_proto_expert_info(EA.failed, "Failed HRESULT " .. hresult_text(hr))
+    end
+    return hr
+end
+
+-- Objrefs anywhere in a list of values (arrays nest).
+local function each_ref(values, fn)
+    for _, v in ipairs(values) do
+        if v.ref and v.ref.id then fn(v.ref) end
+        if v.array then each_ref(v.array, fn) end
+        if v.ref and v.ref.props then
+            for _, p in ipairs(v.ref.props) do each_ref({ p.value }, fn) end
+        end
+    end
+end
+
+local function learn_exports(as, side, values, name_for)
+    each_ref(values, function(ref)
+        if ref.is_new then
+            local e = as.exports[side][ref.id] or {}
+            e.title, e.clsid = ref.title, ref.clsid
+            if e.name == nil and name_for then e.name = name_for end
+            as.exports[side][ref.id] = e
+        end
+    end)
+end
+
+local function label_refs(as, values)
+    each_ref(values, function(ref)
+        local e = object_entry(as, nil, ref.id)
+        if e and e.name then
+            ref.item:append_text(" [" .. e.name .. "]")
+            ref.item:add(FA.objref_name, e.name):set_generated()
+        end
+    end)
+end
+
+-- §6.4 shell step result: <process.result spooler_process_result=… exit_code=… signal=…>
+local function process_result(text)
+    if type(text) ~= "string" or not text:find("<process.result", 1, true) then return nil end
+    local el = elements(text, 4)
+    for _, e in ipairs(el) do
+        if e.name == "process.result" then return e.attrs end
+    end
+    return nil
+end
+
+local function count_lines(s)
+    local n = 0
+    for line in (s .. "\n"):gmatch("([^\n]*)\n") do
+        if line:find("%S") then n = n + 1 end
+    end
+    return n
+end
+
+-- The request part of one message: parses it into `m` and the tree; returns Info text.
+local function dissect_request(tvb, tree, m, as)
+    local cls = m.cls
+    if cls == 0x4B then
+        if tvb:len() ~= 5 then malformed("keep-alive with a body") end
+        m.cmd = 0x4B
+        return "keep-alive"
+    end
+    if cls == 0x53 then  -- §5.9 CreateInstance
+        tree:add(FA.session, rng(tvb, 5, 8))
+        local c = u8(tvb, 13)
+        tree:add(FA.command, rng(tvb, 13, 1))
+        if c ~= 0x43 then malformed(string.format("session command 0x%02x", c)) end
+        m.cmd = 0x43
+        need(tvb, 14, 16)
+        local clsid = guid_text(tvb, 14)
+        local ci = tree:add(FA.clsid, rng(tvb, 14, 16))
+        if GUID_NAMES[clsid] then ci:append_text(" (" .. GUID_NAMES[clsid] .. ")") end
+        local n = dissect_objref(tvb, 30, tree, 0)
+        local pos = 30 + n
+        tree:add(FA.context, rng(tvb, pos, 4))
+        local count = u32(tvb, pos + 4)
+        tree:add(FA.iid_count, rng(tvb, pos + 4, 4))
+        pos = pos + 8
+        need(tvb, pos, 16 * count)
+        for i = 1, count do
+            local iid = guid_text(tvb, pos)
+            local ii = tree:add(FA.iid, rng(tvb, pos, 16))
+            if GUID_NAMES[iid] then ii:append_text(" (" .. GUID_NAMES[iid] .. ")") end
+            pos = pos + 16
+        end
+        m.method = "CreateInstance"
+        return "CreateInstance " .. (GUID_NAMES[clsid] or clsid)
+    end
+    -- §5.9 object request header
+    need(tvb, 5, 9)
+    m.objid = hex8(tvb, 5)
+    tree:add(FA.object_id, rng(tvb, 5, 8))
+    m.cmd = u8(tvb, 13)
+    tree:add(FA.command, rng(tvb, 13, 1))
+    local target = object_entry(as, other_side(m.sender), m.objid)
+    m.objname = target and target.name
+    if m.objname then tree:add(FA.object_name, rng(tvb, 5, 8), m.objname):set_generated() end
+    local who = m.objname or m.objid
+    if m.cmd == 0x52 then
+        if tvb:len() ~= 14 then malformed("Release with a body") end
+        return "Release " .. who
+    elseif m.cmd == 0x51 then
+        need(tvb, 14, 16)
+        tree:add(FA.iid, rng(tvb, 14, 16))
+        return "QueryInterface " .. who
+    elseif m.cmd == 0x47 then
+        need(tvb, 14, 24)
+        tree:add(FA.iid, rng(tvb, 14, 16))
+        tree:add(FA.lcid, rng(tvb, 30, 4))
+        local count = u32(tvb, 34)
+        tree:add(FA.name_count, rng(tvb, 34, 4))
+        if count > (tvb:len() - 38) / 4 then malformed("name count " .. count) end
+        local pos = 38
+        for i = 1, count do
+            local n, name = add_string(tree, FA.method, tvb, pos)
+            if i == 1 then m.method = name end
+            pos = pos + n
+        end
+        if pos ~= tvb:len() then malformed("bytes after the names") end
+        return "GetIDsOfNames " .. who .. "." .. tostring(m.method)
+    elseif m.cmd == 0x49 then
+        need(tvb, 14, 28)
+        m.dispid = rng(tvb, 14, 4):int()
+        tree:add(FA.dispid, rng(tvb, 14, 4))
+        tree:add(FA.iid, rng(tvb, 18, 16))
+        tree:add(FA.lcid, rng(tvb, 34, 4))
+        m.flags = u32(tvb, 38)
+        local fi = tree:add(FA.flags, rng(tvb, 38, 4))
+        fi:add(FA.flag_method, rng(tvb, 38, 4))
+        fi:add(FA.flag_get, rng(tvb, 38, 4))
+        fi:add(FA.flag_put, rng(tvb, 38, 4))
+        fi:add(FA.flag_putref, rng(tvb, 38, 4))
+        m.method = dispid_name(as, other_side(m.sender), m.objid, m.dispid)
+        if m.method then tree:add(FA.method, rng(tvb, 14, 4), m.method):set_generated() end
+        local n, args, named, wire = dissect_dispparams(tvb, 42, tree, 0)
+        if 42 + n ~= tvb:len() then malformed("bytes after the arguments") end
+        m.args, m.named, m.wire = args, named, wire
+        local verb = "invoke"
+        if band(m.flags, 0x4) ~= 0 or band(m.flags, 0x8) ~= 0 then
+            verb = "put"
+        elseif band(m.flags, 0x2) ~= 0 and band(m.flags, 0x1) == 0 then
+            verb = "get"
+        end
+        return verb .. " " .. who .. "." .. (m.method or ("dispid " .. m.dispid))
+    elseif m.cmd == 0x41 then
+        local n, name = add_string(tree, FA.method, tvb, 14)
+        m.method = name
+        local pn, args, named, wire = dissect_dispparams(tvb, 14 + n, tree, 0)
+        if 14 + n + pn ~= tvb:len() then malformed("bytes after the arguments") end
+        m.args, m.named, m.wire = args, named, wire
+        local texts = {}
+        for i, a in ipairs(args) do
+            if i > 3 then texts[#texts + 1] = "..." break end
+            texts[#texts + 1] = tostring(a.text)
+        end
+        return "call " .. who .. "." .. name .. "(" .. table.concat(texts, ", ") .. ")"
+    end
+    malformed(string.format("object command 0x%02x", m.cmd))
+end
+
+-- The answer part of one message, laid out by the request it answers (§5.10).
+local function dissect_reply(tvb, tree, m, req)
+    if m.cls == 0x45 then  -- §5.11
+        local pos = 5
+        m.error = {}
+        while pos < tvb:len() do
+            local n, s = read_string(tvb, pos)
+            local key, value = s:match("^(%a+)=(.*)$")
+            local field = FA.error_string
+            if key == "name" then field = FA.error_name
+            elseif key == "code" then field = FA.error_code
+            elseif key == "what" then field = FA.error_what end
+            if field ~= FA.error_string then
+                m.error[key] = value
+                tree:add(field, rng(tvb, pos, n), latin1_to_utf8(value))
+            else
+                tree:add(field, rng(tvb, pos, n), latin1_to_utf8(s))
+            end
+            pos = pos + n
+        end
+        tree:add_proto_expert_info(EA.error, "E " .. latin1_to_utf8(tostring(m.error.code)) .. " "
+            .. latin1_to_utf8(tostring(m.error.what)))
+        return "E " .. tostring(m.error.code)
+    end
+    local what = req and (req.method or COMMAND_NAMES[req.cmd]) or "?"
+    local cmd = req and req.cmd
+    if tvb:len() == 5 then
+        if cmd ~= nil and cmd ~= 0x52 and cmd ~= 0x4B then malformed("answer without HRESULT") end
+        return "answer " .. what
+    end
+    if cmd == 0x52 or cmd == 0x4B then malformed("bytes after a Release/keep-alive answer") end
+    m.hr = add_hresult(tree, tvb, 5)
+    local failed = m.hr >= 0x80000000
+    local pos = 9
+    if cmd == 0x43 then
+        if not failed then
+            m.values = {}
+            while pos < tvb:len() do
+                tree:add(FA.hresult, rng(tvb, pos, 4))
+                local n, ref = dissect_objref(tvb, pos + 4, tree, 0)
+                m.values[#m.values + 1] = { ref = ref }
+                pos = pos + 4 + n
+            end
+        end
+    elseif cmd == 0x51 then
+        if not failed then
+            local n, ref = dissect_objref(tvb, pos, tree, 0)
+            m.values = { { ref = ref } }
+            pos = pos + n
+        end
+    elseif cmd == 0x47 then
+        if not failed then
+            m.dispids = {}
+            while pos < tvb:len() do
+                m.dispids[#m.dispids + 1] = i32(tvb, pos)
+                tree:add(FA.dispid, rng(tvb, pos, 4))
+                pos = pos + 4
+            end
+        end
+    elseif failed and cmd ~= 0x41 then
+        if pos < tvb:len() then
+            tree:add(FA.arg_err, rng(tvb, pos, 4))
+            local n, exc = dissect_excepinfo(tvb, pos + 4, tree)
+            m.excepinfo = exc
+            pos = pos + 4 + n
+        end
+    elseif cmd == nil then
+        -- no request to tell the layout (picked up mid-stream): a VARIANT if it is one
+        local probe = pcall(dissect_variant, tvb, pos, NULL_TREE, 0)
+        if probe then
+            local n, v = dissect_variant(tvb, pos, tree, 0)
+            m.result, m.values = v, { v }
+            pos = pos + n
+        elseif pos < tvb:len() then
+            tree:add(FA.segment, rng(tvb, pos)):set_text("Answer body (request not captured)")
+            pos = tvb:len()
+        end
+    else
+        local n, v = dissect_variant(tvb, pos, tree, 0)
+        m.result = v
+        m.values = { v }
+        pos = pos + n
+    end
+    if pos ~= tvb:len() then malformed("bytes after the answer") end
+    if failed then return "answer " .. what .. ": " .. hresult_text(m.hr) end
+    local result = m.result and process_result(m.result.value)
+    if result then
+        return "answer " .. what .. ": process.result exit_code=" .. tostring(result.exit_code)
+            .. (result.signal and (" signal=" .. result.signal) or "")
+    end
+    if m.result then return "answer " .. what .. ": " .. tostring(m.result.text) end
+    if m.dispids then return "answer " .. what .. ": dispid " .. tostring(m.dispids[1]) end
+    return "answer " .. what
+end
+
+-- Who sent this frame, learning the roles on the way (§4: the controller accepts; it
+-- sends CreateInstance and the calls by name, the task server G, I and K).
+local function sender_of(conn, as, pinfo, src, sport, cls, cmd)
+    if as.controller == nil then
+        local dst, dport = tostring(pinfo.dst), pinfo.dst_port
+        if conn.server then
+            as.controller = conn.server
+        elseif cls == 0x53 or (cls == 0x4F and cmd == 0x41) then
+            as.controller = { addr = src, port = sport }
+        elseif cls == 0x4B or (cls == 0x4F and (cmd == 0x47 or cmd == 0x49)) then
+            as.controller = { addr = dst, port = dport }
+        elseif watched[dport] and not watched[sport] then
+            as.controller = { addr = dst, port = dport }
+        elseif watched[sport] and not watched[dport] then
+            as.controller = { addr = src, port = sport }
+        else
+            return nil
+        end
+    end
+    if is_endpoint(as.controller, src, sport) then return CONTROLLER end
+    return TASK_SERVER
+end
+
+-- §5.2, §12: an answer answers the most recent unanswered request of the other side.
+-- Requests above it on the stack lost their answers (not captured); with no request of
+-- the other side pending, the request it answers was itself not captured.
+local function pair_answer(as, m)
+    for i = #as.stack, 1, -1 do
+        local req = as.stack[i]
+        if m.sender == nil or req.sender ~= m.sender then
+            for j = #as.stack, i, -1 do as.stack[j] = nil end
+            m.req, req.resp, m.depth = req, m, req.depth
+            return
+        end
+    end
+end
+
+-- First-pass effects of a request: the stack, names, lifecycle facts of its task.
+local function apply_request(conn, as, m)
+    local task = conn.task
+    m.depth = #as.stack
+    as.stack[#as.stack + 1] = m
+    if m.wire then learn_exports(as, m.sender, m.wire) end
+    local name = m.method and m.method:lower()
+    -- picked up mid-stream: the object the controller calls by name is the RMIS (§6.1)
+    if as.rmis == nil and m.cls == 0x4F and m.cmd == 0x41 and m.sender == CONTROLLER then
+        as.rmis = m.objid
+        as.exports[TASK_SERVER][m.objid] = as.exports[TASK_SERVER][m.objid] or { name = "RMIS" }
+    end
+    local on_rmis = m.cls == 0x4F and m.objid ~= nil and m.objid == as.rmis
+        and m.sender == CONTROLLER
+    if on_rmis and m.cmd == 0x41 then
+        if name == "begin" then
+            if task and task.begin_sent == nil then task.begin_sent = m.t end
+            -- §6.3: the names array (first on the wire) pairs with the objects array
+            local names, objects = m.wire and m.wire[1], m.wire and m.wire[2]
+            if names and objects and names.array and objects.array then
+                for i, nv in ipairs(names.array) do
+                    local ov = objects.array[i]
+                    if ov and ov.ref and ov.ref.id and type(nv.value) == "string" then
+                        local e = as.exports[CONTROLLER][ov.ref.id] or {}
+                        e.name = nv.value
+                        as.exports[CONTROLLER][ov.ref.id] = e
+                    end
+                end
+            end
+        elseif name == "step" then
+            as.steps = as.steps + 1
+            m.step = as.steps
+        elseif name == "construct" then
+            local arr = m.args and m.args[1] and m.args[1].array
+            for _, v in ipairs(arr or {}) do
+                if type(v.value) == "string" then
+                    local k, val = v.value:match("^([^=]*)=(.*)$")
+                    if k == "job" then m.job = val end
+                    if k == "task_id" then m.task_id = tonumber(val) end
+                end
+            end
+            if task then task.job, task.task_id = m.job or task.job, m.task_id or task.task_id end
+        end
+    end
+    if on_rmis and m.cmd == 0x52 then m.release_rmis = true end
+    -- DESIGN "log_lines": strings passed to a spooler_log method that writes a line
+    if m.cls == 0x4F and (m.cmd == 0x49 or m.cmd == 0x41) and m.objname == "spooler_log"
+        and name and LOG_METHODS[name] and (m.cmd == 0x41 or band(m.flags or 0, 0x1) ~= 0) then
+        local lines = 0
+        for _, v in ipairs(m.args or {}) do
+            if type(v.value) == "string" then lines = lines + count_lines(v.value) end
+        end
+        m.log_lines = lines
+        if task then task.log_lines = (task.log_lines or 0) + lines end
+    end
+    -- §6.5: spooler_task.exit_code put (DISPID 30)
+    if m.cls == 0x4F and m.cmd == 0x49 and m.objname == "spooler_task"
+        and band(m.flags or 0, 0xC) ~= 0 and (m.dispid == 30 or name == "exit_code") then
+        local v = (m.named and m.named[-3]) or (m.args and m.args[#m.args])
+        if v and type(v.value) == "number" then
+            m.exit_code = v.value
+            if task then task.exit_code, task.signal = v.value, nil end
+        end
+    end
+end
+
+-- First-pass effects of an answer (already paired), its body parsed.
+local function apply_reply(conn, as, m, pinfo)
+    local task = conn.task
+    local req = m.req
+    if m.error then
+        add_error(task, m.t_done, m.error.code, m.error.what)
+    elseif m.hr and m.hr >= 0x80000000 then
+        local exc = m.excepinfo
+        local text = exc and ((exc.description ~= "" and exc.description) or exc.source)
+        add_error(task, m.t_done, string.format("COM-%08X", m.hr), text and latin1_to_utf8(text))
+    end
+    if req == nil then return end
+    if m.values then
+        local name_for
+        if req.cmd == 0x43 then
+            name_for = "RMIS"
+        elseif req.objname and req.method then
+            name_for = req.objname .. "." .. req.method
+        end
+        learn_exports(as, m.sender, m.values, name_for)
+        local first = m.values[1]
+        if req.cmd == 0x43 and first and first.ref and first.ref.id then as.rmis = first.ref.id end
+    end
+    if req.cmd == 0x47 and m.dispids and m.dispids[1] and req.method and m.sender then
+        local k = tostring(m.sender) .. ":" .. req.objid
+        as.dispids[k] = as.dispids[k] or {}
+        as.dispids[k][m.dispids[1]] = req.method
+    end
+    if task == nil then return end
+    local name = req.method and req.method:lower()
+    if req.cls == 0x4F and req.cmd == 0x41 and req.objid == as.rmis then
+        if name == "begin" and task.begin_answered == nil then
+            task.begin_answered, task.begin_answer_frame = m.t_done, pinfo.number
+        elseif name == "step" and m.result then
+            local attrs = process_result(m.result.value)
+            if attrs and attrs.exit_code then
+                m.exit_code, m.signal = tonumber(attrs.exit_code), tonumber(attrs.signal or "")
+                task.exit_code, task.signal = m.exit_code, m.signal
+            end
+        end
+    end
+    if req.release_rmis and task.release_answered == nil then
+        task.release_answered = m.t_done
+    end
+end
+
+-- Generated items tying a message to its partner, its task and the command channel.
+local function add_api_links(item, conn, m)
+    if m.request and m.resp then
+        item:add(FA.response_in, m.resp.frame):set_generated()
+    elseif not m.request and m.req then
+        item:add(FA.request_in, m.req.frame):set_generated()
+        item:add(FA.time, us_nstime(m.t_done - m.req.t)):set_generated()
+    end
+    if m.depth then item:add(FA.depth, m.depth):set_generated() end
+    local task = conn.task
+    if task then
+        add_process_id(item, task)
+        if task.start_frame then item:add(FA.announced_in, task.start_frame):set_generated() end
+    end
+end
+
+-- Generated facts of the task lifecycle (§6.6) on the message that carries them.
+local function add_lifecycle(item, m)
+    if m.request then
+        if m.job or m.task_id then
+            for _, v in ipairs(m.args[1].array) do
+                if type(v.value) == "string" then
+                    item:add(FA.param, latin1_to_utf8(v.value)):set_generated()
+                end
+            end
+            if m.job then item:add(FA.job, latin1_to_utf8(m.job)):set_generated() end
+            if m.task_id then item:add(FA.task_id, m.task_id):set_generated() end
+        end
+        if m.step then item:add(FA.step, m.step):set_generated() end
+        if m.log_lines then
+            for _, v in ipairs(m.args or {}) do
+                if type(v.value) == "string" then
+                    item:add(FA.log_text, latin1_to_utf8(v.value)):set_generated()
+                elseif type(v.value) == "number" then
+                    item:add(FA.log_level, v.value):set_generated()
+                end
+            end
+            item:add(FA.log_lines, m.log_lines):set_generated()
+        end
+    else
+        local req = m.req
+        local name = req and req.method and req.method:lower()
+        local what = req and (req.method or COMMAND_NAMES[req.cmd])
+        if what then item:add(FA.method, what):set_generated() end
+        if name == "begin" and m.result and m.result.vt == 0x0B then
+            item:add(FA.started, m.result.value):set_generated()
+        end
+        if m.signal then item:add(FA.signal, m.signal):set_generated() end
+    end
+    if m.exit_code then item:add(FA.exit_code, m.exit_code):set_generated() end
+end
+
+-- One complete callback frame (its 4-byte length included); returns its Info text.
+local function dissect_api_frame(ftvb, pinfo, tree, conn, key, sent, done, src, sport)
+    local as = api_state(conn)
+    local first_pass = not pinfo.visited
+    local item = tree:add(p_api, ftvb)
+    item:add(FA.length, ftvb(0, 4))
+    local cls = ftvb(4, 1):uint()
+    item:add(FA.class, ftvb(4, 1))
+    local stored = records[key]
+    local m = stored
+    if m == nil then
+        local cmd = (cls == 0x4F and ftvb:len() >= 14) and ftvb(13, 1):uint() or nil
+        m = { cls = cls, frame = pinfo.number, t = sent, t_done = done,
+              request = cls == 0x53 or cls == 0x4F or cls == 0x4B }
+        m.sender = sender_of(conn, as, pinfo, src, sport, cls, cmd)
+        -- an answer's layout depends on its request (§5.10): pair before parsing
+        if first_pass and not m.request then pair_answer(as, m) end
+    end
+    if m.sender then item:add(FA.sender, m.sender):set_generated() end
+    local ok, info = pcall(function()
+        if cls == 0x4E then
+            item:add_proto_expert_info(EA.no_session)
+            return "N"
+        end
+        if m.request then return dissect_request(ftvb, item, m, as) end
+        return dissect_reply(ftvb, item, m, m.req)
+    end)
+    if not ok then
+        if getmetatable(info) ~= Malformed then error(info, 0) end
+        item:add_proto_expert_info(EA.malformed, info.reason)
+        info = "malformed " .. (CLASS_NAMES[cls] or string.format("class 0x%02x", cls))
+    end
+    if first_pass and stored == nil then
+        if m.request then apply_request(conn, as, m) else apply_reply(conn, as, m, pinfo) end
+        records[key] = m
+    end
+    if not m.request and m.req == nil then item:add_proto_expert_info(EA.unpaired) end
+    label_refs(as, m.wire or m.values or {})
+    add_lifecycle(item, m)
+    add_api_links(item, conn, m)
+    local arrow = ARROWS[m.sender] or ""
+    item:append_text(": " .. arrow .. tostring(info))
+    return arrow .. tostring(info)
+end
+
+-- A callback connection without a matched task: try the start commands seen so far
+-- (picked up without its SYN), else it is a partial row of its own.
+local function callback_task(conn, pinfo, as, now)
+    if conn.task ~= nil or conn.partial_checked or as.controller == nil then return end
+    conn.partial_checked = true
+    local c = as.controller
+    if conn.syn == nil then
+        match_callback(conn, c.addr, c.port, peer_of(conn, c).addr, now)
+    end
+    if conn.task == nil then
+        conn.task = new_task({ controller = c.addr, callback_port = c.port, callback = conn })
+    end
+end
+
+-- What the captured head of a frame tells when the rest of it never arrives.
+local function peek_frame(tvb, off)
+    local avail = tvb:len() - off
+    local h = {}
+    if avail < 5 then return h end
+    h.cls = tvb(off + 4, 1):uint()
+    if h.cls == 0x53 then h.cmd = 0x43 end
+    if h.cls ~= 0x4F or avail < 14 then return h end
+    h.objid = tvb(off + 5, 8):bytes():tohex()
+    h.cmd = tvb(off + 13, 1):uint()
+    local name_at = (h.cmd == 0x41 and 14) or (h.cmd == 0x47 and 38) or nil
+    if h.cmd == 0x49 and avail >= 18 then h.dispid = tvb(off + 14, 4):int() end
+    if name_at and avail >= name_at + 4 then
+        local n = tvb(off + name_at, 4):uint()
+        if n > 0 and avail >= name_at + 4 + n then h.method = tvb:raw(off + name_at + 4, n) end
+    end
+    return h
+end
+
+-- A frame whose bytes were not all captured (lost segment, snaplen) still took its place in
+-- the dialog: its request waits for its answer, its answer closes a request (§5.2). It is
+-- known to be incomplete once the peer speaks, or its direction goes on with other bytes.
+local function abandon_frame(conn, as, p)
+    local h = p.peek
+    if h.cls == nil or records[p.key] then return end
+    local m = {
+        cls = h.cls, cmd = h.cmd, objid = h.objid, dispid = h.dispid, method = h.method,
+        frame = p.frame, t = p.t, t_done = p.t, sender = p.sender, incomplete = true,
+        request = h.cls == 0x53 or h.cls == 0x4F or h.cls == 0x4B,
+    }
+    if m.request then
+        if m.objid and m.sender then
+            local target = object_entry(as, other_side(m.sender), m.objid)
+            m.objname = target and target.name
+            if m.cmd == 0x49 and m.dispid then
+                m.method = dispid_name(as, other_side(m.sender), m.objid, m.dispid)
+            end
+        end
+        apply_request(conn, as, m)
+    else
+        pair_answer(as, m)
+    end
+    records[p.key] = m
+    incomplete[p.frame] = incomplete[p.frame] or {}
+    table.insert(incomplete[p.frame], m)
+end
+
+-- The protocol item of a frame not completely captured, with what is known of it.
+local function show_incomplete(item, conn, m)
+    item:add(FA.class, m.cls):set_generated()
+    if m.sender then item:add(FA.sender, m.sender):set_generated() end
+    if m.cmd and m.cls ~= 0x53 then item:add(FA.command, m.cmd):set_generated() end
+    if m.dispid then item:add(FA.dispid, m.dispid):set_generated() end
+    if m.objname then item:add(FA.object_name, m.objname):set_generated() end
+    local what = m.method or COMMAND_NAMES[m.cmd or -1]
+    if not m.request and m.req then what = m.req.method or COMMAND_NAMES[m.req.cmd or -1] end
+    if what then item:add(FA.method, what):set_generated() end
+    add_api_links(item, conn, m)
+    local arrow = ARROWS[m.sender] or ""
+    local kind = m.request and "request" or "answer"
+    item:set_text("JobScheduler Object Server: " .. arrow .. kind .. " " .. tostring(what or "")
+        .. " [frame not completely captured]")
+end
+
+local CREATE_INSTANCE_HEAD = "\0\0\0\59S\0\0\0\0\0\0\0\0C"
+local API_CLASSES = {
+    [0x53] = true, [0x4F] = true, [0x4B] = true, [0x41] = true, [0x45] = true, [0x4E] = true,
+}
+
+local function dissect_api(tvb, pinfo, tree)
+    local len = tvb:len()
+    if len == 0 then return 0 end
+    local conn, src = conn_of(pinfo)
+    if pinfo.visited and conn.first_frame and pinfo.number < conn.first_frame then return 0 end
+    -- a port-table hit on a connection that does not carry this protocol: let others try
+    if conn.channel == nil and len >= 5 then
+        local l = tvb(0, 4):uint()
+        if l == 0 or l > MAX_FRAME or not API_CLASSES[tvb(4, 1):uint()] then return 0 end
+    end
+    last_main_frame = pinfo.number
+    local as = api_state(conn)
+    local first_pass = not pinfo.visited
+    local now = frame_us(pinfo)
+    local dir = direction(pinfo)
+    local cont
+    if first_pass then
+        -- the peer speaks: a frame of the other direction still pending was complete on
+        -- the wire, so its missing bytes were not captured
+        local other = conn.pending[3 - dir]
+        if other then abandon_frame(conn, as, other) end
+        conn.pending[3 - dir] = nil
+        cont = conn.pending[dir]
+        conn.pending[dir] = nil
+        local continued = cont and len >= (cont.need or 0)
+            and tvb:raw(0, math.min(len, #cont.head)) == cont.head
+        if cont and not continued then
+            abandon_frame(conn, as, cont)
+            cont = nil
+        end
+        frame_conn[pinfo.number] = conn
+        if conn.first == nil then conn.first, conn.first_frame = now, pinfo.number end
+    end
+    local off = 0
+    while off < len do
+        local avail = len - off
+        local flen = avail >= 4 and tvb(off, 4):uint() or nil
+        local bad
+        if flen ~= nil and (flen == 0 or flen > MAX_FRAME) then
+            bad = "announced length " .. flen .. " (sanity bound " .. MAX_FRAME .. ")"
+        elseif avail >= 5 and not API_CLASSES[tvb(off + 4, 1):uint()] then
+            bad = string.format("message class 0x%02x", tvb(off + 4, 1):uint())
+        end
+        if bad then
+            -- not at a frame start (bytes lost before): skip to the next segment
+            local item = tree:add(p_api, tvb(off))
+            item:add(FA.segment, tvb(off))
+            local expert_field = (flen and flen > MAX_FRAME) and EA.too_long or EA.malformed
+            item:add_proto_expert_info(expert_field, "Not a frame start: " .. bad)
+            add_process_id(item, conn.task)
+            set_column(pinfo, "JS-API", "malformed: " .. bad)
+            return len
+        end
+        if flen == nil or avail < 4 + flen then
+            local item = tree:add(p_api, tvb(off))
+            item:add(FA.segment, tvb(off))
+            local key = message_key(pinfo, tvb, off)
+            local truncated = tvb:reported_len() > len or not pinfo.can_desegment
+                or pinfo.can_desegment == 0
+            if first_pass then
+                local peek = peek_frame(tvb, off)
+                local pending = {
+                    t = start_time(cont, off, now), frame = pinfo.number, key = key, peek = peek,
+                    head = tvb:raw(off, math.min(avail, 16)), need = flen and (4 + flen),
+                    sender = peek.cls and sender_of(conn, as, pinfo, src, pinfo.src_port,
+                        peek.cls, peek.cmd),
+                }
+                if truncated then
+                    abandon_frame(conn, as, pending)
+                else
+                    conn.pending[dir] = pending
+                end
+            end
+            local rec = records[key]
+            if rec and rec.incomplete then show_incomplete(item, conn, rec) end
+            if rec == nil or not rec.incomplete then add_process_id(item, conn.task) end
+            if truncated then
+                item:add_proto_expert_info(EA.truncated, "Frame of " .. tostring(flen)
+                    .. " bytes, " .. math.max(avail - 4, 0) .. " captured here")
+                set_column(pinfo, "JS-API", "[frame not completely captured]")
+                return len
+            end
+            if rec == nil then item:set_text("JobScheduler Object Server [segment of a frame]") end
+            pinfo.desegment_offset = off
+            pinfo.desegment_len = flen and (4 + flen - avail) or DESEGMENT_ONE_MORE_SEGMENT
+            set_column(pinfo, "JS-API", "[segment of a frame]")
+            return len
+        end
+        local info = dissect_api_frame(tvb(off, 4 + flen):tvb(), pinfo, tree, conn,
+            message_key(pinfo, tvb, off), start_time(cont, off, now), now, src, pinfo.src_port)
+        if first_pass then callback_task(conn, pinfo, as, now) end
+        set_column(pinfo, "JS-API", info)
+        off = off + 4 + flen
+    end
+    return len
+end
+
+p_api.dissector = dissect_api
+
+---------------------------------------------------------------------------------------------
+-- Heuristics (preference "Heuristic detection")
+---------------------------------------------------------------------------------------------
+
+-- §12 mid-stream pickup: a complete object request (call by name, GetIDsOfNames or
+-- Invoke) that parses exactly; strict, so other protocols stay untouched.
+local function looks_like_request(tvb)
+    if tvb:len() < 14 or tvb(4, 1):uint() ~= 0x4F then return false end
+    local cmd = tvb(13, 1):uint()
+    if cmd ~= 0x41 and cmd ~= 0x47 and cmd ~= 0x49 then return false end
+    local flen = tvb(0, 4):uint()
+    if flen < 10 or flen > MAX_FRAME or tvb:len() < 4 + flen then return false end
+    if tvb(5, 8):bytes():tohex() == "0000000000000000" then return false end
+    local m = { cls = 0x4F, sender = cmd == 0x41 and CONTROLLER or TASK_SERVER }
+    local probe = { exports = { {}, {} }, dispids = {} }
+    local ok, err = pcall(dissect_request, tvb(0, 4 + flen):tvb(), NULL_TREE, m, probe)
+    if not ok then
+        if getmetatable(err) ~= Malformed then error(err, 0) end
+        return false
+    end
+    return m.method == nil or m.method:match("^[%w_%?%(%)%.%-]+$") ~= nil
+end
+
+-- The callback channel: its first message, CreateInstance of the remote module instance
+-- server (§7.4, `00 00 00 3b 53 …`), or a request picked up mid-stream.
+local function heur_api(tvb, pinfo, tree)
+    if not p_cmd.prefs.heuristic or tvb:len() < 14 then return false end
+    local controller_sends
+    if tvb:raw(0, 14) == CREATE_INSTANCE_HEAD then
+        controller_sends = true
+    elseif looks_like_request(tvb) then
+        controller_sends = tvb(13, 1):uint() == 0x41
+    else
+        return false
+    end
+    local conn = conn_of(pinfo)
+    local as = api_state(conn)
+    if as.controller == nil then
+        if controller_sends then
+            as.controller = { addr = tostring(pinfo.src), port = pinfo.src_port }
+        else
+            as.controller = { addr = tostring(pinfo.dst), port = pinfo.dst_port }
+        end
+    end
+    pinfo.conversation = p_api
+    dissect_api(tvb, pinfo, tree)
+    return true
+end
+
+-- The command channel on another port (§12): client bytes start with `<?xml…?>
+-- <remote_scheduler.` or `<remote_scheduler.`, possibly after keep-alive spaces.
+local function heur_cmd(tvb, pinfo, tree)
+    if not p_cmd.prefs.heuristic then return false end
+    local body = tvb:raw(0, math.min(tvb:len(), 256)):match("^[ \0]*(.*)$")
+    local starts = body:sub(1, 18) == "<remote_scheduler."
+        or (body:sub(1, 5) == "<?xml" and body:find("?><remote_scheduler.", 1, true) ~= nil)
+    if not starts then return false end
+    local conn = conn_of(pinfo)
+    local cs = cmd_state(conn)
+    cs.server = cs.server or conn.server
+        or { addr = tostring(pinfo.dst), port = pinfo.dst_port }
+    pinfo.conversation = p_cmd
+    dissect_cmd(tvb, pinfo, tree)
+    return true
+end
+
+---------------------------------------------------------------------------------------------
+-- Postdissector: TCP tracking (first pass), and the task key on frames whose bytes belong
+-- to a message reassembled in another frame (DESIGN "Wireshark plugin")
+---------------------------------------------------------------------------------------------
+
+local function post_dissector(tvb, pinfo, tree)
+    if pinfo.port_type ~= PT_TCP then return end
+    if not pinfo.visited then
+        local now = frame_us(pinfo)
+        if capture_end == nil or now > capture_end then capture_end = now end
+        track_tcp(tvb, pinfo, now)
+    end
+    local conn = frame_conn[pinfo.number]
+    if conn ~= nil then
+        if conn.stream == nil then
+            local fi = f_tcp_stream()
+            if fi then conn.stream = fi.value end
+        end
+        local kept, exact = frame_us(pinfo), exact_frame_us()
+        if exact and exact ~= kept then exact_us[kept] = exact end
+    end
+    if last_main_frame == pinfo.number then return end
+    if conn == nil or conn.channel == nil then return end
+    local tl = f_tcp_len()
+    if tl == nil or tl.value == 0 then return end
+    if incomplete[pinfo.number] then
+        -- a frame of the dialog whose other bytes were never captured (TCP does not hand
+        -- this segment to the dissector again)
+        for _, m in ipairs(incomplete[pinfo.number]) do
+            show_incomplete(tree:add(p_api, tvb(0, 0)), conn, m)
+        end
+        return
+    end
+    local proto = conn.channel == "api" and p_api or p_cmd
+    local item = tree:add(proto, tvb(0, 0))
+    item:set_text((conn.channel == "api" and "JobScheduler Object Server"
+        or "JobScheduler Remote Execution") .. " [TCP segment of a message]")
+    add_process_id(item, current_task(conn))
+end
+
+p_post.dissector = post_dissector
+
+---------------------------------------------------------------------------------------------
+-- The task table (DESIGN "The task table contract"): Statistics menu and tshark output
+---------------------------------------------------------------------------------------------
+
+local TASK_COLUMNS = {
+    "process_id", "pid", "job", "task_id", "kind", "controller", "remote", "cmd_conn",
+    "callback_conn", "cmd_port", "callback_port", "callback_src_port", "cmd_syn",
+    "cmd_established", "start_sent", "start_answered", "callback_syn", "callback_established",
+    "begin_sent", "begin_answered", "release_answered", "callback_closed", "close_sent",
+    "close_answered", "connect_ms", "spawn_ms", "callback_delay_ms", "startup_ms", "run_ms",
+    "close_ms", "total_ms", "steps", "exit_code", "signal", "status", "error", "log_lines",
+    "notes",
+}
+local TIME_COLUMNS = {
+    "cmd_syn", "cmd_established", "start_sent", "start_answered", "callback_syn",
+    "callback_established", "begin_sent", "begin_answered", "release_answered",
+    "callback_closed", "close_sent", "close_answered",
+}
+local IS_TIME = {}
+for _, c in ipairs(TIME_COLUMNS) do IS_TIME[c] = true end
+local DURATIONS = {
+    connect_ms = { "cmd_syn", "cmd_established" },
+    spawn_ms = { "start_sent", "start_answered" },
+    callback_delay_ms = { "start_sent", "callback_syn" },
+    startup_ms = { "start_sent", "begin_answered" },
+    run_ms = { "begin_answered", "release_answered" },
+    close_ms = { "close_sent", "close_answered" },
+}
+
+local function task_row(t)
+    local cb, cmd = t.callback, t.cmd
+    local function exact(us) return us and (exact_us[us] or us) end
+    local r = {
+        process_id = t.process_id, pid = t.pid, job = t.job, task_id = t.task_id,
+        controller = t.controller, remote = t.remote, cmd_port = t.cmd_port,
+        callback_port = t.callback_port, start_sent = t.start_sent,
+        start_answered = t.start_answered, begin_sent = t.begin_sent,
+        begin_answered = t.begin_answered, release_answered = t.release_answered,
+        close_sent = t.close_sent, close_answered = t.close_answered,
+        exit_code = t.exit_code, signal = t.signal, status = status_of(t),
+    }
+    if t.start_seen then r.kind = t.kind end
+    if cmd then
+        r.cmd_conn = cmd.stream
+        r.cmd_syn = cmd.syn
+        r.cmd_established = cmd.established or cmd.synack
+    end
+    if cb then
+        r.callback_conn = cb.stream
+        r.callback_syn = cb.syn
+        r.callback_established = cb.established or cb.synack
+        r.callback_closed = cb.closed
+        if cb.client then
+            r.callback_src_port = cb.client.port
+        elseif cb.api and cb.api.controller then
+            r.callback_src_port = peer_of(cb, cb.api.controller).port
+        end
+        r.steps = cb.api and cb.api.steps or 0
+        r.log_lines = t.log_lines or 0
+    elseif t.start_seen then
+        r.steps, r.log_lines = 0, 0  -- the start was seen and no callback came
+    end
+    for _, c in ipairs(TIME_COLUMNS) do r[c] = exact(r[c]) end
+    for name, pair in pairs(DURATIONS) do
+        local a, b = r[pair[1]], r[pair[2]]
+        if a and b then r[name] = (b - a) / 1000 end
+    end
+    local first, last
+    for _, c in ipairs(TIME_COLUMNS) do
+        local v = r[c]
+        if v then
+            if first == nil or v < first then first = v end
+            if last == nil or v > last then last = v end
+        end
+    end
+    if r.cmd_syn and r.close_answered then
+        r.total_ms = (r.close_answered - r.cmd_syn) / 1000
+    elseif first then
+        r.total_ms = (last - first) / 1000
+    end
+    local best
+    for _, e in ipairs(t.errors) do
+        if best == nil or e.when < best.when then best = e end
+    end
+    if best then r.error = best.text end
+    if #t.notes > 0 then r.notes = table.concat(t.notes, "; ") end
+    r.sort_time = first or 0
+    r.sort_conn = (cmd and cmd.id) or (cb and cb.id) or 0
+    return r
+end
+
+local function task_rows()
+    local rows = {}
+    for i, t in ipairs(tasks) do rows[i] = task_row(t) end
+    table.sort(rows, function(a, b)
+        if a.sort_time ~= b.sort_time then return a.sort_time < b.sort_time end
+        return a.sort_conn < b.sort_conn
+    end)
+    return rows
+end
+
+local function ms_text(v)
+    local s = string.format("%.3f", v):gsub("0+$", "")
+    if s:sub(-1) == "." then s = s .. "0" end
+    return s
+end
+
+local function cell(name, v)
+    if v == nil then return "" end
+    if IS_TIME[name] then return iso_us(v) end
+    if DURATIONS[name] or name == "total_ms" then return ms_text(v) end
+    if type(v) == "number" then return string.format("%d", v) end
+    return tostring(v)
+end
+
+local function csv_field(s)
+    if s:find('[,"\r\n]') then return '"' .. s:gsub('"', '""') .. '"' end
+    return s
+end
+
+local function task_table_csv()
+    local lines = { table.concat(TASK_COLUMNS, ",") }
+    for _, r in ipairs(task_rows()) do
+        local cells = {}
+        for i, c in ipairs(TASK_COLUMNS) do cells[i] = csv_field(cell(c, r[c])) end
+        lines[#lines + 1] = table.concat(cells, ",")
+    end
+    return table.concat(lines, "\n") .. "\n"
+end
+
+-- The readable subset `jsdissect tasks` prints, aligned, times as time of day.
+local SHOWN = {
+    "process_id", "kind", "remote", "callback_port", "start_sent", "spawn_ms",
+    "callback_delay_ms", "startup_ms", "run_ms", "close_ms", "total_ms", "steps", "exit_code",
+    "log_lines", "status", "error",
+}
+
+local function task_table_text()
+    local rows = task_rows()
+    local lines = { SHOWN }
+    for _, r in ipairs(rows) do
+        local line = {}
+        for i, c in ipairs(SHOWN) do
+            local v = cell(c, r[c])
+            if IS_TIME[c] and v ~= "" then v = v:sub(12, -2) end
+            line[i] = v
+        end
+        lines[#lines + 1] = line
+    end
+    local widths = {}
+    for _, line in ipairs(lines) do
+        for i, v in ipairs(line) do
+            if (widths[i] or 0) < #v then widths[i] = #v end
+        end
+    end
+    local out = {}
+    for _, line in ipairs(lines) do
+        local parts = {}
+        for i, v in ipairs(line) do parts[i] = v .. string.rep(" ", widths[i] - #v) end
+        out[#out + 1] = (table.concat(parts, "  "):gsub("%s+$", ""))
+    end
+    return table.concat(out, "\n") .. "\n\n" .. #rows .. " task(s)\n"
+end
+
+-- tshark: a tap whose draw() runs once at the end of the run (after the second pass with
+-- -2) prints the table when a preference asks for it.
+local table_listener
+
+local function write_task_table()
+    local path = p_cmd.prefs.task_table_file
+    if path and path ~= "" then
+        local f = io.open(path, "w")
+        if f then
+            f:write(task_table_csv())
+            f:close()
+        end
+    elseif p_cmd.prefs.task_table then
+        io.stdout:write(task_table_csv())
+        io.stdout:flush()
+    end
+end
+
+local function ensure_table_listener()
+    local wanted = p_cmd.prefs.task_table or (p_cmd.prefs.task_table_file or "") ~= ""
+    if wanted and table_listener == nil then
+        table_listener = Listener.new("frame", nil)
+        table_listener.draw = write_task_table
+    end
+end
+
+-- Wireshark: Statistics → JobScheduler → Remote tasks.
+local function open_task_window()
+    local win = TextWindow.new("JobScheduler remote tasks")
+    local tap = Listener.new("frame", "jobscheduler || jobscheduler_api")
+    local function render() win:set(task_table_text()) end
+    tap.draw = render
+    win:set_atclose(function() tap:remove() end)
+    if copy_to_clipboard then
+        win:add_button("Copy as CSV", function() copy_to_clipboard(task_table_csv()) end)
+    end
+    render()
+    if retap_packets then retap_packets() end
+end
+
+---------------------------------------------------------------------------------------------
+-- Registration
+---------------------------------------------------------------------------------------------
+
+function p_cmd.init()
+    for port in pairs(registered) do
+        pcall(function() tcp_port_table:remove(port, p_api) end)
+    end
+    registered = {}
+    reset_state()
+    apply_port_pref()
+end
+
+function p_cmd.prefs_changed()
+    apply_port_pref()
+    ensure_table_listener()
+end
+
+apply_port_pref()
+p_api:register_heuristic("tcp", heur_api)
+p_cmd:register_heuristic("tcp", heur_cmd)
+register_postdissector(p_post)
+
+if gui_enabled and gui_enabled() and register_menu then
+    pcall(register_menu, "JobScheduler/Remote tasks", open_task_window, MENU_STAT_UNSORTED)
+end
