@@ -89,6 +89,10 @@ IPV4_HDR = struct.Struct("!BxH2xHxB2x4s4s")
 IPV6_HDR = struct.Struct("!IHBx16s16s")
 # TCP (RFC 9293 §3.1): ports, seq, ack, data offset, flags, window
 TCP_HDR = struct.Struct("!HHIIBBH")
+# Ethernet + IPv4 without options + TCP (the usual frame): EtherType, version/IHL, total
+# length, flags/fragment offset, protocol, addresses, then TCP_HDR's fields
+ETH_IPV4_TCP = struct.Struct("!12xHBxH2xHxB2x4s4sHHIIBBH")
+ETH_IPV4_TCP_MIN = 14 + 20 + 20
 U16_BE = struct.Struct("!H")
 U32_PAIR_BE = struct.Struct("!II")
 TCP_OPT_TS, TCP_OPT_TS_LEN = 8, 10  # RFC 7323 §3
@@ -123,6 +127,7 @@ HOST_ORDER = "<" if sys.byteorder == "little" else ">"
 
 # Decoder results that are not a Segment.
 _SKIP, _FRAG = 0, 1
+MAX_TIME_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z: what a time can print
 
 Decoder = Callable[[bytes, int, int, int], "Segment | int"]
 PacketFilter = Callable[[bytes, int, int], bool]
@@ -174,7 +179,26 @@ def _tcp(
     """TCP header at `off`; the IP datagram ends at ip_end on the wire, cap_end as captured."""
     if off + 20 > cap_end:
         return _SKIP
-    sport, dport, seq, ack, doff, flags, window = TCP_HDR.unpack_from(buf, off)
+    return _tcp_segment(buf, off, ip_end, cap_end, ts, src, dst, *TCP_HDR.unpack_from(buf, off))
+
+
+def _tcp_segment(
+    buf: bytes,
+    off: int,
+    ip_end: int,
+    cap_end: int,
+    ts: int,
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    doff: int,
+    flags: int,
+    window: int,
+) -> Segment | int:
+    """The Segment of a TCP header at `off` whose fixed fields are already unpacked."""
     data = off + ((doff >> 4) << 2)
     if data < off + 20 or data > ip_end:
         return _SKIP
@@ -275,10 +299,29 @@ def _ethertype(buf: bytes, off: int, end: int, ts: int, etype: int) -> Segment |
 
 
 def _link_ethernet(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
+    if off + ETH_IPV4_TCP_MIN <= end:
+        # The common frame (IPv4 without options, not a fragment, TCP) in one unpack.
+        (etype, vihl, total, frag, proto, src, dst, sport, dport, seq, ack, doff, flags,
+         window) = ETH_IPV4_TCP.unpack_from(buf, off)  # fmt: skip
+        plain = etype == ETH_IPV4 and vihl == 0x45 and proto == IPPROTO_TCP
+        # Fragments, and lengths below the headers' (0: segmentation offload), go the
+        # general way.
+        if plain and not frag & 0x3FFF and total >= 40:
+            ip_end = off + 14 + total
+            return _tcp_segment(
+                buf,
+                off + 34,
+                ip_end,
+                ip_end if ip_end < end else end,
+                ts,
+                _addr_cache.get(src) or _addr(src),
+                _addr_cache.get(dst) or _addr(dst),
+                sport, dport, seq, ack, doff, flags, window,
+            )  # fmt: skip
     if off + 14 > end:
         return _SKIP
     etype = (buf[off + 12] << 8) | buf[off + 13]
-    if etype == ETH_IPV4:  # the common case, without the VLAN loop
+    if etype == ETH_IPV4:
         return _ipv4(buf, off + 14, end, ts)
     return _ethertype(buf, off + 14, end, ts, etype)
 
@@ -785,6 +828,11 @@ class _Counts:
     def __init__(self) -> None:
         self.packets = self.segments = self.skipped = self.fragments = self.truncated = 0
 
+    def add(self, packets: int, segments: int, truncated: int) -> None:
+        self.packets += packets
+        self.segments += segments
+        self.truncated += truncated
+
     def flush(self, stats: CaptureStats) -> None:
         stats.packets += self.packets
         stats.segments += self.segments
@@ -802,11 +850,15 @@ def _python_segments(
     stats.engine = "python"
     r = _Reading(info, bpf, stats.warnings)
     counts = _Counts()
-    passed = 0
+    passed = bad_times = 0
     try:
         batches = _pcap_batches(r) if info.fmt == "pcap" else _pcapng_batches(r)
         for buf, records in batches:
             for ts, start, end, decoder, filt in records:
+                if not 0 <= ts <= MAX_TIME_US:  # a corrupt time stamp: skip, don't crash later
+                    counts.skipped += 1
+                    bad_times += 1
+                    continue
                 if filt is not None and not filt(buf, start, end):
                     continue
                 passed += 1
@@ -829,6 +881,10 @@ def _python_segments(
     finally:
         counts.flush(stats)
         r.source.close()
+        if bad_times:
+            stats.warnings.append(
+                f"{info.path}: {bad_times} packet(s) with a time stamp beyond year 9999 skipped"
+            )
 
 
 LibpcapBatches = Iterator[tuple[bytes, Iterable[tuple[int, ...]]]]
@@ -839,26 +895,32 @@ def _libpcap_segments(
 ) -> Iterator[Segment]:
     """Decode libpcap's packets; delivered[0] counts the packets handed over."""
     counts = _Counts()
+    # Per-packet counting in local variables (the hot loop), added up once per batch.
+    packets = segments = truncated = 0
     try:
         for buf, meta in batches:
             for sec, usec, start, caplen in meta:
-                counts.packets += 1
+                packets += 1
                 try:
                     result = decoder(buf, start, start + caplen, sec * 1_000_000 + usec)
                 except (struct.error, IndexError):  # a gap in the bounds checks: skip it
                     result = _SKIP
                 if type(result) is Segment:
-                    counts.segments += 1
-                    counts.truncated += result[10] > 0  # missing
+                    segments += 1
+                    if result[10]:  # missing
+                        truncated += 1
                     yield result
                 elif result == _FRAG:
                     counts.fragments += 1
                 else:
                     counts.skipped += 1
-            delivered[0] += counts.packets
+            counts.add(packets, segments, truncated)
+            delivered[0] += packets
+            packets = segments = truncated = 0
             counts.flush(stats)
     finally:
-        delivered[0] += counts.packets
+        counts.add(packets, segments, truncated)
+        delivered[0] += packets
         counts.flush(stats)
 
 

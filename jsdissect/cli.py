@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import sys
 import time
@@ -41,10 +42,11 @@ def _common(func: Callable) -> Callable:
         ),
         click.option(
             "--engine",
-            type=click.Choice(["auto", "libpcap", "python"]),
+            type=click.Choice(["auto", "libpcap", "python", "wireshark"]),
             default="auto",
             show_default=True,
-            help="Capture reader: libpcap (fast, BPF) or the pure-Python fallback.",
+            help="Capture reader: libpcap (fast, BPF), the pure-Python fallback, or (tasks,"
+            " messages) tshark running wireshark/jobscheduler.lua.",
         ),
         click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr."),
     ]
@@ -115,9 +117,31 @@ class _Progress:
             click.echo("\r" + " " * 40 + "\r", err=True, nl=False)
 
 
-def _analyze(captures: Sequence[str], opts: dict[str, Any], **extra: Any):
+def _check_output(path: str | None) -> None:
+    """Refuse an output file that cannot be written before the analysis, not after it."""
+    if not path or path == "-":
+        return
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        _fail(f"{path}: is a directory, not a file to write", EXIT_BAD_INPUT)
+    if not os.path.isdir(os.path.dirname(target)):
+        _fail(f"{path}: no such directory to write into", EXIT_BAD_INPUT)
+
+
+def _analyze(captures: Sequence[str], opts: dict[str, Any], messages: bool = False, **extra: Any):
+    """Run the analysis; only `messages` keeps every decoded message (memory, DESIGN Scale)."""
     from jsdissect.pipeline import DEFAULT_SCHEDULER_PORTS, analyze
 
+    # A short run that makes no reference cycles: the cyclic collector would only walk the
+    # results again and again while they are written (analyze() pauses it for itself).
+    gc.disable()
+
+    if opts["engine"] == "wireshark":
+        raise click.UsageError("--engine wireshark works with 'tasks' and 'messages' only")
+    if opts["csv_path"] == "-" and opts["json_path"] == "-":
+        raise click.UsageError("--csv - and --json - cannot both write to stdout")
+    for path in (opts["csv_path"], opts["json_path"]):
+        _check_output(path)
     progress = _Progress(opts["quiet"])
     result = analyze(
         captures,
@@ -125,6 +149,7 @@ def _analyze(captures: Sequence[str], opts: dict[str, Any], **extra: Any):
         engine=opts["engine"],
         heuristics=not opts["no_heuristics"],
         progress=progress,
+        messages=messages,
         **extra,
     )
     progress.done()
@@ -132,6 +157,15 @@ def _analyze(captures: Sequence[str], opts: dict[str, Any], **extra: Any):
         for warning in result.stats.warnings:
             click.echo(f"jsdissect: warning: {warning}", err=True)
     return result
+
+
+def _wireshark(captures: Sequence[str], opts: dict[str, Any]) -> tuple[list[dict], list[dict]]:
+    """Task and message rows from tshark running the plugin (`--engine wireshark`)."""
+    from jsdissect import wireshark
+
+    for path in (opts["csv_path"], opts["json_path"]):
+        _check_output(path)
+    return wireshark.analyze(captures, opts["scheduler_ports"] or (4444, 4455))
 
 
 def _emit(rows: list[dict], columns, opts: dict[str, Any], shown: Sequence[str]) -> bool:
@@ -265,19 +299,25 @@ def tasks(
     shown = TASK_SHOWN
     if columns:
         shown = [c.strip() for c in columns.split(",") if c.strip()]
+        if not shown:
+            raise click.BadParameter("no column names given", param_hint="--columns")
         unknown = sorted(set(shown) - {c.name for c in report.TASK_COLUMNS})
         if unknown:
             raise click.BadParameter(
                 f"unknown column(s): {', '.join(unknown)}", param_hint="--columns"
             )
-    result = _analyze(captures, opts)
-    rows = [report.task_row(t) for t in result.task_records]
+    if opts["engine"] == "wireshark":
+        rows, decode_errors = _wireshark(captures, opts)[0], 0
+    else:
+        result = _analyze(captures, opts)
+        rows = [report.task_row(t) for t in result.task_records]
+        decode_errors = result.decode_errors
     if statuses:
         rows = [r for r in rows if r["status"] in statuses]
     to_stdout = _emit(rows, report.TASK_COLUMNS, opts, shown)
     if not opts["quiet"]:
         click.echo("\n" + report.summary_text(rows), err=to_stdout, nl=False)
-        click.echo(report.task_summary(rows, result.decode_errors), err=to_stdout)
+        click.echo(report.task_summary(rows, decode_errors), err=to_stdout)
 
 
 # --- messages ---------------------------------------------------------------------------
@@ -305,16 +345,28 @@ def messages(
     and a readable summary."""
     from jsdissect import report
 
-    result = _analyze(captures, opts)
-    rows = report.message_rows(result.channels, result.task_records)
+    if opts["engine"] == "wireshark":
+        if errors_only:
+            raise click.UsageError(
+                "--errors needs jsdissect's own decoders (not --engine wireshark)"
+            )
+        task_rows, rows = _wireshark(captures, opts)
+        known = {r["process_id"] for r in task_rows}
+    else:
+        result = _analyze(captures, opts, messages=True)
+        rows = report.message_rows(result.channels, result.task_records)
+        known = {t.process_id for t in result.task_records}
     if process_id is not None:
-        if not any(t.process_id == process_id for t in result.task_records):
+        if process_id not in known:
             _fail(f"no task with process_id {process_id} in {', '.join(captures)}", 1)
         rows = [r for r in rows if r["process_id"] == process_id]
     if errors_only:
         rows = [r for r in rows if r["type"] == "DecodeError"]
     if opts["csv_path"] or opts["json_path"]:
         _emit(rows, report.MESSAGE_COLUMNS, opts, ())
+        return
+    if errors_only:
+        click.echo(report.error_table(rows), nl=False)
         return
     for row in rows:
         click.echo(report.message_line(row))
@@ -333,7 +385,13 @@ def messages(
 )
 @CAPTURES
 @_common
-@click.option("--slowest", default=10, show_default=True, help="How many slowest tasks to list.")
+@click.option(
+    "--slowest",
+    default=10,
+    show_default=True,
+    type=click.IntRange(0),
+    help="How many slowest tasks to list.",
+)
 @_guarded
 def summary(captures: tuple[str, ...], slowest: int, **opts: Any) -> None:
     """Per-phase duration distribution (count, median, p95, max) per remote scheduler, and
@@ -415,6 +473,7 @@ def timeline(captures: tuple[str, ...], output: str, **opts: Any) -> None:
 
     if Path(output).suffix.lower() not in (".png", ".svg", ".html"):
         raise click.BadParameter("use a .png, .svg or .html file name", param_hint="--output")
+    _check_output(output)
     result = _analyze(captures, opts)
     plot.write(result.task_records, output)
     if not opts["quiet"]:

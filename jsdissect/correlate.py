@@ -80,6 +80,24 @@ class Task:
     note_list: list[str] = field(default_factory=list)
 
 
+# The events task rows are built from (and `jsdissect log` reads): what a run that keeps no
+# messages keeps (pipeline.Options.messages).
+TASK_EVENTS = (
+    cmd.StartRemoteTask,
+    cmd.RemoteTaskClose,
+    cmd.RemoteTaskKill,
+    cmd.Answer,
+    api.Construct,
+    api.LifecycleCall,
+    api.BeginAnswered,
+    api.ReleaseAnswered,
+    api.StepAnswered,
+    api.ExitCodePut,
+    api.LogLine,
+    api.ApiError,
+    DecodeError,
+)
+
 TIME_COLUMNS = tuple(
     f.name
     for f in fields(Task)

@@ -199,5 +199,8 @@ def write(tasks: Sequence[Task], path: str) -> None:
     try:
         fig.savefig(tmp, format=suffix[1:])
         tmp.replace(target)
+    except OSError as exc:
+        exc.filename, exc.filename2 = path, None  # name the file asked for, not the temporary
+        raise
     finally:
         tmp.unlink(missing_ok=True)

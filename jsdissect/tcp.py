@@ -258,10 +258,13 @@ class _Half:
         """Deliver the buffered pieces that have become contiguous."""
         starts = self.starts
         count = 0
-        while count < len(starts) and starts[count] == self.next:
+        while count < len(starts) and starts[count] <= self.next:
             data, ts = self.pieces[count]
             self.buffered -= len(data)
-            self._emit(starts[count], data, ts)
+            # A piece can start before `next` when the stream moved on past it (a gap was
+            # declared, an odd SYN re-based it): only its new bytes are delivered.
+            if self.ends[count] > self.next:
+                self._emit(self.next, data[self.next - starts[count] :], ts)
             count += 1
         if count:
             del starts[:count], self.ends[:count], self.pieces[:count]
@@ -281,6 +284,8 @@ class _Half:
 
     def _skip_to(self, offset: int, ts: int) -> None:
         size = offset - self.next
+        if size <= 0:
+            return
         self.sink.on_gap(self.conn_id, self.direction, self.next, size, ts)
         self.gaps += 1
         self.gap_bytes += size
@@ -357,35 +362,40 @@ class _Conn:
         self.lingering = False
 
     def add(self, seg: Segment, d: int) -> None:
+        # The hot path of reassembly: one call per captured segment.
+        ts, _src, _sport, _dst, _dport, seq, ack, flags, _win, payload, missing, _tv, _te = seg
         half, peer = self.halves[d], self.halves[1 - d]
-        ts, flags = seg.ts, seg.flags
         first_from_side = not half.seen
         half.seen = True
         self.packets += 1
         self.last_ts = ts
         if flags & SYN:
             self._syn(seg, d, half)
-        elif half.base is None and (seg.payload or seg.missing or flags & FIN):
+        elif half.base is None and (payload or missing or flags & FIN):
             # Picked up mid-stream. Pure ACKs do not place the stream: a keep-alive probe
             # carries the sequence number before the next byte.
-            half.pick_up(seg.seq)
+            half.pick_up(seq)
         if flags & ACK:
             # Before this packet's own data: what it acknowledges was received before it was
             # sent, so a hole it reveals in the peer's stream comes first in time too.
             if peer.base is None:
-                peer.ack_before_base = seg.ack
+                peer.ack_before_base = ack
             else:
-                self._ack(d, peer, peer.offset(seg.ack), ts)
+                ack_off = peer.offset(ack)
+                if self.established is None and d == CLIENT_TO_SERVER:
+                    self._ack(d, peer, ack_off, ts)
+                elif ack_off > peer.next or peer.fin is not None:  # else nothing to learn
+                    peer.acked(ack_off, ts)
         if flags & RST:
             self._rst(d, ts, first_from_side)  # an RST's payload is diagnostic text, not data
-        elif half.base is not None:
+        elif half.base is not None and (payload or missing or flags & (SYN | FIN)):
             # A SYN occupies one sequence number before the first byte (Fast Open data).
-            off = half.offset(seg.seq) + (1 if flags & SYN else 0)
-            end = off + len(seg.payload) + seg.missing
-            if end > off:
-                half.known_end = max(half.known_end, end)
-            if seg.payload:
-                half.add_data(off, seg.payload, ts)
+            off = half.offset(seq) + (1 if flags & SYN else 0)
+            end = off + len(payload) + missing
+            if end > off and end > half.known_end:
+                half.known_end = end
+            if payload:
+                half.add_data(off, payload, ts)
             if flags & FIN:
                 self._fin(d, half, end, ts)
 
@@ -527,11 +537,14 @@ class Reassembler:
         return len(self._recent)
 
     def add(self, seg: Segment) -> None:
-        self._advance(seg.ts)
-        a, b = (seg.src, seg.sport), (seg.dst, seg.dport)
+        ts, src, sport, dst, dport, _seq, _ack, flags = seg[:8]
+        linger, expiry = self._linger, self._recent_expiry
+        if (linger and linger[0][0] <= ts) or (expiry and expiry[0][0] <= ts):
+            self._advance(ts)
+        a, b = (src, sport), (dst, dport)
         key = (a, b) if a <= b else (b, a)
         conn = self._conns.get(key)
-        pure_syn = seg.flags & (SYN | ACK) == SYN
+        pure_syn = flags & (SYN | ACK) == SYN
         if conn is not None and pure_syn and conn.reused_by(seg):
             self._close(conn)
             conn = None
@@ -540,11 +553,13 @@ class Reassembler:
                 return
             conn = self._open(key, seg)
         conn.add(seg, CLIENT_TO_SERVER if a == conn.client else SERVER_TO_CLIENT)
+        if conn.closed is None:  # no FIN or RST yet: neither over nor lingering
+            return
         if conn.over:
             self._close(conn)
         elif conn.both_fins and not conn.lingering:
             conn.lingering = True
-            heapq.heappush(self._linger, (seg.ts + LINGER_US, conn.serial, key))
+            heapq.heappush(self._linger, (ts + LINGER_US, conn.serial, key))
 
     def finish(self) -> None:
         for conn in list(self._conns.values()):

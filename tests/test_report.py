@@ -161,3 +161,17 @@ def test_terminal_table_right_aligns_numbers_and_blanks_missing() -> None:
     assert first.split() == ["84217301", "115.701", "completed"]
     assert second.split() == ["partial"]
     assert first.index("115.701") + len("115.701") == header.index("startup_ms") + len("startup_ms")
+
+
+def test_json_text_is_that_of_json_dump_with_indent_1() -> None:
+    """write_json builds the text from the C encoder's rows (speed); it must stay exactly
+    json.dump(..., indent=1, ensure_ascii=False): quotes, newlines, non-ASCII, floats."""
+    awkward = full_task()
+    awkward.error = 'Z-REMOTE-118 "quoted",\nsecond line é\t\\'
+    awkward.notes = "callback to 10.0.0.1:59999 instead of 10.0.0.2: address translation"
+    rows = [report.task_row(t) for t in (full_task(), awkward, Task(process_id="1"))]
+    for chosen in (rows, rows[:1], []):
+        out = io.StringIO()
+        report.write_json(chosen, report.TASK_COLUMNS, out)
+        cells = list(report.export_rows(chosen, report.TASK_COLUMNS))
+        assert out.getvalue() == json.dumps(cells, ensure_ascii=False, indent=1) + "\n"

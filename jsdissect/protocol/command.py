@@ -8,6 +8,7 @@ bound per message); bad input becomes a `DecodeError` event, never an exception.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections import deque
 from collections.abc import Callable
@@ -43,6 +44,9 @@ MAX_KEEPALIVE_RUN = 4096  # spaces per KeepAlive event (times are kept per space
 MAX_HTTP_PENDING = 64  # HTTP requests waiting for their responses
 MAX_TREE_DEPTH = 3  # elements kept: <spooler><answer><process/> or <spooler><command><x/>
 
+# Python codecs a prolog can name that are no character set: they interpret backslash
+# escapes in the document (and warn about invalid ones on every message).
+NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape"})
 ENCODING_RE = re.compile(rb"""\s*<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._:\-]+)["']""")
 SPACE_RUN_RE = re.compile(rb" +")  # §3.7 keep-alive spaces
 IDLE_RE = re.compile(rb"[\x00\s]+")  # between answers
@@ -178,7 +182,9 @@ def _text_of(raw: bytes) -> str:
     m = ENCODING_RE.match(raw)
     if m:
         try:
-            return raw.decode(m.group(1).decode("ascii"))
+            codec = codecs.lookup(m.group(1).decode("ascii"))
+            if codec.name not in NOT_CHARSETS:
+                return raw.decode(codec.name)
         except (LookupError, UnicodeError, ValueError):
             pass
     return raw.decode(DEFAULT_ENCODING)

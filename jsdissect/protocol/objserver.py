@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -520,11 +520,12 @@ class _Reader:
     """Cursor over one payload. Every length and count is checked against the bytes that
     are left before anything is read or looped over."""
 
-    __slots__ = ("buf", "pos")
+    __slots__ = ("buf", "objrefs", "pos")
 
     def __init__(self, buf: bytes, pos: int = 0) -> None:
         self.buf = buf
         self.pos = pos
+        self.objrefs = 0  # objrefs read: values without any need no walk for them
 
     @property
     def remaining(self) -> int:
@@ -538,15 +539,21 @@ class _Reader:
             )
 
     def fixed(self, layout: struct.Struct, what: str) -> Any:
-        self.need(layout.size, what)
-        values = layout.unpack_from(self.buf, self.pos)
-        self.pos += layout.size
+        pos = self.pos
+        end = pos + layout.size
+        if end > len(self.buf):  # the check of `need`, inline: this is the hottest read
+            self.need(layout.size, what)
+        values = layout.unpack_from(self.buf, pos)
+        self.pos = end
         return values[0] if len(values) == 1 else values
 
     def raw(self, size: int, what: str) -> bytes:
-        self.need(size, what)
-        self.pos += size
-        return self.buf[self.pos - size : self.pos]
+        pos = self.pos
+        end = pos + size
+        if end > len(self.buf):
+            self.need(size, what)
+        self.pos = end
+        return self.buf[pos:end]
 
     def count(self, element_min: int, what: str) -> int:
         """int32 count of elements each at least `element_min` bytes long."""
@@ -560,7 +567,10 @@ class _Reader:
 
     def string(self, what: str = "string") -> str:
         at = self.pos
-        size = self.fixed(I32, f"{what} length")
+        if at + STRING_MIN > len(self.buf):  # the message is only formatted when needed
+            self.need(STRING_MIN, f"{what} length")
+        size = I32.unpack_from(self.buf, at)[0]
+        self.pos = at + STRING_MIN
         if size < 0:
             raise _Malformed(f"{what} at payload byte {at} has negative length {size}")
         return self.raw(size, what).decode("latin-1")
@@ -587,14 +597,22 @@ class _Reader:
         if depth > MAX_NESTING:
             raise _Malformed(f"values nested deeper than {MAX_NESTING} at payload byte {self.pos}")
         at = self.pos
-        vt = self.fixed(U32, "VARIANT type")
+        if at + VARIANT_MIN > len(self.buf):
+            self.need(VARIANT_MIN, "VARIANT type")
+        vt = U32.unpack_from(self.buf, at)[0]
+        self.pos = at + VARIANT_MIN
         if vt & VT_ARRAY:
             return Variant(vt, self.safearray(vt & ~VT_ARRAY, at, depth))
         if vt in (VT_EMPTY, VT_NULL):
             return Variant(vt)
+        if vt == VT_BSTR:  # the most frequent value, ahead of the other checks
+            return Variant(vt, self.string("VT_BSTR value"))
         name = VT_NAMES.get(vt)
-        if vt in FIXED_VALUES:
-            return Variant(vt, self.fixed(FIXED_VALUES[vt], f"{name} value"))
+        layout = FIXED_VALUES.get(vt)
+        if layout is not None:
+            if self.pos + layout.size > len(self.buf):  # the message only when needed
+                self.need(layout.size, f"{name} value")
+            return Variant(vt, self.fixed(layout, ""))
         if vt == VT_BOOL:
             return Variant(vt, self.fixed(U8, "VT_BOOL value") != 0)
         if vt in DOUBLE_VTS:
@@ -633,6 +651,7 @@ class _Reader:
     # §5.6
     def objref(self, depth: int = 0) -> ObjRef:
         object_id, is_new = self.fixed(OBJREF_HEAD, "objref")
+        self.objrefs += 1
         if not is_new:
             return ObjRef(object_id, False)
         title = self.string("objref title")
@@ -669,33 +688,48 @@ class _Reader:
 # --- value walking ----------------------------------------------------------------------
 
 
-def _iter_refs(value: Any) -> Iterator[ObjRef]:
+def _refs(value: Any, out: list[ObjRef]) -> list[ObjRef]:
+    """Every objref in a value, depth first in order (a plain recursion: nested generators
+    cost a frame switch per level for every value)."""
     if isinstance(value, Variant):
-        yield from _iter_refs(value.value)
+        _refs(value.value, out)
     elif isinstance(value, ObjRef):
-        yield value
+        out.append(value)
         for _, prop in value.properties:
-            yield from _iter_refs(prop)
+            _refs(prop, out)
     elif isinstance(value, SafeArray):
         if not isinstance(value.elements, bytes):
             for element in value.elements:
-                yield from _iter_refs(element)
+                _refs(element, out)
     elif isinstance(value, tuple):
         for element in value:
-            yield from _iter_refs(element)
+            _refs(element, out)
+    return out
 
 
 def _map_refs(value: Any, fn: Callable[[ObjRef], ObjRef]) -> Any:
+    """The value with fn applied to every objref; unchanged parts are kept, not copied."""
     if isinstance(value, Variant):
-        return Variant(value.vt, _map_refs(value.value, fn))
+        inner = _map_refs(value.value, fn)
+        return value if inner is value.value else Variant(value.vt, inner)
     if isinstance(value, ObjRef):
-        props = tuple((name, _map_refs(prop, fn)) for name, prop in value.properties)
-        return fn(replace(value, properties=props) if props else value)
+        mapped = tuple(_map_refs(prop, fn) for _, prop in value.properties)
+        if _same(mapped, tuple(prop for _, prop in value.properties)):
+            return fn(value)
+        names = (name for name, _ in value.properties)
+        return fn(replace(value, properties=tuple(zip(names, mapped, strict=True))))
     if isinstance(value, SafeArray) and not isinstance(value.elements, bytes):
-        return replace(value, elements=tuple(_map_refs(e, fn) for e in value.elements))
+        elements = tuple(_map_refs(e, fn) for e in value.elements)
+        return value if _same(elements, value.elements) else replace(value, elements=elements)
     if isinstance(value, tuple):
-        return tuple(_map_refs(e, fn) for e in value)
+        mapped = tuple(_map_refs(e, fn) for e in value)
+        return value if _same(mapped, value) else mapped
     return value
+
+
+def _same(new: tuple[Any, ...], old: tuple[Any, ...]) -> bool:
+    """Element by element the same objects."""
+    return all(a is b for a, b in zip(new, old, strict=True))
 
 
 def _text(value: Any) -> str | None:
@@ -930,6 +964,17 @@ def _parse_process_result(text: str) -> tuple[tuple[Any, ...], list[str]]:
     return fields, problems
 
 
+def _whole_number(text: str) -> int | None:
+    """A decimal integer, None when it is not one or longer than Python converts (4300
+    digits: int() raises ValueError beyond that, and no task id is that long)."""
+    if not re.fullmatch(r"[+-]?\d+", text):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 def _construct_event(where: dict[str, int | str], args: tuple[Any, ...]) -> Construct:
     """§6.2: every `key=value` string of the array, split at the first '='."""
     params = []
@@ -946,7 +991,7 @@ def _construct_event(where: dict[str, int | str], args: tuple[Any, ...]) -> Cons
         **where,
         params=tuple(params),
         job=values.get("job"),
-        task_id=int(task_id) if re.fullmatch(r"[+-]?\d+", task_id) else None,
+        task_id=_whole_number(task_id),
         language=values.get("language"),
     )
 
@@ -1058,9 +1103,29 @@ class ObjServerDecoder:
                 frame = _Frame(offset, ts, ts)
                 self._die(d, st, frame, "no frame header after the gap: framing lost", out)
                 return
-        pos = 0
-        while pos < len(data) and not st.dead:
+        pos, size = 0, len(data)
+        while pos < size and not st.dead:
+            if st.frame is None and pos + LENGTH_PREFIX.size <= size:
+                pos = self._whole_frame(d, data, pos, offset, ts, out)
+                if pos >= 0:
+                    continue
+                pos = -pos - 1
             pos = self._consume(d, st, data, pos, offset, ts, out)
+
+    def _whole_frame(
+        self, d: int, data: bytes, pos: int, offset: int, ts: int, out: list[Event]
+    ) -> int:
+        """The usual case, a whole frame from `pos` on in this piece: decoded without
+        buffering; returns where the next frame starts, or -pos-1 to let _consume (and its
+        checks of the length) take it."""
+        length = LENGTH_PREFIX.unpack_from(data, pos)[0]
+        end = pos + LENGTH_PREFIX.size + length
+        if not 0 < length <= self.max_frame or end > len(data):
+            return -pos - 1
+        self._complete(
+            d, data[pos + LENGTH_PREFIX.size : end], _Frame(offset + pos, ts, ts), 0, out
+        )
+        return end
 
     def _consume(
         self, d: int, st: _Stream, data: bytes, pos: int, offset: int, ts: int, out: list[Event]
@@ -1139,6 +1204,12 @@ class ObjServerDecoder:
         frame, missing = st.frame, st.missing
         st.reset()
         assert frame is not None
+        self._complete(d, payload, frame, missing, out)
+
+    def _complete(
+        self, d: int, payload: bytes, frame: _Frame, missing: int, out: list[Event]
+    ) -> None:
+        """A frame's payload is all there (or `missing` bytes of it were lost in a gap)."""
         errors: list[str] = []
         try:
             events = self._message(d, payload, frame, errors)
@@ -1169,15 +1240,17 @@ class ObjServerDecoder:
 
     def _request(self, d: int, payload: bytes, frame: _Frame, errors: list[str]) -> list[Event]:
         p = _Parsed()
+        r = _Reader(payload, 1)
         try:
-            _parse_request(_Reader(payload, 1), payload[0], p)
+            _parse_request(r, payload[0], p)
             p.complete = True
         except _Malformed as exc:
             errors.append(str(exc))
         self._infer_controller(d, payload[0], p.command)
         target = self._target(d, p)
-        for value in (p.args, p.named):
-            self._record(d, value)
+        if r.objrefs:
+            for value in (p.args, p.named):
+                self._record(d, value)
         rmis_call = self._rmis_call(d, p, target)
         if rmis_call and p.complete and (p.method or "").lower() == LC_BEGIN:
             self._name_begin_objects(d, p.args)
@@ -1190,9 +1263,9 @@ class ObjServerDecoder:
             method=target.dispid_name(p.dispid) if p.command == INVOKE and target else p.method,
             dispid=p.dispid,
             flags=p.flags,
-            args=self._named(d, p.args),
+            args=self._named(d, p.args) if r.objrefs else p.args,
             depth=len(self._pending),
-            named_args=self._named(d, p.named),
+            named_args=self._named(d, p.named) if r.objrefs else p.named,
         )
         pending = _Pending(d, request, p, target, None)
         events: list[Event] = [request]
@@ -1220,14 +1293,14 @@ class ObjServerDecoder:
         except _Malformed as exc:
             errors.append(str(exc))
         if pending is not None:
-            self._learn(d, pending, a)
+            self._learn(d, pending, a, r.objrefs > 0)
         fields = _error_fields(a.strings)
         reply = Reply(
             **self._where(d, frame),
             sender=self._side(d),
             request=pending.request if pending else None,
             hr=a.hr,
-            result=self._named(d, a.result),
+            result=self._named(d, a.result) if r.objrefs else a.result,
             error_name=fields.get("name"),
             error_code=fields.get("code"),
             error_what=fields.get("what"),
@@ -1310,7 +1383,7 @@ class ObjServerDecoder:
         return self._objects.get((d, object_id)) or self._objects.get((1 - d, object_id))
 
     def _record(self, d: int, value: Any) -> None:
-        for ref in _iter_refs(value):
+        for ref in _refs(value, []):
             if ref.is_new and ref.id:
                 obj = self._objects.setdefault((d, ref.id), _Obj())
                 obj.title, obj.clsid = ref.title, ref.clsid
@@ -1318,7 +1391,7 @@ class ObjServerDecoder:
 
     def _named(self, d: int, value: Any) -> Any:
         """The value with every known objref labelled (for readable messages)."""
-        if next(_iter_refs(value), None) is None:
+        if not _refs(value, []):
             return value
 
         def label(ref: ObjRef) -> ObjRef:
@@ -1343,8 +1416,9 @@ class ObjServerDecoder:
                     obj.name = name
                     obj.cls = name if name in CLASS_DISPIDS else obj.cls
 
-    def _learn(self, d: int, pending: _Pending, a: _Answer) -> None:
-        self._record(d, a.result)
+    def _learn(self, d: int, pending: _Pending, a: _Answer, objrefs: bool) -> None:
+        if objrefs:
+            self._record(d, a.result)
         p = pending.parsed
         if p.command == CREATE_INSTANCE and isinstance(a.result, ObjRef) and a.result.id:
             self._rmis = (d, a.result.id)
