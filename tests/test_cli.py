@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsencode as enc
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-import jsencode as enc
 from jsdissect import __version__
 
 CMD_CLIENT, REMOTE = ("127.0.0.21", 40001), ("127.0.0.11", 4455)

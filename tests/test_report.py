@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 
@@ -13,13 +14,46 @@ from jsdissect.correlate import Task
 # 2026-03-02T09:15:02.000400Z in µs
 T0 = 1_772_442_902_000_400
 
-DESIGN_COLUMNS = (
-    "process_id pid job task_id kind controller remote cmd_conn callback_conn cmd_port"
-    " callback_port callback_src_port cmd_syn cmd_established start_sent start_answered"
-    " callback_syn callback_established begin_sent begin_answered release_answered"
-    " callback_closed close_sent close_answered connect_ms spawn_ms callback_delay_ms"
-    " startup_ms run_ms close_ms total_ms steps exit_code signal status error log_lines notes"
-).split()
+DESIGN_COLUMNS = [
+    "process_id",
+    "pid",
+    "job",
+    "task_id",
+    "kind",
+    "controller",
+    "remote",
+    "cmd_conn",
+    "callback_conn",
+    "cmd_port",
+    "callback_port",
+    "callback_src_port",
+    "cmd_syn",
+    "cmd_established",
+    "start_sent",
+    "start_answered",
+    "callback_syn",
+    "callback_established",
+    "begin_sent",
+    "begin_answered",
+    "release_answered",
+    "callback_closed",
+    "close_sent",
+    "close_answered",
+    "connect_ms",
+    "spawn_ms",
+    "callback_delay_ms",
+    "startup_ms",
+    "run_ms",
+    "close_ms",
+    "total_ms",
+    "steps",
+    "exit_code",
+    "signal",
+    "status",
+    "error",
+    "log_lines",
+    "notes",
+]
 
 
 def full_task() -> Task:
@@ -145,10 +179,8 @@ def test_write_output_leaves_nothing_half_written(tmp_path) -> None:
         out.write("partial")
         raise RuntimeError("disk full")
 
-    try:
+    with contextlib.suppress(RuntimeError):
         report.write_output(str(target), failing)
-    except RuntimeError:
-        pass
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
 

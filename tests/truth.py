@@ -68,9 +68,9 @@ def mismatches(truth_task: dict, row: dict) -> list[str]:
     for column, value in (truth_task.get("times") or {}).items():
         if value != row[column]:
             out.append(f"{column}: truth {value!r} != table {row[column]!r}")
-    if truth_task.get("notes_contains"):
-        if truth_task["notes_contains"] not in (row["notes"] or ""):
-            out.append(f"notes {row['notes']!r} lack {truth_task['notes_contains']!r}")
+    wanted = truth_task.get("notes_contains")
+    if wanted and wanted not in (row["notes"] or ""):
+        out.append(f"notes {row['notes']!r} lack {wanted!r}")
     return out
 
 

@@ -1,0 +1,197 @@
+"""The Wireshark engine: the same analysis run by tshark with wireshark/jobscheduler.lua.
+
+For a person who trusts Wireshark's dissection, or has a capture only Wireshark reads:
+pyshark drives one two-pass tshark run with the plugin loaded, a display filter so only the
+plugin's frames are parsed, and the plugin's task-table preference pointed at a temporary
+file. Task rows come back with the same column names as `jsdissect tasks`; connection ids
+are Wireshark's `tcp.stream` numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from jsdissect.capture import CaptureError
+from jsdissect.report import DURATION, INTEGER, TASK_COLUMNS, TIME
+
+PLUGIN_NAME = "jobscheduler.lua"
+DISPLAY_FILTER = "jobscheduler || jobscheduler_api"
+
+
+class WiresharkError(CaptureError):
+    """tshark or the plugin is missing, or tshark could not read the capture."""
+
+
+def plugin_path() -> Path:
+    """The plugin: $JSDISSECT_PLUGIN, this source tree's wireshark/, or the personal
+    Wireshark plugins folder where the README says to install it."""
+    candidates = [
+        os.environ.get("JSDISSECT_PLUGIN"),
+        Path(__file__).resolve().parent.parent / "wireshark" / PLUGIN_NAME,
+        Path.home() / ".local" / "lib" / "wireshark" / "plugins" / PLUGIN_NAME,
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise WiresharkError(f"{PLUGIN_NAME} not found: set JSDISSECT_PLUGIN to its path")
+
+
+def _tshark() -> str:
+    path = shutil.which("tshark")
+    if path is None:
+        raise WiresharkError("tshark is not installed (Debian: apt-get install tshark)")
+    return path
+
+
+@contextlib.contextmanager
+def _one_file(paths: Sequence[str | os.PathLike[str]], tmp: Path) -> Iterator[Path]:
+    """tshark reads one file: several (a ring buffer) are merged by time with mergecap."""
+    for p in paths:
+        if not Path(p).is_file():
+            raise CaptureError(f"{p}: no such file")
+    if len(paths) == 1:
+        yield Path(paths[0])
+        return
+    merged = tmp / "merged.pcapng"
+    mergecap = shutil.which("mergecap")
+    if mergecap is None:
+        raise WiresharkError("mergecap is not installed (it comes with tshark)")
+    done = subprocess.run(
+        [mergecap, "-w", str(merged), *map(str, paths)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise WiresharkError(f"mergecap: {done.stderr.strip().splitlines()[-1:]}")
+    yield merged
+
+
+def analyze(
+    paths: Sequence[str | os.PathLike[str]], scheduler_ports: Sequence[int] = (4444, 4455)
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(task rows, message rows) from one tshark run with the plugin."""
+    import pyshark
+
+    tshark, plugin = _tshark(), plugin_path()
+    with (
+        tempfile.TemporaryDirectory(prefix="jsdissect-") as tmp,
+        _one_file(paths, Path(tmp)) as capture,
+    ):
+        table = Path(tmp) / "tasks.csv"
+        prefs = {
+            "jobscheduler.task_table_file": str(table),
+            "jobscheduler.ports": ",".join(map(str, scheduler_ports)),
+        }
+        # A loop of our own: pyshark would take the thread's current one, which a caller's
+        # asyncio.run() may have closed and unset.
+        loop = asyncio.new_event_loop()
+        cap = pyshark.FileCapture(
+            str(capture),
+            eventloop=loop,
+            keep_packets=False,
+            use_json=True,
+            display_filter=DISPLAY_FILTER,
+            tshark_path=tshark,
+            override_prefs=prefs,
+            custom_parameters=["-2", "-X", f"lua_script:{plugin}"],
+        )
+        try:
+            messages = [row for packet in cap for row in _message_rows(packet)]
+        except Exception as exc:  # pyshark reports tshark's failures as various errors
+            raise WiresharkError(f"{capture}: tshark failed: {exc}") from exc
+        finally:
+            cap.close()
+            loop.close()
+        if not table.is_file():
+            raise WiresharkError(f"{capture}: the plugin wrote no task table")
+        return read_task_table(table), messages
+
+
+def read_task_table(path: Path) -> list[dict[str, Any]]:
+    """The plugin's CSV back into task rows (times in µs, as `report.task_row` gives)."""
+    types = {c.name: c.type for c in TASK_COLUMNS}
+    with path.open(newline="", encoding="utf-8") as f:
+        return [
+            {name: _value(row.get(name, ""), types[name]) for name in types}
+            for row in csv.DictReader(f)
+        ]
+
+
+def _value(text: str, type_: str) -> Any:
+    if text == "":
+        return None
+    if type_ == TIME:
+        return _iso_to_us(text)
+    if type_ == INTEGER:
+        return int(text)
+    if type_ == DURATION:
+        return float(text)
+    return text
+
+
+def _iso_to_us(text: str) -> int:
+    from datetime import datetime, timezone
+
+    stamp, frac = text.rstrip("Z").split(".")
+    secs = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    return int(secs.timestamp()) * 1_000_000 + int(frac.ljust(6, "0")[:6])
+
+
+def _message_rows(packet: Any) -> Iterator[dict[str, Any]]:
+    ts = int(Decimal(packet.sniff_timestamp) * 1_000_000)
+    stream = packet.tcp.stream
+    for layer in packet.layers:
+        if layer.layer_name not in ("jobscheduler", "jobscheduler_api"):
+            continue
+        channel = "cmd" if layer.layer_name == "jobscheduler" else "api"
+        kind, summary = _cmd_summary(layer) if channel == "cmd" else _api_summary(layer)
+        yield {
+            "time": ts,
+            "conn": f"tcp.stream {stream}",
+            "channel": channel,
+            "direction": f"{packet.tcp.srcport} → {packet.tcp.dstport}",
+            "type": kind,
+            "process_id": _field(layer, "process_id"),
+            "summary": summary,
+        }
+
+
+def _field(layer: Any, name: str) -> str | None:
+    value = layer.get_field(name) if name in layer.field_names else None
+    if isinstance(value, list):
+        value = value[0]
+    return None if value is None else str(value)
+
+
+def _char(layer: Any, name: str) -> str:
+    """A one-byte code field (message class, command) as its letter (PROTOCOL §5.1, §5.9)."""
+    value = _field(layer, name)
+    return chr(int(value, 0)) if value else ""
+
+
+def _cmd_summary(layer: Any) -> tuple[str, str]:
+    name = _field(layer, "command")
+    attrs = [f"{k}={_field(layer, k)}" for k in ("tcp_port", "kind", "process_id", "pid")]
+    attrs = " ".join(a for a in attrs if not a.endswith("=None"))
+    if name:
+        return "command", f"<{name} {attrs}>".replace(" >", ">")
+    code = _field(layer, "error.code")
+    result = f"ERROR {code}" if code else _field(layer, "result") or ""
+    return "answer", f"answer {result} {attrs}".rstrip()
+
+
+def _api_summary(layer: Any) -> tuple[str, str]:
+    cls, command = _char(layer, "class"), _char(layer, "command")
+    target = ".".join(p for p in (_field(layer, "object_name"), _field(layer, "method")) if p)
+    if cls in ("A", "E"):
+        hresult = _field(layer, "hresult.name") or _field(layer, "error.code") or ""
+        return "answer", f"→ {target} {cls} {hresult}".rstrip()
+    return "request", f"{cls}{command} {target}".rstrip()
