@@ -1,0 +1,424 @@
+"""jsdissect against its peers on generated captures: speed and memory (issue 8).
+
+    python tests/bench/bench.py [--size smoke|full|big] [--rounds N] [--out DIR] [--json FILE]
+
+Generates the captures (cached in --out), then runs every reader on the same files, all
+readers once per round, side by side, and prints medians and the issue's targets as ratios
+measured in this run (the machine is shared and noisy: only ratios of one run compare).
+
+Readers: `tcpdump -r FILE -w /dev/null` (libpcap, the practical limit); tshark with
+wireshark/jobscheduler.lua printing its task table (or, without the plugin, `-z conv,tcp`,
+labelled so); `jsdissect tasks FILE --json OUT -q` (the real CLI, full task table, counted
+afterwards); the same with `--engine python`. Peak RSS is each process's own maximum, as
+GNU time reports it (a forked child's own rusage would count the forking Python's pages),
+wall time is measured around the process.
+
+Before the rounds every file is read once (so no reader pays for the disk alone), and
+jsdissect runs once on a tiny capture: an installed package has its bytecode compiled, so
+PYTHONDONTWRITEBYTECODE is dropped for the readers and the bytecode cached under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # generate.py and jsencode, when run as a script
+
+import generate  # noqa: E402
+
+PLUGIN = ROOT / "wireshark" / "jobscheduler.lua"
+
+SIZES: dict[str, list[generate.Spec]] = {
+    "smoke": [
+        generate.Spec("mixed", packets=20_000, flows=100),
+        generate.Spec("dense", tasks=200),
+    ],
+    "full": [
+        generate.Spec("mixed", packets=1_000_000, flows=2_000),
+        generate.Spec("dense", tasks=10_000),
+    ],
+}
+# 5 GB of mixed traffic in 500 MB ring-buffer files, besides the full captures it is
+# compared with (time linear in size).
+SIZES["big"] = [
+    *SIZES["full"],
+    generate.Spec("big", packets=10_000_000, flows=20_000, ring_file_bytes=500_000_000),
+]
+
+# Issue 8 targets.
+MAX_TCPDUMP_RATIO = 3.0
+MIN_TSHARK_RATIO = 50.0
+MIN_DENSE_TASKS_PER_S = 5_000.0
+MIN_PYTHON_PACKETS_PER_S = 150_000.0
+MAX_BIG_RSS_MB = 300.0
+MAX_BIG_TIME_RATIO = 11.0
+
+
+# --- readers ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reader:
+    name: str
+    argv: Callable[[list[str], Path], list[str]]  # (capture files, output file) → command
+    count: Callable[[Path], int | None]  # tasks in the output file
+    multi_file: bool = True  # can read ring-buffer files in one run
+
+
+def _jsdissect_cli() -> list[str]:
+    script = Path(sys.executable).with_name("jsdissect")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "jsdissect"]
+
+
+def _json_rows(path: Path) -> int | None:
+    return len(json.loads(path.read_text()))
+
+
+def _csv_rows(path: Path) -> int | None:
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return max(0, len(lines) - 1)
+
+
+def _nothing(path: Path) -> int | None:
+    return None
+
+
+def _tcpdump(files: list[str], out: Path) -> list[str]:
+    if len(files) == 1:
+        return ["tcpdump", "-r", files[0], "-w", "/dev/null"]
+    listing = out.with_suffix(".files")
+    listing.write_text("\n".join(files) + "\n")
+    return ["tcpdump", "-V", str(listing), "-w", "/dev/null"]  # tcpdump ≥ 4.9: file list
+
+
+def _tshark_plugin(files: list[str], out: Path) -> list[str]:
+    return [
+        "tshark", "-X", f"lua_script:{PLUGIN}", "-o", "jobscheduler.task_table:TRUE",
+        "-q", "-r", files[0],
+    ]  # fmt: skip
+
+
+def _tshark_conv(files: list[str], out: Path) -> list[str]:
+    return ["tshark", "-q", "-z", "conv,tcp", "-r", files[0]]
+
+
+def _jsdissect(engine: str) -> Callable[[list[str], Path], list[str]]:
+    def argv(files: list[str], out: Path) -> list[str]:
+        return [*_jsdissect_cli(), "tasks", *files, "--json", str(out), "-q", "--engine", engine]
+
+    return argv
+
+
+def _plugin_has_task_table() -> bool:
+    return PLUGIN.exists() and "task_table" in PLUGIN.read_text(errors="replace")
+
+
+def readers() -> list[Reader]:
+    found = []
+    if shutil.which("tcpdump"):
+        found.append(Reader("tcpdump -r", _tcpdump, _nothing))
+    if shutil.which("tshark"):
+        if _plugin_has_task_table():
+            found.append(Reader("tshark + plugin", _tshark_plugin, _csv_rows, multi_file=False))
+        else:
+            found.append(
+                Reader("tshark conv,tcp (no plugin)", _tshark_conv, _nothing, multi_file=False)
+            )
+    found.append(Reader("jsdissect", _jsdissect("auto"), _json_rows))
+    found.append(Reader("jsdissect python", _jsdissect("python"), _json_rows))
+    return found
+
+
+# --- running ----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    capture: str
+    reader: str
+    walls: list[float] = field(default_factory=list)  # seconds, one per round
+    rss_kb: int = 0  # peak over the rounds
+    tasks_found: int | None = None
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(self.walls)
+
+
+class ReaderFailed(RuntimeError):
+    pass
+
+
+def reader_env(cache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(cache)
+    return env
+
+
+GNU_TIME = Path("/usr/bin/time")
+
+
+def run_once(argv: list[str], out: Path, env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Run a reader; its wall time and its own peak RSS (KB)."""
+    err, rss_file = out.with_suffix(".stderr"), out.with_suffix(".rss")
+    timed = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv] if GNU_TIME.exists() else argv
+    with open(out.with_suffix(".stdout"), "wb") as stdout, open(err, "wb") as stderr:
+        start = time.perf_counter()
+        proc = subprocess.Popen(timed, stdout=stdout, stderr=stderr, env=env)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = err.read_text(errors="replace")[-2000:]
+        raise ReaderFailed(f"{' '.join(argv)} exited {proc.returncode}:\n{tail}")
+    if GNU_TIME.exists():
+        return wall, int(rss_file.read_text().split()[-1])
+    return wall, usage.ru_maxrss  # Linux: kilobytes
+
+
+def measure(
+    capture: generate.Generated, reader: Reader, work: Path, env: dict[str, str]
+) -> tuple[float, int, int | None]:
+    """One run: wall time, peak RSS (KB) and the number of tasks in the reader's output."""
+    out = work / f"{capture.spec.name}.{reader.name.replace(' ', '_')}.out"
+    out.unlink(missing_ok=True)
+    wall, rss = run_once(reader.argv(capture.paths, out), out, env)
+    # Readers that write to stdout (tshark) leave their table in .stdout.
+    return wall, rss, reader.count(out if out.exists() else out.with_suffix(".stdout"))
+
+
+def warm_up(captures: list[generate.Generated], found: list[Reader], out: Path, env: dict) -> None:
+    """Page cache and bytecode, so that the first reader measured pays for neither."""
+    for capture in captures:
+        for path in capture.paths:
+            with open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
+    tiny = generate.generate(generate.Spec("warmup", tasks=3), out / "warmup")
+    for reader in found:
+        if reader.name.startswith("jsdissect"):
+            measure(tiny, reader, out / "warmup", env)
+
+
+def run_all(
+    captures: list[generate.Generated], found: list[Reader], rounds: int, work: Path, env: dict
+) -> list[Result]:
+    """Every reader on every capture; within a round the readers run one after the other,
+    so noise on the machine spreads over all of them alike."""
+    results: dict[tuple[str, str], Result] = {}
+    for capture in captures:
+        usable = [r for r in found if r.multi_file or len(capture.paths) == 1]
+        for _ in range(rounds):
+            for reader in usable:
+                wall, rss, tasks = measure(capture, reader, work, env)
+                key = (capture.spec.name, reader.name)
+                result = results.setdefault(key, Result(capture.spec.name, reader.name))
+                result.walls.append(wall)
+                result.rss_kb = max(result.rss_kb, rss)
+                result.tasks_found = tasks
+    return list(results.values())
+
+
+# --- reporting --------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    value: float | None
+    goal: str
+    met: bool | None
+
+
+def machine() -> dict[str, str]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor()
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "tcpdump": _version(["tcpdump", "--version"]),
+        "tshark": _version(["tshark", "--version"]),
+    }
+
+
+def _version(argv: list[str]) -> str:
+    if not shutil.which(argv[0]):
+        return "not installed"
+    out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).splitlines()[0].strip() if (out.stdout or out.stderr) else ""
+
+
+def _find(results: list[Result], capture: str, reader: str) -> Result | None:
+    return next((r for r in results if r.capture == capture and r.reader == reader), None)
+
+
+def targets(results: list[Result], captures: dict[str, generate.Generated]) -> list[Target]:
+    out = []
+    js = _find(results, "mixed", "jsdissect")
+    tcpdump = _find(results, "mixed", "tcpdump -r")
+    tshark = next((r for r in results if r.capture == "mixed" and "tshark" in r.reader), None)
+    if js and tcpdump:
+        ratio = js.wall / tcpdump.wall
+        out.append(
+            Target("mixed: jsdissect / tcpdump -r", ratio, "≤ 3×", ratio <= MAX_TCPDUMP_RATIO)
+        )
+    if js and tshark:
+        ratio = tshark.wall / js.wall
+        plugin = tshark.reader == "tshark + plugin"
+        out.append(
+            Target(
+                f"mixed: {tshark.reader} / jsdissect",
+                ratio,
+                "≥ 50×",
+                (ratio >= MIN_TSHARK_RATIO) if plugin else None,
+            )
+        )
+    dense = _find(results, "dense", "jsdissect")
+    if dense:
+        rate = captures["dense"].tasks / dense.wall
+        out.append(
+            Target("dense: jsdissect tasks/s", rate, "≥ 5,000", rate >= MIN_DENSE_TASKS_PER_S)
+        )
+    python = _find(results, "mixed", "jsdissect python")
+    if python:
+        rate = captures["mixed"].packets / python.wall
+        met = rate >= MIN_PYTHON_PACKETS_PER_S
+        out.append(Target("mixed: python engine packets/s", rate, "≥ 150,000", met))
+    big = _find(results, "big", "jsdissect")
+    if big:
+        rss = big.rss_kb / 1024
+        out.append(Target("big: jsdissect peak RSS MB", rss, "< 300", rss < MAX_BIG_RSS_MB))
+        if js:
+            ratio = big.wall / js.wall
+            size = captures["big"].bytes / captures["mixed"].bytes
+            goal = f"≤ 11× ({size:.1f}× the bytes)"
+            out.append(Target("big: wall / mixed wall", ratio, goal, ratio <= MAX_BIG_TIME_RATIO))
+    return out
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def table(results: list[Result], captures: dict[str, generate.Generated]) -> str:
+    head = (
+        "| capture | reader | wall s (median) | packets/s | MB/s | tasks/s | peak RSS MB "
+        "| tasks found |"
+    )
+    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|"]
+    for r in results:
+        cap = captures[r.capture]
+        found = "" if r.tasks_found is None else f"{r.tasks_found:,} / {cap.tasks:,}"
+        # Only a reader that builds the task table has a task rate.
+        rate = "" if r.tasks_found is None else _rate(cap.tasks / r.wall)
+        lines.append(
+            f"| {r.capture} | {r.reader} | {r.wall:.3f} | {_rate(cap.packets / r.wall)} "
+            f"| {cap.bytes / 1e6 / r.wall:,.1f} | {rate} "
+            f"| {r.rss_kb / 1024:,.0f} | {found} |"
+        )
+    return "\n".join(lines)
+
+
+def captures_table(captures: dict[str, generate.Generated]) -> str:
+    lines = [
+        "| capture | files | packets | MB | JobScheduler packets | tasks |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for name, cap in captures.items():
+        lines.append(
+            f"| {name} | {len(cap.paths)} | {cap.packets:,} | {cap.bytes / 1e6:,.0f} "
+            f"| {cap.js_packets:,} | {cap.tasks:,} |"
+        )
+    return "\n".join(lines)
+
+
+def targets_table(found: list[Target]) -> str:
+    lines = ["| target | measured | goal | met |", "|---|--:|---|---|"]
+    for t in found:
+        met = {True: "yes", False: "**no**", None: "n/a"}[t.met]
+        value = "" if t.value is None else (f"{t.value:,.1f}" if t.value < 100 else _rate(t.value))
+        lines.append(f"| {t.name} | {value} | {t.goal} | {met} |")
+    return "\n".join(lines)
+
+
+def report(
+    results: list[Result], captures: dict[str, generate.Generated], rounds: int, judged: bool
+) -> tuple[str, dict]:
+    """The tables; the targets only when `judged` (a smoke run is all start-up)."""
+    info = machine()
+    found = targets(results, captures) if judged else []
+    verdict = targets_table(found) if judged else "Targets are judged at --size full or big."
+    text = "\n\n".join(
+        [
+            f"Machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}; "
+            f"{info['tcpdump']}; {info['tshark']}; medians of {rounds} round(s).",
+            captures_table(captures),
+            table(results, captures),
+            verdict,
+        ]
+    )
+    data = {
+        "machine": info,
+        "rounds": rounds,
+        "captures": {name: asdict(cap) for name, cap in captures.items()},
+        "results": [asdict(r) | {"wall": r.wall} for r in results],
+        "targets": [asdict(t) for t in found],
+    }
+    return text + "\n", data
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="where captures are cached (default: /tmp)")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--readers", help="comma-separated subset of the readers (by name)")
+    args = parser.parse_args(argv)
+    out = args.out or Path(tempfile.gettempdir()) / f"jsdissect-bench-{args.size}"
+    found = readers()
+    if args.readers:
+        wanted = {name.strip() for name in args.readers.split(",")}
+        found = [r for r in found if r.name in wanted]
+    captures = {}
+    for spec in SIZES[args.size]:
+        start = time.perf_counter()
+        captures[spec.name] = generate.generate(spec, out)
+        print(f"{spec.name}: {out} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    env = reader_env(out / "pycache")
+    warm_up(list(captures.values()), found, out, env)
+    with tempfile.TemporaryDirectory(prefix="jsdissect-bench-") as work:
+        results = run_all(list(captures.values()), found, args.rounds, Path(work), env)
+    text, data = report(results, captures, args.rounds, judged=args.size != "smoke")
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The benchmark at smoke size, so it cannot rot, and the scaling claims by counting work.
+
+No wall-clock assertions (the CI machine is shared and noisy): the speed targets are the
+benchmark's output (`python tests/bench/bench.py --size full`), not tests. What can be
+counted is tested: how many packets reach Python, and how much memory a run holds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
+
+import generate
+
+from jsdissect.pipeline import analyze
+
+BENCH = Path(__file__).resolve().parent / "bench" / "bench.py"
+SMOKE = {spec.name: spec for spec in (
+    generate.Spec("mixed", packets=20_000, flows=100),
+    generate.Spec("dense", tasks=200),
+)}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One smoke run of the benchmark script, all readers, one round."""
+    out = tmp_path_factory.mktemp("bench")
+    result = out / "result.json"
+    argv = [sys.executable, str(BENCH), "--size", "smoke", "--rounds", "1", "--out", str(out)]
+    run = subprocess.run(
+        [*argv, "--json", str(result)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| mixed | jsdissect |" in run.stdout
+    return json.loads(result.read_text()) | {"out": out}
+
+
+def test_smoke_specs_are_the_benchmarks() -> None:
+    from bench import SIZES
+
+    assert {s.name: s for s in SIZES["smoke"]} == SMOKE
+
+
+@pytest.mark.parametrize("capture", ["mixed", "dense"])
+def test_jsdissect_finds_every_generated_task(smoke_run: dict, capture: str) -> None:
+    generated = smoke_run["captures"][capture]
+    assert generated["tasks"] > 0
+    for reader in ("jsdissect", "jsdissect python"):
+        (row,) = [
+            r for r in smoke_run["results"] if r["capture"] == capture and r["reader"] == reader
+        ]
+        assert row["tasks_found"] == generated["tasks"], reader
+
+
+@pytest.mark.parametrize("capture", ["mixed", "dense"])
+def test_every_generated_task_completed(smoke_run: dict, capture: str) -> None:
+    generated = generate.generate(SMOKE[capture], smoke_run["out"])  # cached by the run
+    result = analyze(generated.paths, messages=False)
+    assert len(result.task_records) == generated.tasks
+    assert {t.status for t in result.task_records} == {"completed"}
+    assert all(t.steps and t.log_lines and t.job for t in result.task_records)
+    assert result.decode_errors == 0
+    with pytest.raises(ValueError):  # messages=False: the Request/Reply events are gone
+        _ = result.messages
+
+
+@pytest.mark.parametrize("engine", ["auto", "python"])
+def test_only_jobscheduler_packets_reach_python(tmp_path: Path, engine: str) -> None:
+    """BPF (libpcap's, or the same program run by the python engine) passes exactly the
+    JobScheduler share of the mixed capture; the rest never becomes a Python object."""
+    generated = generate.generate(SMOKE["mixed"], tmp_path)
+    result = analyze(generated.paths, engine=engine, messages=False)
+    assert result.stats.engine == ("python" if engine == "python" else "libpcap")
+    assert 0 < generated.js_packets < generated.packets / 50
+    assert result.stats.packets == generated.js_packets
+
+
+def _memory(paths: list[str]) -> tuple[int, int, int]:
+    """(tasks, bytes the result holds, bytes beyond that at the peak) of one analysis."""
+    analyze(paths, messages=False)  # imports and caches settle first
+    tracemalloc.start()
+    try:
+        result = analyze(paths, messages=False)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return len(result.task_records), held, peak - held
+
+
+def test_memory_follows_open_connections_not_capture_size(tmp_path: Path) -> None:
+    """Tasks one after the other: four times the tasks, the same few open connections. The
+    working memory stays flat; what grows is the result, a small record per task."""
+    sizes = []
+    for tasks in (100, 400):
+        spec = generate.Spec(f"sequential{tasks}", tasks=tasks, task_interval=400_000)
+        sizes.append(_memory(generate.generate(spec, tmp_path).paths))
+    (small_tasks, _small_held, small_work), (big_tasks, big_held, big_work) = sizes
+    assert (small_tasks, big_tasks) == (100, 400)
+    assert big_work < 2 * small_work, sizes
+    assert big_held / big_tasks < 16_384, sizes  # bytes per task row and its connections
