@@ -14,6 +14,7 @@ import click
 
 from jsdissect import __version__
 from jsdissect.capture import CaptureError
+from jsdissect.correlate import STATUSES
 
 EXIT_BAD_INPUT = 2
 
@@ -273,19 +274,7 @@ TASK_SHOWN = [
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(
-        [
-            "start-failed",
-            "callback-refused",
-            "callback-unanswered",
-            "callback-missing",
-            "killed",
-            "aborted",
-            "partial",
-            "completed",
-            "running",
-        ]
-    ),
+    type=click.Choice(STATUSES),
     help="Keep only tasks with this status (repeatable).",
 )
 @_guarded

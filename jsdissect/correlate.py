@@ -20,6 +20,20 @@ from jsdissect.tcp import Connection, Endpoint
 
 CALLBACK_TIMEOUT_US = 60_000_000  # PROTOCOL §2: Z-REMOTE-118 after 60 s without accept
 
+# DESIGN "Status", in the order the rules are tried.
+STATUSES = (
+    "start-failed",
+    "callback-refused",
+    "callback-unanswered",
+    "callback-missing",
+    "killed",
+    "aborted",
+    "partial",
+    "completed",
+    "running",
+)
+FAILED_STATUSES = STATUSES[:6]  # the task did not end normally
+
 
 @dataclass(frozen=True, slots=True)
 class Channel:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jsdissect.correlate import Task
+from jsdissect.correlate import FAILED_STATUSES, Task
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -34,14 +34,6 @@ COLOURS = {
     "run": "#43a047",
     "close": "#8e24aa",
 }
-FAILED = (
-    "start-failed",
-    "callback-refused",
-    "callback-unanswered",
-    "callback-missing",
-    "killed",
-    "aborted",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +56,7 @@ def bars(tasks: Sequence[Task]) -> list[Bar]:
         if not segments:  # a lone time (e.g. a refused SYN): a sliver, still one bar
             at = min(_times(task))
             segments = (("connect", at, at),)
-        failed = task.status in FAILED
+        failed = task.status in FAILED_STATUSES
         out.append(Bar(row, label, task.remote or "(unknown remote)", failed, segments))
     return out
 

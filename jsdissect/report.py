@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from jsdissect.correlate import Channel, Task
+from jsdissect.correlate import FAILED_STATUSES, Channel, Task
 from jsdissect.protocol import DecodeError, Event
 from jsdissect.protocol import command as cmd
 from jsdissect.protocol import objserver as api
@@ -88,17 +88,6 @@ MESSAGE_COLUMNS: tuple[Column, ...] = (
     *_cols("reason", TEXT),  # DecodeError only: what could not be decoded there, and why
 )
 
-STATUSES = [
-    "start-failed",
-    "callback-refused",
-    "callback-unanswered",
-    "callback-missing",
-    "killed",
-    "aborted",
-    "partial",
-    "completed",
-    "running",
-]
 
 
 # --- task rows --------------------------------------------------------------------------
@@ -496,7 +485,7 @@ def task_summary(rows: Sequence[dict[str, Any]], decode_errors: int = 0) -> str:
     """The summary line under the task table."""
     statuses = [r["status"] for r in rows]
     completed = statuses.count("completed")
-    failed = sum(s not in ("completed", "running", "partial") for s in statuses)
+    failed = sum(s in FAILED_STATUSES for s in statuses)
     parts = [f"{len(rows)} task(s): {completed} completed, {failed} failed"]
     for column in ("startup_ms", "run_ms"):
         values = [r[column] for r in rows if r[column] is not None]
@@ -508,15 +497,7 @@ def task_summary(rows: Sequence[dict[str, Any]], decode_errors: int = 0) -> str:
     return "; ".join(parts)
 
 
-PHASE_COLUMNS = (
-    "connect_ms",
-    "spawn_ms",
-    "callback_delay_ms",
-    "startup_ms",
-    "run_ms",
-    "close_ms",
-    "total_ms",
-)
+PHASE_COLUMNS = (*DURATIONS, "total_ms")
 DISTRIBUTION_COLUMNS: tuple[Column, ...] = (
     *_cols("remote phase", TEXT),
     *_cols("count", INTEGER),
@@ -561,17 +542,7 @@ def summary_text(rows: Sequence[dict[str, Any]], slowest: int = 0) -> str:
     return text
 
 
-_SLOWEST_SHOWN = {
-    "process_id",
-    "remote",
-    "status",
-    "spawn_ms",
-    "callback_delay_ms",
-    "startup_ms",
-    "run_ms",
-    "close_ms",
-    "total_ms",
-}
+_SLOWEST_SHOWN = {"process_id", "remote", "status", *PHASE_COLUMNS} - {"connect_ms"}
 
 
 LOG_LEVELS = {-9: "debug9", -8: "debug8", -7: "debug7", -6: "debug6", -5: "debug5"}
