@@ -21,6 +21,7 @@ from typing import Any
 
 import pathological as patho
 import pytest
+from truth import COMPARED
 
 # Building is pure Python and cheap; the packets are made only when a fixture writes them.
 SCENARIOS = {make.__name__: make() for make in patho.SCENARIOS}
@@ -331,21 +332,8 @@ def test_truth_times_match_tshark(built: dict[str, Built], name: str) -> None:
 # --- the truth files themselves -------------------------------------------------------------
 
 ROW_KEYS = {
-    "process_id",
-    "pid",
-    "kind",
+    *COMPARED,
     "flavour",
-    "controller",
-    "remote",
-    "callback_port",
-    "job",
-    "task_id",
-    "steps",
-    "exit_code",
-    "signal",
-    "log_lines",
-    "status",
-    "error",
     "log",
     "times",
     "notes_contains",

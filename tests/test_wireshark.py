@@ -39,6 +39,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import wrpcap
+from truth import COMPARED
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "wireshark" / "jobscheduler.lua"
@@ -943,22 +944,7 @@ TASK_COLUMNS = [
 
 # --- captures with ground truth --------------------------------------------------------
 
-TRUTH_FIELDS = (
-    "process_id",
-    "pid",
-    "kind",
-    "controller",
-    "remote",
-    "callback_port",
-    "job",
-    "task_id",
-    "steps",
-    "exit_code",
-    "signal",
-    "log_lines",
-    "status",
-    "error",
-)
+TRUTH_FIELDS = COMPARED  # the task columns every truth file gives
 
 
 def _truth_key(row: dict[str, Any]) -> tuple[str, ...]:
