@@ -108,11 +108,21 @@ def analyze(
         except Exception as exc:  # pyshark reports tshark's failures as various errors
             raise WiresharkError(f"{capture}: tshark failed: {exc}") from exc
         finally:
-            cap.close()
+            # tshark sometimes exits 255 after its last packet while pyshark closes the pipe
+            # behind the JSON it has read in full; the task table file says whether the run
+            # really completed (checked below).
+            with contextlib.suppress(pyshark.capture.capture.TSharkCrashException):
+                cap.close()
+            # pyshark's __del__ closes again, on the loop closed here: once is enough.
+            cap.close = _closed
             loop.close()
         if not table.is_file():
             raise WiresharkError(f"{capture}: the plugin wrote no task table")
         return read_task_table(table), messages
+
+
+def _closed() -> None:
+    """Stands in for a FileCapture's close() once it has been closed."""
 
 
 def read_task_table(path: Path) -> list[dict[str, Any]]:
