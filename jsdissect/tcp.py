@@ -99,6 +99,9 @@ LINGER_US = 2_000_000
 # do not open a phantom connection; MAX_RECENT caps the table on a very busy host.
 RECENT_US = 60_000_000
 MAX_RECENT = 65_536
+# Open connections at most (a SYN flood on a watched port would otherwise grow without
+# bound): past it, the least recently active tenth is handed on as it stands.
+MAX_OPEN = 200_000
 
 _SEQ_MOD = 1 << 32
 _SEQ_HALF = 1 << 31
@@ -603,11 +606,20 @@ class Reassembler:
         else:
             # No handshake: the client's port is usually the ephemeral (higher) one.
             client, server = (src, dst) if src.port >= dst.port else (dst, src)
+        if len(self._conns) >= MAX_OPEN:
+            self._evict_idle()
         self._serial += 1
         conn = _Conn(key, self._serial, client, server, handshake, seg.ts, self.sink)
         self._conns[key] = conn
         self.sink.on_open(conn.id, client, server, seg.ts, handshake)
         return conn
+
+    def _evict_idle(self) -> None:
+        """Hand on the least recently active tenth: a sort per MAX_OPEN/10 new connections
+        keeps the cost per connection logarithmic."""
+        idle = sorted(self._conns.values(), key=lambda c: (c.last_ts, c.serial))
+        for conn in idle[: max(1, MAX_OPEN // 10)]:
+            self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
         del self._conns[conn.key]

@@ -888,3 +888,37 @@ def test_memory_follows_open_connections_not_capture_size() -> None:
     assert most_open == 1
     # Closed 4-tuples are remembered for 60 s of capture time: 6000 at 10 ms apart.
     assert most_remembered <= 6_001
+
+
+def test_open_connections_are_bounded_by_handing_on_the_idle_ones(monkeypatch) -> None:
+    """A SYN flood: each SYN opens a connection that never ends; the table stays bounded
+    and every connection is still handed on exactly once."""
+    monkeypatch.setattr(tcp, "MAX_OPEN", 50)
+    closed: list[Connection] = []
+
+    class Sink:
+        def on_open(self, *args) -> None:
+            pass
+
+        def on_data(self, *args) -> None:
+            pass
+
+        def on_gap(self, *args) -> None:
+            pass
+
+        def on_close(self, conn: Connection) -> None:
+            closed.append(conn)
+
+    r = Reassembler(Sink())
+    peak = 0
+    for i in range(1000):
+        r.add(
+            Segment(
+                i, "10.0.0.1", 10000 + i, "10.0.0.2", 4455, 7, 0, 0x02, 1024, b"", 0, None, None
+            )
+        )
+        peak = max(peak, r.open_connections)
+    r.finish()
+    assert peak <= 50
+    assert len(closed) == 1000 and len({c.id for c in closed}) == 1000
+    assert all(c.state == "syn-unanswered" for c in closed)
