@@ -156,9 +156,9 @@ def _tasks_of_command(ch: Channel) -> list[Task]:
         elif isinstance(ev, (cmd.RemoteTaskClose, cmd.RemoteTaskKill)):
             task = _task_for_process(tasks, ev.process_id) or _partial_from_command(ch, tasks)
             task.process_id = task.process_id or ev.process_id
-            if isinstance(ev, cmd.RemoteTaskClose):
-                task.close_sent = ev.start if task.close_sent is None else task.close_sent
-                by_offset[ev.offset] = task
+            if isinstance(ev, cmd.RemoteTaskClose) and task.close_sent is None:
+                task.close_sent = ev.start
+            by_offset[ev.offset] = task  # its answer may carry the task's error
             task.killed |= isinstance(ev, cmd.RemoteTaskKill) or ev.kill
         elif isinstance(ev, cmd.Answer):
             _apply_answer(by_offset.get(ev.command_offset), ev)
@@ -321,9 +321,10 @@ def _apply_api_event(task: Task, ev: Event) -> None:
     if isinstance(ev, api.Construct):
         task.job, task.task_id = ev.job, ev.task_id
     elif isinstance(ev, api.LifecycleCall):
-        if ev.name == "begin" and task.begin_sent is None:
+        name = ev.name.lower()  # servers match method names case-insensitively (§6.8)
+        if name == "begin" and task.begin_sent is None:
             task.begin_sent = ev.start
-        elif ev.name == "step":
+        elif name == "step":
             task.steps += 1
     elif isinstance(ev, api.BeginAnswered):
         task.begin_answered = task.begin_answered or ev.end
@@ -380,8 +381,11 @@ def _may_still_come(since: int, capture_end: int | None) -> bool:
 
 
 def _callback_overdue(task: Task, capture_end: int | None) -> bool:
+    """DESIGN Status 4: the start was answered and 60 s passed without a SYN, or the
+    command connection ended without one."""
     cmd_closed = task.cmd is not None and task.cmd.conn.closed is not None
-    return cmd_closed or not _may_still_come(task.start_sent, capture_end)
+    answered = task.start_answered is not None
+    return cmd_closed or (answered and not _may_still_come(task.start_sent, capture_end))
 
 
 def _aborted(task: Task, cb: Connection | None) -> bool:

@@ -27,9 +27,12 @@ class PortUse:
     port: int
     process_id: str | None
     remote: str | None
-    first: int | None  # callback SYN, else the start command
-    last: int | None  # callback closed, else the task's last known time
+    first: int | None  # the start command (else the callback SYN): the port is held
+    last: int | None  # callback closed, else when the controller gave up
     status: str
+    syn: int | None  # callback SYN
+    closed: int | None  # close of an established callback connection (TIME_WAIT follows)
+    source: str | None  # where the callback came from (behind NAT: not the remote)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +41,7 @@ class Reuse:
     port: int
     previous_process_id: str | None
     process_id: str | None
-    gap_ms: float  # previous connection closed → next SYN
+    gap_ms: float  # previous callback connection closed → next SYN (else next start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,7 @@ def port_report(
     }
     peaks = {c: _peak(us) for c, us in by_controller.items()}
     failures = _callback_failures(tasks) + _command_failures(channels, scheduler_ports)
-    rules = _controller_rules(tasks, ranges, peaks) + _remote_rules(tasks)
+    rules = _controller_rules(uses, ranges, peaks) + _remote_rules(tasks)
     return PortReport(
         uses=uses,
         port_range=ranges,
@@ -107,9 +110,26 @@ def _use(task: Task) -> PortUse:
         first = min(times)
     if last is None and times:
         last = max(times)
+    established = task.callback_established is not None
     return PortUse(
-        task.controller, task.callback_port, task.process_id, task.remote, first, last, task.status
+        controller=task.controller,
+        port=task.callback_port,
+        process_id=task.process_id,
+        remote=task.remote,
+        first=first,
+        last=last,
+        status=task.status,
+        syn=task.callback_syn,
+        closed=task.callback_closed if established else None,
+        source=_callback_source(task),
     )
+
+
+def _callback_source(task: Task) -> str | None:
+    if task.callback is not None:
+        ch = task.callback
+        return (ch.remote or ch.conn.client).ip
+    return task.remote.rsplit(":", 1)[0].strip("[]") if task.remote else None
 
 
 _TIMES = (
@@ -142,6 +162,8 @@ def _peak(uses: Sequence[PortUse]) -> tuple[int, int | None]:
 
 
 def _reuses(uses: Sequence[PortUse], time_wait_us: int) -> list[Reuse]:
+    """A port taken again while the previous callback connection on it may still be in
+    TIME_WAIT: only a connection that was established and closed leaves one."""
     by_port: dict[tuple[str, int], list[PortUse]] = defaultdict(list)
     for use in uses:
         if use.first is not None:
@@ -150,8 +172,9 @@ def _reuses(uses: Sequence[PortUse], time_wait_us: int) -> list[Reuse]:
     for (controller, port), same in sorted(by_port.items()):
         same.sort(key=lambda u: u.first)
         for prev, nxt in pairwise(same):
-            if prev.last is not None and 0 <= nxt.first - prev.last < time_wait_us:
-                gap = round((nxt.first - prev.last) / 1000, 3)
+            again = nxt.syn if nxt.syn is not None else nxt.first
+            if prev.closed is not None and 0 <= again - prev.closed < time_wait_us:
+                gap = round((again - prev.closed) / 1000, 3)
                 found.append(Reuse(controller, port, prev.process_id, nxt.process_id, gap))
     return found
 
@@ -178,7 +201,7 @@ def _command_failures(channels: Sequence[Channel], scheduler_ports: Sequence[int
 
 
 def _controller_rules(
-    tasks: Sequence[Task],
+    uses: Sequence[PortUse],
     ranges: dict[str, tuple[int, int]],
     peaks: dict[str, tuple[int, int | None]],
 ) -> list[Rule]:
@@ -187,9 +210,7 @@ def _controller_rules(
         peak = peaks[controller][0]
         size = max(peak * 2, peak + 10)  # headroom: ports linger in TIME_WAIT, load varies
         bottom = min(TOP_PORT - size + 1, low)
-        remotes = sorted(
-            {t.remote.rsplit(":", 1)[0] for t in tasks if t.controller == controller and t.remote}
-        )
+        remotes = sorted({u.source for u in uses if u.controller == controller and u.source})
         reason = (
             f"peak of {peak} remote task(s) in parallel; each holds its own port, counted down "
             f"from {TOP_PORT}, and a freed port may be taken again at once; range sized "

@@ -137,3 +137,44 @@ def test_an_unanswered_syn_seen_once_near_the_end_is_running() -> None:
     assert task.status == "running"
     (task,) = correlate([chans[0], Channel(replace(silent, syn_count=3), "", ())], 3 * S)
     assert task.status == "callback-unanswered"
+
+
+def test_an_error_answering_kill_is_the_tasks_error() -> None:
+    ch = command("A", 40001, 1 * S, 59999, "1")
+    at = dict(conn="A", direction=0, offset=500, start=5 * S, end=5 * S)
+    kill = cmd.RemoteTaskKill(**at, process_id="1", signal="SIGTERM")
+    answer = cmd.ErrorAnswer(
+        conn="A",
+        direction=1,
+        offset=500,
+        start=6 * S,
+        end=6 * S,
+        command="remote_scheduler.remote_task.kill",
+        command_offset=500,
+        time=None,
+        code="Z-REMOTE-999",
+        text="no such process",
+        attrs=(),
+    )
+    cb = callback("cb", Endpoint(R_IP, 50001), Endpoint(C_IP, 59999), 1 * S + 300)
+    chans = [Channel(ch.conn, "cmd", (*ch.events, kill, answer)), cb]
+    (task,) = correlate(chans, 100 * S)
+    assert task.status == "killed" and task.error == "Z-REMOTE-999 no such process"
+
+
+def test_an_unanswered_start_is_running_not_callback_missing() -> None:
+    ch = command("A", 40001, 1 * S, 59999, "1")
+    unanswered = Channel(ch.conn, "cmd", ch.events[:1])
+    (task,) = correlate([unanswered], 70 * S)
+    assert task.status == "running"
+
+
+def test_lifecycle_names_count_whatever_their_case() -> None:
+    from jsdissect.protocol import objserver as api
+
+    at = dict(conn="cb", direction=1, offset=0, start=2 * S, end=2 * S)
+    cb = callback("cb", Endpoint(R_IP, 50001), Endpoint(C_IP, 59999), 1 * S + 300)
+    events = (api.LifecycleCall(**at, name="Begin"), api.LifecycleCall(**at, name="Step"))
+    chans = [command("A", 40001, 1 * S, 59999, "1"), replace(cb, events=events)]
+    (task,) = correlate(chans, 20 * S)
+    assert task.begin_sent == 2 * S and task.steps == 1

@@ -128,3 +128,32 @@ def test_summary_distribution_per_remote() -> None:
         assert d["median_ms"] == runs[(len(runs) - 1) // 2]
     out = cli("summary", str(CAPTURES / "demo.pcap"))
     assert out.returncode == 0 and "Slowest" in out.stdout and "p95_ms" in out.stdout
+
+
+def test_time_wait_reuse_needs_a_closed_callback_and_rules_name_the_real_source() -> None:
+    from test_correlate import C_IP, R_IP, S, callback, command
+
+    from jsdissect.correlate import correlate
+    from jsdissect.tcp import Endpoint
+
+    nat_source = "192.168.9.9"
+    cb = callback("cb", Endpoint(nat_source, 50002), Endpoint(C_IP, 59999), 8 * S)
+    cb = type(cb)(
+        type(cb.conn)(
+            **{**{f: getattr(cb.conn, f) for f in cb.conn.__dataclass_fields__}, "closed": 9 * S}
+        ),
+        cb.kind,
+        cb.events,
+        cb.controller,
+        cb.remote,
+    )
+    chans = [
+        command("A", 40001, 1 * S, 59999, "1"),  # its callback never came
+        command("B", 40002, 7 * S, 59999, "2"),
+        cb,
+    ]
+    tasks = correlate(chans, 200 * S)
+    rep = port_report(tasks, chans, (4455,))
+    assert rep.reuses == ()  # task 1 never had a connection on the port: no TIME_WAIT
+    (rule,) = [r for r in rep.rules if r.host == C_IP]
+    assert set(rule.sources) == {nat_source, R_IP}
