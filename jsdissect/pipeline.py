@@ -71,7 +71,6 @@ class Analysis:
     task_records: list[Task]
     stats: CaptureStats
     capture_end: int | None
-    extra: dict = field(default_factory=dict)
     messages_kept: bool = True  # False: analyze(messages=False), Request/Reply were dropped
 
     @cached_property
@@ -127,7 +126,10 @@ def analyze(
             return result
         extra_ports |= missing
     ports = ", ".join(map(str, sorted(missing)))
-    result.stats.warnings.append(f"stopped after {MAX_READS} reads; port(s) {ports} not read")
+    files = ", ".join(names)
+    result.stats.warnings.append(
+        f"{files}: stopped after {MAX_READS} reads; port(s) {ports} announced but not read"
+    )
     return result
 
 
