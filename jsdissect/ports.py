@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 
-from jsdissect.correlate import Channel, Task
+from jsdissect.correlate import TIME_COLUMNS, Channel, Task
 from jsdissect.report import format_time
 
 TOP_PORT = 59999  # PROTOCOL §2: Used_ports::bind_free_port counts down from here
@@ -100,7 +100,7 @@ def port_report(
 def _use(task: Task) -> PortUse:
     """The span the controller holds the port: bound before the start is sent, released
     when the callback connection closes, or when the controller gives up waiting (§2)."""
-    times = [getattr(task, c) for c in _TIMES if getattr(task, c) is not None]
+    times = [getattr(task, c) for c in TIME_COLUMNS if getattr(task, c) is not None]
     first = task.start_sent if task.start_sent is not None else task.callback_syn
     if task.callback_established is not None and task.callback_closed is not None:
         last = task.callback_closed
@@ -130,20 +130,6 @@ def _callback_source(task: Task) -> str | None:
         ch = task.callback
         return (ch.remote or ch.conn.client).ip
     return task.remote.rsplit(":", 1)[0].strip("[]") if task.remote else None
-
-
-_TIMES = (
-    "cmd_syn",
-    "start_sent",
-    "start_answered",
-    "callback_syn",
-    "callback_established",
-    "begin_answered",
-    "release_answered",
-    "callback_closed",
-    "close_sent",
-    "close_answered",
-)
 
 
 def _peak(uses: Sequence[PortUse]) -> tuple[int, int | None]:
