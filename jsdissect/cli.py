@@ -13,8 +13,10 @@ from typing import Any
 import click
 
 from jsdissect import __version__
+from jsdissect.callbacks import MAX_WORKERS
 from jsdissect.capture import CaptureError
 from jsdissect.correlate import STATUSES
+from jsdissect.pipeline import AUTO_WORKERS_BYTES
 
 EXIT_BAD_INPUT = 2
 
@@ -48,6 +50,14 @@ def _common(func: Callable) -> Callable:
             show_default=True,
             help="Capture reader: libpcap (fast, BPF), the pure-Python fallback, or (tasks,"
             " messages) tshark running wireshark/jobscheduler.lua.",
+        ),
+        click.option(
+            "--jobs",
+            type=click.IntRange(0, MAX_WORKERS),
+            metavar="N",
+            help="Processes that decode callback connections beside the reader (0: none;"
+            f" default: one per spare CPU for captures of {AUTO_WORKERS_BYTES >> 20} MB or"
+            " more). The results are the same.",
         ),
         click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr."),
     ]
@@ -151,6 +161,7 @@ def _analyze(captures: Sequence[str], opts: dict[str, Any], messages: bool = Fal
         heuristics=not opts["no_heuristics"],
         progress=progress,
         messages=messages,
+        workers=opts["jobs"],
         **extra,
     )
     progress.done()

@@ -15,6 +15,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jsdissect import callbacks
+from jsdissect.callbacks import CallbackDecoding
 from jsdissect.capture import CaptureStats, Engine, read_segments
 from jsdissect.correlate import TASK_EVENTS, Channel, Task, correlate
 from jsdissect.protocol import Event
@@ -34,13 +36,16 @@ CALLBACK_RANGE = (59000, 59999)
 # command channels announce. More only follows a chain of announcements a real controller
 # does not make, and would make the work grow with the chain (issue 9: time stays linear).
 MAX_READS = 3
+# From this many capture bytes on, analyze() decodes callback connections in worker
+# processes when spare CPUs exist (measured: a worker pays for itself from a few MB of
+# dense JobScheduler traffic on; on captures where BPF skips nearly all, it costs ~20 ms).
+AUTO_WORKERS_BYTES = 8 << 20
 
 # PROTOCOL §12: how each channel begins.
 CMD_PREFIXES = (b"<?xml", b"<remote_scheduler.")
 CREATE_INSTANCE_HEAD = b"\x00\x00\x00\x3bS" + bytes(8) + b"C"
 API_CLASSES = b"SOKAE"
 OBJECT_COMMANDS = b"RQGIA"
-API_SIDES = (api.CONTROLLER, api.TASK_SERVER)
 CLASSIFY_BYTES = 18  # enough to tell every prefix above apart
 MAX_UNCLASSIFIED_BYTES = 65536  # one side talks alone this long: not this protocol
 
@@ -109,18 +114,28 @@ def analyze(
     heuristics: bool = True,
     all_tcp: bool = False,
     messages: bool = True,
+    workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Analysis:
     """Analyze capture files as one timeline. Raises capture.CaptureError for unusable input.
 
     `messages=False` keeps only the events task rows and task logs need (no `.messages`),
-    for a memory that follows the open connections rather than the capture's size."""
+    for a memory that follows the open connections rather than the capture's size.
+    `workers`: processes that decode callback connections beside the reader (0: none, all
+    in this process; None: one per spare CPU for captures of AUTO_WORKERS_BYTES or more).
+    The results are the same whatever the number."""
     opts = Options(tuple(scheduler_ports), engine, heuristics, all_tcp, messages)
     names = tuple(str(Path(p)) for p in paths)
+    if workers is None:
+        workers = auto_workers(names)
     extra_ports: set[int] = set()
     for _read in range(MAX_READS):
         with _no_cyclic_gc():
-            result = _run(names, opts, extra_ports, progress)
+            try:
+                result = _run(names, opts, extra_ports, workers, progress)
+            except callbacks.WorkerLost as lost:
+                result = _run(names, opts, extra_ports, 0, progress)
+                result.stats.warnings.append(f"{lost}; decoded again in one process")
         missing = _ports_outside_filter(result.channels, opts, extra_ports)
         if not missing or opts.all_tcp:
             return result
@@ -133,23 +148,44 @@ def analyze(
     return result
 
 
+def auto_workers(paths: Sequence[str]) -> int:
+    """Decoding workers for `analyze(workers=None)`: a process costs about as much to start
+    as decoding a few hundred tasks, so small captures are decoded in this process."""
+    try:
+        size = sum(os.path.getsize(p) for p in paths)
+    except OSError:
+        return 0  # read_segments names the file that is missing
+    if size < AUTO_WORKERS_BYTES:
+        return 0
+    return max(0, min(callbacks.usable_cpus() - 1, callbacks.MAX_WORKERS))
+
+
 def _run(
     paths: tuple[str, ...],
     opts: Options,
     extra_ports: set[int],
+    workers: int,
     progress: Callable[[int], None] | None,
 ) -> Analysis:
     stats = CaptureStats()
-    dispatcher = _Dispatcher(opts)
-    reassembler = Reassembler(dispatcher)
-    last_ts = None
-    bpf = "tcp" if opts.all_tcp else capture_filter(opts, extra_ports)
-    for n, seg in enumerate(read_segments(paths, bpf=bpf, engine=opts.engine, stats=stats)):
-        reassembler.add(seg)
-        last_ts = seg.ts
-        if progress is not None and n % 4096 == 0:
-            progress(n)
-    reassembler.finish()
+    if workers:
+        decoding: CallbackDecoding = callbacks.WorkerDecoding(workers, keep_all=opts.messages)
+    else:
+        decoding = callbacks.InlineDecoding(keep_all=opts.messages)
+    try:
+        dispatcher = _Dispatcher(opts, decoding)
+        reassembler = Reassembler(dispatcher)
+        last_ts = None
+        bpf = "tcp" if opts.all_tcp else capture_filter(opts, extra_ports)
+        for n, seg in enumerate(read_segments(paths, bpf=bpf, engine=opts.engine, stats=stats)):
+            reassembler.add(seg)
+            last_ts = seg.ts
+            if progress is not None and n % 4096 == 0:
+                progress(n)
+        reassembler.finish()
+        dispatcher.finish()
+    finally:
+        decoding.stop()
     tasks = correlate(dispatcher.channels, last_ts)
     return Analysis(paths, dispatcher.channels, tasks, stats, last_ts, messages_kept=opts.messages)
 
@@ -208,23 +244,27 @@ class _ConnState:
     server: Endpoint
     handshake: bool  # False: picked up mid-stream
     kind: str | None = None  # None: not decided yet; "cmd", "api", "" (other)
-    decoder: cmd.CommandDecoder | api.ObjServerDecoder | None = None
+    decoder: cmd.CommandDecoder | None = None  # "cmd"; "api" goes to the CallbackDecoding
     pending: list[tuple[int, int, bytes, int]] = field(default_factory=list)
     pending_bytes: int = 0
     head: list[bytes] = field(default_factory=lambda: [b"", b""])
     events: list[Event] = field(default_factory=list)
-    first_request: api.Request | None = None  # the first with a known sender (§5.2 roles)
 
 
 class _Dispatcher:
-    """The tcp sink: recognises each connection's channel and feeds its decoder."""
+    """The tcp sink: recognises each connection's channel and feeds its decoder.
 
-    def __init__(self, opts: Options) -> None:
+    Callback channels go to `callbacks`, which may decode them in other processes: their
+    Channels are completed by `finish`, in the places their connections closed."""
+
+    def __init__(self, opts: Options, callbacks: CallbackDecoding) -> None:
         self.opts = opts
+        self.callbacks = callbacks
         self.scheduler_ports = set(opts.scheduler_ports)
         self.expected: set[tuple[str, int]] = set()  # callback endpoints announced so far
         self.open: dict[str, _ConnState] = {}
         self.channels: list[Channel] = []
+        self._callback_places: list[tuple[int, Connection]] = []
 
     def on_open(
         self, conn_id: str, client: Endpoint, server: Endpoint, ts: int, handshake: bool
@@ -237,8 +277,16 @@ class _Dispatcher:
         self.open[conn_id] = state
 
     def on_data(self, conn_id: str, direction: int, offset: int, data: bytes, ts: int) -> None:
-        state = self.open[conn_id]
-        if state.kind is None:
+        self._feed(conn_id, self.open[conn_id], direction, offset, data, ts)
+
+    def _feed(
+        self, conn_id: str, state: _ConnState, direction: int, offset: int, data: bytes, ts: int
+    ) -> None:
+        if state.kind == "api":
+            self.callbacks.data(conn_id, direction, offset, data, ts)
+        elif state.decoder is not None:
+            self._collect(state, state.decoder.feed(direction, offset, data, ts))
+        elif state.kind is None:
             state.pending.append((direction, offset, data, ts))
             state.pending_bytes += len(data)
             state.head[direction] = (state.head[direction] + data)[:CLASSIFY_BYTES]
@@ -246,30 +294,39 @@ class _Dispatcher:
             kind = _classify(state.head, self.opts.heuristics, final=give_up)
             if kind is not None:
                 self._decide(conn_id, state, kind)
-            return
-        if state.decoder is not None:
-            self._collect(state, state.decoder.feed(direction, offset, data, ts))
 
     def on_gap(self, conn_id: str, direction: int, offset: int, size: int, ts: int) -> None:
         state = self.open[conn_id]
         if state.kind is None:
             state.pending.append((direction, offset, b"", ts))
             self._decide(conn_id, state, _classify(state.head, self.opts.heuristics, True) or "")
-        if state.decoder is not None:
+        if state.kind == "api":
+            self.callbacks.gap(conn_id, direction, offset, size, ts)
+        elif state.decoder is not None:
             self._collect(state, state.decoder.gap(direction, offset, size, ts))
 
     def on_close(self, conn: Connection) -> None:
         state = self.open.pop(conn.id)
         if state.kind is None:
             self._decide(conn.id, state, _classify(state.head, self.opts.heuristics, True) or "")
+        if state.kind == "api":
+            self.callbacks.close(conn.id)
+            self._callback_places.append((len(self.channels), conn))
+            self.channels.append(Channel(conn, "api", ()))  # completed by finish()
+            return
         if state.decoder is not None:
             self._collect(state, state.decoder.close())
-        controller = remote = None
-        if state.kind == "api":
-            controller, remote = _api_roles(conn, state.first_request)
-        self.channels.append(
-            Channel(conn, state.kind or "", tuple(state.events), controller, remote)
-        )
+        self.channels.append(Channel(conn, state.kind or "", tuple(state.events)))
+
+    def finish(self) -> None:
+        """Complete the callback channels with their decoded events (the reassembler has
+        closed every connection)."""
+        results = self.callbacks.results()
+        for place, conn in self._callback_places:
+            events, first_request = results[conn.id]
+            controller, remote = _api_roles(conn, first_request)
+            self.channels[place] = Channel(conn, "api", events, controller, remote)
+        self._callback_places = []
 
     def _decide(self, conn_id: str, state: _ConnState, kind: str) -> None:
         state.kind = kind
@@ -277,24 +334,17 @@ class _Dispatcher:
             state.decoder = cmd.CommandDecoder(conn_id, midstream=not state.handshake)
         elif kind == "api":
             # The controller accepted the callback (§2): it is the server when we saw the SYN.
-            controller = SERVER_TO_CLIENT if state.handshake else None
-            state.decoder = api.ObjServerDecoder(conn_id, controller)
+            self.callbacks.open(conn_id, SERVER_TO_CLIENT if state.handshake else None)
         pending, state.pending = state.pending, []
-        if state.decoder is None:
-            return
         for direction, offset, data, ts in pending:
             if data:
-                self._collect(state, state.decoder.feed(direction, offset, data, ts))
+                self._feed(conn_id, state, direction, offset, data, ts)
 
     def _collect(self, state: _ConnState, events: list[Event]) -> None:
+        """A command channel's events: keep them, and learn the callbacks they announce."""
         for ev in events:
             if isinstance(ev, cmd.StartRemoteTask) and ev.tcp_port is not None:
                 self.expected.add((ev.ip_address or state.client.ip, ev.tcp_port))
-        if state.first_request is None and state.kind == "api":
-            state.first_request = next(
-                (e for e in events if isinstance(e, api.Request) and e.sender in API_SIDES),
-                None,
-            )
         if self.opts.messages:
             state.events.extend(events)
         else:

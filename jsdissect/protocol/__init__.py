@@ -9,7 +9,8 @@ they can.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,19 @@ class Event:
     offset: int
     start: int  # µs, first byte captured
     end: int  # µs, last missing byte captured
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        # Events cross process boundaries (callbacks.WorkerDecoding) by the thousand: built
+        # again through __init__ they unpickle several times faster than through the
+        # dataclass's generic __setstate__, which looks up the fields for every object.
+        cls = type(self)
+        names = _FIELD_NAMES.get(cls)
+        if names is None:
+            names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+        return cls, tuple(getattr(self, name) for name in names)
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1013,7 +1013,9 @@ class ObjServerDecoder:
     """One per callback connection. `controller_direction` is the tcp direction the
     controller sends in (normally SERVER_TO_CLIENT: the controller accepted); None lets the
     decoder infer it from the first CreateInstance (or the first telling request).
-    `max_frame` is the sanity bound on frame lengths (never above MAX_MESSAGE_SIZE)."""
+    `max_frame` is the sanity bound on frame lengths (never above MAX_MESSAGE_SIZE).
+    `label_objrefs` False leaves the objrefs in Request args and Reply results without the
+    names of the objects they point to: only a message listing shows those."""
 
     def __init__(
         self,
@@ -1021,9 +1023,11 @@ class ObjServerDecoder:
         controller_direction: int | None = None,
         *,
         max_frame: int = MESSAGE_SIZE_MAXIMUM,
+        label_objrefs: bool = True,
     ) -> None:
         self.conn = conn
         self.max_frame = min(max_frame, MAX_MESSAGE_SIZE)
+        self.label_objrefs = label_objrefs
         self._controller = controller_direction
         self._created = False  # an `S` was seen: its sender is the controller
         self._streams = (_Stream(), _Stream())
@@ -1391,7 +1395,7 @@ class ObjServerDecoder:
 
     def _named(self, d: int, value: Any) -> Any:
         """The value with every known objref labelled (for readable messages)."""
-        if not _refs(value, []):
+        if not self.label_objrefs or not _refs(value, []):
             return value
 
         def label(ref: ObjRef) -> ObjRef:

@@ -1,0 +1,257 @@
+"""Decode callback connections (PROTOCOL §5), in this process or in worker processes.
+
+A callback connection's decoding depends on nothing but its own two byte streams: no other
+connection reads its events while the capture is read. That makes it the one stage that
+can run beside the reader without changing any result, and it is the most expensive one
+(measured on 10,000 dense tasks: more than half of the time). `pipeline` hands each
+callback connection's bytes to a `CallbackDecoding`, and collects every connection's
+events when the capture is done:
+
+- `InlineDecoding` decodes as the bytes come, in this process;
+- `WorkerDecoding` sends the bytes in batches through a pipe to worker processes (a
+  connection always to the same one), which decode them with an `InlineDecoding` each.
+
+Both give the same events in the same order; only where the work runs differs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import zlib
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection as Pipe
+from typing import Any, Protocol, TypeVar
+
+from jsdissect.correlate import TASK_EVENTS
+from jsdissect.protocol import Event
+from jsdissect.protocol import objserver as api
+
+# What a connection's decoding leaves: its events, and its first request whose sender the
+# decoder knew (the controller is the side that sends the controller's requests, §5.2).
+Result = tuple[tuple[Event, ...], "api.Request | None"]
+
+API_SIDES = (api.CONTROLLER, api.TASK_SERVER)
+
+# Operations sent to a worker, as tuples: (code, conn_id, …).
+_OPEN, _DATA, _GAP, _CLOSE = range(4)
+# A batch goes out after this many operations or payload bytes, whichever comes first:
+# large enough that pickling and the pipe cost little per packet, small enough to keep
+# both processes busy and the memory in flight bounded.
+BATCH_OPS = 512
+BATCH_BYTES = 1 << 20
+# Results come back in chunks of whole connections (a Reply and its Request stay in one
+# pickle, so they stay one object).
+RESULT_CHUNK = 1024
+MAX_WORKERS = 8
+
+T = TypeVar("T")
+
+
+class WorkerLost(Exception):
+    """A worker process died or its pipe broke; the results are incomplete."""
+
+
+class CallbackDecoding(Protocol):
+    def open(self, conn_id: str, controller: int | None) -> None: ...
+
+    def data(self, conn_id: str, direction: int, offset: int, data: bytes, ts: int) -> None: ...
+
+    def gap(self, conn_id: str, direction: int, offset: int, size: int, ts: int) -> None: ...
+
+    def close(self, conn_id: str) -> None: ...
+
+    def results(self) -> dict[str, Result]:
+        """Every closed connection's result; called once, after the last close."""
+        ...
+
+    def stop(self) -> None:
+        """Release what it holds (processes); safe to call more than once."""
+        ...
+
+
+class _Connection:
+    """One callback connection's decoder and what is kept of its events."""
+
+    __slots__ = ("decoder", "events", "first_request", "keep_all")
+
+    def __init__(self, conn_id: str, controller: int | None, keep_all: bool) -> None:
+        self.decoder = api.ObjServerDecoder(conn_id, controller, label_objrefs=keep_all)
+        self.events: list[Event] = []
+        self.first_request: api.Request | None = None
+        self.keep_all = keep_all
+
+    def collect(self, events: list[Event]) -> None:
+        if self.first_request is None:
+            self.first_request = next(
+                (e for e in events if isinstance(e, api.Request) and e.sender in API_SIDES),
+                None,
+            )
+        if self.keep_all:
+            self.events.extend(events)
+        else:
+            self.events.extend(e for e in events if isinstance(e, TASK_EVENTS))
+
+    def result(self) -> Result:
+        self.collect(self.decoder.close())
+        return tuple(self.events), self.first_request
+
+
+class InlineDecoding:
+    """Decode in this process. `keep_all` False keeps only the events task rows need."""
+
+    def __init__(self, keep_all: bool) -> None:
+        self.keep_all = keep_all
+        self._open: dict[str, _Connection] = {}
+        self._done: dict[str, Result] = {}
+
+    def open(self, conn_id: str, controller: int | None) -> None:
+        self._open[conn_id] = _Connection(conn_id, controller, self.keep_all)
+
+    def data(self, conn_id: str, direction: int, offset: int, data: bytes, ts: int) -> None:
+        conn = self._open[conn_id]
+        conn.collect(conn.decoder.feed(direction, offset, data, ts))
+
+    def gap(self, conn_id: str, direction: int, offset: int, size: int, ts: int) -> None:
+        conn = self._open[conn_id]
+        conn.collect(conn.decoder.gap(direction, offset, size, ts))
+
+    def close(self, conn_id: str) -> None:
+        self._done[conn_id] = self._open.pop(conn_id).result()
+
+    def results(self) -> dict[str, Result]:
+        for conn_id in list(self._open):  # not closed: the capture ended first
+            self.close(conn_id)
+        done, self._done = self._done, {}
+        return done
+
+    def stop(self) -> None:
+        self._open.clear()
+
+    def apply(self, ops: list[tuple]) -> None:
+        """Run a batch of operations as WorkerDecoding sends them."""
+        for op in ops:
+            code = op[0]
+            if code == _DATA:
+                self.data(*op[1:])
+            elif code == _OPEN:
+                self.open(*op[1:])
+            elif code == _GAP:
+                self.gap(*op[1:])
+            else:
+                self.close(op[1])
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class WorkerDecoding:
+    """Decode in `workers` processes; this process only batches and sends the bytes."""
+
+    def __init__(self, workers: int, keep_all: bool) -> None:
+        if not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be 1 to {MAX_WORKERS}, not {workers}")
+        # fork: the worker starts at once with everything imported. Elsewhere spawn.
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self._pipes: list[Pipe] = []
+        self._procs: list[multiprocessing.process.BaseProcess] = []
+        for _ in range(workers):
+            ours, theirs = context.Pipe()
+            proc = context.Process(target=_worker_main, args=(theirs, keep_all), daemon=True)
+            proc.start()
+            theirs.close()
+            self._pipes.append(ours)
+            self._procs.append(proc)
+        self._batches: list[list[tuple]] = [[] for _ in range(workers)]
+        self._batch_bytes = [0] * workers
+        self._route: dict[str, int] = {}
+
+    def open(self, conn_id: str, controller: int | None) -> None:
+        index = zlib.crc32(conn_id.encode()) % len(self._pipes)
+        self._route[conn_id] = index
+        self._add(index, (_OPEN, conn_id, controller), 0)
+
+    def data(self, conn_id: str, direction: int, offset: int, data: bytes, ts: int) -> None:
+        self._add(self._route[conn_id], (_DATA, conn_id, direction, offset, data, ts), len(data))
+
+    def gap(self, conn_id: str, direction: int, offset: int, size: int, ts: int) -> None:
+        self._add(self._route[conn_id], (_GAP, conn_id, direction, offset, size, ts), 0)
+
+    def close(self, conn_id: str) -> None:
+        self._add(self._route.pop(conn_id), (_CLOSE, conn_id), 0)
+
+    def results(self) -> dict[str, Result]:
+        for index in range(len(self._pipes)):
+            self._send(index)
+            self._call(self._pipes[index].send_bytes, b"")  # the end of the operations
+        done: dict[str, Result] = {}
+        for pipe in self._pipes:
+            for chunk in self._chunks(pipe):
+                done.update(chunk)
+        self.stop()
+        return done
+
+    def stop(self) -> None:
+        for pipe in self._pipes:
+            pipe.close()
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        self._pipes, self._procs = [], []
+
+    def _add(self, index: int, op: tuple, size: int) -> None:
+        batch = self._batches[index]
+        batch.append(op)
+        self._batch_bytes[index] += size
+        if len(batch) >= BATCH_OPS or self._batch_bytes[index] >= BATCH_BYTES:
+            self._send(index)
+
+    def _send(self, index: int) -> None:
+        if self._batches[index]:
+            payload = pickle.dumps(self._batches[index], pickle.HIGHEST_PROTOCOL)
+            self._call(self._pipes[index].send_bytes, payload)
+        self._batches[index] = []
+        self._batch_bytes[index] = 0
+
+    def _chunks(self, pipe: Pipe) -> Iterator[dict[str, Result]]:
+        while True:
+            payload = self._call(pipe.recv_bytes)
+            if not payload:
+                return
+            yield pickle.loads(payload)
+
+    @staticmethod
+    def _call(fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except (OSError, EOFError) as exc:  # BrokenPipeError, a worker killed, …
+            raise WorkerLost(f"a decoding worker process was lost ({exc!r})") from None
+
+
+def _worker_main(pipe: Pipe, keep_all: bool) -> None:
+    """A worker: apply batches until the empty one, then send the results back in chunks."""
+    # Ctrl-C is for the main process, which stops the workers; a worker's own traceback
+    # would only clutter the terminal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    decoding = InlineDecoding(keep_all)
+    try:
+        while payload := pipe.recv_bytes():
+            decoding.apply(pickle.loads(payload))
+        results = list(decoding.results().items())
+        for start in range(0, len(results), RESULT_CHUNK):
+            chunk = dict(results[start : start + RESULT_CHUNK])
+            pipe.send_bytes(pickle.dumps(chunk, pickle.HIGHEST_PROTOCOL))
+        pipe.send_bytes(b"")
+    except (OSError, EOFError):  # the main process is gone or gave up: nothing to report to
+        pass
+    finally:
+        pipe.close()

@@ -1,0 +1,133 @@
+"""Callback decoding in worker processes gives what decoding in one process gives."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pathological as patho
+import pytest
+
+import jsdissect
+from jsdissect import callbacks, pipeline
+from jsdissect.protocol import objserver as api
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = sorted(p for p in (ROOT / "captures").glob("*") if p.suffix in (".pcap", ".pcapng"))
+# Crafted captures whose callback channels are odd: reordered, gapped, cut, mid-stream.
+ODD = (
+    "out_of_order_and_duplicates",
+    "gap_mid_frame",
+    "gap_whole_frame",
+    "starts_mid_callback",
+    "ends_mid_task",
+    "sequence_wrap",
+    "snaplen",
+)
+
+
+@pytest.fixture(scope="module")
+def odd_captures(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    outdir = tmp_path_factory.mktemp("odd")
+    makers = {make.__name__: make for make in patho.SCENARIOS}
+    return [makers[name]().write(outdir)[0] for name in ODD if name in makers]
+
+
+def same_analysis(capture: Path, messages: bool, workers: int) -> None:
+    alone = jsdissect.analyze([capture], messages=messages, workers=0)
+    beside = jsdissect.analyze([capture], messages=messages, workers=workers)
+    assert beside.channels == alone.channels
+    assert beside.task_records == alone.task_records
+    assert beside.stats.warnings == alone.stats.warnings
+
+
+@pytest.mark.parametrize("capture", SAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("messages", [False, True], ids=["tasks", "messages"])
+def test_workers_give_the_same_channels_and_tasks(capture: Path, messages: bool) -> None:
+    same_analysis(capture, messages, workers=2)
+
+
+def test_workers_on_odd_callback_channels(odd_captures: list[Path]) -> None:
+    assert len(odd_captures) == len(ODD), "pathological scenarios were renamed: update ODD"
+    for capture in odd_captures:
+        same_analysis(capture, messages=True, workers=1)
+
+
+def test_the_worker_really_decodes() -> None:
+    """Not the inline path in disguise: with the worker dead from the start, analyze falls
+    back and says so (see the next test); with it alive there is no such warning and the
+    callback channels still carry their events."""
+    result = jsdissect.analyze([ROOT / "captures" / "one_api.pcapng"], workers=1)
+    api_channels = [ch for ch in result.channels if ch.kind == "api"]
+    assert api_channels and all(ch.events for ch in api_channels)
+    assert not any("worker" in w for w in result.stats.warnings)
+
+
+def test_a_lost_worker_means_decoding_again_in_one_process(monkeypatch) -> None:
+    capture = ROOT / "captures" / "failures.pcap"
+    monkeypatch.setattr(callbacks, "_worker_main", lambda pipe, keep_all: os._exit(3))
+    result = jsdissect.analyze([capture], workers=1)
+    expected = jsdissect.analyze([capture], workers=0)
+    assert result.task_records == expected.task_records
+    assert any("decoding worker process was lost" in w for w in result.stats.warnings)
+
+
+def test_worker_decoding_raises_worker_lost_when_killed() -> None:
+    decoding = callbacks.WorkerDecoding(1, keep_all=True)
+    decoding.open("C1", None)
+    decoding._procs[0].kill()  # as the kernel's OOM killer would
+    decoding._procs[0].join()
+    with pytest.raises(callbacks.WorkerLost):
+        decoding.results()
+    decoding.stop()
+
+
+def test_events_survive_pickling_as_themselves() -> None:
+    result = jsdissect.analyze([ROOT / "captures" / "scala_api.pcap"], workers=0)
+    events = [ev for ch in result.channels for ev in ch.events]
+    kinds = {type(ev) for ev in events}
+    assert {api.Request, api.Reply, api.StepAnswered, api.LogLine} <= kinds
+    copies = pickle.loads(pickle.dumps(events, pickle.HIGHEST_PROTOCOL))
+    assert copies == events
+    assert [type(c) for c in copies] == [type(e) for e in events]
+
+
+def test_auto_workers_by_capture_size(tmp_path: Path) -> None:
+    small = tmp_path / "small.pcap"
+    small.write_bytes(b"\0" * 100)
+    big = tmp_path / "big.pcap"
+    with open(big, "wb") as f:
+        f.truncate(pipeline.AUTO_WORKERS_BYTES)  # sparse: no disk used
+    spare = max(0, min(callbacks.usable_cpus() - 1, callbacks.MAX_WORKERS))
+    assert pipeline.auto_workers([str(small)]) == 0
+    assert pipeline.auto_workers([str(big)]) == spare
+    assert pipeline.auto_workers([str(tmp_path / "missing.pcap")]) == 0
+
+
+def test_worker_count_is_checked() -> None:
+    with pytest.raises(ValueError):
+        callbacks.WorkerDecoding(0, keep_all=False)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jsdissect", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_jobs_gives_the_same_csv() -> None:
+    capture = str(ROOT / "captures" / "parallel_50.pcap")
+    alone = cli("tasks", "-q", "--jobs", "0", capture, "--csv", "-")
+    beside = cli("tasks", "-q", "--jobs", "2", capture, "--csv", "-")
+    assert alone.returncode == beside.returncode == 0, alone.stderr + beside.stderr
+    assert beside.stdout == alone.stdout
+    assert alone.stdout.count("\n") == 51  # header + 50 tasks
+
+
+def test_cli_jobs_out_of_range_is_a_usage_error() -> None:
+    out = cli("tasks", "--jobs", str(callbacks.MAX_WORKERS + 1), "x.pcap")
+    assert out.returncode == 2
+    assert "--jobs" in out.stderr and "Traceback" not in out.stderr
