@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection as Pipe
@@ -160,6 +161,10 @@ class WorkerDecoding:
         # fork: the worker starts at once with everything imported. Elsewhere spawn.
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        # A forked child flushes its copy of these buffers when it ends: text already
+        # written but not yet flushed would come out twice.
+        sys.stdout.flush()
+        sys.stderr.flush()
         self._pipes: list[Pipe] = []
         self._procs: list[multiprocessing.process.BaseProcess] = []
         for _ in range(workers):
@@ -251,7 +256,10 @@ def _worker_main(pipe: Pipe, keep_all: bool) -> None:
             chunk = dict(results[start : start + RESULT_CHUNK])
             pipe.send_bytes(pickle.dumps(chunk, pickle.HIGHEST_PROTOCOL))
         pipe.send_bytes(b"")
-    except (OSError, EOFError):  # the main process is gone or gave up: nothing to report to
+    except Exception:
+        # The main process is gone or gave up (OSError, EOFError), or a bug: either way
+        # this worker ends without a traceback. The main process sees its pipe close and
+        # decodes again by itself, where a bug is reported the way every error is.
         pass
     finally:
         pipe.close()

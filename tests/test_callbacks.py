@@ -75,6 +75,18 @@ def test_a_lost_worker_means_decoding_again_in_one_process(monkeypatch) -> None:
     assert any("decoding worker process was lost" in w for w in result.stats.warnings)
 
 
+def test_a_bug_in_a_worker_prints_no_traceback(monkeypatch, capfd) -> None:
+    def broken(self, ops):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(callbacks.InlineDecoding, "apply", broken)  # only workers apply
+    capture = ROOT / "captures" / "one_shell.pcap"
+    result = jsdissect.analyze([capture], workers=1)
+    assert result.task_records == jsdissect.analyze([capture], workers=0).task_records
+    assert any("decoding worker process was lost" in w for w in result.stats.warnings)
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_worker_decoding_raises_worker_lost_when_killed() -> None:
     decoding = callbacks.WorkerDecoding(1, keep_all=True)
     decoding.open("C1", None)
