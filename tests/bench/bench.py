@@ -116,9 +116,10 @@ def _tshark_conv(files: list[str], out: Path) -> list[str]:
     return ["tshark", "-q", "-z", "conv,tcp", "-r", files[0]]
 
 
-def _jsdissect(engine: str) -> Callable[[list[str], Path], list[str]]:
+def _jsdissect(engine: str, *options: str) -> Callable[[list[str], Path], list[str]]:
     def argv(files: list[str], out: Path) -> list[str]:
-        return [*_jsdissect_cli(), "tasks", *files, "--json", str(out), "-q", "--engine", engine]
+        cli = [*_jsdissect_cli(), "tasks", *files, "--json", str(out), "-q"]
+        return [*cli, "--engine", engine, *options]
 
     return argv
 
@@ -139,6 +140,8 @@ def readers() -> list[Reader]:
                 Reader("tshark conv,tcp (no plugin)", _tshark_conv, _nothing, multi_file=False)
             )
     found.append(Reader("jsdissect", _jsdissect("auto"), _json_rows))
+    # The same in one process: what the decoding workers (default on spare CPUs) bring.
+    found.append(Reader("jsdissect --jobs 0", _jsdissect("auto", "--jobs", "0"), _json_rows))
     found.append(Reader("jsdissect python", _jsdissect("python"), _json_rows))
     return found
 
