@@ -21,7 +21,6 @@ import os
 import pickle
 import signal
 import sys
-import zlib
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection as Pipe
 from typing import Any, Protocol, TypeVar
@@ -56,16 +55,19 @@ class WorkerLost(Exception):
 
 
 class CallbackDecoding(Protocol):
-    def open(self, conn_id: str, controller: int | None) -> None: ...
+    """Connections are known by a key the caller gives at `open`, unique in one run (two
+    connections can share a connection id: same 4-tuple, same first microsecond)."""
 
-    def data(self, conn_id: str, direction: int, offset: int, data: bytes, ts: int) -> None: ...
+    def open(self, key: int, conn_id: str, controller: int | None) -> None: ...
 
-    def gap(self, conn_id: str, direction: int, offset: int, size: int, ts: int) -> None: ...
+    def data(self, key: int, direction: int, offset: int, data: bytes, ts: int) -> None: ...
 
-    def close(self, conn_id: str) -> None: ...
+    def gap(self, key: int, direction: int, offset: int, size: int, ts: int) -> None: ...
 
-    def results(self) -> dict[str, Result]:
-        """Every closed connection's result; called once, after the last close."""
+    def close(self, key: int) -> None: ...
+
+    def results(self) -> dict[int, Result]:
+        """Every connection's result by key; called once, after the last close."""
         ...
 
     def stop(self) -> None:
@@ -105,26 +107,26 @@ class InlineDecoding:
 
     def __init__(self, keep_all: bool) -> None:
         self.keep_all = keep_all
-        self._open: dict[str, _Connection] = {}
-        self._done: dict[str, Result] = {}
+        self._open: dict[int, _Connection] = {}
+        self._done: dict[int, Result] = {}
 
-    def open(self, conn_id: str, controller: int | None) -> None:
-        self._open[conn_id] = _Connection(conn_id, controller, self.keep_all)
+    def open(self, key: int, conn_id: str, controller: int | None) -> None:
+        self._open[key] = _Connection(conn_id, controller, self.keep_all)
 
-    def data(self, conn_id: str, direction: int, offset: int, data: bytes, ts: int) -> None:
-        conn = self._open[conn_id]
+    def data(self, key: int, direction: int, offset: int, data: bytes, ts: int) -> None:
+        conn = self._open[key]
         conn.collect(conn.decoder.feed(direction, offset, data, ts))
 
-    def gap(self, conn_id: str, direction: int, offset: int, size: int, ts: int) -> None:
-        conn = self._open[conn_id]
+    def gap(self, key: int, direction: int, offset: int, size: int, ts: int) -> None:
+        conn = self._open[key]
         conn.collect(conn.decoder.gap(direction, offset, size, ts))
 
-    def close(self, conn_id: str) -> None:
-        self._done[conn_id] = self._open.pop(conn_id).result()
+    def close(self, key: int) -> None:
+        self._done[key] = self._open.pop(key).result()
 
-    def results(self) -> dict[str, Result]:
-        for conn_id in list(self._open):  # not closed: the capture ended first
-            self.close(conn_id)
+    def results(self) -> dict[int, Result]:
+        for key in list(self._open):  # not closed: the capture ended first
+            self.close(key)
         done, self._done = self._done, {}
         return done
 
@@ -176,27 +178,26 @@ class WorkerDecoding:
             self._procs.append(proc)
         self._batches: list[list[tuple]] = [[] for _ in range(workers)]
         self._batch_bytes = [0] * workers
-        self._route: dict[str, int] = {}
 
-    def open(self, conn_id: str, controller: int | None) -> None:
-        index = zlib.crc32(conn_id.encode()) % len(self._pipes)
-        self._route[conn_id] = index
-        self._add(index, (_OPEN, conn_id, controller), 0)
+    # A connection always goes to the same worker: the one its key names, so the keys the
+    # pipeline numbers connections by take turns.
+    def open(self, key: int, conn_id: str, controller: int | None) -> None:
+        self._add(key, (_OPEN, key, conn_id, controller), 0)
 
-    def data(self, conn_id: str, direction: int, offset: int, data: bytes, ts: int) -> None:
-        self._add(self._route[conn_id], (_DATA, conn_id, direction, offset, data, ts), len(data))
+    def data(self, key: int, direction: int, offset: int, data: bytes, ts: int) -> None:
+        self._add(key, (_DATA, key, direction, offset, data, ts), len(data))
 
-    def gap(self, conn_id: str, direction: int, offset: int, size: int, ts: int) -> None:
-        self._add(self._route[conn_id], (_GAP, conn_id, direction, offset, size, ts), 0)
+    def gap(self, key: int, direction: int, offset: int, size: int, ts: int) -> None:
+        self._add(key, (_GAP, key, direction, offset, size, ts), 0)
 
-    def close(self, conn_id: str) -> None:
-        self._add(self._route.pop(conn_id), (_CLOSE, conn_id), 0)
+    def close(self, key: int) -> None:
+        self._add(key, (_CLOSE, key), 0)
 
-    def results(self) -> dict[str, Result]:
+    def results(self) -> dict[int, Result]:
         for index in range(len(self._pipes)):
             self._send(index)
             self._call(self._pipes[index].send_bytes, b"")  # the end of the operations
-        done: dict[str, Result] = {}
+        done: dict[int, Result] = {}
         for pipe in self._pipes:
             for chunk in self._chunks(pipe):
                 done.update(chunk)
@@ -213,7 +214,8 @@ class WorkerDecoding:
                 proc.join()
         self._pipes, self._procs = [], []
 
-    def _add(self, index: int, op: tuple, size: int) -> None:
+    def _add(self, key: int, op: tuple, size: int) -> None:
+        index = key % len(self._pipes)
         batch = self._batches[index]
         batch.append(op)
         self._batch_bytes[index] += size
@@ -227,7 +229,7 @@ class WorkerDecoding:
         self._batches[index] = []
         self._batch_bytes[index] = 0
 
-    def _chunks(self, pipe: Pipe) -> Iterator[dict[str, Result]]:
+    def _chunks(self, pipe: Pipe) -> Iterator[dict[int, Result]]:
         while True:
             payload = self._call(pipe.recv_bytes)
             if not payload:

@@ -245,6 +245,7 @@ class _ConnState:
     handshake: bool  # False: picked up mid-stream
     kind: str | None = None  # None: not decided yet; "cmd", "api", "" (other)
     decoder: cmd.CommandDecoder | None = None  # "cmd"; "api" goes to the CallbackDecoding
+    callback_key: int = -1  # "api": the connection's key in the CallbackDecoding
     pending: list[tuple[int, int, bytes, int]] = field(default_factory=list)
     pending_bytes: int = 0
     head: list[bytes] = field(default_factory=lambda: [b"", b""])
@@ -264,7 +265,8 @@ class _Dispatcher:
         self.expected: set[tuple[str, int]] = set()  # callback endpoints announced so far
         self.open: dict[str, _ConnState] = {}
         self.channels: list[Channel] = []
-        self._callback_places: list[tuple[int, Connection]] = []
+        self._callback_places: list[tuple[int, Connection, int]] = []  # (place, conn, key)
+        self._callbacks_opened = 0
 
     def on_open(
         self, conn_id: str, client: Endpoint, server: Endpoint, ts: int, handshake: bool
@@ -283,7 +285,7 @@ class _Dispatcher:
         self, conn_id: str, state: _ConnState, direction: int, offset: int, data: bytes, ts: int
     ) -> None:
         if state.kind == "api":
-            self.callbacks.data(conn_id, direction, offset, data, ts)
+            self.callbacks.data(state.callback_key, direction, offset, data, ts)
         elif state.decoder is not None:
             self._collect(state, state.decoder.feed(direction, offset, data, ts))
         elif state.kind is None:
@@ -301,7 +303,7 @@ class _Dispatcher:
             state.pending.append((direction, offset, b"", ts))
             self._decide(conn_id, state, _classify(state.head, self.opts.heuristics, True) or "")
         if state.kind == "api":
-            self.callbacks.gap(conn_id, direction, offset, size, ts)
+            self.callbacks.gap(state.callback_key, direction, offset, size, ts)
         elif state.decoder is not None:
             self._collect(state, state.decoder.gap(direction, offset, size, ts))
 
@@ -310,8 +312,8 @@ class _Dispatcher:
         if state.kind is None:
             self._decide(conn.id, state, _classify(state.head, self.opts.heuristics, True) or "")
         if state.kind == "api":
-            self.callbacks.close(conn.id)
-            self._callback_places.append((len(self.channels), conn))
+            self.callbacks.close(state.callback_key)
+            self._callback_places.append((len(self.channels), conn, state.callback_key))
             self.channels.append(Channel(conn, "api", ()))  # completed by finish()
             return
         if state.decoder is not None:
@@ -322,8 +324,8 @@ class _Dispatcher:
         """Complete the callback channels with their decoded events (the reassembler has
         closed every connection)."""
         results = self.callbacks.results()
-        for place, conn in self._callback_places:
-            events, first_request = results[conn.id]
+        for place, conn, key in self._callback_places:
+            events, first_request = results[key]
             controller, remote = _api_roles(conn, first_request)
             self.channels[place] = Channel(conn, "api", events, controller, remote)
         self._callback_places = []
@@ -333,8 +335,11 @@ class _Dispatcher:
         if kind == "cmd":
             state.decoder = cmd.CommandDecoder(conn_id, midstream=not state.handshake)
         elif kind == "api":
+            state.callback_key = self._callbacks_opened
+            self._callbacks_opened += 1
             # The controller accepted the callback (§2): it is the server when we saw the SYN.
-            self.callbacks.open(conn_id, SERVER_TO_CLIENT if state.handshake else None)
+            controller = SERVER_TO_CLIENT if state.handshake else None
+            self.callbacks.open(state.callback_key, conn_id, controller)
         pending, state.pending = state.pending, []
         for direction, offset, data, ts in pending:
             if data:

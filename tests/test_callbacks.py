@@ -89,12 +89,35 @@ def test_a_bug_in_a_worker_prints_no_traceback(monkeypatch, capfd) -> None:
 
 def test_worker_decoding_raises_worker_lost_when_killed() -> None:
     decoding = callbacks.WorkerDecoding(1, keep_all=True)
-    decoding.open("C1", None)
+    decoding.open(0, "C1", None)
     decoding._procs[0].kill()  # as the kernel's OOM killer would
     decoding._procs[0].join()
     with pytest.raises(callbacks.WorkerLost):
         decoding.results()
     decoding.stop()
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_connections_sharing_an_id_stay_apart(workers: int) -> None:
+    """Two connections can share an id (same 4-tuple and first microsecond, one after the
+    other): their results are kept by the pipeline's key, not by the id."""
+    if workers:
+        decoding = callbacks.WorkerDecoding(workers, keep_all=True)
+    else:
+        decoding = callbacks.InlineDecoding(keep_all=True)
+    try:
+        decoding.open(0, "Csame", None)
+        decoding.data(0, 0, 0, b"\0\0\0\0not a frame", 1)
+        decoding.close(0)
+        decoding.open(1, "Csame", None)
+        decoding.close(1)
+        results = decoding.results()
+    finally:
+        decoding.stop()
+    assert set(results) == {0, 1}
+    (error,) = results[0][0]
+    assert "frame length 0" in error.reason
+    assert results[1] == ((), None)
 
 
 def test_events_survive_pickling_as_themselves() -> None:
