@@ -46,6 +46,10 @@ BATCH_BYTES = 1 << 20
 # pickle, so they stay one object).
 RESULT_CHUNK = 1024
 MAX_WORKERS = 8
+# AutoDecoding starts its workers after this many callback bytes: decoding them took about
+# 0.15 s here, several times what starting a worker costs, and a capture that has shown
+# that much callback traffic usually holds more.
+AUTO_START_BYTES = 1 << 20
 
 T = TypeVar("T")
 
@@ -147,11 +151,13 @@ class InlineDecoding:
                 self.close(op[1])
 
 
-def usable_cpus() -> int:
+def spare_cpus() -> int:
+    """CPUs this process may use besides the one it runs on (at most MAX_WORKERS)."""
     try:
-        return len(os.sched_getaffinity(0))
+        usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        usable = os.cpu_count() or 1
+    return max(0, min(usable - 1, MAX_WORKERS))
 
 
 class WorkerDecoding:
@@ -169,13 +175,17 @@ class WorkerDecoding:
         sys.stderr.flush()
         self._pipes: list[Pipe] = []
         self._procs: list[multiprocessing.process.BaseProcess] = []
-        for _ in range(workers):
-            ours, theirs = context.Pipe()
-            proc = context.Process(target=_worker_main, args=(theirs, keep_all), daemon=True)
-            proc.start()
-            theirs.close()
-            self._pipes.append(ours)
-            self._procs.append(proc)
+        try:
+            for _ in range(workers):
+                ours, theirs = context.Pipe()
+                proc = context.Process(target=_worker_main, args=(theirs, keep_all), daemon=True)
+                proc.start()
+                theirs.close()
+                self._pipes.append(ours)
+                self._procs.append(proc)
+        except OSError as exc:  # no process or no pipe to be had
+            self.stop()
+            raise WorkerLost(f"could not start a decoding worker process ({exc!r})") from None
         self._batches: list[list[tuple]] = [[] for _ in range(workers)]
         self._batch_bytes = [0] * workers
 
@@ -242,6 +252,67 @@ class WorkerDecoding:
             return fn(*args)
         except (OSError, EOFError) as exc:  # BrokenPipeError, a worker killed, …
             raise WorkerLost(f"a decoding worker process was lost ({exc!r})") from None
+
+
+class AutoDecoding:
+    """Decode in this process until the callback bytes seen pass `start_after`, then start
+    `workers` processes for the connections that open from then on.
+
+    Most captures hold a few tasks among much other traffic: they never pay for a process.
+    A capture of many tasks passes the mark within its first few hundred tasks."""
+
+    def __init__(self, workers: int, keep_all: bool, start_after: int | None = None) -> None:
+        self.max_workers = workers
+        self.keep_all = keep_all
+        self.start_after = AUTO_START_BYTES if start_after is None else start_after
+        self._inline = InlineDecoding(keep_all)
+        self._workers: WorkerDecoding | None = None
+        self._remote: set[int] = set()  # keys of the connections the workers decode
+        self._bytes = 0
+
+    @property
+    def started(self) -> bool:
+        return self._workers is not None
+
+    def open(self, key: int, conn_id: str, controller: int | None) -> None:
+        if self._workers is None and self.max_workers and self._bytes >= self.start_after:
+            try:
+                self._workers = WorkerDecoding(self.max_workers, self.keep_all)
+            except WorkerLost:
+                self.max_workers = 0  # no process to be had (a limit on processes): go on here
+        if self._workers is None:
+            self._inline.open(key, conn_id, controller)
+        else:
+            self._remote.add(key)
+            self._workers.open(key, conn_id, controller)
+
+    def data(self, key: int, direction: int, offset: int, data: bytes, ts: int) -> None:
+        self._bytes += len(data)
+        self._side(key).data(key, direction, offset, data, ts)
+
+    def gap(self, key: int, direction: int, offset: int, size: int, ts: int) -> None:
+        self._side(key).gap(key, direction, offset, size, ts)
+
+    def close(self, key: int) -> None:
+        self._side(key).close(key)
+        self._remote.discard(key)
+
+    def results(self) -> dict[int, Result]:
+        done = self._inline.results()
+        if self._workers is not None:
+            done |= self._workers.results()
+        return done
+
+    def stop(self) -> None:
+        self._inline.stop()
+        if self._workers is not None:
+            self._workers.stop()
+
+    def _side(self, key: int) -> CallbackDecoding:
+        if key in self._remote:
+            assert self._workers is not None
+            return self._workers
+        return self._inline
 
 
 def _worker_main(pipe: Pipe, keep_all: bool) -> None:

@@ -13,10 +13,9 @@ from typing import Any
 import click
 
 from jsdissect import __version__
-from jsdissect.callbacks import MAX_WORKERS
+from jsdissect.callbacks import AUTO_START_BYTES, MAX_WORKERS
 from jsdissect.capture import CaptureError
 from jsdissect.correlate import STATUSES
-from jsdissect.pipeline import AUTO_WORKERS_BYTES
 
 EXIT_BAD_INPUT = 2
 
@@ -56,8 +55,8 @@ def _common(func: Callable) -> Callable:
             type=click.IntRange(0, MAX_WORKERS),
             metavar="N",
             help="Processes that decode callback connections beside the reader (0: none;"
-            f" default: one per spare CPU for captures of {AUTO_WORKERS_BYTES >> 20} MB or"
-            " more). The results are the same.",
+            " default: one per spare CPU, started once a capture has shown"
+            f" {AUTO_START_BYTES >> 20} MB of callback traffic). The results are the same.",
         ),
         click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr."),
     ]

@@ -36,10 +36,6 @@ CALLBACK_RANGE = (59000, 59999)
 # command channels announce. More only follows a chain of announcements a real controller
 # does not make, and would make the work grow with the chain (issue 9: time stays linear).
 MAX_READS = 3
-# From this many capture bytes on, analyze() decodes callback connections in worker
-# processes when spare CPUs exist (measured: a worker pays for itself from a few MB of
-# dense JobScheduler traffic on; on captures where BPF skips nearly all, it costs ~20 ms).
-AUTO_WORKERS_BYTES = 8 << 20
 
 # PROTOCOL §12: how each channel begins.
 CMD_PREFIXES = (b"<?xml", b"<remote_scheduler.")
@@ -122,12 +118,10 @@ def analyze(
     `messages=False` keeps only the events task rows and task logs need (no `.messages`),
     for a memory that follows the open connections rather than the capture's size.
     `workers`: processes that decode callback connections beside the reader (0: none, all
-    in this process; None: one per spare CPU for captures of AUTO_WORKERS_BYTES or more).
-    The results are the same whatever the number."""
+    in this process; None: one per spare CPU, started once callbacks.AUTO_START_BYTES of
+    callback traffic were seen). The results are the same whatever the number."""
     opts = Options(tuple(scheduler_ports), engine, heuristics, all_tcp, messages)
     names = tuple(str(Path(p)) for p in paths)
-    if workers is None:
-        workers = auto_workers(names)
     extra_ports: set[int] = set()
     for _read in range(MAX_READS):
         with _no_cyclic_gc():
@@ -148,30 +142,15 @@ def analyze(
     return result
 
 
-def auto_workers(paths: Sequence[str]) -> int:
-    """Decoding workers for `analyze(workers=None)`: a process costs about as much to start
-    as decoding a few hundred tasks, so small captures are decoded in this process."""
-    try:
-        size = sum(os.path.getsize(p) for p in paths)
-    except OSError:
-        return 0  # read_segments names the file that is missing
-    if size < AUTO_WORKERS_BYTES:
-        return 0
-    return max(0, min(callbacks.usable_cpus() - 1, callbacks.MAX_WORKERS))
-
-
 def _run(
     paths: tuple[str, ...],
     opts: Options,
     extra_ports: set[int],
-    workers: int,
+    workers: int | None,
     progress: Callable[[int], None] | None,
 ) -> Analysis:
     stats = CaptureStats()
-    if workers:
-        decoding: CallbackDecoding = callbacks.WorkerDecoding(workers, keep_all=opts.messages)
-    else:
-        decoding = callbacks.InlineDecoding(keep_all=opts.messages)
+    decoding = _callback_decoding(workers, keep_all=opts.messages)
     try:
         dispatcher = _Dispatcher(opts, decoding)
         reassembler = Reassembler(dispatcher)
@@ -188,6 +167,14 @@ def _run(
         decoding.stop()
     tasks = correlate(dispatcher.channels, last_ts)
     return Analysis(paths, dispatcher.channels, tasks, stats, last_ts, messages_kept=opts.messages)
+
+
+def _callback_decoding(workers: int | None, keep_all: bool) -> CallbackDecoding:
+    if workers is None:
+        return callbacks.AutoDecoding(callbacks.spare_cpus(), keep_all)
+    if workers:
+        return callbacks.WorkerDecoding(workers, keep_all)
+    return callbacks.InlineDecoding(keep_all)
 
 
 @contextlib.contextmanager

@@ -130,16 +130,58 @@ def test_events_survive_pickling_as_themselves() -> None:
     assert [type(c) for c in copies] == [type(e) for e in events]
 
 
-def test_auto_workers_by_capture_size(tmp_path: Path) -> None:
-    small = tmp_path / "small.pcap"
-    small.write_bytes(b"\0" * 100)
-    big = tmp_path / "big.pcap"
-    with open(big, "wb") as f:
-        f.truncate(pipeline.AUTO_WORKERS_BYTES)  # sparse: no disk used
-    spare = max(0, min(callbacks.usable_cpus() - 1, callbacks.MAX_WORKERS))
-    assert pipeline.auto_workers([str(small)]) == 0
-    assert pipeline.auto_workers([str(big)]) == spare
-    assert pipeline.auto_workers([str(tmp_path / "missing.pcap")]) == 0
+class CountedWorkers(callbacks.WorkerDecoding):
+    started = 0
+
+    def __init__(self, workers: int, keep_all: bool) -> None:
+        type(self).started += 1
+        super().__init__(workers, keep_all)
+
+
+def test_auto_starts_workers_only_after_enough_callback_traffic(monkeypatch) -> None:
+    monkeypatch.setattr(callbacks, "WorkerDecoding", CountedWorkers)
+    capture = ROOT / "captures" / "parallel_50.pcap"
+    alone = jsdissect.analyze([capture], workers=0)
+
+    def analyze_with_mark(start_after: int | None) -> tuple[pipeline.Analysis, bool]:
+        made: list[callbacks.AutoDecoding] = []
+
+        def auto(workers: int | None, keep_all: bool) -> callbacks.AutoDecoding:
+            made.append(callbacks.AutoDecoding(1, keep_all, start_after))
+            return made[-1]
+
+        monkeypatch.setattr(pipeline, "_callback_decoding", auto)
+        result = jsdissect.analyze([capture])
+        return result, any(d.started for d in made)
+
+    # The default mark is never reached by 50 tasks: no process.
+    result, started = analyze_with_mark(None)
+    assert result.task_records == alone.task_records
+    assert not started and CountedWorkers.started == 0
+
+    # A low mark: the first connections are decoded here, the later ones by the worker.
+    result, started = analyze_with_mark(20_000)
+    assert started and CountedWorkers.started >= 1
+    assert result.task_records == alone.task_records
+    assert result.channels == alone.channels
+
+
+def test_auto_goes_on_alone_when_no_process_can_start(monkeypatch) -> None:
+    def no_process(*args: object) -> None:
+        raise callbacks.WorkerLost("could not start a decoding worker process (EAGAIN)")
+
+    monkeypatch.setattr(callbacks, "WorkerDecoding", no_process)
+    decoding = callbacks.AutoDecoding(2, keep_all=True, start_after=0)
+    decoding.open(0, "C1", None)
+    decoding.data(0, 0, 0, b"\0\0\0\0", 1)
+    decoding.close(0)
+    (error,) = decoding.results()[0][0]
+    assert not decoding.started and "frame length 0" in error.reason
+
+
+def test_spare_cpus() -> None:
+    assert 0 <= callbacks.spare_cpus() <= callbacks.MAX_WORKERS
+    assert callbacks.spare_cpus() == min(len(os.sched_getaffinity(0)) - 1, callbacks.MAX_WORKERS)
 
 
 def test_worker_count_is_checked() -> None:
