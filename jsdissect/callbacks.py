@@ -9,9 +9,11 @@ events when the capture is done:
 
 - `InlineDecoding` decodes as the bytes come, in this process;
 - `WorkerDecoding` sends the bytes in batches through a pipe to worker processes (a
-  connection always to the same one), which decode them with an `InlineDecoding` each.
+  connection always to the same one), which decode them with an `InlineDecoding` each;
+- `AutoDecoding` (the default) decodes in this process until callback traffic shows up in
+  volume, then hands the connections that open from then on to workers.
 
-Both give the same events in the same order; only where the work runs differs.
+All give the same events in the same order; only where the work runs differs.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ Result = tuple[tuple[Event, ...], "api.Request | None"]
 
 API_SIDES = (api.CONTROLLER, api.TASK_SERVER)
 
-# Operations sent to a worker, as tuples: (code, conn_id, …).
+# Operations sent to a worker, as tuples: (code, key, …).
 _OPEN, _DATA, _GAP, _CLOSE = range(4)
 # A batch goes out after this many operations or payload bytes, whichever comes first:
 # large enough that pickling and the pipe cost little per packet, small enough to keep
