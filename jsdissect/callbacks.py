@@ -165,12 +165,14 @@ def spare_cpus() -> int:
 class WorkerDecoding:
     """Decode in `workers` processes; this process only batches and sends the bytes."""
 
-    def __init__(self, workers: int, keep_all: bool) -> None:
+    def __init__(self, workers: int, keep_all: bool, start_method: str | None = None) -> None:
         if not 1 <= workers <= MAX_WORKERS:
             raise ValueError(f"workers must be 1 to {MAX_WORKERS}, not {workers}")
-        # fork: the worker starts at once with everything imported. Elsewhere spawn.
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        # Linux: fork, the worker starts at once with everything imported. Elsewhere spawn,
+        # Python's own default there (macOS system libraries do not survive a fork).
+        if start_method is None:
+            start_method = "fork" if sys.platform == "linux" else "spawn"
+        context = multiprocessing.get_context(start_method)
         # A forked child flushes its copy of these buffers when it ends: text already
         # written but not yet flushed would come out twice.
         sys.stdout.flush()

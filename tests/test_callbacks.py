@@ -87,6 +87,22 @@ def test_a_bug_in_a_worker_prints_no_traceback(monkeypatch, capfd) -> None:
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_spawned_workers_decode_the_same(monkeypatch) -> None:
+    """spawn is how workers start off Linux (macOS, Windows): a fresh interpreter that
+    imports the module and gets its batches by pickle, like a forked one."""
+
+    def spawned(workers: int | None, keep_all: bool) -> callbacks.WorkerDecoding:
+        return callbacks.WorkerDecoding(1, keep_all, start_method="spawn")
+
+    capture = ROOT / "captures" / "scala_api.pcap"
+    alone = jsdissect.analyze([capture], workers=0)
+    monkeypatch.setattr(pipeline, "_callback_decoding", spawned)
+    result = jsdissect.analyze([capture])
+    assert not result.stats.warnings
+    assert result.channels == alone.channels
+    assert result.task_records == alone.task_records
+
+
 def test_worker_decoding_raises_worker_lost_when_killed() -> None:
     decoding = callbacks.WorkerDecoding(1, keep_all=True)
     decoding.open(0, "C1", None)
