@@ -60,17 +60,24 @@ class WorkerLost(Exception):
     """A worker process died or its pipe broke; the results are incomplete."""
 
 
-class CallbackDecoding(Protocol):
-    """Connections are known by a key the caller gives at `open`, unique in one run (two
-    connections can share a connection id: same 4-tuple, same first microsecond)."""
-
-    def open(self, key: int, conn_id: str, controller: int | None) -> None: ...
+class Decoding(Protocol):
+    """Where one connection's bytes go, by the key it was opened with."""
 
     def data(self, key: int, direction: int, offset: int, data: bytes, ts: int) -> None: ...
 
     def gap(self, key: int, direction: int, offset: int, size: int, ts: int) -> None: ...
 
     def close(self, key: int) -> None: ...
+
+
+class CallbackDecoding(Protocol):
+    """Connections are known by a key the caller gives at `open`, unique in one run (two
+    connections can share a connection id: same 4-tuple, same first microsecond)."""
+
+    def open(self, key: int, conn_id: str, controller: int | None) -> Decoding:
+        """Start decoding a connection; its bytes go to the Decoding returned (per packet
+        one call, not a chain of them)."""
+        ...
 
     def results(self) -> dict[int, Result]:
         """Every connection's result by key; called once, after the last close."""
@@ -115,11 +122,14 @@ class InlineDecoding:
         self.keep_all = keep_all
         self._open: dict[int, _Connection] = {}
         self._done: dict[int, Result] = {}
+        self.bytes = 0  # callback bytes decoded here
 
-    def open(self, key: int, conn_id: str, controller: int | None) -> None:
+    def open(self, key: int, conn_id: str, controller: int | None) -> InlineDecoding:
         self._open[key] = _Connection(conn_id, controller, self.keep_all)
+        return self
 
     def data(self, key: int, direction: int, offset: int, data: bytes, ts: int) -> None:
+        self.bytes += len(data)
         conn = self._open[key]
         conn.collect(conn.decoder.feed(direction, offset, data, ts))
 
@@ -195,8 +205,9 @@ class WorkerDecoding:
 
     # A connection always goes to the same worker: the one its key names, so the keys the
     # pipeline numbers connections by take turns.
-    def open(self, key: int, conn_id: str, controller: int | None) -> None:
+    def open(self, key: int, conn_id: str, controller: int | None) -> WorkerDecoding:
         self._add(key, (_OPEN, key, conn_id, controller), 0)
+        return self
 
     def data(self, key: int, direction: int, offset: int, data: bytes, ts: int) -> None:
         self._add(key, (_DATA, key, direction, offset, data, ts), len(data))
@@ -271,35 +282,21 @@ class AutoDecoding:
         self.start_after = AUTO_START_BYTES if start_after is None else start_after
         self._inline = InlineDecoding(keep_all)
         self._workers: WorkerDecoding | None = None
-        self._remote: set[int] = set()  # keys of the connections the workers decode
-        self._bytes = 0
 
     @property
     def started(self) -> bool:
         return self._workers is not None
 
-    def open(self, key: int, conn_id: str, controller: int | None) -> None:
-        if self._workers is None and self.max_workers and self._bytes >= self.start_after:
+    def open(self, key: int, conn_id: str, controller: int | None) -> Decoding:
+        seen = self._inline.bytes
+        if self._workers is None and self.max_workers and seen >= self.start_after:
             try:
                 self._workers = WorkerDecoding(self.max_workers, self.keep_all)
             except WorkerLost:
                 self.max_workers = 0  # no process to be had (a limit on processes): go on here
         if self._workers is None:
-            self._inline.open(key, conn_id, controller)
-        else:
-            self._remote.add(key)
-            self._workers.open(key, conn_id, controller)
-
-    def data(self, key: int, direction: int, offset: int, data: bytes, ts: int) -> None:
-        self._bytes += len(data)
-        self._side(key).data(key, direction, offset, data, ts)
-
-    def gap(self, key: int, direction: int, offset: int, size: int, ts: int) -> None:
-        self._side(key).gap(key, direction, offset, size, ts)
-
-    def close(self, key: int) -> None:
-        self._side(key).close(key)
-        self._remote.discard(key)
+            return self._inline.open(key, conn_id, controller)
+        return self._workers.open(key, conn_id, controller)
 
     def results(self) -> dict[int, Result]:
         done = self._inline.results()
@@ -311,12 +308,6 @@ class AutoDecoding:
         self._inline.stop()
         if self._workers is not None:
             self._workers.stop()
-
-    def _side(self, key: int) -> CallbackDecoding:
-        if key in self._remote:
-            assert self._workers is not None
-            return self._workers
-        return self._inline
 
 
 def _worker_main(pipe: Pipe, keep_all: bool) -> None:

@@ -232,7 +232,8 @@ class _ConnState:
     handshake: bool  # False: picked up mid-stream
     kind: str | None = None  # None: not decided yet; "cmd", "api", "" (other)
     decoder: cmd.CommandDecoder | None = None  # "cmd"; "api" goes to the CallbackDecoding
-    callback_key: int = -1  # "api": the connection's key in the CallbackDecoding
+    callback_key: int = -1  # "api": the connection's key in the CallbackDecoding,
+    callback: callbacks.Decoding | None = None  # and where its bytes go
     pending: list[tuple[int, int, bytes, int]] = field(default_factory=list)
     pending_bytes: int = 0
     head: list[bytes] = field(default_factory=lambda: [b"", b""])
@@ -272,7 +273,7 @@ class _Dispatcher:
         self, conn_id: str, state: _ConnState, direction: int, offset: int, data: bytes, ts: int
     ) -> None:
         if state.kind == "api":
-            self.callbacks.data(state.callback_key, direction, offset, data, ts)
+            state.callback.data(state.callback_key, direction, offset, data, ts)
         elif state.decoder is not None:
             self._collect(state, state.decoder.feed(direction, offset, data, ts))
         elif state.kind is None:
@@ -290,7 +291,7 @@ class _Dispatcher:
             state.pending.append((direction, offset, b"", ts))
             self._decide(conn_id, state, _classify(state.head, self.opts.heuristics, True) or "")
         if state.kind == "api":
-            self.callbacks.gap(state.callback_key, direction, offset, size, ts)
+            state.callback.gap(state.callback_key, direction, offset, size, ts)
         elif state.decoder is not None:
             self._collect(state, state.decoder.gap(direction, offset, size, ts))
 
@@ -299,7 +300,7 @@ class _Dispatcher:
         if state.kind is None:
             self._decide(conn.id, state, _classify(state.head, self.opts.heuristics, True) or "")
         if state.kind == "api":
-            self.callbacks.close(state.callback_key)
+            state.callback.close(state.callback_key)
             self._callback_places.append((len(self.channels), conn, state.callback_key))
             self.channels.append(Channel(conn, "api", ()))  # completed by finish()
             return
@@ -326,7 +327,7 @@ class _Dispatcher:
             self._callbacks_opened += 1
             # The controller accepted the callback (§2): it is the server when we saw the SYN.
             controller = SERVER_TO_CLIENT if state.handshake else None
-            self.callbacks.open(state.callback_key, conn_id, controller)
+            state.callback = self.callbacks.open(state.callback_key, conn_id, controller)
         pending, state.pending = state.pending, []
         for direction, offset, data, ts in pending:
             if data:

@@ -188,9 +188,9 @@ def test_auto_goes_on_alone_when_no_process_can_start(monkeypatch) -> None:
 
     monkeypatch.setattr(callbacks, "WorkerDecoding", no_process)
     decoding = callbacks.AutoDecoding(2, keep_all=True, start_after=0)
-    decoding.open(0, "C1", None)
-    decoding.data(0, 0, 0, b"\0\0\0\0", 1)
-    decoding.close(0)
+    connection = decoding.open(0, "C1", None)
+    connection.data(0, 0, 0, b"\0\0\0\0", 1)
+    connection.close(0)
     (error,) = decoding.results()[0][0]
     assert not decoding.started and "frame length 0" in error.reason
 
