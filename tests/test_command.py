@@ -783,6 +783,74 @@ def test_any_doctype_is_refused():
     assert "forbidden" in err.reason
 
 
+# Pieces of documents without "<!" (parse_xml hands those to the C parser): declarations
+# with and without encodings, names with prefixes, entity and character references (good
+# and bad), processing instructions, text, and characters that break well-formedness.
+_XML_PIECES = st.sampled_from(
+    [
+        '<?xml version="1.0"?>',
+        '<?xml version="1.0" encoding="ISO-8859-1"?>',
+        '<?xml version="1.0" encoding="UTF-16"?>',
+        "<spooler>",
+        "</spooler>",
+        "<answer time='1'>",
+        "</answer>",
+        '<a:b xmlns:a="urn:x" a:c="1"/>',
+        '<x y="1" y="2"/>',
+        "<process pid='&#49;&#x32;' text='&lt;&amp;&gt;&quot;&apos;'/>",
+        "&undefined;",
+        "&#0;",
+        "&#xD800;",
+        "<?pi data?>",
+        "text ",
+        "\xe9\u20ac",
+        "<",
+        ">",
+        "&",
+        "'",
+        "<a b=c/>",
+        "\x00",
+        "]]>",
+    ]
+)
+
+
+def _defused_reference(text: str) -> str:
+    """What defusedxml's parser makes of `text`: the tree, or the error's text."""
+    import xml.etree.ElementTree as ET
+
+    from defusedxml.ElementTree import DefusedXMLParser
+
+    parser = DefusedXMLParser(forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    try:
+        parser.feed(text)
+        return ET.tostring(parser.close(), encoding="unicode")
+    except ET.ParseError as e:
+        return f"not well-formed XML: {e}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_XML_PIECES, max_size=8))
+def test_documents_without_a_dtd_parse_as_defusedxml_parses_them(pieces: list[str]):
+    # parse_xml takes the C parser when no "<!" occurs: same tree, same error, as the
+    # hardened parser it otherwise uses (trees are compared to MAX_TREE_DEPTH levels,
+    # which these pieces never exceed).
+    import xml.etree.ElementTree as ET
+
+    from jsdissect.protocol.command import Malformed, _text_of, parse_xml
+
+    raw = "".join(pieces).encode("latin-1", "replace")
+    try:
+        text = _text_of(raw)  # the declared encoding's text: what both parsers are given
+    except (UnicodeError, ValueError):
+        return
+    try:
+        got = ET.tostring(parse_xml(raw), encoding="unicode")
+    except Malformed as e:
+        got = str(e)
+    assert got == _defused_reference(text)
+
+
 def test_huge_attribute_value_keeps_memory_bounded():
     w = Wire("big")
     piece = b"x" * (1 << 20)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import unquote
-from xml.etree.ElementTree import Element, ParseError, TreeBuilder
+from xml.etree.ElementTree import Element, ParseError, TreeBuilder, XMLParser
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
@@ -192,11 +192,19 @@ def _text_of(raw: bytes) -> str:
 
 def parse_xml(raw: bytes) -> Element:
     """Hardened parse: no DTD, no entity declarations, no external references."""
-    parser = DefusedXMLParser(
-        target=_ShallowTree(), forbid_dtd=True, forbid_entities=True, forbid_external=True
-    )
     try:
-        parser.feed(_text_of(raw))
+        text = _text_of(raw)
+        parser: XMLParser | DefusedXMLParser
+        if "<!" in text:
+            parser = DefusedXMLParser(
+                target=_ShallowTree(), forbid_dtd=True, forbid_entities=True, forbid_external=True
+            )
+        else:
+            # Every construct defusedxml forbids is declared in a DTD, which starts with
+            # "<!": without one, the C parser builds the same tree in half the time
+            # (defusedxml extends the pure-Python parser to install its handlers).
+            parser = XMLParser(target=_ShallowTree())
+        parser.feed(text)
         return parser.close()
     except DefusedXmlException as e:
         raise Malformed(f"forbidden XML construct: {e}") from None
