@@ -57,6 +57,9 @@ def test_jsdissect_finds_every_generated_task(smoke_run: dict, capture: str) -> 
             r for r in smoke_run["results"] if r["capture"] == capture and r["reader"] == reader
         ]
         assert row["tasks_found"] == generated["tasks"], reader
+        # CPU time of the reader (and of any worker it waited for): a Python start-up alone
+        # takes tens of milliseconds, so zero would mean the usage was not read.
+        assert row["cpu"] > 0.01 and len(row["cpus"]) == len(row["walls"]), reader
 
 
 @pytest.mark.parametrize("capture", ["mixed", "dense"])

@@ -154,12 +154,20 @@ class Result:
     capture: str
     reader: str
     walls: list[float] = field(default_factory=list)  # seconds, one per round
+    # CPU seconds (user + system) of the reader and the processes it waited for (decoding
+    # workers), one per round: less noisy than the wall time on a shared machine, and what
+    # bounds the rate on a given number of cores.
+    cpus: list[float] = field(default_factory=list)
     rss_kb: int = 0  # peak over the rounds
     tasks_found: int | None = None
 
     @property
     def wall(self) -> float:
         return statistics.median(self.walls)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpus)
 
 
 class ReaderFailed(RuntimeError):
@@ -175,8 +183,10 @@ def reader_env(cache: Path) -> dict[str, str]:
 GNU_TIME = Path("/usr/bin/time")
 
 
-def run_once(argv: list[str], out: Path, env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Run a reader; its wall time and its own peak RSS (KB)."""
+def run_once(
+    argv: list[str], out: Path, env: dict[str, str] | None = None
+) -> tuple[float, float, int]:
+    """Run a reader; its wall time, CPU time and its own peak RSS (KB)."""
     err, rss_file = out.with_suffix(".stderr"), out.with_suffix(".rss")
     timed = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv] if GNU_TIME.exists() else argv
     with open(out.with_suffix(".stdout"), "wb") as stdout, open(err, "wb") as stderr:
@@ -184,24 +194,28 @@ def run_once(argv: list[str], out: Path, env: dict[str, str] | None = None) -> t
         proc = subprocess.Popen(timed, stdout=stdout, stderr=stderr, env=env)
         _pid, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
+    # wait4 reports the child's usage with that of the descendants it waited for (GNU time
+    # waits for the reader, the reader for its workers).
+    cpu = usage.ru_utime + usage.ru_stime
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         tail = err.read_text(errors="replace")[-2000:]
         raise ReaderFailed(f"{' '.join(argv)} exited {proc.returncode}:\n{tail}")
     if GNU_TIME.exists():
-        return wall, int(rss_file.read_text().split()[-1])
-    return wall, usage.ru_maxrss  # Linux: kilobytes
+        return wall, cpu, int(rss_file.read_text().split()[-1])
+    return wall, cpu, usage.ru_maxrss  # Linux: kilobytes
 
 
 def measure(
     capture: generate.Generated, reader: Reader, work: Path, env: dict[str, str]
-) -> tuple[float, int, int | None]:
-    """One run: wall time, peak RSS (KB) and the number of tasks in the reader's output."""
+) -> tuple[float, float, int, int | None]:
+    """One run: wall time, CPU time, peak RSS (KB) and the number of tasks in the reader's
+    output."""
     out = work / f"{capture.spec.name}.{reader.name.replace(' ', '_')}.out"
     out.unlink(missing_ok=True)
-    wall, rss = run_once(reader.argv(capture.paths, out), out, env)
+    wall, cpu, rss = run_once(reader.argv(capture.paths, out), out, env)
     # Readers that write to stdout (tshark) leave their table in .stdout.
-    return wall, rss, reader.count(out if out.exists() else out.with_suffix(".stdout"))
+    return wall, cpu, rss, reader.count(out if out.exists() else out.with_suffix(".stdout"))
 
 
 def warm_up(captures: list[generate.Generated], found: list[Reader], out: Path, env: dict) -> None:
@@ -227,10 +241,11 @@ def run_all(
         usable = [r for r in found if r.multi_file or len(capture.paths) == 1]
         for _ in range(rounds):
             for reader in usable:
-                wall, rss, tasks = measure(capture, reader, work, env)
+                wall, cpu, rss, tasks = measure(capture, reader, work, env)
                 key = (capture.spec.name, reader.name)
                 result = results.setdefault(key, Result(capture.spec.name, reader.name))
                 result.walls.append(wall)
+                result.cpus.append(cpu)
                 result.rss_kb = max(result.rss_kb, rss)
                 result.tasks_found = tasks
     return list(results.values())
@@ -326,19 +341,20 @@ def _rate(value: float) -> str:
 
 def table(results: list[Result], captures: dict[str, generate.Generated]) -> str:
     head = (
-        "| capture | reader | wall s (median) | packets/s | MB/s | tasks/s | peak RSS MB "
-        "| tasks found |"
+        "| capture | reader | wall s (median) | CPU s | packets/s | MB/s | tasks/s "
+        "| CPU ms/task | peak RSS MB | tasks found |"
     )
-    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|"]
+    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in results:
         cap = captures[r.capture]
         found = "" if r.tasks_found is None else f"{r.tasks_found:,} / {cap.tasks:,}"
         # Only a reader that builds the task table has a task rate.
         rate = "" if r.tasks_found is None else _rate(cap.tasks / r.wall)
+        per_task = "" if r.tasks_found is None else f"{1000 * r.cpu / cap.tasks:.3f}"
         lines.append(
-            f"| {r.capture} | {r.reader} | {r.wall:.3f} | {_rate(cap.packets / r.wall)} "
-            f"| {cap.bytes / 1e6 / r.wall:,.1f} | {rate} "
-            f"| {r.rss_kb / 1024:,.0f} | {found} |"
+            f"| {r.capture} | {r.reader} | {r.wall:.3f} | {r.cpu:.2f} "
+            f"| {_rate(cap.packets / r.wall)} | {cap.bytes / 1e6 / r.wall:,.1f} | {rate} "
+            f"| {per_task} | {r.rss_kb / 1024:,.0f} | {found} |"
         )
     return "\n".join(lines)
 
@@ -385,7 +401,7 @@ def report(
         "machine": info,
         "rounds": rounds,
         "captures": {name: asdict(cap) for name, cap in captures.items()},
-        "results": [asdict(r) | {"wall": r.wall} for r in results],
+        "results": [asdict(r) | {"wall": r.wall, "cpu": r.cpu} for r in results],
         "targets": [asdict(t) for t in found],
     }
     return text + "\n", data
