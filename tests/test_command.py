@@ -783,9 +783,10 @@ def test_any_doctype_is_refused():
     assert "forbidden" in err.reason
 
 
-# Pieces of documents without "<!" (parse_xml hands those to the C parser): declarations
-# with and without encodings, names with prefixes, entity and character references (good
-# and bad), processing instructions, text, and characters that break well-formedness.
+# Pieces of documents: declarations with and without encodings, names with prefixes,
+# entity and character references (good and bad), processing instructions, text, nesting
+# beyond what is kept, characters that break well-formedness, and constructs with "<!"
+# (parse_xml gives documents without "<!" to the C parser, the others to defusedxml).
 _XML_PIECES = st.sampled_from(
     [
         '<?xml version="1.0"?>',
@@ -811,30 +812,39 @@ _XML_PIECES = st.sampled_from(
         "<a b=c/>",
         "\x00",
         "]]>",
+        "<!-- note -->",
+        "<![CDATA[<x>]]>",
+        '<!DOCTYPE spooler [<!ENTITY e "x">]>',
+        "&e;",
     ]
 )
 
 
-def _defused_reference(text: str) -> str:
-    """What defusedxml's parser makes of `text`: the tree, or the error's text."""
+def _defused_parse(text: str) -> str:
+    """The hardened parse parse_xml used for every document before the C parser took
+    those without "<!": the tree it keeps (same target), or the error's text."""
     import xml.etree.ElementTree as ET
 
+    from defusedxml import DefusedXmlException
     from defusedxml.ElementTree import DefusedXMLParser
 
-    parser = DefusedXMLParser(forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    from jsdissect.protocol.command import _ShallowTree
+
+    parser = DefusedXMLParser(
+        target=_ShallowTree(), forbid_dtd=True, forbid_entities=True, forbid_external=True
+    )
     try:
         parser.feed(text)
         return ET.tostring(parser.close(), encoding="unicode")
+    except DefusedXmlException as e:
+        return f"forbidden XML construct: {e}"
     except ET.ParseError as e:
         return f"not well-formed XML: {e}"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(_XML_PIECES, max_size=8))
-def test_documents_without_a_dtd_parse_as_defusedxml_parses_them(pieces: list[str]):
-    # parse_xml takes the C parser when no "<!" occurs: same tree, same error, as the
-    # hardened parser it otherwise uses (trees are compared to MAX_TREE_DEPTH levels,
-    # which these pieces never exceed).
+def test_xml_parses_as_the_hardened_parser_parses_it(pieces: list[str]):
     import xml.etree.ElementTree as ET
 
     from jsdissect.protocol.command import Malformed, _text_of, parse_xml
@@ -848,7 +858,16 @@ def test_documents_without_a_dtd_parse_as_defusedxml_parses_them(pieces: list[st
         got = ET.tostring(parse_xml(raw), encoding="unicode")
     except Malformed as e:
         got = str(e)
-    assert got == _defused_reference(text)
+    assert got == _defused_parse(text)
+
+
+def test_xml_with_a_dtd_is_still_refused_and_without_one_still_parsed():
+    from jsdissect.protocol.command import Malformed, parse_xml
+
+    with pytest.raises(Malformed, match="forbidden"):
+        parse_xml(b'<?xml version="1.0" encoding="UTF-7"?>+ADwAIQ-DOCTYPE x+AD4-<x/>')
+    root = parse_xml(b"<spooler><answer time='t'><process pid='7'/></answer></spooler>")
+    assert root[0][0].get("pid") == "7"
 
 
 def test_huge_attribute_value_keeps_memory_bounded():

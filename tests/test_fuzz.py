@@ -725,6 +725,7 @@ def counted_reads() -> Iterator[Counter[str]]:
     """Count the reader's primitive reads: the work a frame costs, whatever the clock says."""
     counts: Counter[str] = Counter()
     fixed, raw = api._Reader.fixed, api._Reader.raw
+    strings, variants = api._Reader.strings, api._Reader.variants
 
     def counting_fixed(self, layout, what):
         counts["reads"] += 1
@@ -734,9 +735,20 @@ def counted_reads() -> Iterator[Counter[str]]:
         counts["reads"] += 1
         return raw(self, size, what)
 
+    # Runs of strings and VARIANTs read their usual elements inline: one read an element.
+    def counting_strings(self, n, what):
+        counts["reads"] += n
+        return strings(self, n, what)
+
+    def counting_variants(self, n, depth):
+        counts["reads"] += n
+        return variants(self, n, depth)
+
     with (
         mock.patch.object(api._Reader, "fixed", counting_fixed),
         mock.patch.object(api._Reader, "raw", counting_raw),
+        mock.patch.object(api._Reader, "strings", counting_strings),
+        mock.patch.object(api._Reader, "variants", counting_variants),
     ):
         yield counts
 
