@@ -112,7 +112,7 @@ VT_INT = 0x16
 VT_UINT = 0x17
 VT_ARRAY = 0x2000
 VARIANT_MIN = 4  # int32 vt
-BSTR_HEAD = struct.Struct(">Ii")  # a VT_BSTR VARIANT: vt, then the string's byte count
+BSTR_HEAD = struct.Struct(">Ii")  # §5.4 a VT_BSTR VARIANT: vt, then the string's byte count
 FIXED_VALUES = {  # vt -> layout of its value
     VT_I1: I8,
     VT_UI1: U8,
