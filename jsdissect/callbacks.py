@@ -18,11 +18,13 @@ All give the same events in the same order; only where the work runs differs.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection as Pipe
 from typing import Any, Protocol, TypeVar
@@ -52,6 +54,9 @@ MAX_WORKERS = 8
 # 0.15 s here, several times what starting a worker costs, and a capture that has shown
 # that much callback traffic usually holds more.
 AUTO_START_BYTES = 1 << 20
+# stop() waits this long for the workers to end by themselves (one finishing the batch it
+# is decoding) before it kills them.
+STOP_WAIT = 5.0
 
 T = TypeVar("T")
 
@@ -191,17 +196,28 @@ class WorkerDecoding:
         self._procs: list[multiprocessing.process.BaseProcess] = []
         try:
             for _ in range(workers):
-                ours, theirs = context.Pipe()
-                proc = context.Process(target=_worker_main, args=(theirs, keep_all), daemon=True)
-                proc.start()
-                theirs.close()
-                self._pipes.append(ours)
-                self._procs.append(proc)
-        except OSError as exc:  # no process or no pipe to be had
+                self._start_worker(context, keep_all, forked=start_method == "fork")
+        except BaseException as exc:
             self.stop()
-            raise WorkerLost(f"could not start a decoding worker process ({exc!r})") from None
+            if isinstance(exc, OSError):  # no process or no pipe to be had
+                raise WorkerLost(f"could not start a decoding worker process ({exc!r})") from None
+            raise
         self._batches: list[list[tuple]] = [[] for _ in range(workers)]
         self._batch_bytes = [0] * workers
+
+    def _start_worker(self, context: Any, keep_all: bool, forked: bool) -> None:
+        ours, theirs = context.Pipe()
+        self._pipes.append(ours)
+        # A forked child gets a copy of every descriptor, among them this process's ends of
+        # the pipes: closed first thing in the child, or a worker would never see its input
+        # end when this process closes its end or dies. A spawned child gets only its own.
+        inherited = tuple(self._pipes) if forked else ()
+        proc = context.Process(target=_worker_main, args=(theirs, keep_all, inherited))
+        proc.daemon = True
+        self._procs.append(proc)
+        with _sigint_blocked():  # the child ignores Ctrl-C before it can be delivered
+            proc.start()
+        theirs.close()
 
     # A connection always goes to the same worker: the one its key names, so the keys the
     # pipeline numbers connections by take turns.
@@ -230,14 +246,21 @@ class WorkerDecoding:
         return done
 
     def stop(self) -> None:
-        for pipe in self._pipes:
-            pipe.close()
-        for proc in self._procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        """Close the pipes: each worker sees the end of its input and ends; one still busy
+        after STOP_WAIT seconds is killed. Also when interrupted while waiting."""
+        pipes, procs = self._pipes, [p for p in self._procs if p.pid is not None]
         self._pipes, self._procs = [], []
+        for pipe in pipes:
+            pipe.close()
+        try:
+            deadline = time.monotonic() + STOP_WAIT
+            for proc in procs:
+                proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            for proc in procs:
+                if proc.is_alive():
+                    proc.kill()
+                proc.join()
 
     def _add(self, key: int, op: tuple, size: int) -> None:
         index = key % len(self._pipes)
@@ -310,11 +333,30 @@ class AutoDecoding:
             self._workers.stop()
 
 
-def _worker_main(pipe: Pipe, keep_all: bool) -> None:
-    """A worker: apply batches until the empty one, then send the results back in chunks."""
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT held back in this process (and in a child started meanwhile, which inherits
+    the mask); one that came in the meantime is delivered when this ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _worker_main(pipe: Pipe, keep_all: bool, inherited: tuple[Pipe, ...] = ()) -> None:
+    """A worker: apply batches until the empty one, then send the results back in chunks.
+    `inherited`: the main process's pipe ends a fork copied into this process."""
+    for end in inherited:
+        end.close()
     # Ctrl-C is for the main process, which stops the workers; a worker's own traceback
-    # would only clutter the terminal.
+    # would only clutter the terminal. (SIGINT is blocked until here: see _sigint_blocked.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     decoding = InlineDecoding(keep_all)
     try:
         while payload := pipe.recv_bytes():

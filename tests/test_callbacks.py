@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pathological as patho
@@ -111,6 +112,54 @@ def test_worker_decoding_raises_worker_lost_when_killed() -> None:
     with pytest.raises(callbacks.WorkerLost):
         decoding.results()
     decoding.stop()
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_workers_end_by_themselves_when_their_input_ends(start_method: str) -> None:
+    """A run that stops early (an unreadable file, Ctrl-C) closes the pipes without asking
+    for results: every worker must see the end of its input and exit, not wait to be
+    killed. A forked worker once kept a copy of the main process's ends of the pipes, so
+    it never saw that end."""
+    decoding = callbacks.WorkerDecoding(2, keep_all=True, start_method=start_method)
+    decoding.open(0, "C1", None)
+    decoding.open(1, "C2", None)
+    decoding._send(0)
+    procs = list(decoding._procs)
+    decoding.stop()
+    assert [p.exitcode for p in procs] == [0, 0]  # killed by stop(): -9
+
+
+WORKERS_ORPHANED = """
+import os, signal, sys
+from jsdissect import callbacks
+decoding = callbacks.WorkerDecoding(2, keep_all=True)
+print(" ".join(str(p.pid) for p in decoding._procs), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no clean-up: as the OOM killer or kill -9 would
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whoever reaps it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_workers_end_when_the_main_process_dies() -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", WORKERS_ORPHANED], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == -9, run.stderr
+    pids = [int(pid) for pid in run.stdout.split()]
+    assert len(pids) == 2
+    # A liveness bound, not a speed one: the workers see end-of-file at once and exit; the
+    # defect this guards against left them waiting forever.
+    deadline = time.monotonic() + 60
+    while any(map(_running, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_running, pids)), "orphaned decoding workers still running"
 
 
 @pytest.mark.parametrize("workers", [0, 1, 2])
