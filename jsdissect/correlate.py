@@ -33,6 +33,8 @@ STATUSES = (
     "running",
 )
 FAILED_STATUSES = STATUSES[:6]  # the task did not end normally
+# Statuses that say no callback connection ever came (DESIGN Status 1 and 4).
+NO_CALLBACK_STATUSES = ("start-failed", "callback-missing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +129,10 @@ def correlate(channels: Iterable[Channel], capture_end: int | None) -> list[Task
     unmatched = _match_callbacks(tasks, channels)
     tasks += [_partial_from_callback(ch) for ch in unmatched if ch.kind == "api"]
     for task in tasks:
-        if task.start_seen or task.callback is not None:
-            # Start or callback captured: the counts are known, zero when nothing was said.
-            task.steps = task.log_lines = 0
         if task.callback is not None:
+            # The callback connection is where steps and log lines are said: captured, its
+            # counts are known, zero when nothing was said.
+            task.steps = task.log_lines = 0
             _fill_from_callback(task, task.callback)
         _finish(task, capture_end)
     return sorted(tasks, key=_sort_key)
@@ -349,6 +351,10 @@ def _finish(task: Task, capture_end: int | None) -> None:
     if task.errors:
         task.error = min(task.errors, key=lambda e: e[0])[1]
     task.status = _status(task, capture_end)
+    if task.callback is None and task.status in NO_CALLBACK_STATUSES:
+        # No callback connection ever came: nothing was counted, and that is known. A task
+        # whose callback may merely lie outside the capture keeps its counts empty.
+        task.steps = task.log_lines = 0
     task.notes = "; ".join(task.note_list)
 
 
@@ -359,10 +365,8 @@ def _status(task: Task, capture_end: int | None) -> str:
         return "start-failed"
     if cb is not None and cb.refused is not None:
         return "callback-refused"
-    if cb is not None and cb.synack is None and cb.syn is not None:
-        if cb.syn_count > 1 or not _may_still_come(cb.syn, capture_end):
-            return "callback-unanswered"
-        return "running"
+    if cb is not None and _unanswered(cb, capture_end):
+        return "callback-unanswered"
     if task.start_seen and cb is None and _callback_overdue(task, capture_end):
         return "callback-missing"
     if task.killed:
@@ -374,6 +378,19 @@ def _status(task: Task, capture_end: int | None) -> str:
     if task.close_answered is not None:
         return "completed"
     return "running"
+
+
+def _unanswered(cb: Connection, capture_end: int | None) -> bool:
+    """DESIGN Status 3: the callback SYN was retransmitted, or 60 s passed, with no sign of
+    an answer. A SYN-ACK the capture lost is no missing answer: data in either direction,
+    or a FIN from the controller, means the connection was accepted. A single SYN the
+    capture ended less than 60 s after may still be answered ("Cases at the edges"): the
+    later rules decide, which without a kill, a reset or the close answered is `running`."""
+    if cb.syn is None or cb.synack is not None:
+        return False
+    if cb.bytes_c2s or cb.bytes_s2c or cb.server_fin is not None:
+        return False
+    return cb.syn_count > 1 or not _may_still_come(cb.syn, capture_end)
 
 
 def _may_still_come(since: int, capture_end: int | None) -> bool:

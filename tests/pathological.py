@@ -1381,6 +1381,37 @@ def ends_after_synack() -> Scenario:
     return scenario
 
 
+def callback_synack_not_captured() -> Scenario:
+    scenario = build(
+        "patho_callback_synack_not_captured",
+        "The callback's SYN-ACK is missing from the capture (lost at the capture point), the "
+        "task runs to its end: the callback was answered all the same (data flowed), so the "
+        "task is completed, with callback_established empty.",
+        [TaskSpec(process_id="700015")],
+        seed=26,
+    )
+    callback = scenario.tasks[0].cb
+    scenario.cap.segments = [
+        s for s in scenario.cap.segments if not (s.conv is callback and s.flags == "SA")
+    ]
+    return scenario
+
+
+def ends_before_callback() -> Scenario:
+    scenario = build(
+        "patho_ends_before_callback",
+        "The capture ends after the start answer, before any packet of the callback: steps "
+        "and log_lines are empty (their source was not captured), the task is running.",
+        [TaskSpec(process_id="700016")],
+        seed=27,
+        well_formed=False,
+    )
+    callback = scenario.tasks[0].cb
+    first = min(s.t for s in scenario.cap.segments if s.conv is callback)
+    scenario.keep = (None, first - 1)
+    return scenario
+
+
 def port_reuse() -> Scenario:
     first = TaskSpec(process_id="800001", cmd_port=40120, callback_src_port=51300)
     second = TaskSpec(
@@ -1428,6 +1459,8 @@ SCENARIOS: tuple[Callable[[], Scenario], ...] = (
     callback_syn_at_end,
     syn_retransmits,
     ends_after_synack,
+    callback_synack_not_captured,
+    ends_before_callback,
     port_reuse,
 )
 

@@ -642,6 +642,7 @@ local function track_tcp(tvb, pinfo, now)
         conn.refused, conn.refused_frame = now, pinfo.number
     end
     if from_server then conn.server_spoke = true end
+    if fin and from_server then conn.server_fin = true end
     if (fin or rst) and conn.closed == nil then
         conn.closed = now
         -- a connection that never carried this protocol need not be remembered
@@ -823,15 +824,24 @@ local function may_still_come(since)
     return capture_end == nil or capture_end < since + CALLBACK_TIMEOUT_US
 end
 
+-- DESIGN Status 3: the callback SYN was retransmitted, or 60 s passed, with no sign of an
+-- answer. A SYN-ACK the capture lost is no missing answer: data in either direction, or a
+-- FIN from the controller, means the connection was accepted. A single SYN the capture
+-- ended less than 60 s after may still be answered: the later rules decide.
+local function unanswered(cb)
+    if cb.syn == nil or cb.synack ~= nil or cb.data_seen or cb.server_fin then return false end
+    return cb.syn_count > 1 or not may_still_come(cb.syn)
+end
+
+-- Statuses that say no callback connection ever came (DESIGN Status 1 and 4).
+local NO_CALLBACK = { ["start-failed"] = true, ["callback-missing"] = true }
+
 -- DESIGN "Status": the first rule that applies.
 local function status_of(t)
     local cb = t.callback
     if t.start_failed then return "start-failed" end
     if cb and cb.refused then return "callback-refused" end
-    if cb and cb.synack == nil and cb.syn ~= nil then
-        if cb.syn_count > 1 or not may_still_come(cb.syn) then return "callback-unanswered" end
-        return "running"
-    end
+    if cb and unanswered(cb) then return "callback-unanswered" end
     if t.start_seen and cb == nil then
         if (t.cmd and t.cmd.closed) or not may_still_come(t.start_sent) then
             return "callback-missing"
@@ -2182,6 +2192,7 @@ local function dissect_api(tvb, pinfo, tree)
         if l == 0 or l > MAX_FRAME or not API_CLASSES[tvb(4, 1):uint()] then return 0 end
     end
     last_main_frame = pinfo.number
+    conn.data_seen = true  -- bytes flowed: the connection was accepted (status_of)
     local as = api_state(conn)
     local first_pass = not pinfo.visited
     local now = frame_us(pinfo)
@@ -2437,8 +2448,8 @@ local function task_row(t)
         end
         r.steps = cb.api and cb.api.steps or 0
         r.log_lines = t.log_lines or 0
-    elseif t.start_seen then
-        r.steps, r.log_lines = 0, 0  -- the start was seen and no callback came
+    elseif NO_CALLBACK[r.status] then
+        r.steps, r.log_lines = 0, 0  -- no callback ever came: nothing to count, and known
     end
     for _, c in ipairs(TIME_COLUMNS) do r[c] = exact(r[c]) end
     for name, pair in pairs(DURATIONS) do
