@@ -16,6 +16,7 @@ import gzip
 import heapq
 import os
 import socket
+import stat
 import struct
 import sys
 import tempfile
@@ -508,9 +509,24 @@ def _os_problem(exc: OSError) -> str:
 
 def _open_raw(path: str) -> IO[bytes]:
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            # A pipe or a device: opening a FIFO would wait for a writer, and the bytes read
+            # to identify the file would be gone for the read that follows.
+            raise CaptureError(
+                f"{path}: not a regular file (a pipe or a device); a capture is read more"
+                " than once, so save it to a file first"
+            )
         return open(path, "rb")
     except OSError as exc:
         raise CaptureError(f"{path}: {_os_problem(exc)}") from None
+
+
+def check_files(paths: Sequence[str | os.PathLike[str]]) -> None:
+    """Raise CaptureError for the first path that is not a pcap/pcapng file (maybe
+    gzipped) with a whole file header: the checks every engine makes before reading."""
+    for path in paths:
+        _identify(str(path))
 
 
 def _identify(path: str) -> _FileInfo:

@@ -22,13 +22,22 @@ EXIT_BAD_INPUT = 2
 CAPTURES = click.argument("captures", nargs=-1, required=True, metavar="CAPTURE...")
 
 
+CSV_OPTION = click.option(
+    "--csv", "csv_path", metavar="FILE", help="Write CSV to FILE ('-' = stdout)."
+)
+JSON_OPTION = click.option(
+    "--json", "json_path", metavar="FILE", help="Write JSON to FILE ('-' = stdout)."
+)
+
+
+def _tables(func: Callable) -> Callable:
+    """--csv and --json, for the commands that write tables."""
+    return CSV_OPTION(JSON_OPTION(func))
+
+
 def _common(func: Callable) -> Callable:
     """Options every analysis command takes."""
     options = [
-        click.option("--csv", "csv_path", metavar="FILE", help="Write CSV to FILE ('-' = stdout)."),
-        click.option(
-            "--json", "json_path", metavar="FILE", help="Write JSON to FILE ('-' = stdout)."
-        ),
         click.option(
             "--scheduler-port",
             "scheduler_ports",
@@ -74,6 +83,8 @@ def _guarded(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except click.ClickException:
             raise  # usage errors: click prints them with exit status 2
+        except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT, quietly
+            sys.exit(130)
         except BrokenPipeError:  # `jsdissect tasks X | head`: stop quietly, like cat would
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)
@@ -88,6 +99,15 @@ def _guarded(func: Callable) -> Callable:
             _fail(f"internal error: {type(exc).__name__}: {exc} (JSDISSECT_DEBUG=1 for details)", 3)
 
     return wrapper
+
+
+MAX_TIME_WAIT_S = 86_400.0  # TIME_WAIT lasts minutes; a day is past any real setting
+
+
+def _finite(value: float, hint: str) -> float:
+    if value != value:  # NaN compares unequal to itself, and passes every range check
+        raise click.BadParameter("not a number", param_hint=hint)
+    return value
 
 
 def _fail(message: str, status: int) -> None:
@@ -113,7 +133,7 @@ class _Progress:
     """Segment counter on stderr, shown only on a terminal and after the first second."""
 
     def __init__(self, quiet: bool) -> None:
-        self.enabled = not quiet and sys.stderr.isatty()
+        self.enabled = not quiet and sys.stderr is not None and sys.stderr.isatty()
         self.started = time.monotonic()
         self.shown = False
 
@@ -127,15 +147,30 @@ class _Progress:
             click.echo("\r" + " " * 40 + "\r", err=True, nl=False)
 
 
-def _check_output(path: str | None) -> None:
+def _check_output(path: str | None, captures: Sequence[str]) -> None:
     """Refuse an output file that cannot be written before the analysis, not after it."""
-    if not path or path == "-":
-        return
-    target = os.path.abspath(path)
-    if os.path.isdir(target):
-        _fail(f"{path}: is a directory, not a file to write", EXIT_BAD_INPUT)
-    if not os.path.isdir(os.path.dirname(target)):
-        _fail(f"{path}: no such directory to write into", EXIT_BAD_INPUT)
+    from jsdissect.report import OutputError, check_output
+
+    if path:
+        try:
+            check_output(path, captures)
+        except OutputError as exc:
+            _fail(str(exc), EXIT_BAD_INPUT)
+
+
+def _check_outputs(captures: Sequence[str], opts: dict[str, Any]) -> None:
+    csv_path, json_path = opts.get("csv_path"), opts.get("json_path")
+    if csv_path == "-" and json_path == "-":
+        raise click.UsageError("--csv - and --json - cannot both write to stdout")
+    if (
+        csv_path
+        and json_path
+        and csv_path != "-"
+        and os.path.abspath(csv_path) == os.path.abspath(json_path)
+    ):
+        raise click.UsageError("--csv and --json name the same file")
+    for path in (csv_path, json_path):
+        _check_output(path, captures)
 
 
 def _analyze(captures: Sequence[str], opts: dict[str, Any], messages: bool = False, **extra: Any):
@@ -148,10 +183,7 @@ def _analyze(captures: Sequence[str], opts: dict[str, Any], messages: bool = Fal
 
     if opts["engine"] == "wireshark":
         raise click.UsageError("--engine wireshark works with 'tasks' and 'messages' only")
-    if opts["csv_path"] == "-" and opts["json_path"] == "-":
-        raise click.UsageError("--csv - and --json - cannot both write to stdout")
-    for path in (opts["csv_path"], opts["json_path"]):
-        _check_output(path)
+    _check_outputs(captures, opts)
     progress = _Progress(opts["quiet"])
     result = analyze(
         captures,
@@ -174,8 +206,7 @@ def _wireshark(captures: Sequence[str], opts: dict[str, Any]) -> tuple[list[dict
     """Task and message rows from tshark running the plugin (`--engine wireshark`)."""
     from jsdissect import wireshark
 
-    for path in (opts["csv_path"], opts["json_path"]):
-        _check_output(path)
+    _check_outputs(captures, opts)
     return wireshark.analyze(captures, opts["scheduler_ports"] or (4444, 4455))
 
 
@@ -225,6 +256,7 @@ CONNECTION_SHOWN = [
 )
 @CAPTURES
 @_common
+@_tables
 @_guarded
 def connections(captures: tuple[str, ...], **opts: Any) -> None:
     """List every TCP connection: endpoints, times, bytes each way, state, retransmissions
@@ -275,6 +307,7 @@ TASK_SHOWN = [
 )
 @CAPTURES
 @_common
+@_tables
 @click.option(
     "--columns",
     metavar="A,B,…",
@@ -334,6 +367,7 @@ def tasks(
 )
 @CAPTURES
 @_common
+@_tables
 @click.option("--process-id", help="Only the messages of this task (both connections).")
 @click.option("--errors", "errors_only", is_flag=True, help="Only decode errors.")
 @_guarded
@@ -384,6 +418,7 @@ def messages(
 )
 @CAPTURES
 @_common
+@_tables
 @click.option(
     "--slowest",
     default=10,
@@ -417,11 +452,13 @@ def summary(captures: tuple[str, ...], slowest: int, **opts: Any) -> None:
 )
 @CAPTURES
 @_common
+@JSON_OPTION
 @click.option(
     "--time-wait",
     default=120.0,
     show_default=True,
-    type=click.FloatRange(0),
+    type=click.FloatRange(0, MAX_TIME_WAIT_S),  # NaN passes a range: see _finite
+    callback=lambda _ctx, _param, value: _finite(value, "--time-wait"),
     help="Seconds a closed port may linger in TIME_WAIT.",
 )
 @_guarded
@@ -472,7 +509,7 @@ def timeline(captures: tuple[str, ...], output: str, **opts: Any) -> None:
 
     if Path(output).suffix.lower() not in (".png", ".svg", ".html"):
         raise click.BadParameter("use a .png, .svg or .html file name", param_hint="--output")
-    _check_output(output)
+    _check_output(output, captures)
     result = _analyze(captures, opts)
     plot.write(result.task_records, output)
     if not opts["quiet"]:

@@ -8,11 +8,14 @@ point, so cells are formatted here, once, for both CSV and JSON.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -390,16 +393,54 @@ def write_json(rows: Iterable[dict[str, Any]], columns: Sequence[Column], out: I
     out.write("[\n " + ",\n ".join(objects) + "\n]\n" if objects else "[]\n")
 
 
-def write_output(path: str, render: callable) -> None:
-    """Write `render(stream)` to `path` ('-' = stdout) through a temporary file and a
-    rename, so a failure never leaves a half-written file behind."""
-    if path == "-":
-        import sys
+class OutputError(Exception):
+    """An output path that must not or cannot be written; the message names it."""
 
+
+def check_output(path: str, inputs: Sequence[str] = ()) -> None:
+    """Raise OutputError when `path` cannot take an output, before the analysis runs: a
+    directory, one of the input captures, a place where no file can be made."""
+    if path == "-":
+        return
+    if os.path.isdir(path):
+        raise OutputError(f"{path}: is a directory, not a file to write")
+    for capture in inputs:
+        with contextlib.suppress(OSError):
+            if os.path.samefile(path, capture):
+                raise OutputError(f"{path}: is one of the input captures; not overwritten")
+    if os.path.exists(path) and not os.path.isfile(path):
+        return  # a device or a FIFO: written in place
+    folder = os.path.dirname(os.path.realpath(path))
+    if not os.path.isdir(folder):
+        raise OutputError(f"{path}: no such directory to write into")
+    try:  # the one sure test (permissions, read-only file systems, quotas): make a file
+        fd, probe = tempfile.mkstemp(prefix=".jsdissect-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write there ({exc.strerror or exc})") from None
+
+
+def write_output(path: str, render: callable) -> None:
+    """Write `render(stream)` to `path` ('-' = stdout). A file is written through a
+    temporary file and a rename, so a failure never leaves a half-written file behind;
+    through a symbolic link, the file it points to is replaced and the link kept. A device
+    or a FIFO (/dev/null, a named pipe) is written in place: a rename would replace it."""
+    if path == "-":
+        if sys.stdout is None:
+            raise OSError(errno.EBADF, "standard output is closed", "-")
         render(sys.stdout)
         sys.stdout.flush()
         return
-    target = Path(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        try:
+            with open(path, "w", encoding="utf-8", newline="") as out:
+                render(out)
+        except OSError as exc:
+            exc.filename = path  # a full device fails at the last flush, without a name
+            raise
+        return
+    target = Path(os.path.realpath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     except OSError as exc:

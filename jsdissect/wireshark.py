@@ -21,7 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from jsdissect.capture import CaptureError
+from jsdissect.capture import CaptureError, check_files
 from jsdissect.report import DURATION, INTEGER, TASK_COLUMNS, TIME
 
 PLUGIN_NAME = "jobscheduler.lua"
@@ -56,9 +56,7 @@ def _tshark() -> str:
 @contextlib.contextmanager
 def _one_file(paths: Sequence[str | os.PathLike[str]], tmp: Path) -> Iterator[Path]:
     """tshark reads one file: several (a ring buffer) are merged by time with mergecap."""
-    for p in paths:
-        if not Path(p).is_file():
-            raise CaptureError(f"{p}: no such file")
+    check_files(paths)  # the same one-line errors as the other engines, before tshark runs
     if len(paths) == 1:
         yield Path(paths[0])
         return

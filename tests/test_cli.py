@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import jsencode as enc
@@ -143,3 +146,134 @@ def test_unwritable_output_is_a_clear_error(capture: Path, tmp_path: Path) -> No
     out = run("tasks", str(capture), "--csv", str(tmp_path / "no" / "such" / "dir.csv"))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+# --- inputs and outputs that are not plain files (found by a review as a user would try) ---
+
+
+def test_a_pipe_as_input_is_refused_without_waiting(tmp_path: Path) -> None:
+    # A capture is read more than once; opening a FIFO would also wait for a writer.
+    fifo = tmp_path / "capture.fifo"
+    os.mkfifo(fifo)
+    out = run("tasks", str(fifo))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert "capture.fifo" in line and "not a regular file" in line
+
+
+def test_output_to_a_fifo_is_written_into_it_not_replaced(capture: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    out = run("tasks", str(capture), "--csv", str(fifo), "-q")
+    reader.join(timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)  # a rename over it would leave a plain file
+    assert received and received[0].startswith("process_id,pid,")
+
+
+def test_output_through_a_symlink_replaces_the_file_and_keeps_the_link(
+    capture: Path, tmp_path: Path
+) -> None:
+    real = _write(tmp_path / "real.csv", b"old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real.name)
+    out = run("tasks", str(capture), "--csv", str(link), "-q")
+    assert out.returncode == 0, out.stderr
+    assert link.is_symlink() and real.read_text().startswith("process_id,")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+def test_a_full_device_is_an_error_and_stays_a_device(capture: Path, tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    os.mknod(full, 0o600 | stat.S_IFCHR, os.makedev(1, 7))  # a /dev/full of our own
+    out = run("tasks", str(capture), "--csv", str(full), "-q")
+    assert out.returncode == 2, out.stderr
+    assert "full" in out.stderr and "No space left" in out.stderr
+    assert stat.S_ISCHR(full.lstat().st_mode)
+
+
+def test_an_input_capture_is_never_overwritten(capture: Path) -> None:
+    before = capture.read_bytes()
+    out = run("tasks", str(capture), "--csv", str(capture))
+    assert out.returncode == 2 and "input capture" in out.stderr
+    assert capture.read_bytes() == before
+
+
+def test_csv_and_json_to_the_same_file_is_a_usage_error(capture: Path, tmp_path: Path) -> None:
+    same = str(tmp_path / "out")
+    out = run("tasks", str(capture), "--csv", same, "--json", same)
+    assert out.returncode == 2 and "same file" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("ports", "--csv", "p.csv"),
+        ("log", "--all", "--json", "-"),
+        ("timeline", "-o", "t.png", "--csv", "t.csv"),
+    ],
+    ids=["ports-csv", "log-json", "timeline-csv"],
+)
+def test_outputs_a_command_cannot_write_are_not_offered(
+    capture: Path, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    command, *rest = args
+    out = run(command, str(capture), *(str(tmp_path / a) if "." in a else a for a in rest))
+    assert out.returncode == 2 and "No such option" in out.stderr
+    assert not list(tmp_path.glob("*.csv")) and not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_time_wait_must_be_a_real_number_of_seconds(capture: Path, value: str) -> None:
+    out = run("ports", str(capture), "--time-wait", value)
+    assert out.returncode == 2 and "--time-wait" in out.stderr and "Traceback" not in out.stderr
+
+
+INTERRUPTED = """
+import sys
+from jsdissect import cli, pipeline
+
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt  # as Ctrl-C during the analysis
+pipeline.analyze = interrupted
+sys.argv = ["jsdissect", "tasks", sys.argv[1]]
+cli.main()
+"""
+
+
+def test_ctrl_c_exits_130_quietly(capture: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED, str(capture)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 130
+    assert out.stderr == "" and out.stdout == ""
+
+
+def test_closed_standard_streams(capture: Path) -> None:
+    # stderr closed: the table still comes out; stdout closed: a clear error, not a bug.
+    args = [sys.executable, "-m", "jsdissect", "tasks", str(capture)]
+    quiet = subprocess.run(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=None,
+        close_fds=True,
+        preexec_fn=lambda: os.close(2),
+        text=True,
+        timeout=120,
+    )
+    assert quiet.returncode == 0 and quiet.stdout.startswith("process_id")
+    blind = subprocess.run(
+        [*args, "--json", "-"],
+        stdout=None,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),
+        text=True,
+        timeout=120,
+    )
+    assert blind.returncode == 2 and "standard output is closed" in blind.stderr
