@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -98,11 +99,14 @@ def _nothing(path: Path) -> int | None:
 
 
 def _tcpdump(files: list[str], out: Path) -> list[str]:
+    # As root, tcpdump drops to its own user and hands the output file to it: /dev/null
+    # would end up owned by tcpdump. Staying root leaves the device as it was.
+    stay = ["-Z", "root"] if os.geteuid() == 0 else []
     if len(files) == 1:
-        return ["tcpdump", "-r", files[0], "-w", "/dev/null"]
+        return ["tcpdump", *stay, "-r", files[0], "-w", "/dev/null"]
     listing = out.with_suffix(".files")
     listing.write_text("\n".join(files) + "\n")
-    return ["tcpdump", "-V", str(listing), "-w", "/dev/null"]  # tcpdump ≥ 4.9: file list
+    return ["tcpdump", *stay, "-V", str(listing), "-w", "/dev/null"]  # tcpdump ≥ 4.9: list
 
 
 def _tshark_plugin(files: list[str], out: Path) -> list[str]:
@@ -418,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--readers", help="comma-separated subset of the readers (by name)")
     args = parser.parse_args(argv)
+    if not stat.S_ISCHR(os.stat(os.devnull).st_mode):
+        # tcpdump -w /dev/null would write the whole capture to disk and look slow.
+        sys.exit(f"bench: {os.devnull} is not a device on this machine; restore it first")
     out = args.out or Path(tempfile.gettempdir()) / f"jsdissect-bench-{args.size}"
     found = readers()
     if args.readers:
