@@ -490,6 +490,12 @@ def _python_filter(bpf: str, linktype: int, file_order: str, path: str) -> Packe
 # ---------------------------------------------------------------------------------------
 
 
+# Descriptors one file being read may hold (the file, a decompressed copy of a gzipped one),
+# and what the rest of a run needs besides.
+FDS_PER_FILE = 2
+FDS_SPARE = 64
+
+
 class _FileInfo(NamedTuple):
     path: str  # as the user gave it, for messages
     fmt: str  # "pcap" or "pcapng"
@@ -1114,10 +1120,28 @@ def _merged(
     if len(infos) == 1:
         yield from _file_segments(infos[0], bpf, engine, stats)
         return
+    # The merge keeps every file open at once: a ring buffer of thousands of files needs
+    # more descriptors than the usual soft limit of 1,024.
+    _allow_open_files(FDS_PER_FILE * len(infos) + FDS_SPARE)
     keyed = [_keyed(i, _file_segments(info, bpf, engine, stats)) for i, info in enumerate(infos)]
     # (ts, file index, packet index) is unique, so the merge is stable and deterministic.
     for _ts, _i, _n, seg in heapq.merge(*keyed):
         yield seg
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise this process's soft limit on open files towards `needed`, as far as the hard
+    limit allows (beyond it, opening fails with a one-line 'Too many open files')."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return
+    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _keyed(index: int, segments: Iterator[Segment]) -> Iterator[tuple[int, int, int, Segment]]:

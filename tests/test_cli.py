@@ -277,3 +277,28 @@ def test_closed_standard_streams(capture: Path) -> None:
         timeout=120,
     )
     assert blind.returncode == 2 and "standard output is closed" in blind.stderr
+
+
+def test_a_ring_buffer_of_more_files_than_the_open_file_limit(
+    capture: Path, tmp_path: Path
+) -> None:
+    # The files of a ring buffer are merged by time, all open at once: with a soft limit of
+    # 64 descriptors, 100 files still go through (the limit is raised up to the hard one).
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 400:
+        pytest.skip(f"hard limit {hard} on open files leaves no room to test")
+    files = []
+    for i in range(100):
+        files.append(tmp_path / f"ring_{i:03d}.pcap")
+        files[-1].write_bytes(capture.read_bytes())
+    out = subprocess.run(
+        [sys.executable, "-m", "jsdissect", "connections", *map(str, files), "--json", "-"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard)),
+    )
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)) >= 1
