@@ -68,7 +68,8 @@ def _one_file(paths: Sequence[str | os.PathLike[str]], tmp: Path) -> Iterator[Pa
         [mergecap, "-w", str(merged), *map(str, paths)], capture_output=True, text=True
     )
     if done.returncode != 0:
-        raise WiresharkError(f"mergecap: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise WiresharkError(last if last.startswith("mergecap") else f"mergecap: {last}")
     yield merged
 
 

@@ -61,3 +61,34 @@ def test_missing_plugin_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(wireshark.WiresharkError, match=r"jobscheduler\.lua not found"):
         wireshark.plugin_path()
+
+
+def _engine_cli(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jsdissect", "tasks", *map(str, paths), "--engine", "wireshark"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("content", [b"", b"not a capture\n"], ids=["empty", "text"])
+def test_engine_checks_inputs_like_the_other_engines(tmp_path: Path, content: bytes) -> None:
+    require("tshark")
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(content)
+    out = _engine_cli(bad)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("jsdissect: ") and "bad.pcap" in line
+
+
+def test_engine_reports_a_mergecap_failure_in_one_plain_line(tmp_path: Path) -> None:
+    require("tshark")
+    whole = ROOT / "captures" / "demo.pcap"
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(whole.read_bytes()[:3000])  # mid-packet: mergecap refuses it
+    out = _engine_cli(whole, cut)
+    assert out.returncode == 2, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("jsdissect: mergecap") and "cut.pcap" in line and "['" not in line
