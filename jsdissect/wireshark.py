@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import logging
 import os
 import shutil
 import subprocess
@@ -104,6 +105,11 @@ def analyze(
         )
         try:
             messages = [row for packet in cap for row in _message_rows(packet)]
+        except KeyboardInterrupt:
+            # pyshark's reading task ends with the EOFError of the interrupted pipe, which
+            # asyncio logs as a traceback when the task is collected: Ctrl-C stays quiet.
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            raise
         except Exception as exc:  # pyshark reports tshark's failures as various errors
             raise WiresharkError(f"{capture}: tshark failed: {exc}") from exc
         finally:
