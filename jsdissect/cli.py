@@ -473,7 +473,11 @@ def ports(captures: tuple[str, ...], time_wait: float, **opts: Any) -> None:
     result = _analyze(captures, opts)
     scheduler_ports = opts["scheduler_ports"] or (4444, 4455)
     rep = port_report.port_report(
-        result.task_records, result.channels, scheduler_ports, int(time_wait * 1e6)
+        result.task_records,
+        result.channels,
+        scheduler_ports,
+        int(time_wait * 1e6),
+        capture_end=result.capture_end,
     )
     if opts["json_path"]:
         data = port_report.to_json(rep)

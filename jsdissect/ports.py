@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from itertools import pairwise
 
 from jsdissect.correlate import TIME_COLUMNS, Channel, Task
 from jsdissect.report import format_time
@@ -19,6 +18,7 @@ from jsdissect.report import format_time
 TOP_PORT = 59999  # PROTOCOL §2: Used_ports::bind_free_port counts down from here
 TIME_WAIT_US = 120_000_000  # DESIGN "Ports report": < 120 s apart may still be in TIME_WAIT
 FAILED_CALLBACK = ("callback-unanswered", "callback-refused", "callback-missing")
+TIME_FIELDS = ("first", "last", "syn", "closed", "at")  # µs values written as ISO times
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +76,13 @@ def port_report(
     channels: Sequence[Channel],
     scheduler_ports: Sequence[int],
     time_wait_us: int = TIME_WAIT_US,
+    capture_end: int | None = None,
 ) -> PortReport:
-    uses = tuple(_use(t) for t in tasks if t.callback_port is not None and t.controller)
+    """`capture_end`: the last packet's time; a task still running then holds its port
+    until then at least."""
+    uses = tuple(
+        _use(t, capture_end) for t in tasks if t.callback_port is not None and t.controller
+    )
     by_controller: dict[str, list[PortUse]] = defaultdict(list)
     for use in uses:
         by_controller[use.controller].append(use)
@@ -97,9 +102,10 @@ def port_report(
     )
 
 
-def _use(task: Task) -> PortUse:
+def _use(task: Task, capture_end: int | None) -> PortUse:
     """The span the controller holds the port: bound before the start is sent, released
-    when the callback connection closes, or when the controller gives up waiting (§2)."""
+    when the callback connection closes, or when the controller gives up waiting (§2); a
+    task still running when the capture ends holds it past the end."""
     times = [getattr(task, c) for c in TIME_COLUMNS if getattr(task, c) is not None]
     first = task.start_sent if task.start_sent is not None else task.callback_syn
     if task.callback_established is not None and task.callback_closed is not None:
@@ -110,6 +116,8 @@ def _use(task: Task) -> PortUse:
         first = min(times)
     if last is None and times:
         last = max(times)
+    if task.status == "running" and capture_end is not None:
+        last = max(last, capture_end) if last is not None else capture_end
     established = task.callback_established is not None
     return PortUse(
         controller=task.controller,
@@ -123,6 +131,11 @@ def _use(task: Task) -> PortUse:
         closed=task.callback_closed if established else None,
         source=_callback_source(task),
     )
+
+
+def host_port(ip: str, port: int | str) -> str:
+    """`ip:port`, with an IPv6 address in brackets."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def _callback_source(task: Task) -> str | None:
@@ -157,20 +170,31 @@ def _reuses(uses: Sequence[PortUse], time_wait_us: int) -> list[Reuse]:
     found = []
     for (controller, port), same in sorted(by_port.items()):
         same.sort(key=lambda u: u.first)
-        for prev, nxt in pairwise(same):
-            again = nxt.syn if nxt.syn is not None else nxt.first
-            if prev.closed is not None and 0 <= again - prev.closed < time_wait_us:
+        # Against the latest use that left a closed connection, not the one just before:
+        # a refused or unanswered use in between leaves the earlier TIME_WAIT running.
+        prev: PortUse | None = None
+        for use in same:
+            again = use.syn if use.syn is not None else use.first
+            if prev is not None and 0 <= again - prev.closed < time_wait_us:
                 gap = round((again - prev.closed) / 1000, 3)
-                found.append(Reuse(controller, port, prev.process_id, nxt.process_id, gap))
+                found.append(Reuse(controller, port, prev.process_id, use.process_id, gap))
+            if use.closed is not None:
+                prev = use
     return found
 
 
 def _callback_failures(tasks: Sequence[Task]) -> list[Failure]:
+    """Where the callback connection really went (behind address translation not the
+    remote and the controller), else where the start command said it would."""
     out = []
     for t in tasks:
         if t.status in FAILED_CALLBACK:
-            source = t.remote.rsplit(":", 1)[0] if t.remote else "?"
-            target = f"{t.controller}:{t.callback_port}"
+            source = _callback_source(t) or "?"
+            if t.callback is not None:
+                server = t.callback.conn.server
+                target = host_port(server.ip, server.port)
+            else:
+                target = host_port(t.controller or "?", t.callback_port)
             at = t.callback_syn if t.callback_syn is not None else t.start_sent
             out.append(Failure(t.status, source, target, at, t.process_id))
     return out
@@ -182,7 +206,8 @@ def _command_failures(channels: Sequence[Channel], scheduler_ports: Sequence[int
         conn = ch.conn
         if conn.server.port in scheduler_ports and conn.state in ("refused", "syn-unanswered"):
             what = "cmd-refused" if conn.state == "refused" else "cmd-unanswered"
-            out.append(Failure(what, conn.client.ip, str(conn.server), conn.syn, None))
+            server = host_port(conn.server.ip, conn.server.port)
+            out.append(Failure(what, conn.client.ip, server, conn.syn, None))
     return out
 
 
@@ -222,7 +247,7 @@ def _remote_rules(tasks: Sequence[Task]) -> list[Rule]:
 def to_json(rep: PortReport) -> dict:
     def times(d: dict) -> dict:
         return {
-            k: (format_time(v) if k in ("first", "last", "at") and v else v) for k, v in d.items()
+            k: (format_time(v) if k in TIME_FIELDS and v is not None else v) for k, v in d.items()
         }
 
     return {
@@ -252,7 +277,7 @@ def to_text(rep: PortReport) -> str:
     lines.append("Ports reused within TIME_WAIT:" + ("" if rep.reuses else " none"))
     for r in rep.reuses:
         lines.append(
-            f"  {r.controller}:{r.port} after {r.gap_ms:.3f} ms "
+            f"  {host_port(r.controller, r.port)} after {r.gap_ms:.3f} ms "
             f"(task {r.previous_process_id or '?'} → {r.process_id or '?'})"
         )
     lines.append("")

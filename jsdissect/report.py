@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -517,8 +518,15 @@ def error_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
+    """Nearest rank: a value that occurred (for fewer than 20 values, p95 is the maximum)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _median(values: Sequence[float]) -> float:
+    """The middle value; for an even count the mean of the two middle ones (rounded to the
+    microsecond, as every duration is)."""
+    return round(statistics.median(values), 3)
 
 
 def task_summary(rows: Sequence[dict[str, Any]], decode_errors: int = 0) -> str:
@@ -530,8 +538,8 @@ def task_summary(rows: Sequence[dict[str, Any]], decode_errors: int = 0) -> str:
     for column in ("startup_ms", "run_ms"):
         values = [r[column] for r in rows if r[column] is not None]
         if values:
-            median = sorted(values)[(len(values) - 1) // 2]
-            parts.append(f"{column} median {median:.3f} p95 {_percentile(values, 0.95):.3f}")
+            median, p95 = _median(values), _percentile(values, 0.95)
+            parts.append(f"{column} median {median:.3f} p95 {p95:.3f}")
     if decode_errors:
         parts.append(f"{decode_errors} decode error(s): see 'jsdissect messages --errors'")
     return "; ".join(parts)
@@ -561,7 +569,7 @@ def phase_distribution(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     "remote": remote,
                     "phase": phase.removesuffix("_ms"),
                     "count": len(values),
-                    "median_ms": values[(len(values) - 1) // 2],
+                    "median_ms": _median(values),
                     "p95_ms": _percentile(values, 0.95),
                     "max_ms": values[-1],
                 }

@@ -125,7 +125,9 @@ def test_summary_distribution_per_remote() -> None:
         runs = sorted(r["run_ms"] for r in rows if r["remote"] == remote and r["run_ms"])
         d = dist[(remote, "run")]
         assert (d["count"], d["max_ms"]) == (len(runs), runs[-1])
-        assert d["median_ms"] == runs[(len(runs) - 1) // 2]
+        middle = len(runs) // 2  # the median of an even count is the mean of the middle two
+        median = runs[middle] if len(runs) % 2 else (runs[middle - 1] + runs[middle]) / 2
+        assert d["median_ms"] == pytest.approx(median, abs=0.0005)
     out = cli("summary", str(CAPTURES / "demo.pcap"))
     assert out.returncode == 0 and "Slowest" in out.stdout and "p95_ms" in out.stdout
 
@@ -157,3 +159,159 @@ def test_time_wait_reuse_needs_a_closed_callback_and_rules_name_the_real_source(
     assert rep.reuses == ()  # task 1 never had a connection on the port: no TIME_WAIT
     (rule,) = [r for r in rep.rules if r.host == C_IP]
     assert set(rule.sources) == {nat_source, R_IP}
+
+
+def test_distribution_median_of_an_even_count_is_the_mean_of_the_middle_two() -> None:
+    base = dict.fromkeys((c.name for c in report.TASK_COLUMNS), None)
+    rows = [base | {"remote": "r:4455", "run_ms": ms} for ms in (10.0, 1.0, 3.0, 2.0)]
+    (run,) = [d for d in report.phase_distribution(rows) if d["phase"] == "run"]
+    assert (run["count"], run["median_ms"], run["max_ms"]) == (4, 2.5, 10.0)
+    assert run["p95_ms"] == 10.0  # nearest rank: under 20 values it is the maximum
+    assert "run_ms median 2.500" in report.task_summary(
+        [r | {"status": "completed", "startup_ms": None} for r in rows]
+    )
+
+
+# --- crafted tasks in parallel (a review's findings on the ports report) -------------------
+
+
+def _played(tmp_path: Path, name: str, specs_at: list, keep=(None, None), fmt="pcap") -> Path:
+    """Tasks each played on its own clock from its offset (µs), merged into one capture."""
+    import random
+
+    import pathological as patho
+
+    rng = random.Random(7)
+    merged, tasks = patho.Capture(), []
+    for offset, spec in specs_at:
+        cap = patho.Capture(patho.BASE_TIME_US + offset)
+        tasks.append(patho.Task(cap, spec, rng).run())
+        merged.segments += cap.segments
+        merged.conversations += cap.conversations
+    merged.segments.sort(key=lambda s: s.t)
+    scenario = patho.Scenario(name, name, merged, tasks, keep=keep, well_formed=False, fmt=fmt)
+    path = tmp_path / scenario.filename
+    patho.write_frames(
+        path, scenario.frames(), scenario.link, scenario.fmt, scenario.snaplen, scenario.nano
+    )
+    return path
+
+
+def _ports(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli("ports", str(path), "-q", *args)
+
+
+def test_a_task_running_at_the_end_of_the_capture_still_holds_its_port(tmp_path: Path) -> None:
+    import pathological as patho
+
+    long_task = patho.TaskSpec(
+        process_id="1001",
+        keepalive_spaces=3,
+        cmd_port=40001,
+        callback_src_port=51001,
+        callback_port=59999,
+    )
+    second = patho.TaskSpec(
+        process_id="1002", cmd_port=40002, callback_src_port=51002, callback_port=59998
+    )
+    cut = _played(
+        tmp_path,
+        "peak_cut",
+        [(0, long_task), (20 * patho.S, second)],
+        keep=(None, patho.BASE_TIME_US + 40 * patho.S),
+    )
+    data = json.loads(_ports(cut, "--json", "-").stdout)
+    (peak,) = data["peak"].values()
+    assert peak["tasks"] == 2  # 1001 is mid-step when the capture ends, 1002 runs beside it
+
+
+def test_time_wait_is_measured_from_the_latest_closed_use_of_the_port(tmp_path: Path) -> None:
+    import pathological as patho
+
+    path = _played(
+        tmp_path,
+        "tw_chain",
+        [
+            (0, patho.TaskSpec(process_id="3001", cmd_port=40001, callback_src_port=51001)),
+            (
+                3 * patho.S,
+                patho.TaskSpec(
+                    process_id="3002",
+                    cmd_port=40002,
+                    callback_src_port=51002,
+                    callback_mode="refused",
+                ),
+            ),
+            (
+                65 * patho.S,
+                patho.TaskSpec(process_id="3003", cmd_port=40003, callback_src_port=51003),
+            ),
+        ],
+    )
+    data = json.loads(_ports(path, "--json", "-").stdout)
+    pairs = {(r["previous_process_id"], r["process_id"]) for r in data["time_wait_reuse"]}
+    assert ("3001", "3003") in pairs  # the refused 3002 in between left 3001's TIME_WAIT
+    (use,) = [u for u in data["ports"] if u["process_id"] == "3001"]
+    assert use["syn"].endswith("Z") and use["closed"].endswith("Z")  # ISO, like the rest
+
+
+def test_ipv6_and_translated_addresses_in_the_ports_report(tmp_path: Path) -> None:
+    import pathological as patho
+
+    v6 = {"controller": "2001:db8::10", "remote": "2001:db8::20"}
+    path = _played(
+        tmp_path,
+        "v6",
+        [
+            (0, patho.TaskSpec(process_id="4001", cmd_port=40001, callback_src_port=51001, **v6)),
+            (
+                3 * patho.S,
+                patho.TaskSpec(
+                    process_id="4002",
+                    cmd_port=40002,
+                    callback_src_port=51002,
+                    callback_mode="refused",
+                    **v6,
+                ),
+            ),
+        ],
+        fmt="pcapng",
+    )
+    text = _ports(path).stdout
+    assert "[2001:db8::10]:59999 after" in text
+    assert "2001:db8::20 → [2001:db8::10]:59999 task 4002" in text
+    nat = _played(
+        tmp_path,
+        "nat_refused",
+        [
+            (
+                0,
+                patho.TaskSpec(
+                    process_id="5001",
+                    cmd_port=40001,
+                    callback_src_port=51001,
+                    callback_src="192.0.2.20",
+                    callback_mode="refused",
+                ),
+            ),
+            (
+                3 * patho.S,
+                patho.TaskSpec(
+                    process_id="5002",
+                    cmd_port=40002,
+                    callback_src_port=51002,
+                    callback_port=59998,
+                    callback_dst="10.1.0.11",
+                    callback_mode="refused",
+                ),
+            ),
+        ],
+    )
+    failures = {
+        f["process_id"]: f for f in json.loads(_ports(nat, "--json", "-").stdout)["failures"]
+    }
+    assert (failures["5001"]["source"], failures["5001"]["target"]) == (
+        "192.0.2.20",
+        "10.1.0.10:59999",
+    )
+    assert failures["5002"]["target"] == "10.1.0.11:59998"
