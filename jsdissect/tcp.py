@@ -446,11 +446,23 @@ class _Conn:
         return self.syn_seq == seg.seq and self.client == (seg.src, seg.sport)
 
     def reused_by(self, seg: Segment) -> bool:
-        """Is this SYN (not a retransmission of ours) the start of a new connection?"""
+        """Is this SYN (not a retransmission of ours) the start of a new connection? A live
+        TCP takes no SYN on an open connection: one with another initial sequence number
+        means its sender's old connection ended, even if the capture did not see how."""
         if self.is_retransmitted_syn(seg):
             return False
-        # A live TCP would not accept a SYN: this one ended, even if we did not see how.
-        return self.closed is not None or not self.handshake_seen or self.unanswered
+        if self.closed is not None or not self.handshake_seen or self.unanswered:
+            return True
+        return not self._client_isn_is(seg)
+
+    def _client_isn_is(self, seg: Segment) -> bool:
+        """The SYN carries the client's initial sequence number as this connection knows it
+        (from the SYN, or from what the SYN-ACK acknowledged when the SYN was missed)."""
+        if (seg.src, seg.sport) != self.client:
+            return False
+        client = self.halves[CLIENT_TO_SERVER]
+        first_byte = client.base if client.base is not None else client.ack_before_base
+        return first_byte is not None and (seg.seq + 1 - first_byte) % _SEQ_MOD == 0
 
     @property
     def unanswered(self) -> bool:

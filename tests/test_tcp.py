@@ -657,6 +657,31 @@ def test_reuse_while_previous_lingers() -> None:
     assert [r.closed_before_finish for r in results] == [True, True]
 
 
+def test_new_syn_on_an_open_connection_whose_end_was_not_captured() -> None:
+    # The first connection's close was not captured: a SYN with another initial sequence
+    # number on the same 4-tuple starts a second connection (tshark: two streams).
+    first = full_conversation(Conv(isn=(1000, 5000)), b"first", b"ok1")
+    first = [s for s in first if not s.flags & (FIN | RST)][:-1]  # no FIN, no last ACK
+    second_conv = Conv(isn=(3_000_000_000, 77_777), t=first[-1].ts + 5 * SECOND)
+    results = collect(first + full_conversation(second_conv, b"second", b"ok2"))
+    assert [(r.c2s.data, r.s2c.data) for r in results] == [
+        (b"first", b"ok1"),
+        (b"second", b"ok2"),
+    ]
+    assert [r.conn.syn_count for r in results] == [1, 1]
+
+
+def test_syn_retransmitted_after_only_the_synack_was_seen_is_not_new() -> None:
+    # The SYN was missed and the SYN-ACK lost on its way: the client sends its SYN again
+    # with the same sequence number, which the SYN-ACK acknowledged. One connection.
+    conv = Conv()
+    syn, synack, ack = conv.handshake()
+    again = syn._replace(ts=synack.ts + SECOND)
+    data = conv.data(CLIENT_TO_SERVER, b"hello")
+    (result,) = collect([synack, again, ack._replace(ts=again.ts + 100), *data])
+    assert result.c2s.data == b"hello"
+
+
 def test_new_syn_after_unanswered_syns_is_a_new_attempt() -> None:
     attempt = Conv(isn=(1000, 5000))
     syns = [attempt.syn(), attempt.syn(dt=SECOND)]
