@@ -12,11 +12,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from jsdissect.correlate import TIME_COLUMNS, Channel, Task
+from jsdissect.correlate import CALLBACK_TIMEOUT_US, TIME_COLUMNS, Channel, Task
 from jsdissect.report import format_time
+from jsdissect.tcp import Connection
 
 TOP_PORT = 59999  # PROTOCOL §2: Used_ports::bind_free_port counts down from here
 TIME_WAIT_US = 120_000_000  # DESIGN "Ports report": < 120 s apart may still be in TIME_WAIT
+GIVE_UP_US = CALLBACK_TIMEOUT_US  # a lone SYN younger than this at the end may be answered
 FAILED_CALLBACK = ("callback-unanswered", "callback-refused", "callback-missing")
 TIME_FIELDS = ("first", "last", "syn", "closed", "at")  # µs values written as ISO times
 
@@ -78,8 +80,10 @@ def port_report(
     time_wait_us: int = TIME_WAIT_US,
     capture_end: int | None = None,
 ) -> PortReport:
-    """`capture_end`: the last packet's time; a task still running then holds its port
-    until then at least."""
+    """`capture_end`: the last packet's time (by default the last the channels saw); a
+    task still running then holds its port until then at least."""
+    if capture_end is None:
+        capture_end = max((ch.conn.last_ts for ch in channels), default=None)
     uses = tuple(
         _use(t, capture_end) for t in tasks if t.callback_port is not None and t.controller
     )
@@ -90,7 +94,7 @@ def port_report(
         c: (min(u.port for u in us), max(u.port for u in us)) for c, us in by_controller.items()
     }
     peaks = {c: _peak(us) for c, us in by_controller.items()}
-    failures = _callback_failures(tasks) + _command_failures(channels, scheduler_ports)
+    failures = _callback_failures(tasks) + _command_failures(channels, scheduler_ports, capture_end)
     rules = _controller_rules(uses, ranges, peaks) + _remote_rules(tasks)
     return PortReport(
         uses=uses,
@@ -200,15 +204,31 @@ def _callback_failures(tasks: Sequence[Task]) -> list[Failure]:
     return out
 
 
-def _command_failures(channels: Sequence[Channel], scheduler_ports: Sequence[int]) -> list[Failure]:
+def _command_failures(
+    channels: Sequence[Channel], scheduler_ports: Sequence[int], capture_end: int | None
+) -> list[Failure]:
+    """Refused or unanswered connections to a remote scheduler's port: the configured
+    ones and those where a command channel was found by its content (§12). A single SYN
+    the capture ended less than 60 s after may still be answered, as for callbacks."""
+    ports = set(scheduler_ports) | {ch.conn.server.port for ch in channels if ch.kind == "cmd"}
     out = []
     for ch in channels:
         conn = ch.conn
-        if conn.server.port in scheduler_ports and conn.state in ("refused", "syn-unanswered"):
-            what = "cmd-refused" if conn.state == "refused" else "cmd-unanswered"
-            server = host_port(conn.server.ip, conn.server.port)
-            out.append(Failure(what, conn.client.ip, server, conn.syn, None))
+        if conn.server.port not in ports or conn.state not in ("refused", "syn-unanswered"):
+            continue
+        if conn.state == "syn-unanswered" and _may_be_answered(conn, capture_end):
+            continue
+        what = "cmd-refused" if conn.state == "refused" else "cmd-unanswered"
+        server = host_port(conn.server.ip, conn.server.port)
+        out.append(Failure(what, conn.client.ip, server, conn.syn, None))
     return out
+
+
+def _may_be_answered(conn: Connection, capture_end: int | None) -> bool:
+    """One SYN, and the capture ended before a connect would have given up."""
+    if conn.syn_count > 1 or conn.syn is None:
+        return False
+    return capture_end is None or capture_end - conn.syn < GIVE_UP_US
 
 
 def _controller_rules(

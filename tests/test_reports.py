@@ -175,8 +175,12 @@ def test_distribution_median_of_an_even_count_is_the_mean_of_the_middle_two() ->
 # --- crafted tasks in parallel (a review's findings on the ports report) -------------------
 
 
-def _played(tmp_path: Path, name: str, specs_at: list, keep=(None, None), fmt="pcap") -> Path:
-    """Tasks each played on its own clock from its offset (µs), merged into one capture."""
+def _played(
+    tmp_path: Path, name: str, specs_at: list, keep=(None, None), fmt="pcap", attempts=()
+) -> Path:
+    """Tasks each played on its own clock from its offset (µs), merged into one capture;
+    `attempts`: (offset, client port, server port, mode, SYN retransmission delays) of
+    bare connection attempts from the controller to the remote."""
     import random
 
     import pathological as patho
@@ -188,6 +192,13 @@ def _played(tmp_path: Path, name: str, specs_at: list, keep=(None, None), fmt="p
         tasks.append(patho.Task(cap, spec, rng).run())
         merged.segments += cap.segments
         merged.conversations += cap.conversations
+    for offset, cport, sport, mode, retransmits in attempts:
+        cap = patho.Capture(patho.BASE_TIME_US + offset)
+        conv = patho.Conversation(
+            cap, f"try{cport}", ("10.1.0.10", cport), ("10.1.0.20", sport), cport, sport
+        )
+        conv.handshake(retransmits, mode)
+        merged.segments += cap.segments
     merged.segments.sort(key=lambda s: s.t)
     scenario = patho.Scenario(name, name, merged, tasks, keep=keep, well_formed=False, fmt=fmt)
     path = tmp_path / scenario.filename
@@ -315,3 +326,31 @@ def test_ipv6_and_translated_addresses_in_the_ports_report(tmp_path: Path) -> No
         "10.1.0.10:59999",
     )
     assert failures["5002"]["target"] == "10.1.0.11:59998"
+
+
+def test_failed_command_connections_on_every_scheduler_port_seen(tmp_path: Path) -> None:
+    # 4446 is no --scheduler-port, but a command channel was found there by its content:
+    # failed connections to it are listed too. A lone SYN just before the capture ends may
+    # still be answered: not a failure (as for callbacks).
+    import pathological as patho
+
+    task = patho.TaskSpec(
+        process_id="6001", remote_port=4446, cmd_port=40001, callback_src_port=51001
+    )
+    path = _played(
+        tmp_path,
+        "cmd_fail",
+        [(0, task)],
+        attempts=[
+            (5 * patho.S, 40010, 4446, "rst", ()),
+            (6 * patho.S, 40011, 4446, "none", (1 * patho.S, 2 * patho.S)),
+            (10 * patho.S, 40012, 4455, "rst", ()),
+            (10 * patho.S + 500, 40013, 4455, "none", ()),
+        ],
+    )
+    failures = json.loads(_ports(path, "--json", "-").stdout)["failures"]
+    assert [(f["what"], f["target"]) for f in failures] == [
+        ("cmd-refused", "10.1.0.20:4446"),
+        ("cmd-unanswered", "10.1.0.20:4446"),
+        ("cmd-refused", "10.1.0.20:4455"),
+    ]
