@@ -101,6 +101,7 @@ def _guarded(func: Callable) -> Callable:
     return wrapper
 
 
+PICTURE_SUFFIXES = (".png", ".svg", ".html")  # what `timeline` can draw
 MAX_TIME_WAIT_S = 86_400.0  # TIME_WAIT lasts minutes; a day is past any real setting
 
 
@@ -329,7 +330,7 @@ def tasks(
     from jsdissect import report
 
     shown = TASK_SHOWN
-    if columns:
+    if columns is not None:
         shown = [c.strip() for c in columns.split(",") if c.strip()]
         if not shown:
             raise click.BadParameter("no column names given", param_hint="--columns")
@@ -338,6 +339,7 @@ def tasks(
             raise click.BadParameter(
                 f"unknown column(s): {', '.join(unknown)}", param_hint="--columns"
             )
+        shown = list(dict.fromkeys(shown))  # a column named twice is shown once
     if opts["engine"] == "wireshark":
         rows, decode_errors = _wireshark(captures, opts)[0], 0
     else:
@@ -511,7 +513,8 @@ def timeline(captures: tuple[str, ...], output: str, **opts: Any) -> None:
 
     from jsdissect import plot
 
-    if Path(output).suffix.lower() not in (".png", ".svg", ".html"):
+    names_a_folder = output.endswith(("/", os.sep))  # "t.html/" is no file to write
+    if names_a_folder or Path(output).suffix.lower() not in PICTURE_SUFFIXES:
         raise click.BadParameter("use a .png, .svg or .html file name", param_hint="--output")
     _check_output(output, captures)
     result = _analyze(captures, opts)

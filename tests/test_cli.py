@@ -302,3 +302,15 @@ def test_a_ring_buffer_of_more_files_than_the_open_file_limit(
     )
     assert out.returncode == 0, out.stderr
     assert len(json.loads(out.stdout)) >= 1
+
+
+def test_columns_and_picture_names_that_say_nothing_or_too_much(
+    capture: Path, tmp_path: Path
+) -> None:
+    out = run("tasks", str(capture), "--columns", "")
+    assert out.returncode == 2 and "--columns" in out.stderr
+    out = run("tasks", str(capture), "--columns", "process_id,status,process_id", "-q")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].split() == ["process_id", "status"]
+    out = run("timeline", str(capture), "-o", str(tmp_path / "t.html") + "/")
+    assert out.returncode == 2 and not (tmp_path / "t.html").exists()
