@@ -212,24 +212,22 @@ def _ports(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return cli("ports", str(path), "-q", *args)
 
 
-def test_a_task_running_at_the_end_of_the_capture_still_holds_its_port(tmp_path: Path) -> None:
+def _task(process_id: str, n: int, **spec: object):
+    """The n-th task of a crafted capture: its own command and callback source ports."""
     import pathological as patho
 
-    long_task = patho.TaskSpec(
-        process_id="1001",
-        keepalive_spaces=3,
-        cmd_port=40001,
-        callback_src_port=51001,
-        callback_port=59999,
+    return patho.TaskSpec(
+        process_id=process_id, cmd_port=40000 + n, callback_src_port=51000 + n, **spec
     )
-    second = patho.TaskSpec(
-        process_id="1002", cmd_port=40002, callback_src_port=51002, callback_port=59998
-    )
+
+
+def test_a_task_running_at_the_end_of_the_capture_still_holds_its_port(tmp_path: Path) -> None:
+    from pathological import BASE_TIME_US, S
+
+    long_task = _task("1001", 1, keepalive_spaces=3, callback_port=59999)
+    second = _task("1002", 2, callback_port=59998)
     cut = _played(
-        tmp_path,
-        "peak_cut",
-        [(0, long_task), (20 * patho.S, second)],
-        keep=(None, patho.BASE_TIME_US + 40 * patho.S),
+        tmp_path, "peak_cut", [(0, long_task), (20 * S, second)], keep=(None, BASE_TIME_US + 40 * S)
     )
     data = json.loads(_ports(cut, "--json", "-").stdout)
     (peak,) = data["peak"].values()
@@ -237,29 +235,14 @@ def test_a_task_running_at_the_end_of_the_capture_still_holds_its_port(tmp_path:
 
 
 def test_time_wait_is_measured_from_the_latest_closed_use_of_the_port(tmp_path: Path) -> None:
-    import pathological as patho
+    from pathological import S
 
-    path = _played(
-        tmp_path,
-        "tw_chain",
-        [
-            (0, patho.TaskSpec(process_id="3001", cmd_port=40001, callback_src_port=51001)),
-            (
-                3 * patho.S,
-                patho.TaskSpec(
-                    process_id="3002",
-                    cmd_port=40002,
-                    callback_src_port=51002,
-                    callback_mode="refused",
-                ),
-            ),
-            (
-                65 * patho.S,
-                patho.TaskSpec(process_id="3003", cmd_port=40003, callback_src_port=51003),
-            ),
-        ],
-    )
-    data = json.loads(_ports(path, "--json", "-").stdout)
+    specs = [
+        (0, _task("3001", 1)),
+        (3 * S, _task("3002", 2, callback_mode="refused")),
+        (65 * S, _task("3003", 3)),
+    ]
+    data = json.loads(_ports(_played(tmp_path, "tw_chain", specs), "--json", "-").stdout)
     pairs = {(r["previous_process_id"], r["process_id"]) for r in data["time_wait_reuse"]}
     assert ("3001", "3003") in pairs  # the refused 3002 in between left 3001's TIME_WAIT
     (use,) = [u for u in data["ports"] if u["process_id"] == "3001"]
@@ -267,57 +250,19 @@ def test_time_wait_is_measured_from_the_latest_closed_use_of_the_port(tmp_path: 
 
 
 def test_ipv6_and_translated_addresses_in_the_ports_report(tmp_path: Path) -> None:
-    import pathological as patho
+    from pathological import S
 
     v6 = {"controller": "2001:db8::10", "remote": "2001:db8::20"}
-    path = _played(
-        tmp_path,
-        "v6",
-        [
-            (0, patho.TaskSpec(process_id="4001", cmd_port=40001, callback_src_port=51001, **v6)),
-            (
-                3 * patho.S,
-                patho.TaskSpec(
-                    process_id="4002",
-                    cmd_port=40002,
-                    callback_src_port=51002,
-                    callback_mode="refused",
-                    **v6,
-                ),
-            ),
-        ],
-        fmt="pcapng",
-    )
-    text = _ports(path).stdout
+    specs = [(0, _task("4001", 1, **v6)), (3 * S, _task("4002", 2, callback_mode="refused", **v6))]
+    text = _ports(_played(tmp_path, "v6", specs, fmt="pcapng")).stdout
     assert "[2001:db8::10]:59999 after" in text
     assert "2001:db8::20 → [2001:db8::10]:59999 task 4002" in text
-    nat = _played(
-        tmp_path,
-        "nat_refused",
-        [
-            (
-                0,
-                patho.TaskSpec(
-                    process_id="5001",
-                    cmd_port=40001,
-                    callback_src_port=51001,
-                    callback_src="192.0.2.20",
-                    callback_mode="refused",
-                ),
-            ),
-            (
-                3 * patho.S,
-                patho.TaskSpec(
-                    process_id="5002",
-                    cmd_port=40002,
-                    callback_src_port=51002,
-                    callback_port=59998,
-                    callback_dst="10.1.0.11",
-                    callback_mode="refused",
-                ),
-            ),
-        ],
-    )
+    refused = {"callback_mode": "refused"}
+    specs = [
+        (0, _task("5001", 1, callback_src="192.0.2.20", **refused)),
+        (3 * S, _task("5002", 2, callback_port=59998, callback_dst="10.1.0.11", **refused)),
+    ]
+    nat = _played(tmp_path, "nat_refused", specs)
     failures = {
         f["process_id"]: f for f in json.loads(_ports(nat, "--json", "-").stdout)["failures"]
     }
@@ -334,9 +279,7 @@ def test_failed_command_connections_on_every_scheduler_port_seen(tmp_path: Path)
     # still be answered: not a failure (as for callbacks).
     import pathological as patho
 
-    task = patho.TaskSpec(
-        process_id="6001", remote_port=4446, cmd_port=40001, callback_src_port=51001
-    )
+    task = _task("6001", 1, remote_port=4446)
     path = _played(
         tmp_path,
         "cmd_fail",
