@@ -409,8 +409,8 @@ def check_output(path: str, inputs: Sequence[str] = ()) -> None:
         with contextlib.suppress(OSError):
             if os.path.samefile(path, capture):
                 raise OutputError(f"{path}: is one of the input captures; not overwritten")
-    if os.path.exists(path) and not os.path.isfile(path):
-        return  # a device or a FIFO: written in place
+    if _written_in_place(path):
+        return
     folder = os.path.dirname(os.path.realpath(path))
     if not os.path.isdir(folder):
         raise OutputError(f"{path}: no such directory to write into")
@@ -420,6 +420,11 @@ def check_output(path: str, inputs: Sequence[str] = ()) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write there ({exc.strerror or exc})") from None
+
+
+def _written_in_place(path: str) -> bool:
+    """A device or a FIFO (/dev/null, a named pipe): a rename over it would replace it."""
+    return os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
 
 
 def write_output(path: str, render: callable) -> None:
@@ -433,7 +438,7 @@ def write_output(path: str, render: callable) -> None:
         render(sys.stdout)
         sys.stdout.flush()
         return
-    if os.path.exists(path) and not os.path.isfile(path):
+    if _written_in_place(path):
         try:
             with open(path, "w", encoding="utf-8", newline="") as out:
                 render(out)
