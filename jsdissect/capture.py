@@ -641,6 +641,7 @@ class _Reading:
         self.warnings = warnings
         self.source = _ChunkReader(info)
         self.packets = 0  # records read from the file (before any filter)
+        self.cut = ""  # the warning, when the readable data ends before the file does
         self._links: dict[tuple[int, str], tuple[Decoder, PacketFilter | None]] = {}
 
     def link(self, linktype: int, order: str) -> tuple[Decoder, PacketFilter | None]:
@@ -667,9 +668,8 @@ class _Reading:
         if self.source.problem:
             reason = f"{reason}; {self.source.problem}" if reason else self.source.problem
         if reason:
-            self.warnings.append(
-                f"{self.info.path}: cut short after packet {self.packets} ({reason})"
-            )
+            self.cut = f"{self.info.path}: cut short after packet {self.packets} ({reason})"
+            self.warnings.append(self.cut)
         return b""
 
 
@@ -835,6 +835,21 @@ def _pcapng_batches(r: _Reading) -> Iterator[Batch]:
             yield buf, records
         offset += pos
         buf, pos = r.refill(buf, pos, corrupt), 0
+
+
+def cut_short(path: str | os.PathLike[str]) -> str:
+    """Why a capture's readable data ends before the file does (cut mid-packet, a corrupt
+    record, broken gzip) as the warning the readers give, or "" for a whole file.
+    Reads every record header, decodes no packet: for a reader that cannot stop at the cut
+    by itself (tshark)."""
+    info = _identify(str(path))
+    r = _Reading(info, None, [])
+    try:
+        for _batch in _pcap_batches(r) if info.fmt == "pcap" else _pcapng_batches(r):
+            pass
+    finally:
+        r.source.close()
+    return r.cut
 
 
 # ---------------------------------------------------------------------------------------

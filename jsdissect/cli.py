@@ -197,10 +197,14 @@ def _analyze(captures: Sequence[str], opts: dict[str, Any], messages: bool = Fal
         **extra,
     )
     progress.done()
-    if not opts["quiet"]:
-        for warning in result.stats.warnings:
-            click.echo(f"jsdissect: warning: {warning}", err=True)
+    _warn(result.stats.warnings, opts)
     return result
+
+
+def _warn(warnings: Sequence[str], opts: dict[str, Any]) -> None:
+    if not opts["quiet"]:
+        for warning in warnings:
+            click.echo(f"jsdissect: warning: {warning}", err=True)
 
 
 def _wireshark(captures: Sequence[str], opts: dict[str, Any]) -> tuple[list[dict], list[dict]]:
@@ -208,7 +212,9 @@ def _wireshark(captures: Sequence[str], opts: dict[str, Any]) -> tuple[list[dict
     from jsdissect import wireshark
 
     _check_outputs(captures, opts)
-    return wireshark.analyze(captures, opts["scheduler_ports"] or (4444, 4455))
+    result = wireshark.analyze(captures, opts["scheduler_ports"] or (4444, 4455))
+    _warn(result.warnings, opts)
+    return result.tasks, result.messages
 
 
 def _emit(rows: list[dict], columns, opts: dict[str, Any], shown: Sequence[str]) -> bool:

@@ -20,13 +20,14 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from jsdissect.capture import CaptureError, check_files
+from jsdissect.capture import CaptureError, check_files, cut_short
 from jsdissect.report import DURATION, INTEGER, TASK_COLUMNS, TIME
 
 PLUGIN_NAME = "jobscheduler.lua"
 DISPLAY_FILTER = "jobscheduler || jobscheduler_api"
+LAST_ERROR = "Last error line:"  # how pyshark quotes tshark's stderr in a crash report
 
 
 class WiresharkError(CaptureError):
@@ -47,43 +48,73 @@ def plugin_path() -> Path:
     raise WiresharkError(f"{PLUGIN_NAME} not found: set JSDISSECT_PLUGIN to its path")
 
 
-def _tshark() -> str:
-    path = shutil.which("tshark")
+def _tool(name: str) -> str:
+    """A Wireshark command-line tool's path (tshark, editcap and mergecap come together)."""
+    path = shutil.which(name)
     if path is None:
-        raise WiresharkError("tshark is not installed (Debian: apt-get install tshark)")
+        raise WiresharkError(f"{name} is not installed (Debian: apt-get install tshark)")
     return path
 
 
+def _run_tool(args: list[str]) -> tuple[int, str]:
+    """Run editcap or mergecap: its exit status and its complaint, in one line."""
+    done = subprocess.run(args, capture_output=True, text=True)
+    return done.returncode, " ".join(done.stderr.split()) or f"exit status {done.returncode}"
+
+
+def _readable_part(path: Path, copy: Path, warnings: list[str]) -> Path:
+    """The file itself, or when it is cut short, a copy of the packets before the cut:
+    tshark stops at a cut with an error, and whether pyshark passes that error on depends
+    on timing. The other engines read up to the cut with a warning; so does this one."""
+    cut = cut_short(path)
+    if not cut:
+        return path
+    warnings.append(cut)
+    _status, complaint = _run_tool([_tool("editcap"), str(path), str(copy)])
+    if not copy.is_file():
+        raise WiresharkError(f"{path}: editcap could not copy the part before the cut: {complaint}")
+    return copy
+
+
 @contextlib.contextmanager
-def _one_file(paths: Sequence[str | os.PathLike[str]], tmp: Path) -> Iterator[Path]:
+def _one_file(
+    paths: Sequence[str | os.PathLike[str]], tmp: Path, warnings: list[str]
+) -> Iterator[Path]:
     """tshark reads one file: several (a ring buffer) are merged by time with mergecap."""
     check_files(paths)  # the same one-line errors as the other engines, before tshark runs
-    if len(paths) == 1:
-        yield Path(paths[0])
+    files = [
+        _readable_part(Path(p), tmp / f"part{i}.pcapng", warnings) for i, p in enumerate(paths)
+    ]
+    if len(files) == 1:
+        yield files[0]
         return
     merged = tmp / "merged.pcapng"
-    mergecap = shutil.which("mergecap")
-    if mergecap is None:
-        raise WiresharkError("mergecap is not installed (it comes with tshark)")
-    done = subprocess.run(
-        [mergecap, "-w", str(merged), *map(str, paths)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise WiresharkError(last if last.startswith("mergecap") else f"mergecap: {last}")
+    status, complaint = _run_tool([_tool("mergecap"), "-w", str(merged), *map(str, files)])
+    if status != 0:
+        raise WiresharkError(
+            complaint if complaint.startswith("mergecap") else f"mergecap: {complaint}"
+        )
     yield merged
+
+
+class Result(NamedTuple):
+    tasks: list[dict[str, Any]]  # task rows, as report.task_row gives them
+    messages: list[dict[str, Any]]  # one row per message the plugin decoded
+    warnings: list[str]  # e.g. "FILE: cut short after packet 12 (...)"
 
 
 def analyze(
     paths: Sequence[str | os.PathLike[str]], scheduler_ports: Sequence[int] = (4444, 4455)
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(task rows, message rows) from one tshark run with the plugin."""
+) -> Result:
+    """Task and message rows from one tshark run with the plugin."""
     import pyshark
 
-    tshark, plugin = _tshark(), plugin_path()
+    tshark, plugin = _tool("tshark"), plugin_path()
+    names = ", ".join(map(str, paths))  # errors name the user's files, not our copies
+    warnings: list[str] = []
     with (
         tempfile.TemporaryDirectory(prefix="jsdissect-") as tmp,
-        _one_file(paths, Path(tmp)) as capture,
+        _one_file(paths, Path(tmp), warnings) as capture,
     ):
         table = Path(tmp) / "tasks.csv"
         prefs = {
@@ -111,7 +142,7 @@ def analyze(
             logging.getLogger("asyncio").setLevel(logging.CRITICAL)
             raise
         except Exception as exc:  # pyshark reports tshark's failures as various errors
-            raise WiresharkError(f"{capture}: tshark failed: {exc}") from exc
+            raise WiresharkError(f"{names}: tshark failed: {_one_line(exc)}") from exc
         finally:
             # tshark sometimes exits 255 after its last packet while pyshark closes the pipe
             # behind the JSON it has read in full; the task table file says whether the run
@@ -122,8 +153,15 @@ def analyze(
             cap.close = _closed
             loop.close()
         if not table.is_file():
-            raise WiresharkError(f"{capture}: the plugin wrote no task table")
-        return read_task_table(table), messages
+            raise WiresharkError(f"{names}: the plugin wrote no task table")
+        return Result(read_task_table(table), messages, warnings)
+
+
+def _one_line(exc: Exception) -> str:
+    """pyshark's crash report in one line: tshark's own last complaint when it has one."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    last = next((ln for ln in lines if ln.startswith(LAST_ERROR)), None)
+    return last[len(LAST_ERROR) :].strip() if last else lines[0]
 
 
 def _closed() -> None:

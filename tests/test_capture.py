@@ -39,6 +39,7 @@ from jsdissect.capture import (
     CaptureError,
     CaptureStats,
     Segment,
+    cut_short,
     read_segments,
 )
 
@@ -701,6 +702,21 @@ def test_file_cut_short_gives_the_complete_packets_and_a_warning(
     assert read(path, engine=engine, stats=stats) == expected(cases)[:-1]
     [warning] = stats.warnings
     assert warning.startswith(f"{path}: cut short after packet 7 ("), warning
+
+
+@pytest.mark.parametrize("fmt", sorted(CUT_FORMATS))
+@pytest.mark.parametrize("gz", [False, True])
+def test_cut_short_names_the_cut_as_the_readers_do(tmp_path, ips, fmt, gz):
+    whole = CUT_FORMATS[fmt](link_frames("ethernet", ips))
+    pack = gzip.compress if gz else bytes
+    path = tmp_path / f"f.{fmt}"
+    path.write_bytes(pack(whole))
+    assert cut_short(path) == ""
+    path.write_bytes(pack(whole[:-30]))
+    stats = CaptureStats()
+    read(path, engine="python", stats=stats)
+    assert cut_short(path) == stats.warnings[0]
+    assert cut_short(path).startswith(f"{path}: cut short after packet 7 (")
 
 
 @pytest.mark.parametrize("engine", [*ENGINES, "auto"])
