@@ -517,8 +517,8 @@ def _open_raw(path: str) -> IO[bytes]:
     try:
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-            # A pipe or a device: opening a FIFO would wait for a writer, and the bytes read
-            # to identify the file would be gone for the read that follows.
+            # A pipe not spooled (see `spooled`), or a device: the bytes read to identify
+            # it would be gone for the read that follows.
             raise CaptureError(
                 f"{path}: not a regular file (a pipe or a device); a capture is read more"
                 " than once, so save it to a file first"
@@ -528,16 +528,107 @@ def _open_raw(path: str) -> IO[bytes]:
         raise CaptureError(f"{path}: {_os_problem(exc)}") from None
 
 
+# ---------------------------------------------------------------------------------------
+# Captures from a pipe: saved to a temporary file first
+# ---------------------------------------------------------------------------------------
+
+STDIN = "-"  # the capture argument that means standard input, as in tcpdump -r -
+STDIN_NAME = "<stdin>"  # its name in messages
+SPOOL_CHUNK = 1 << 20
+
+
+class Spooled(os.PathLike):
+    """A capture that came through a pipe, saved in a temporary file: os.fspath() is the
+    file to read, str() the name the person gave, for messages."""
+
+    __slots__ = ("file", "name")
+
+    def __init__(self, name: str, file: str) -> None:
+        self.name = name
+        self.file = file
+
+    def __fspath__(self) -> str:
+        return self.file
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"Spooled({self.name!r}, {self.file!r})"
+
+
+def _is_pipe(path: str | os.PathLike[str]) -> bool:
+    if isinstance(path, Spooled):
+        return False
+    if os.fspath(path) == STDIN:
+        return True
+    with contextlib.suppress(OSError):
+        mode = os.stat(path).st_mode
+        return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+    return False
+
+
+@contextlib.contextmanager
+def spooled(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[str | os.PathLike[str]]]:
+    """The paths, with "-" (stdin) and named pipes (`<(zcat x.pcap.gz)`) saved to temporary
+    files for the time of the block: the analysis reads a capture more than once (a second
+    pass for ports learned late), and a pipe can be read only once."""
+    if sum(os.fspath(p) == STDIN for p in paths) > 1:
+        raise CaptureError(f"{STDIN_NAME}: given more than once; it can be read only once")
+    made: list[str] = []
+    try:
+        out = []
+        for path in paths:
+            if _is_pipe(path):
+                out.append(_spool(path))
+                made.append(out[-1].file)
+            else:
+                out.append(path)
+        yield out
+    finally:
+        for file in made:
+            with contextlib.suppress(OSError):
+                os.unlink(file)
+
+
+def _spool(path: str | os.PathLike[str]) -> Spooled:
+    stdin = os.fspath(path) == STDIN
+    name = STDIN_NAME if stdin else str(path)
+    if stdin and (sys.stdin is None or sys.stdin.isatty()):
+        problem = "is closed" if sys.stdin is None else "is a terminal, not a capture"
+        raise CaptureError(f"{name}: {problem} (pipe one in: tcpdump -w - ... | jsdissect ...)")
+    fd, file = tempfile.mkstemp(prefix="jsdissect-spool-", suffix=".capture")
+    try:
+        with os.fdopen(fd, "wb") as out, _open_pipe(path, stdin) as source:
+            while chunk := source.read(SPOOL_CHUNK):
+                out.write(chunk)
+    except OSError as exc:
+        os.unlink(file)
+        where = "reading it" if exc.filename != file else "saving it to a temporary file"
+        raise CaptureError(f"{name}: {where}: {_os_problem(exc)}") from None
+    except BaseException:
+        os.unlink(file)
+        raise
+    return Spooled(name, file)
+
+
+def _open_pipe(path: str | os.PathLike[str], stdin: bool) -> IO[bytes]:
+    if stdin:
+        return os.fdopen(sys.stdin.fileno(), "rb", closefd=False)
+    return open(path, "rb")
+
+
 def check_files(paths: Sequence[str | os.PathLike[str]]) -> None:
     """Raise CaptureError for the first path that is not a pcap/pcapng file (maybe
     gzipped) with a whole file header: the checks every engine makes before reading."""
     for path in paths:
-        _identify(str(path))
+        _identify(path)
 
 
-def _identify(path: str) -> _FileInfo:
+def _identify(given: str | os.PathLike[str]) -> _FileInfo:
     """Check that a file is a pcap/pcapng capture (maybe gzipped) by its header."""
-    with _open_raw(path) as f:
+    path, source = str(given), os.fspath(given)
+    with _open_raw(source) as f:
         try:
             head = f.read(PCAPNG_MIN_SHB_LEN)
         except OSError as exc:
@@ -547,7 +638,7 @@ def _identify(path: str) -> _FileInfo:
     gzipped = head[:2] == GZIP_MAGIC
     if gzipped:
         try:
-            with gzip.open(path, "rb") as gz:
+            with gzip.open(source, "rb") as gz:
                 head = gz.read(PCAPNG_MIN_SHB_LEN)
         except (OSError, EOFError, zlib.error) as exc:
             raise CaptureError(f"{path}: unreadable gzip data ({exc})") from None
@@ -566,7 +657,7 @@ def _identify(path: str) -> _FileInfo:
         raise CaptureError(f"{path}: cut short in the {fmt} file header")
     if fmt == "pcapng" and _section_order(head, 0) is None:
         raise CaptureError(f"{path}: bad pcapng section header (byte-order magic)")
-    return _FileInfo(path, fmt, gzipped, path)
+    return _FileInfo(path, fmt, gzipped, source)
 
 
 class _ChunkReader:
@@ -842,7 +933,7 @@ def cut_short(path: str | os.PathLike[str]) -> str:
     record, broken gzip) as the warning the readers give, or "" for a whole file.
     Reads every record header, decodes no packet: for a reader that cannot stop at the cut
     by itself (tshark)."""
-    info = _identify(str(path))
+    info = _identify(path)
     r = _Reading(info, None, [])
     try:
         for _batch in _pcap_batches(r) if info.fmt == "pcap" else _pcapng_batches(r):
@@ -1124,7 +1215,7 @@ def read_segments(
     if bpf:
         _check_filter(bpf)
     # Check every file up front, so a bad one fails before any work is done.
-    infos = [_identify(str(p)) for p in paths]
+    infos = [_identify(p) for p in paths]
     stats.files += len(infos)
     return _merged(infos, bpf, engine, stats)
 

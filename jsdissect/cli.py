@@ -310,6 +310,7 @@ TASK_SHOWN = [
   jsdissect tasks ring-*.pcapng --status callback-unanswered
   jsdissect tasks capture.pcap --csv tasks.csv --json -
   jsdissect tasks capture.pcap --columns process_id,status,startup_ms,run_ms
+  ssh host cat /var/tmp/capture.pcap | jsdissect tasks -
 """
 )
 @CAPTURES

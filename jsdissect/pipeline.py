@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from jsdissect import callbacks
 from jsdissect.callbacks import CallbackDecoding
-from jsdissect.capture import CaptureStats, Engine, read_segments
+from jsdissect.capture import CaptureStats, Engine, Spooled, read_segments, spooled
 from jsdissect.correlate import TASK_EVENTS, Channel, Task, correlate
 from jsdissect.protocol import Event
 from jsdissect.protocol import command as cmd
@@ -121,29 +121,41 @@ def analyze(
     in this process; None: one per spare CPU, started once callbacks.AUTO_START_BYTES of
     callback traffic were seen). The results are the same whatever the number."""
     opts = Options(tuple(scheduler_ports), engine, heuristics, all_tcp, messages)
-    names = tuple(str(Path(p)) for p in paths)
+    with spooled(paths) as files:  # "-" and named pipes: read more than once
+        return _reads(files, opts, workers, progress)
+
+
+def _reads(
+    files: Sequence[str | os.PathLike[str]],
+    opts: Options,
+    workers: int | None,
+    progress: Callable[[int], None] | None,
+) -> Analysis:
+    """Read again while commands announce callback ports the capture filter left out."""
+    names = tuple(str(p) if isinstance(p, Spooled) else str(Path(p)) for p in files)
     extra_ports: set[int] = set()
     for _read in range(MAX_READS):
         with _no_cyclic_gc():
             try:
-                result = _run(names, opts, extra_ports, workers, progress)
+                result = _run(files, names, opts, extra_ports, workers, progress)
             except callbacks.WorkerLost as lost:
-                result = _run(names, opts, extra_ports, 0, progress)
+                result = _run(files, names, opts, extra_ports, 0, progress)
                 result.stats.warnings.append(f"{lost}; decoded again in one process")
         missing = _ports_outside_filter(result.channels, opts, extra_ports)
         if not missing or opts.all_tcp:
             return result
         extra_ports |= missing
     ports = ", ".join(map(str, sorted(missing)))
-    files = ", ".join(names)
+    files_read = ", ".join(names)
     result.stats.warnings.append(
-        f"{files}: stopped after {MAX_READS} reads; port(s) {ports} announced but not read"
+        f"{files_read}: stopped after {MAX_READS} reads; port(s) {ports} announced but not read"
     )
     return result
 
 
 def _run(
-    paths: tuple[str, ...],
+    files: Sequence[str | os.PathLike[str]],
+    names: tuple[str, ...],
     opts: Options,
     extra_ports: set[int],
     workers: int | None,
@@ -156,7 +168,7 @@ def _run(
         reassembler = Reassembler(dispatcher)
         last_ts = None
         bpf = "tcp" if opts.all_tcp else capture_filter(opts, extra_ports)
-        for n, seg in enumerate(read_segments(paths, bpf=bpf, engine=opts.engine, stats=stats)):
+        for n, seg in enumerate(read_segments(files, bpf=bpf, engine=opts.engine, stats=stats)):
             reassembler.add(seg)
             last_ts = seg.ts
             if progress is not None and n % 4096 == 0:
@@ -166,7 +178,7 @@ def _run(
     finally:
         decoding.stop()
     tasks = correlate(dispatcher.channels, last_ts)
-    return Analysis(paths, dispatcher.channels, tasks, stats, last_ts, messages_kept=opts.messages)
+    return Analysis(names, dispatcher.channels, tasks, stats, last_ts, messages_kept=opts.messages)
 
 
 def _callback_decoding(workers: int | None, keep_all: bool) -> CallbackDecoding:

@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from jsdissect.capture import CaptureError, check_files, cut_short
+from jsdissect.capture import CaptureError, check_files, cut_short, spooled
 from jsdissect.report import DURATION, INTEGER, TASK_COLUMNS, TIME
 
 PLUGIN_NAME = "jobscheduler.lua"
@@ -62,7 +62,9 @@ def _run_tool(args: list[str]) -> tuple[int, str]:
     return done.returncode, " ".join(done.stderr.split()) or f"exit status {done.returncode}"
 
 
-def _readable_part(path: Path, copy: Path, warnings: list[str]) -> Path:
+def _readable_part(
+    path: str | os.PathLike[str], copy: Path, warnings: list[str]
+) -> str | os.PathLike[str]:
     """The file itself, or when it is cut short, a copy of the packets before the cut:
     tshark stops at a cut with an error, and whether pyshark passes that error on depends
     on timing. The other engines read up to the cut with a warning; so does this one."""
@@ -70,7 +72,7 @@ def _readable_part(path: Path, copy: Path, warnings: list[str]) -> Path:
     if not cut:
         return path
     warnings.append(cut)
-    _status, complaint = _run_tool([_tool("editcap"), str(path), str(copy)])
+    _status, complaint = _run_tool([_tool("editcap"), os.fspath(path), str(copy)])
     if not copy.is_file():
         raise WiresharkError(f"{path}: editcap could not copy the part before the cut: {complaint}")
     return copy
@@ -79,22 +81,24 @@ def _readable_part(path: Path, copy: Path, warnings: list[str]) -> Path:
 @contextlib.contextmanager
 def _one_file(
     paths: Sequence[str | os.PathLike[str]], tmp: Path, warnings: list[str]
-) -> Iterator[Path]:
+) -> Iterator[str]:
     """tshark reads one file: several (a ring buffer) are merged by time with mergecap."""
-    check_files(paths)  # the same one-line errors as the other engines, before tshark runs
-    files = [
-        _readable_part(Path(p), tmp / f"part{i}.pcapng", warnings) for i, p in enumerate(paths)
-    ]
-    if len(files) == 1:
-        yield files[0]
-        return
-    merged = tmp / "merged.pcapng"
-    status, complaint = _run_tool([_tool("mergecap"), "-w", str(merged), *map(str, files)])
+    with spooled(paths) as given:  # "-" and named pipes, saved to files
+        check_files(given)  # the same one-line errors as the other engines, before tshark
+        files = [
+            os.fspath(_readable_part(p, tmp / f"part{i}.pcapng", warnings))
+            for i, p in enumerate(given)
+        ]
+        yield files[0] if len(files) == 1 else _merge(files, tmp / "merged.pcapng")
+
+
+def _merge(files: list[str], merged: Path) -> str:
+    status, complaint = _run_tool([_tool("mergecap"), "-w", str(merged), *files])
     if status != 0:
         raise WiresharkError(
             complaint if complaint.startswith("mergecap") else f"mergecap: {complaint}"
         )
-    yield merged
+    return str(merged)
 
 
 class Result(NamedTuple):

@@ -1248,7 +1248,7 @@ def test_chain_of_announced_ports_costs_a_bounded_number_of_reads(tmp_path):
     real_run = pipeline._run
 
     def counting_run(*args: Any, **kwargs: Any) -> Analysis:
-        reads.append(args[2].copy())
+        reads.append(args[3].copy())  # (files, names, opts, extra_ports, ...)
         return real_run(*args, **kwargs)
 
     path = command_chain(tmp_path / "chain.pcap", 8)

@@ -116,3 +116,13 @@ def test_engine_reads_a_cut_capture_up_to_the_cut_with_a_warning(
     out = _engine_cli(*paths)
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines()[0] == f"jsdissect: warning: {expected}"
+
+
+def test_engine_reads_stdin(tmp_path: Path) -> None:
+    require("tshark")
+    capture = ROOT / "captures" / "demo.pcap"
+    args = [sys.executable, "-m", "jsdissect", "tasks", "--engine", "wireshark", "--csv", "-"]
+    fed = subprocess.run([*args, "-"], input=capture.read_bytes(), capture_output=True, timeout=300)
+    assert fed.returncode == 0, fed.stderr
+    direct = subprocess.run([*args, str(capture)], capture_output=True, timeout=300)
+    assert fed.stdout == direct.stdout and len(fed.stdout.splitlines()) == 1 + 10
