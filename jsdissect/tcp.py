@@ -95,6 +95,9 @@ MAX_BUFFER_BYTES = 4 << 20
 MAX_BUFFER_PIECES = 4096
 # Both FINs seen but the last ACK not captured: the connection is over after this long.
 LINGER_US = 2_000_000
+# ...unless bytes before a FIN are missing: their sender retransmits them, with a backoff
+# that doubles each time (RFC 6298 §5.5), so they are waited for this long after the FIN.
+HOLE_WAIT_US = 60_000_000
 # A closed 4-tuple is remembered this long so that its stray retransmissions (FIN, ACK)
 # do not open a phantom connection; MAX_RECENT caps the table on a very busy host.
 RECENT_US = 60_000_000
@@ -477,6 +480,11 @@ class _Conn:
     def both_fins(self) -> bool:
         return self.halves[0].fin is not None and self.halves[1].fin is not None
 
+    @property
+    def missing_before_fin(self) -> bool:
+        """A side closed with bytes still missing before its FIN: a retransmission is due."""
+        return any(h.fin is not None and h.next < h.fin for h in self.halves)
+
     def state(self) -> str:
         if self.refused is not None:
             return "refused"
@@ -588,7 +596,11 @@ class Reassembler:
         while self._linger and self._linger[0][0] <= now:
             _, serial, key = heapq.heappop(self._linger)
             conn = self._conns.get(key)
-            if conn is not None and conn.serial == serial:
+            if conn is None or conn.serial != serial:
+                continue
+            if conn.missing_before_fin and now < (conn.closed or now) + HOLE_WAIT_US:
+                heapq.heappush(self._linger, (now + LINGER_US, serial, key))
+            else:
                 self._close(conn)
         while self._recent_expiry and self._recent_expiry[0][0] <= now:
             self._forget_oldest()

@@ -626,6 +626,45 @@ def test_both_fins_without_last_ack_linger_two_seconds() -> None:
     assert sink.results[0].conn.state == "closed"
 
 
+def _closed_with_a_hole() -> tuple[Conv, list[Segment], Segment]:
+    """The client's last 50 bytes were lost on the way; both FINs were captured, the
+    server's acknowledging only what it got. Returns the retransmission still due."""
+    conv = Conv()
+    hand = conv.handshake()
+    kept, lost = conv.data(CLIENT_TO_SERVER, b"a" * 100 + b"b" * 50, mss=100)
+    fin_c = conv.fin(CLIENT_TO_SERVER)
+    fin_s = conv.seg(SERVER_TO_CLIENT, FIN | ACK, ack=conv.isn[0] + 1 + 100)
+    conv.seq[SERVER_TO_CLIENT] += 1
+    return conv, [*hand, kept, fin_c, fin_s], lost
+
+
+def test_bytes_retransmitted_seconds_after_both_fins_are_delivered() -> None:
+    # Found in review: the connection lingered 2 s after the second FIN and was closed with
+    # a gap; the retransmission that came after the sender's backoff was dropped.
+    conv, segs, lost = _closed_with_a_hole()
+    resent = lost._replace(ts=segs[-1].ts + 7 * SECOND)  # after 3 backoffs: 1 + 2 + 4 s
+    conv.t = resent.ts
+    acks = [conv.ack(SERVER_TO_CLIENT), conv.ack(CLIENT_TO_SERVER)]
+    later = Conv(client=("10.0.0.3", 41000), t=acks[-1].ts + 3 * SECOND).syn()
+    sink, _reasm = feed([*segs, resent, *acks, later], finish=False)
+    (res,) = sink.results
+    assert res.c2s.data == b"a" * 100 + b"b" * 50 and res.c2s.gaps == []
+    assert res.conn.state == "closed" and res.conn.retransmissions == 0
+
+
+def test_a_hole_before_a_fin_is_waited_for_a_minute_then_a_gap() -> None:
+    _conv, segs, _lost = _closed_with_a_hole()
+    fin_s = segs[-1]
+    before = Conv(client=("10.0.0.3", 41000), t=fin_s.ts + 59 * SECOND).syn()
+    after = Conv(client=("10.0.0.4", 41000), t=fin_s.ts + 62 * SECOND).syn()
+    sink, reasm = feed([*segs, before], finish=False)
+    assert sink.results == [] and reasm.open_connections == 2  # still waiting for it
+    sink, reasm = feed([*segs, before, after], finish=False)
+    assert reasm.open_connections == 2  # the two SYNs
+    (res,) = sink.results
+    assert res.c2s.gaps == [(100, 50, res.conn.last_ts)]
+
+
 def test_finish_closes_open_connections() -> None:
     conv = Conv()
     segs = [*conv.handshake(), *conv.data(CLIENT_TO_SERVER, b"pending")]
