@@ -102,6 +102,10 @@ HOLE_WAIT_US = 60_000_000
 # do not open a phantom connection; MAX_RECENT caps the table on a very busy host.
 RECENT_US = 60_000_000
 MAX_RECENT = 65_536
+# ...but a packet more than this far from where its sender's sequence numbers ended is of a
+# new connection whose SYN was not captured (16 MiB: beyond the receive windows in use; a
+# new random initial sequence number falls within it once in 128).
+STRAGGLER_BAND = 1 << 24
 # Open connections at most (a SYN flood on a watched port would otherwise grow without
 # bound): past it, the least recently active tenth is handed on as it stands.
 MAX_OPEN = 200_000
@@ -480,6 +484,13 @@ class _Conn:
     def both_fins(self) -> bool:
         return self.halves[0].fin is not None and self.halves[1].fin is not None
 
+    def ends(self) -> tuple[tuple[Endpoint, int | None], ...]:
+        """Where each side's sequence numbers ended (None: never placed)."""
+        return tuple(
+            (end, None if h.base is None else (h.base + h.next) % _SEQ_MOD)
+            for end, h in zip((self.client, self.server), self.halves, strict=True)
+        )
+
     @property
     def missing_before_fin(self) -> bool:
         """A side closed with bytes still missing before its FIN: a retransmission is due."""
@@ -538,6 +549,17 @@ class _Closed(NamedTuple):
     serial: int
     syn_client: Endpoint
     syn_seq: int | None
+    ends: tuple[tuple[Endpoint, int | None], ...]  # (sender, its next sequence number)
+
+    def far_from_the_end(self, seg: Segment) -> bool:
+        """A packet whose sequence number is far from where its sender's stream ended
+        belongs to a new connection whose handshake was not captured: a straggler (a FIN
+        again, a late ACK or retransmission) is within a window of that end."""
+        for sender, next_seq in self.ends:
+            if sender == (seg.src, seg.sport) and next_seq is not None:
+                distance = (seg.seq - next_seq) % _SEQ_MOD
+                return STRAGGLER_BAND < distance < _SEQ_MOD - STRAGGLER_BAND
+        return False
 
 
 class Reassembler:
@@ -612,12 +634,13 @@ class Reassembler:
             del self._recent[key]
 
     def _may_open(self, key: _Key, seg: Segment, pure_syn: bool) -> bool:
-        """Only a new SYN reopens a recently closed 4-tuple; anything else is a straggler."""
+        """Only a new SYN, or a packet far from where the old streams ended, reopens a
+        recently closed 4-tuple; anything else is a straggler."""
         entry = self._recent.get(key)
         if entry is None:
             return True
         retransmitted = entry.syn_seq == seg.seq and entry.syn_client == (seg.src, seg.sport)
-        if not pure_syn or retransmitted:
+        if retransmitted or not (pure_syn or entry.far_from_the_end(seg)):
             return False
         del self._recent[key]
         return True
@@ -648,7 +671,7 @@ class Reassembler:
     def _close(self, conn: _Conn) -> None:
         del self._conns[conn.key]
         self.sink.on_close(conn.finish())
-        self._recent[conn.key] = _Closed(conn.serial, conn.client, conn.syn_seq)
+        self._recent[conn.key] = _Closed(conn.serial, conn.client, conn.syn_seq, conn.ends())
         heapq.heappush(self._recent_expiry, (conn.last_ts + RECENT_US, conn.serial, conn.key))
         while len(self._recent) > MAX_RECENT:
             self._forget_oldest()

@@ -745,6 +745,30 @@ def test_stray_packets_after_close_make_no_phantom_connection() -> None:
     assert reasm.open_connections == 1 and reasm.recently_closed == 0
 
 
+def test_reuse_without_a_captured_handshake_is_a_new_connection() -> None:
+    # Found in review: a new connection on a 4-tuple closed seconds before, whose SYN and
+    # SYN-ACK the capture lost, was taken for stragglers of the old one for a minute, and
+    # all its data dropped. Its sequence numbers are far from where the old ones ended.
+    first = full_conversation(Conv(isn=(1000, 5000)), b"one", b"1")
+    second_conv = Conv(isn=(2_000_000_000, 3_000_000_000), t=first[-1].ts + 5 * SECOND)
+    second_conv.seq = [s + 1 for s in second_conv.isn]  # as after its (lost) handshake
+    second = [
+        *second_conv.data(CLIENT_TO_SERVER, b"two"),
+        *second_conv.data(SERVER_TO_CLIENT, b"2"),
+    ]
+    results = collect(first + second)
+    assert [(r.c2s.data, r.s2c.data) for r in results] == [(b"one", b"1"), (b"two", b"2")]
+    assert results[1].conn.state == "midstream"
+
+
+def test_a_late_retransmission_within_the_window_is_still_a_straggler() -> None:
+    conv = Conv()
+    segs = full_conversation(conv, b"r" * 300, b"ans")
+    old_data = segs[3]._replace(ts=segs[-1].ts + 5 * SECOND)  # the first request segment
+    sink, reasm = feed([*segs, old_data], finish=False)
+    assert len(sink.results) == 1 and reasm.open_connections == 0
+
+
 # --- properties ------------------------------------------------------------------------------
 
 
