@@ -215,7 +215,7 @@ class WorkerDecoding:
         proc = context.Process(target=_worker_main, args=(theirs, keep_all, inherited))
         proc.daemon = True
         self._procs.append(proc)
-        with _sigint_blocked():  # the child ignores Ctrl-C before it can be delivered
+        with _stop_signals_blocked():  # the child sets its handlers before one is delivered
             proc.start()
         theirs.close()
 
@@ -333,14 +333,20 @@ class AutoDecoding:
             self._workers.stop()
 
 
+# Signals the CLI turns into an unwinding exception: a worker leaves them to the main
+# process (SIGINT) or dies of them at once (SIGTERM, SIGHUP).
+STOP_SIGNALS = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+
+
 @contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """SIGINT held back in this process (and in a child started meanwhile, which inherits
-    the mask); one that came in the meantime is delivered when this ends."""
+def _stop_signals_blocked() -> Iterator[None]:
+    """SIGINT (and SIGTERM, SIGHUP) held back in this process (and in a child started
+    meanwhile, which inherits the mask); one that came in the meantime is delivered when
+    this ends."""
     if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
@@ -353,10 +359,12 @@ def _worker_main(pipe: Pipe, keep_all: bool, inherited: tuple[Pipe, ...] = ()) -
     for end in inherited:
         end.close()
     # Ctrl-C is for the main process, which stops the workers; a worker's own traceback
-    # would only clutter the terminal. (SIGINT is blocked until here: see _sigint_blocked.)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # would only clutter the terminal. (The signals are blocked until here: see
+    # _stop_signals_blocked.)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN if signum == signal.SIGINT else signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     decoding = InlineDecoding(keep_all)
     try:
         while payload := pipe.recv_bytes():

@@ -15,6 +15,7 @@ import contextlib
 import gzip
 import heapq
 import os
+import select
 import socket
 import stat
 import struct
@@ -500,7 +501,7 @@ class _FileInfo(NamedTuple):
     path: str  # as the user gave it, for messages
     fmt: str  # "pcap" or "pcapng"
     gzipped: bool
-    source: str  # the file to read: `path`, or its decompressed copy
+    source: str  # the file to read: `path`, a copy of a pipe, or a decompressed copy
 
 
 def _os_problem(exc: OSError) -> str:
@@ -513,19 +514,20 @@ def _os_problem(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _open_raw(path: str) -> IO[bytes]:
+def _open_raw(source: str, name: str) -> IO[bytes]:
+    """Open the file to read; errors say `name`, the capture as the person gave it."""
     try:
-        mode = os.stat(path).st_mode
+        mode = os.stat(source).st_mode
         if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
             # A pipe not spooled (see `spooled`), or a device: the bytes read to identify
             # it would be gone for the read that follows.
             raise CaptureError(
-                f"{path}: not a regular file (a pipe or a device); a capture is read more"
+                f"{name}: not a regular file (a pipe or a device); a capture is read more"
                 " than once, so save it to a file first"
             )
-        return open(path, "rb")
+        return open(source, "rb")
     except OSError as exc:
-        raise CaptureError(f"{path}: {_os_problem(exc)}") from None
+        raise CaptureError(f"{name}: {_os_problem(exc)}") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -537,15 +539,17 @@ STDIN_NAME = "<stdin>"  # its name in messages
 SPOOL_CHUNK = 1 << 20
 
 
-class Spooled(os.PathLike):
+class Spooled:
     """A capture that came through a pipe, saved in a temporary file: os.fspath() is the
-    file to read, str() the name the person gave, for messages."""
+    file to read, str() the name the person gave, for messages; `problem` says why the
+    stream ended early, if it did (what came before is kept)."""
 
-    __slots__ = ("file", "name")
+    __slots__ = ("file", "name", "problem")
 
-    def __init__(self, name: str, file: str) -> None:
+    def __init__(self, name: str, file: str, problem: str = "") -> None:
         self.name = name
         self.file = file
+        self.problem = problem
 
     def __fspath__(self) -> str:
         return self.file
@@ -557,33 +561,66 @@ class Spooled(os.PathLike):
         return f"Spooled({self.name!r}, {self.file!r})"
 
 
-def _is_pipe(path: str | os.PathLike[str]) -> bool:
+CapturePath = str | os.PathLike[str]
+
+
+def display_name(path: CapturePath) -> str:
+    """How messages name a capture the person gave: '-' is <stdin>."""
     if isinstance(path, Spooled):
-        return False
+        return path.name
+    return STDIN_NAME if os.fspath(path) == STDIN else str(Path(path))
+
+
+def _pipe_identity(path: CapturePath) -> tuple[int, int] | None:
+    """(device, inode) of stdin or a named pipe, which is read through a copy; None for
+    anything else (files, and devices, which `_open_raw` refuses)."""
+    if isinstance(path, Spooled):
+        return None
+    try:
+        st = os.fstat(0) if os.fspath(path) == STDIN else os.stat(path)
+    except OSError:
+        if os.fspath(path) == STDIN:
+            raise CaptureError(f"{STDIN_NAME}: is closed") from None
+        return None  # _identify names the problem
     if os.fspath(path) == STDIN:
-        return True
-    with contextlib.suppress(OSError):
-        mode = os.stat(path).st_mode
-        return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
-    return False
+        _check_stdin(st.st_mode)
+    elif not stat.S_ISFIFO(st.st_mode):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_stdin(mode: int) -> None:
+    if os.isatty(0):
+        raise CaptureError(
+            f"{STDIN_NAME}: is a terminal, not a capture (pipe one in: tcpdump -w - ... |"
+            " jsdissect tasks -)"
+        )
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        raise CaptureError(f"{STDIN_NAME}: a device, not a capture")
 
 
 @contextlib.contextmanager
-def spooled(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[str | os.PathLike[str]]]:
+def spooled(paths: Iterable[CapturePath]) -> Iterator[list[CapturePath]]:
     """The paths, with "-" (stdin) and named pipes (`<(zcat x.pcap.gz)`) saved to temporary
     files for the time of the block: the analysis reads a capture more than once (a second
-    pass for ports learned late), and a pipe can be read only once."""
-    if sum(os.fspath(p) == STDIN for p in paths) > 1:
-        raise CaptureError(f"{STDIN_NAME}: given more than once; it can be read only once")
+    pass for ports learned late), and a pipe can be read only once. Every other file is
+    checked first, so a typo fails before a long stream is waited for."""
+    paths = list(paths)
+    pipes = [_pipe_identity(p) for p in paths]
+    seen: set[tuple[int, int]] = set()
+    for path, pipe in zip(paths, pipes, strict=True):
+        if pipe is None:
+            _identify(path)
+        elif pipe in seen:  # `- -`, `f f`, `- /dev/stdin`: the second would read nothing
+            name = display_name(path)
+            raise CaptureError(f"{name}: given more than once; a pipe can be read only once")
+        else:
+            seen.add(pipe)
     made: list[str] = []
     try:
-        out = []
-        for path in paths:
-            if _is_pipe(path):
-                out.append(_spool(path))
-                made.append(out[-1].file)
-            else:
-                out.append(path)
+        out: list[CapturePath] = []
+        for path, pipe in zip(paths, pipes, strict=True):
+            out.append(path if pipe is None else _spool(path, made))
         yield out
     finally:
         for file in made:
@@ -591,44 +628,69 @@ def spooled(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[str | os.P
                 os.unlink(file)
 
 
-def _spool(path: str | os.PathLike[str]) -> Spooled:
-    stdin = os.fspath(path) == STDIN
-    name = STDIN_NAME if stdin else str(path)
-    if stdin and (sys.stdin is None or sys.stdin.isatty()):
-        problem = "is closed" if sys.stdin is None else "is a terminal, not a capture"
-        raise CaptureError(f"{name}: {problem} (pipe one in: tcpdump -w - ... | jsdissect ...)")
-    fd, file = tempfile.mkstemp(prefix="jsdissect-spool-", suffix=".capture")
+def spool_problems(files: Iterable[CapturePath]) -> list[str]:
+    """Warnings for the pipes whose stream broke off (what came before was read)."""
+    return [f.problem for f in files if isinstance(f, Spooled) and f.problem]
+
+
+def _spool(path: CapturePath, made: list[str]) -> Spooled:
+    """Copy a pipe to a new temporary file (listed in `made` at once, for the clean-up)."""
+    name = display_name(path)
     try:
-        with os.fdopen(fd, "wb") as out, _open_pipe(path, stdin) as source:
-            while chunk := source.read(SPOOL_CHUNK):
-                out.write(chunk)
+        fd, file = tempfile.mkstemp(prefix="jsdissect-spool-", suffix=".capture")
     except OSError as exc:
-        os.unlink(file)
-        where = "reading it" if exc.filename != file else "saving it to a temporary file"
-        raise CaptureError(f"{name}: {where}: {_os_problem(exc)}") from None
-    except BaseException:
-        os.unlink(file)
-        raise
-    return Spooled(name, file)
+        raise CaptureError(f"{name}: {_no_copy(exc)}") from None
+    made.append(file)
+    with os.fdopen(fd, "wb") as out, _open_pipe(path, name) as source:
+        problem = _copy(source, out, name)
+    return Spooled(name, file, problem)
 
 
-def _open_pipe(path: str | os.PathLike[str], stdin: bool) -> IO[bytes]:
-    if stdin:
-        return os.fdopen(sys.stdin.fileno(), "rb", closefd=False)
-    return open(path, "rb")
+def _open_pipe(path: CapturePath, name: str) -> IO[bytes]:
+    """Unbuffered: a read returns what the pipe holds, and None when a non-blocking one
+    holds nothing yet."""
+    if os.fspath(path) == STDIN:
+        return os.fdopen(0, "rb", buffering=0, closefd=False)
+    try:
+        return open(path, "rb", buffering=0)
+    except OSError as exc:
+        raise CaptureError(f"{name}: {_os_problem(exc)}") from None
 
 
-def check_files(paths: Sequence[str | os.PathLike[str]]) -> None:
+def _copy(source: IO[bytes], out: IO[bytes], name: str) -> str:
+    """Copy to the end of the stream; a read error ends it early (returned, for a warning:
+    what came before is kept), a write error is a CaptureError."""
+    while True:
+        try:
+            chunk = source.read(SPOOL_CHUNK)
+        except OSError as exc:
+            return f"{name}: the stream broke off ({_os_problem(exc)}); reading what came before"
+        if chunk is None:  # a non-blocking descriptor with nothing yet: wait for more
+            select.select([source], [], [])
+            continue
+        if not chunk:
+            return ""
+        try:
+            out.write(chunk)
+        except OSError as exc:
+            raise CaptureError(f"{name}: {_no_copy(exc)}") from None
+
+
+def _no_copy(exc: OSError) -> str:
+    return f"cannot save it to a temporary file in {tempfile.gettempdir()} ({_os_problem(exc)})"
+
+
+def check_files(paths: Sequence[CapturePath]) -> None:
     """Raise CaptureError for the first path that is not a pcap/pcapng file (maybe
     gzipped) with a whole file header: the checks every engine makes before reading."""
     for path in paths:
         _identify(path)
 
 
-def _identify(given: str | os.PathLike[str]) -> _FileInfo:
+def _identify(given: CapturePath) -> _FileInfo:
     """Check that a file is a pcap/pcapng capture (maybe gzipped) by its header."""
     path, source = str(given), os.fspath(given)
-    with _open_raw(source) as f:
+    with _open_raw(source, path) as f:
         try:
             head = f.read(PCAPNG_MIN_SHB_LEN)
         except OSError as exc:
@@ -665,7 +727,7 @@ class _ChunkReader:
 
     def __init__(self, info: _FileInfo) -> None:
         self.gzipped = info.gzipped
-        self._raw = _open_raw(info.source)
+        self._raw = _open_raw(info.source, info.path)
         self._gz = gzip.GzipFile(fileobj=self._raw, mode="rb") if info.gzipped else None
         # GzipFile.read(n) drops what it had decompressed when the stream turns out broken;
         # read1 returns it piecewise, so everything before the damage is kept.
@@ -928,7 +990,7 @@ def _pcapng_batches(r: _Reading) -> Iterator[Batch]:
         buf, pos = r.refill(buf, pos, corrupt), 0
 
 
-def cut_short(path: str | os.PathLike[str]) -> str:
+def cut_short(path: CapturePath) -> str:
     """Why a capture's readable data ends before the file does (cut mid-packet, a corrupt
     record, broken gzip) as the warning the readers give, or "" for a whole file.
     Reads every record header, decodes no packet: for a reader that cannot stop at the cut
@@ -1194,7 +1256,7 @@ def _file_segments(
 
 
 def read_segments(
-    paths: Sequence[str | Path],
+    paths: Sequence[CapturePath] | CapturePath,
     *,
     bpf: str | None = None,
     engine: Engine = "auto",
@@ -1209,7 +1271,7 @@ def read_segments(
     """
     if engine not in ("auto", "libpcap", "python"):
         raise ValueError(f"unknown engine {engine!r}")
-    if isinstance(paths, (str, Path)):
+    if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     stats = stats if stats is not None else CaptureStats()
     if bpf:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gc
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +15,7 @@ import click
 
 from jsdissect import __version__
 from jsdissect.callbacks import AUTO_START_BYTES, MAX_WORKERS
-from jsdissect.capture import CaptureError
+from jsdissect.capture import CaptureError, display_name
 from jsdissect.correlate import STATUSES
 
 EXIT_BAD_INPUT = 2
@@ -74,17 +75,33 @@ def _common(func: Callable) -> Callable:
     return func
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (`kill`, a closed terminal or ssh session): unwound like Ctrl-C,
+    so temporary files (a saved stdin, a decompressed copy) are removed on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_on(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
+
+
 def _guarded(func: Callable) -> Callable:
     """Turn expected failures into one line on stderr and an exit status, never a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for name in ("SIGTERM", "SIGHUP"):
+            if hasattr(signal, name):  # SIGHUP is not on Windows
+                signal.signal(getattr(signal, name), _stop_on)
         try:
             return func(*args, **kwargs)
         except click.ClickException:
             raise  # usage errors: click prints them with exit status 2
-        except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT, quietly
-            sys.exit(130)
+        except KeyboardInterrupt as exc:  # the shell's convention, 128 + signal, quietly
+            sys.exit(128 + getattr(exc, "signum", signal.SIGINT))
         except BrokenPipeError:  # `jsdissect tasks X | head`: stop quietly, like cat would
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)
@@ -109,6 +126,10 @@ def _finite(value: float, hint: str) -> float:
     if value != value:  # NaN compares unequal to itself, and passes every range check
         raise click.BadParameter("not a number", param_hint=hint)
     return value
+
+
+def _names(captures: Sequence[str]) -> str:
+    return ", ".join(map(display_name, captures))
 
 
 def _fail(message: str, status: int) -> None:
@@ -400,7 +421,7 @@ def messages(
         known = {t.process_id for t in result.task_records}
     if process_id is not None:
         if process_id not in known:
-            _fail(f"no task with process_id {process_id} in {', '.join(captures)}", 1)
+            _fail(f"no task with process_id {process_id} in {_names(captures)}", 1)
         rows = [r for r in rows if r["process_id"] == process_id]
     if errors_only:
         rows = [r for r in rows if r["type"] == "DecodeError"]
@@ -553,7 +574,7 @@ def log(captures: tuple[str, ...], process_id: str | None, all_tasks: bool, **op
     result = _analyze(captures, opts)
     chosen = [t for t in result.task_records if all_tasks or t.process_id == process_id]
     if not chosen:
-        _fail(f"no task with process_id {process_id} in {', '.join(captures)}", 1)
+        _fail(f"no task with process_id {process_id} in {_names(captures)}", 1)
     for task in chosen:
         if all_tasks:
             name = task.process_id or task.callback_conn or "?"

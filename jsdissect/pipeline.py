@@ -12,12 +12,18 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jsdissect import callbacks
 from jsdissect.callbacks import CallbackDecoding
-from jsdissect.capture import CaptureStats, Engine, Spooled, read_segments, spooled
+from jsdissect.capture import (
+    CaptureStats,
+    Engine,
+    display_name,
+    read_segments,
+    spool_problems,
+    spooled,
+)
 from jsdissect.correlate import TASK_EVENTS, Channel, Task, correlate
 from jsdissect.protocol import Event
 from jsdissect.protocol import command as cmd
@@ -122,7 +128,9 @@ def analyze(
     callback traffic were seen). The results are the same whatever the number."""
     opts = Options(tuple(scheduler_ports), engine, heuristics, all_tcp, messages)
     with spooled(paths) as files:  # "-" and named pipes: read more than once
-        return _reads(files, opts, workers, progress)
+        result = _reads(files, opts, workers, progress)
+    result.stats.warnings[:0] = spool_problems(files)
+    return result
 
 
 def _reads(
@@ -132,7 +140,7 @@ def _reads(
     progress: Callable[[int], None] | None,
 ) -> Analysis:
     """Read again while commands announce callback ports the capture filter left out."""
-    names = tuple(str(p) if isinstance(p, Spooled) else str(Path(p)) for p in files)
+    names = tuple(map(display_name, files))
     extra_ports: set[int] = set()
     for _read in range(MAX_READS):
         with _no_cyclic_gc():

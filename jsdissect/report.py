@@ -8,7 +8,6 @@ point, so cells are formatted here, once, for both CSV and JSON.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import errno
 import io
@@ -405,10 +404,8 @@ def check_output(path: str, inputs: Sequence[str] = ()) -> None:
         return
     if os.path.isdir(path):
         raise OutputError(f"{path}: is a directory, not a file to write")
-    for capture in inputs:
-        with contextlib.suppress(OSError):
-            if os.path.samefile(path, capture):
-                raise OutputError(f"{path}: is one of the input captures; not overwritten")
+    if any(_same_file(path, capture) for capture in inputs):
+        raise OutputError(f"{path}: is one of the input captures; not overwritten")
     if _written_in_place(path):
         return
     folder = os.path.dirname(os.path.realpath(path))
@@ -420,6 +417,15 @@ def check_output(path: str, inputs: Sequence[str] = ()) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write there ({exc.strerror or exc})") from None
+
+
+def _same_file(path: str, capture: str) -> bool:
+    """Is `path` the input `capture`? For "-", the file behind stdin (`- < x.pcap`)."""
+    try:
+        stdin = os.fstat(0) if capture == "-" else None
+        return os.path.samestat(os.stat(path), stdin or os.stat(capture))
+    except OSError:
+        return False
 
 
 def _written_in_place(path: str) -> bool:

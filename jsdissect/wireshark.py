@@ -17,12 +17,20 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from jsdissect.capture import CaptureError, check_files, cut_short, spooled
+from jsdissect.capture import (
+    CaptureError,
+    CapturePath,
+    Spooled,
+    check_files,
+    cut_short,
+    display_name,
+    spooled,
+)
 from jsdissect.report import DURATION, INTEGER, TASK_COLUMNS, TIME
 
 PLUGIN_NAME = "jobscheduler.lua"
@@ -56,44 +64,59 @@ def _tool(name: str) -> str:
     return path
 
 
-def _run_tool(args: list[str]) -> tuple[int, str]:
+Aliases = dict[str, str]  # a file made for tshark -> how messages name it
+
+
+def _run_tool(args: list[str], aliases: Aliases) -> tuple[int, str]:
     """Run editcap or mergecap: its exit status and its complaint, in one line."""
     done = subprocess.run(args, capture_output=True, text=True)
-    return done.returncode, " ".join(done.stderr.split()) or f"exit status {done.returncode}"
+    complaint = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
+    return done.returncode, _renamed(complaint, aliases)
 
 
-def _readable_part(
-    path: str | os.PathLike[str], copy: Path, warnings: list[str]
-) -> str | os.PathLike[str]:
+def _renamed(text: str, aliases: Aliases) -> str:
+    """Our copies named as the captures they came from."""
+    for file, name in aliases.items():
+        text = text.replace(file, name)
+    return text
+
+
+def _readable_part(path: CapturePath, copy: Path, warnings: list[str], aliases: Aliases) -> str:
     """The file itself, or when it is cut short, a copy of the packets before the cut:
     tshark stops at a cut with an error, and whether pyshark passes that error on depends
     on timing. The other engines read up to the cut with a warning; so does this one."""
     cut = cut_short(path)
     if not cut:
-        return path
+        return os.fspath(path)
     warnings.append(cut)
-    _status, complaint = _run_tool([_tool("editcap"), os.fspath(path), str(copy)])
-    if not copy.is_file():
-        raise WiresharkError(f"{path}: editcap could not copy the part before the cut: {complaint}")
-    return copy
+    name = display_name(path)
+    aliases[str(copy)] = f"{name} (copied up to the cut)"
+    status, complaint = _run_tool([_tool("editcap"), os.fspath(path), str(copy)], aliases)
+    if status != 0 or not copy.is_file():  # editcap says 0 for a cut or corrupt input
+        raise WiresharkError(
+            f"{name}: cannot copy the part before the cut to {copy.parent.parent}: {complaint}"
+        )
+    return str(copy)
 
 
 @contextlib.contextmanager
 def _one_file(
-    paths: Sequence[str | os.PathLike[str]], tmp: Path, warnings: list[str]
+    paths: Sequence[CapturePath], tmp: Path, warnings: list[str], aliases: Aliases
 ) -> Iterator[str]:
     """tshark reads one file: several (a ring buffer) are merged by time with mergecap."""
     with spooled(paths) as given:  # "-" and named pipes, saved to files
+        aliases.update((os.fspath(p), str(p)) for p in given if isinstance(p, Spooled))
         check_files(given)  # the same one-line errors as the other engines, before tshark
         files = [
-            os.fspath(_readable_part(p, tmp / f"part{i}.pcapng", warnings))
+            _readable_part(p, tmp / f"part{i}.pcapng", warnings, aliases)
             for i, p in enumerate(given)
         ]
-        yield files[0] if len(files) == 1 else _merge(files, tmp / "merged.pcapng")
+        yield files[0] if len(files) == 1 else _merge(files, tmp / "merged.pcapng", aliases)
 
 
-def _merge(files: list[str], merged: Path) -> str:
-    status, complaint = _run_tool([_tool("mergecap"), "-w", str(merged), *files])
+def _merge(files: list[str], merged: Path, aliases: Aliases) -> str:
+    aliases[str(merged)] = f"the merged copy in {merged.parent.parent}"
+    status, complaint = _run_tool([_tool("mergecap"), "-w", str(merged), *files], aliases)
     if status != 0:
         raise WiresharkError(
             complaint if complaint.startswith("mergecap") else f"mergecap: {complaint}"
@@ -107,18 +130,19 @@ class Result(NamedTuple):
     warnings: list[str]  # e.g. "FILE: cut short after packet 12 (...)"
 
 
-def analyze(
-    paths: Sequence[str | os.PathLike[str]], scheduler_ports: Sequence[int] = (4444, 4455)
-) -> Result:
+def analyze(paths: Iterable[CapturePath], scheduler_ports: Sequence[int] = (4444, 4455)) -> Result:
     """Task and message rows from one tshark run with the plugin."""
     import pyshark
 
     tshark, plugin = _tool("tshark"), plugin_path()
-    names = ", ".join(map(str, paths))  # errors name the user's files, not our copies
+    paths = list(paths)
+    names = ", ".join(map(display_name, paths))  # errors name the user's files, not copies
     warnings: list[str] = []
+    aliases: Aliases = {}
     with (
         tempfile.TemporaryDirectory(prefix="jsdissect-") as tmp,
-        _one_file(paths, Path(tmp), warnings) as capture,
+        _one_file(paths, Path(tmp), warnings, aliases) as capture,
+        _quiet_asyncio(),
     ):
         table = Path(tmp) / "tasks.csv"
         prefs = {
@@ -140,13 +164,9 @@ def analyze(
         )
         try:
             messages = [row for packet in cap for row in _message_rows(packet)]
-        except KeyboardInterrupt:
-            # pyshark's reading task ends with the EOFError of the interrupted pipe, which
-            # asyncio logs as a traceback when the task is collected: Ctrl-C stays quiet.
-            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-            raise
         except Exception as exc:  # pyshark reports tshark's failures as various errors
-            raise WiresharkError(f"{names}: tshark failed: {_one_line(exc)}") from exc
+            problem = _renamed(_one_line(exc), aliases)
+            raise WiresharkError(f"{names}: tshark failed: {problem}") from exc
         finally:
             # tshark sometimes exits 255 after its last packet while pyshark closes the pipe
             # behind the JSON it has read in full; the task table file says whether the run
@@ -158,7 +178,32 @@ def analyze(
             loop.close()
         if not table.is_file():
             raise WiresharkError(f"{names}: the plugin wrote no task table")
-        return Result(read_task_table(table), messages, warnings)
+        try:
+            tasks = read_task_table(table)
+        except (ValueError, csv.Error) as exc:  # cut short (a full disk, say) or mangled
+            problem = f"the plugin's task table is unreadable ({exc})"
+            raise WiresharkError(f"{names}: {problem}") from None
+        return Result(tasks, messages, warnings)
+
+
+@contextlib.contextmanager
+def _quiet_asyncio() -> Iterator[None]:
+    """asyncio's child watcher warns about tshark's exit ("Unknown child process pid")
+    when pyshark closes it: noise on a run that worked, so only its errors are shown."""
+    log = logging.getLogger("asyncio")
+    level = log.level
+    log.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    except KeyboardInterrupt:
+        # pyshark's reading task ends with the EOFError of the interrupted pipe, which
+        # asyncio logs as a traceback when the task is collected: Ctrl-C stays quiet.
+        log.setLevel(logging.CRITICAL)
+        raise
+    except BaseException:
+        log.setLevel(level)
+        raise
+    log.setLevel(level)
 
 
 def _one_line(exc: Exception) -> str:

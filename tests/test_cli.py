@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import pty
 import stat
 import subprocess
 import sys
@@ -17,7 +15,6 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
-from test_fuzz import command_chain
 
 from jsdissect import __version__
 
@@ -159,111 +156,6 @@ def test_a_device_as_input_is_refused_without_reading_it() -> None:
     assert out.returncode == 2 and "Traceback" not in out.stderr
     (line,) = out.stderr.strip().splitlines()
     assert "/dev/zero" in line and "not a regular file" in line
-
-
-# --- captures through a pipe: stdin ("-") and named pipes, saved to a file and read ---
-
-
-def run_fed(*args: str, data: bytes, tmpdir: Path) -> subprocess.CompletedProcess[str]:
-    """jsdissect with `data` on its stdin (a pipe) and its temporary files in `tmpdir`."""
-    tmpdir.mkdir(exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(tmpdir)}
-    done = subprocess.run(
-        [sys.executable, "-m", "jsdissect", *args],
-        input=data,
-        capture_output=True,
-        timeout=120,
-        env=env,
-    )
-    out, err = done.stdout.decode(), done.stderr.decode()
-    return subprocess.CompletedProcess(done.args, done.returncode, out, err)
-
-
-@pytest.mark.parametrize("gz", [False, True], ids=["pcap", "gzip"])
-def test_stdin_gives_the_table_of_the_file_and_leaves_no_copy(
-    capture: Path, tmp_path: Path, gz: bool
-) -> None:
-    data = capture.read_bytes()
-    fed = run_fed(
-        "tasks",
-        "-",
-        "--csv",
-        "-",
-        data=gzip.compress(data) if gz else data,
-        tmpdir=tmp_path / "tmp",
-    )
-    assert fed.returncode == 0, fed.stderr
-    direct = run("tasks", str(capture), "--csv", "-")
-    assert fed.stdout == direct.stdout and "84217301" in fed.stdout
-    assert not list((tmp_path / "tmp").iterdir())  # the saved copy is gone
-
-
-def test_stdin_is_read_again_for_the_ports_commands_announce(tmp_path: Path) -> None:
-    # Each read of this chain finds commands on ports the filter of the read before left
-    # out: a pipe can be read once, so the copy is what is read again.
-    path = command_chain(tmp_path / "chain.pcap", 4)
-    direct = run("connections", str(path), "--csv", "-")
-    fed = run_fed("connections", "-", "--csv", "-", data=path.read_bytes(), tmpdir=tmp_path / "tmp")
-    assert fed.returncode == 0, fed.stderr
-    assert fed.stdout == direct.stdout
-    assert len(fed.stdout.splitlines()) == 1 + 4  # all of the chain, not its first read
-    assert fed.stderr.replace("<stdin>", str(path)) == direct.stderr
-
-
-def test_stdin_cut_short_is_read_up_to_the_cut_and_named(capture: Path, tmp_path: Path) -> None:
-    fed = run_fed("tasks", "-", data=capture.read_bytes()[:-10], tmpdir=tmp_path / "tmp")
-    assert fed.returncode == 0, fed.stderr
-    assert fed.stderr.startswith("jsdissect: warning: <stdin>: cut short after 7 packets")
-
-
-@pytest.mark.parametrize(
-    ("args", "data", "says"),
-    [
-        (["-"], b"", "<stdin>: empty file"),
-        (["-"], b"not a capture\n", "<stdin>: not a pcap or pcapng file"),
-        (["-", "-"], b"", "<stdin>: given more than once"),
-    ],
-    ids=["empty", "text", "twice"],
-)
-def test_bad_stdin_is_one_line_and_status_2(
-    tmp_path: Path, args: list[str], data: bytes, says: str
-) -> None:
-    fed = run_fed("tasks", *args, data=data, tmpdir=tmp_path / "tmp")
-    assert fed.returncode == 2 and "Traceback" not in fed.stderr
-    (line,) = fed.stderr.strip().splitlines()
-    assert line.startswith(f"jsdissect: {says}"), line
-    assert not list((tmp_path / "tmp").iterdir())
-
-
-def test_stdin_from_a_terminal_is_refused_at_once() -> None:
-    # `jsdissect tasks -` typed without a pipe would otherwise wait for input forever.
-    leader, terminal = pty.openpty()
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "jsdissect", "tasks", "-"],
-            stdin=terminal,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        os.close(leader)
-        os.close(terminal)
-    assert done.returncode == 2
-    (line,) = done.stderr.strip().splitlines()
-    assert "<stdin>: is a terminal" in line
-
-
-def test_a_named_pipe_is_read_like_the_file(capture: Path, tmp_path: Path) -> None:
-    fifo = tmp_path / "capture.fifo"
-    os.mkfifo(fifo)
-    # A daemon: if jsdissect never opened the pipe, the writer waits forever, not pytest.
-    writer = threading.Thread(target=lambda: fifo.write_bytes(capture.read_bytes()), daemon=True)
-    writer.start()
-    out = run("tasks", str(fifo), "--csv", "-")
-    writer.join(timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout == run("tasks", str(capture), "--csv", "-").stdout
 
 
 def test_output_to_a_fifo_is_written_into_it_not_replaced(capture: Path, tmp_path: Path) -> None:
