@@ -641,8 +641,11 @@ def _spool(path: CapturePath, made: list[str]) -> Spooled:
     except OSError as exc:
         raise CaptureError(f"{name}: {_no_copy(exc)}") from None
     made.append(file)
-    with os.fdopen(fd, "wb") as out, _open_pipe(path, name) as source:
-        problem = _copy(source, out, name)
+    try:
+        with os.fdopen(fd, "wb") as out, _open_pipe(path, name) as source:
+            problem = _copy(source, out, name)
+    except OSError as exc:  # writing, or the last flush: _copy keeps the read errors
+        raise CaptureError(f"{name}: {_no_copy(exc)}") from None
     return Spooled(name, file, problem)
 
 
@@ -658,8 +661,8 @@ def _open_pipe(path: CapturePath, name: str) -> IO[bytes]:
 
 
 def _copy(source: IO[bytes], out: IO[bytes], name: str) -> str:
-    """Copy to the end of the stream; a read error ends it early (returned, for a warning:
-    what came before is kept), a write error is a CaptureError."""
+    """Copy to the end of the stream. A read error ends it early: returned, for a warning
+    (what came before is kept); a write error is raised."""
     while True:
         try:
             chunk = source.read(SPOOL_CHUNK)
@@ -670,10 +673,7 @@ def _copy(source: IO[bytes], out: IO[bytes], name: str) -> str:
             continue
         if not chunk:
             return ""
-        try:
-            out.write(chunk)
-        except OSError as exc:
-            raise CaptureError(f"{name}: {_no_copy(exc)}") from None
+        out.write(chunk)
 
 
 def _no_copy(exc: OSError) -> str:
