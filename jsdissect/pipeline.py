@@ -10,6 +10,7 @@ import contextlib
 import gc
 import os
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -211,7 +212,7 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def capture_filter(opts: Options, extra_ports: set[int] = frozenset()) -> str:
+def capture_filter(opts: Options, extra_ports: AbstractSet[int] = frozenset()) -> str:
     """One BPF filter for the command ports, the callback range, extra ports learned in an
     earlier pass, and (heuristics) first payloads that begin like this protocol."""
     ports = sorted(set(opts.scheduler_ports) | set(extra_ports))

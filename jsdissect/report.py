@@ -17,7 +17,7 @@ import os
 import statistics
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -433,7 +433,7 @@ def _written_in_place(path: str) -> bool:
     return os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
 
 
-def write_output(path: str, render: callable) -> None:
+def write_output(path: str, render: Callable[[IO[str]], object]) -> None:
     """Write `render(stream)` to `path` ('-' = stdout). A file is written through a
     temporary file and a rename, so a failure never leaves a half-written file behind;
     through a symbolic link, the file it points to is replaced and the link kept. A device
