@@ -102,9 +102,9 @@ HOLE_WAIT_US = 60_000_000
 # do not open a phantom connection; MAX_RECENT caps the table on a very busy host.
 RECENT_US = 60_000_000
 MAX_RECENT = 65_536
-# ...but a packet more than this far from where its sender's sequence numbers ended is of a
-# new connection whose SYN was not captured (16 MiB: beyond the receive windows in use; a
-# new random initial sequence number falls within it once in 128).
+# ...but data more than this far behind where its sender's sequence numbers ended (or,
+# after a FIN, anywhere ahead of it) is of a new connection whose handshake was not
+# captured (16 MiB: beyond the receive windows in use).
 STRAGGLER_BAND = 1 << 24
 # Open connections at most (a SYN flood on a watched port would otherwise grow without
 # bound): past it, the least recently active tenth is handed on as it stands.
@@ -369,7 +369,7 @@ class _Conn:
         self.rst_by: int | None = None
         self.closed: int | None = None
         self.packets = 0
-        self.lingering = False
+        self.lingering: int | None = None  # since when: both FINs, the last ACK not seen
 
     def add(self, seg: Segment, d: int) -> None:
         # The hot path of reassembly: one call per captured segment.
@@ -484,12 +484,11 @@ class _Conn:
     def both_fins(self) -> bool:
         return self.halves[0].fin is not None and self.halves[1].fin is not None
 
-    def ends(self) -> tuple[tuple[Endpoint, int | None], ...]:
-        """Where each side's sequence numbers ended (None: never placed)."""
-        return tuple(
-            (end, None if h.base is None else (h.base + h.next) % _SEQ_MOD)
-            for end, h in zip((self.client, self.server), self.halves, strict=True)
-        )
+    def ends(self) -> tuple[_SideEnd, _SideEnd]:
+        """Where each side's sequence numbers began and ended, once the streams are
+        flushed; a side that sent nothing is placed by what its peer acknowledged."""
+        client, server = self.halves
+        return _side_end(self.client, client), _side_end(self.server, server)
 
     @property
     def missing_before_fin(self) -> bool:
@@ -545,21 +544,45 @@ class _Conn:
         )
 
 
+class _SideEnd(NamedTuple):
+    sender: Endpoint
+    isn: int | None  # the sequence number of its SYN (None: not known)
+    end: int | None  # the sequence number after its last byte: its FIN's, if it sent one
+    fin: bool
+
+
+def _side_end(sender: Endpoint, half: _Half) -> _SideEnd:
+    if half.base is None:
+        return _SideEnd(sender, None, half.ack_before_base, False)
+    end = half.fin if half.fin is not None else half.next
+    isn = (half.base - 1) % _SEQ_MOD
+    return _SideEnd(sender, isn, (half.base + end) % _SEQ_MOD, half.fin is not None)
+
+
 class _Closed(NamedTuple):
     serial: int
     syn_client: Endpoint
     syn_seq: int | None
-    ends: tuple[tuple[Endpoint, int | None], ...]  # (sender, its next sequence number)
+    ends: tuple[_SideEnd, _SideEnd]
 
-    def far_from_the_end(self, seg: Segment) -> bool:
-        """A packet whose sequence number is far from where its sender's stream ended
-        belongs to a new connection whose handshake was not captured: a straggler (a FIN
-        again, a late ACK or retransmission) is within a window of that end."""
-        for sender, next_seq in self.ends:
-            if sender == (seg.src, seg.sport) and next_seq is not None:
-                distance = (seg.seq - next_seq) % _SEQ_MOD
-                return STRAGGLER_BAND < distance < _SEQ_MOD - STRAGGLER_BAND
-        return False
+    def may_be_a_straggler(self, seg: Segment) -> bool:
+        """Could this packet still belong to the closed connection: its SYN or SYN-ACK
+        again, or at or behind where its sender's stream ended (a FIN again, a late ACK,
+        a retransmission), or a little ahead of it when that side sent no FIN? A sender's
+        next connection starts ahead of the old end (Linux, from TIME_WAIT: 65,537 on)
+        or anywhere at all (a random initial sequence number)."""
+        for side in self.ends:
+            if side.sender != (seg.src, seg.sport):
+                continue
+            if side.end is None or (seg.flags & SYN and seg.seq == side.isn):
+                return True  # nothing to tell by, or its handshake again
+            ahead = (seg.seq - side.end) % _SEQ_MOD
+            if ahead <= 1:  # the FIN again (0), or an ACK sent after it (1)
+                return True
+            if ahead < _SEQ_HALF:  # nothing follows a FIN
+                return not side.fin and ahead <= STRAGGLER_BAND
+            return _SEQ_MOD - ahead <= STRAGGLER_BAND
+        return True
 
 
 class Reassembler:
@@ -602,8 +625,8 @@ class Reassembler:
             return
         if conn.over:
             self._close(conn)
-        elif conn.both_fins and not conn.lingering:
-            conn.lingering = True
+        elif conn.both_fins and conn.lingering is None:
+            conn.lingering = ts
             heapq.heappush(self._linger, (ts + LINGER_US, conn.serial, key))
 
     def finish(self) -> None:
@@ -620,10 +643,11 @@ class Reassembler:
             conn = self._conns.get(key)
             if conn is None or conn.serial != serial:
                 continue
-            if conn.missing_before_fin and now < (conn.closed or now) + HOLE_WAIT_US:
+            waited = now - (now if conn.lingering is None else conn.lingering)
+            if conn.missing_before_fin and waited < HOLE_WAIT_US:
                 heapq.heappush(self._linger, (now + LINGER_US, serial, key))
             else:
-                self._close(conn)
+                self._close(conn, now)
         while self._recent_expiry and self._recent_expiry[0][0] <= now:
             self._forget_oldest()
 
@@ -634,13 +658,18 @@ class Reassembler:
             del self._recent[key]
 
     def _may_open(self, key: _Key, seg: Segment, pure_syn: bool) -> bool:
-        """Only a new SYN, or a packet far from where the old streams ended, reopens a
-        recently closed 4-tuple; anything else is a straggler."""
+        """Only a new SYN, or data (or a SYN-ACK) that cannot be of the closed connection,
+        reopens a recently closed 4-tuple; anything else is a straggler."""
         entry = self._recent.get(key)
         if entry is None:
             return True
         retransmitted = entry.syn_seq == seg.seq and entry.syn_client == (seg.src, seg.sport)
-        if retransmitted or not (pure_syn or entry.far_from_the_end(seg)):
+        if pure_syn:
+            if retransmitted:
+                return False
+        elif seg.flags & RST or not (seg.payload or seg.flags & SYN):
+            return False  # nothing to start a connection with: a reset, an ACK
+        elif entry.may_be_a_straggler(seg):
             return False
         del self._recent[key]
         return True
@@ -668,10 +697,13 @@ class Reassembler:
         for conn in idle[: max(1, MAX_OPEN // 10)]:
             self._close(conn)
 
-    def _close(self, conn: _Conn) -> None:
+    def _close(self, conn: _Conn, now: int | None = None) -> None:
+        """Hand the connection on; its 4-tuple is remembered for RECENT_US from `now`
+        (capture time when the close was decided, after its last packet)."""
         del self._conns[conn.key]
         self.sink.on_close(conn.finish())
         self._recent[conn.key] = _Closed(conn.serial, conn.client, conn.syn_seq, conn.ends())
-        heapq.heappush(self._recent_expiry, (conn.last_ts + RECENT_US, conn.serial, conn.key))
+        since = conn.last_ts if now is None else max(now, conn.last_ts)
+        heapq.heappush(self._recent_expiry, (since + RECENT_US, conn.serial, conn.key))
         while len(self._recent) > MAX_RECENT:
             self._forget_oldest()

@@ -652,6 +652,37 @@ def test_bytes_retransmitted_seconds_after_both_fins_are_delivered() -> None:
     assert res.conn.state == "closed" and res.conn.retransmissions == 0
 
 
+def test_a_hole_is_waited_for_from_the_second_fin_not_the_first() -> None:
+    # Found in review: the minute was counted from the first FIN, so after a half-close
+    # (the client's FIN long before the server's answer) the hole was not waited for.
+    conv = Conv()
+    hand = conv.handshake()
+    request = conv.data(CLIENT_TO_SERVER, b"close kill=yes")
+    fin_c = conv.fin(CLIENT_TO_SERVER)
+    ack_fin = conv.ack(SERVER_TO_CLIENT)
+    conv.t += 120 * SECOND
+    kept, lost = conv.data(SERVER_TO_CLIENT, b"a" * 100 + b"b" * 50, mss=100)
+    fin_s = conv.fin(SERVER_TO_CLIENT)
+    dup_ack = conv.seg(CLIENT_TO_SERVER, ACK, ack=conv.isn[1] + 1 + 100)
+    resent = lost._replace(ts=fin_s.ts + 7 * SECOND)
+    conv.t = resent.ts
+    last = conv.ack(CLIENT_TO_SERVER)
+    segs = [*hand, *request, fin_c, ack_fin, kept, fin_s, dup_ack, resent, last]
+    (res,) = collect(segs)
+    assert res.s2c.data == b"a" * 100 + b"b" * 50 and res.s2c.gaps == []
+
+
+def test_stragglers_after_the_wait_for_a_hole_open_nothing() -> None:
+    # Found in review: the 4-tuple was remembered from the last packet, not from when the
+    # wait ended a minute later, so stragglers right after opened phantom connections.
+    _conv, segs, _lost = _closed_with_a_hole()
+    t = segs[-1].ts
+    ends = Conv(client=("10.0.0.3", 41000), t=t + 62 * SECOND).syn()
+    stray = segs[-1]._replace(ts=t + 65 * SECOND)  # the server's FIN again
+    sink, reasm = feed([*segs, ends, stray], finish=False)
+    assert len(sink.results) == 1 and reasm.open_connections == 1  # the other SYN
+
+
 def test_a_hole_before_a_fin_is_waited_for_a_minute_then_a_gap() -> None:
     _conv, segs, _lost = _closed_with_a_hole()
     fin_s = segs[-1]
@@ -745,20 +776,70 @@ def test_stray_packets_after_close_make_no_phantom_connection() -> None:
     assert reasm.open_connections == 1 and reasm.recently_closed == 0
 
 
-def test_reuse_without_a_captured_handshake_is_a_new_connection() -> None:
+def _reused(first: list[Segment], isn: tuple[int, int], after: int) -> list[Segment]:
+    """A second conversation on the 4-tuple of `first`, `after` µs later, whose SYN and
+    SYN-ACK the capture lost."""
+    conv = Conv(isn=isn, t=first[-1].ts + after)
+    conv.seq = [(s + 1) % MOD for s in isn]  # as after its handshake
+    return [*conv.data(CLIENT_TO_SERVER, b"two"), *conv.data(SERVER_TO_CLIENT, b"2")]
+
+
+def _ends(first: list[Segment]) -> tuple[int, int]:
+    """Where each side's sequence numbers ended: after its FIN."""
+    fins = [s for s in first if s.flags & FIN]
+    return fins[0].seq + 1, fins[1].seq + 1
+
+
+@pytest.mark.parametrize(
+    "new_isns",
+    [
+        lambda c, s: (2_000_000_000, 3_000_000_000),  # random
+        # Linux, reusing from TIME_WAIT: that side starts 65,537 past its old end; the
+        # other side's clock-driven ISN moved on a few million.
+        lambda c, s: (c + 65_537, s + 4_690_000),
+        lambda c, s: (c + 4_690_000, s + 65_537),
+    ],
+    ids=["random", "client in TIME_WAIT", "server in TIME_WAIT"],
+)
+def test_reuse_without_a_captured_handshake_is_a_new_connection(new_isns) -> None:
     # Found in review: a new connection on a 4-tuple closed seconds before, whose SYN and
     # SYN-ACK the capture lost, was taken for stragglers of the old one for a minute, and
-    # all its data dropped. Its sequence numbers are far from where the old ones ended.
+    # all its data dropped. Nothing follows a FIN: data past it is of a new connection.
     first = full_conversation(Conv(isn=(1000, 5000)), b"one", b"1")
-    second_conv = Conv(isn=(2_000_000_000, 3_000_000_000), t=first[-1].ts + 5 * SECOND)
-    second_conv.seq = [s + 1 for s in second_conv.isn]  # as after its (lost) handshake
-    second = [
-        *second_conv.data(CLIENT_TO_SERVER, b"two"),
-        *second_conv.data(SERVER_TO_CLIENT, b"2"),
-    ]
+    second = _reused(first, new_isns(*_ends(first)), 300_000)
     results = collect(first + second)
     assert [(r.c2s.data, r.s2c.data) for r in results] == [(b"one", b"1"), (b"two", b"2")]
-    assert results[1].conn.state == "midstream"
+    assert results[1].conn.state == "midstream" and results[1].c2s.gaps == []
+
+
+def test_a_reset_or_an_ack_after_the_close_opens_nothing() -> None:
+    # Found in review: a stray RST with sequence number 0 (firewalls send them) was far
+    # from the old end, and made a phantom connection.
+    conv = Conv(isn=(2_500_000_000, 3_000_000_000))
+    segs = full_conversation(conv, b"req", b"ans")
+    t = segs[-1].ts
+    stray = [
+        segs[-1]._replace(ts=t + SECOND, seq=0, ack=0, flags=RST),
+        segs[-1]._replace(ts=t + 2 * SECOND, seq=12345, flags=ACK),
+    ]
+    sink, reasm = feed(segs + stray, finish=False)
+    assert len(sink.results) == 1 and reasm.open_connections == 0
+
+
+def test_reuse_after_a_side_that_only_acknowledged() -> None:
+    # Found in review: a side that sent no byte had no end to compare with, so a new
+    # connection's data from it was dropped; its peer's ACKs tell where it stood.
+    old_client, old_server = 7000, 9000
+    t = T0
+    client, server = ("10.0.0.1", 40000), ("10.0.0.2", 4444)
+    old = [
+        segment(t, server, client, old_server, old_client, PSH | ACK, b"x" * 10),
+        segment(t + 100, client, server, old_client, old_server + 10, ACK, b""),
+        segment(t + 200, server, client, old_server + 10, old_client, RST | ACK, b""),
+    ]
+    second = _reused(old, (2_000_000_000, 3_000_000_000), SECOND)
+    results = collect(old + second)
+    assert [r.c2s.data for r in results] == [b"", b"two"]
 
 
 def test_a_late_retransmission_within_the_window_is_still_a_straggler() -> None:
