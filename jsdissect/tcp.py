@@ -490,6 +490,10 @@ class _Conn:
         client, server = self.halves
         return _side_end(self.client, client), _side_end(self.server, server)
 
+    def ended_before(self, seg: Segment) -> bool:
+        """Is this packet (not a reset) of a later connection on the same 4-tuple?"""
+        return not seg.flags & RST and not _may_be_a_straggler(self.ends(), seg)
+
     @property
     def missing_before_fin(self) -> bool:
         """A side closed with bytes still missing before its FIN: a retransmission is due."""
@@ -565,24 +569,25 @@ class _Closed(NamedTuple):
     syn_seq: int | None
     ends: tuple[_SideEnd, _SideEnd]
 
-    def may_be_a_straggler(self, seg: Segment) -> bool:
-        """Could this packet still belong to the closed connection: its SYN or SYN-ACK
-        again, or at or behind where its sender's stream ended (a FIN again, a late ACK,
-        a retransmission), or a little ahead of it when that side sent no FIN? A sender's
-        next connection starts ahead of the old end (Linux, from TIME_WAIT: 65,537 on)
-        or anywhere at all (a random initial sequence number)."""
-        for side in self.ends:
-            if side.sender != (seg.src, seg.sport):
-                continue
-            if side.end is None or (seg.flags & SYN and seg.seq == side.isn):
-                return True  # nothing to tell by, or its handshake again
-            ahead = (seg.seq - side.end) % _SEQ_MOD
-            if ahead <= 1:  # the FIN again (0), or an ACK sent after it (1)
-                return True
-            if ahead < _SEQ_HALF:  # nothing follows a FIN
-                return not side.fin and ahead <= STRAGGLER_BAND
-            return _SEQ_MOD - ahead <= STRAGGLER_BAND
-        return True
+
+def _may_be_a_straggler(ends: tuple[_SideEnd, _SideEnd], seg: Segment) -> bool:
+    """Could this packet still belong to the connection that ended at `ends`: its SYN or
+    SYN-ACK again, or at or behind where its sender's stream ended (a FIN again, a late
+    ACK, a retransmission), or a little ahead of it when that side sent no FIN? A sender's
+    next connection starts ahead of the old end (Linux, from TIME_WAIT: 65,537 on) or
+    anywhere at all (a random initial sequence number)."""
+    for side in ends:
+        if side.sender != (seg.src, seg.sport):
+            continue
+        if side.end is None or (seg.flags & SYN and seg.seq == side.isn):
+            return True  # nothing to tell by, or its handshake again
+        ahead = (seg.seq - side.end) % _SEQ_MOD
+        if ahead <= 1:  # the FIN again (0), or an ACK sent after it (1)
+            return True
+        if ahead < _SEQ_HALF:  # nothing follows a FIN
+            return not side.fin and ahead <= STRAGGLER_BAND
+        return _SEQ_MOD - ahead <= STRAGGLER_BAND
+    return True
 
 
 class Reassembler:
@@ -613,8 +618,13 @@ class Reassembler:
         key = (a, b) if a <= b else (b, a)
         conn = self._conns.get(key)
         pure_syn = flags & (SYN | ACK) == SYN
-        if conn is not None and pure_syn and conn.reused_by(seg):
-            self._close(conn)
+        if conn is not None and (
+            (pure_syn and conn.reused_by(seg))
+            # Data after a FIN that cannot be of this connection, which lingers: a new
+            # one whose handshake the capture lost.
+            or (conn.closed is not None and seg.payload and conn.ended_before(seg))
+        ):
+            self._close(conn, ts)
             conn = None
         if conn is None:
             if not self._may_open(key, seg, pure_syn):
@@ -669,7 +679,7 @@ class Reassembler:
                 return False
         elif seg.flags & RST or not (seg.payload or seg.flags & SYN):
             return False  # nothing to start a connection with: a reset, an ACK
-        elif entry.may_be_a_straggler(seg):
+        elif _may_be_a_straggler(entry.ends, seg):
             return False
         del self._recent[key]
         return True

@@ -812,6 +812,20 @@ def test_reuse_without_a_captured_handshake_is_a_new_connection(new_isns) -> Non
     assert results[1].conn.state == "midstream" and results[1].c2s.gaps == []
 
 
+def test_reuse_while_waiting_for_a_hole_is_a_new_connection() -> None:
+    # Found in review: while the old connection waited for a retransmission, the new one
+    # (handshake lost) went into it: its data was dropped and the old one's times grew.
+    _conv, segs, _lost = _closed_with_a_hole()
+    second = _reused(segs, (2_000_000_000, 3_000_000_000), 10 * SECOND)
+    results = collect(segs + second)
+    assert [(r.c2s.data, r.s2c.data) for r in results] == [
+        (b"a" * 100 + bytes(50), b""),
+        (b"two", b"2"),
+    ]
+    assert results[0].c2s.gaps == [(100, 50, segs[-1].ts)]
+    assert results[0].conn.last_ts == segs[-1].ts
+
+
 def test_a_reset_or_an_ack_after_the_close_opens_nothing() -> None:
     # Found in review: a stray RST with sequence number 0 (firewalls send them) was far
     # from the old end, and made a phantom connection.
