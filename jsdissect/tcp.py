@@ -323,6 +323,7 @@ class _Conn:
         "last_ts",
         "lingering",
         "packets",
+        "previous",
         "refused",
         "rst",
         "rst_by",
@@ -344,8 +345,11 @@ class _Conn:
         handshake_seen: bool,
         ts: int,
         sink: StreamSink,
+        previous: tuple[_SideEnd, _SideEnd] | None = None,
     ) -> None:
         self.key = key
+        # Where the connection before this one on the 4-tuple ended, to tell its stragglers.
+        self.previous = previous
         self.serial = serial  # tells this connection from a later one on the same 4-tuple
         self.client = client
         self.server = server
@@ -490,6 +494,25 @@ class _Conn:
         client, server = self.halves
         return _side_end(self.client, client), _side_end(self.server, server)
 
+    def is_of_previous(self, seg: Segment) -> bool:
+        """A straggler of the connection before this one on the 4-tuple (its FIN or ACK
+        again) that this one cannot take: before its first byte, or far beyond its data.
+        Taken, it would set a FIN or a gap of a gigabyte where none is."""
+        if self.previous is None or seg.flags & SYN:
+            return False
+        if not _may_be_a_straggler(self.previous, seg):
+            return False
+        half = self.halves[
+            CLIENT_TO_SERVER if self.client == (seg.src, seg.sport) else SERVER_TO_CLIENT
+        ]
+        if half.base is not None:
+            offset = half.offset(seg.seq)
+            return offset < -1 or offset > half.known_end + STRAGGLER_BAND  # -1: keep-alive
+        if half.ack_before_base is not None:  # where the peer's ACKs say this side is
+            ahead = (seg.seq - half.ack_before_base) % _SEQ_MOD
+            return STRAGGLER_BAND < ahead < _SEQ_MOD - 1
+        return True  # nothing of this side yet: the old connection's, as it looks
+
     def ended_before(self, seg: Segment) -> bool:
         """Is this packet (not a reset) of a later connection on the same 4-tuple?"""
         return not seg.flags & RST and not _may_be_a_straggler(self.ends(), seg)
@@ -590,6 +613,16 @@ def _may_be_a_straggler(ends: tuple[_SideEnd, _SideEnd], seg: Segment) -> bool:
     return True
 
 
+def _may_reopen(entry: _Closed, seg: Segment, pure_syn: bool) -> bool:
+    """Only a new SYN, or data (or a SYN-ACK) that cannot be of the closed connection,
+    reopens a recently closed 4-tuple; anything else is a straggler."""
+    if pure_syn:
+        return not (entry.syn_seq == seg.seq and entry.syn_client == (seg.src, seg.sport))
+    if seg.flags & RST or not (seg.payload or seg.flags & SYN):
+        return False  # nothing to start a connection with: a reset, an ACK
+    return not _may_be_a_straggler(entry.ends, seg)
+
+
 class Reassembler:
     """Feed segments in capture order with `add`; call `finish` at the end of the capture."""
 
@@ -627,9 +660,14 @@ class Reassembler:
             self._close(conn, ts)
             conn = None
         if conn is None:
-            if not self._may_open(key, seg, pure_syn):
-                return
-            conn = self._open(key, seg)
+            entry = self._recent.get(key)
+            if entry is not None:
+                if not _may_reopen(entry, seg, pure_syn):
+                    return
+                del self._recent[key]
+            conn = self._open(key, seg, entry.ends if entry is not None else None)
+        elif conn.previous is not None and conn.is_of_previous(seg):
+            return
         conn.add(seg, CLIENT_TO_SERVER if a == conn.client else SERVER_TO_CLIENT)
         if conn.closed is None:  # no FIN or RST yet: neither over nor lingering
             return
@@ -667,24 +705,7 @@ class Reassembler:
         if entry is not None and entry.serial == serial:
             del self._recent[key]
 
-    def _may_open(self, key: _Key, seg: Segment, pure_syn: bool) -> bool:
-        """Only a new SYN, or data (or a SYN-ACK) that cannot be of the closed connection,
-        reopens a recently closed 4-tuple; anything else is a straggler."""
-        entry = self._recent.get(key)
-        if entry is None:
-            return True
-        retransmitted = entry.syn_seq == seg.seq and entry.syn_client == (seg.src, seg.sport)
-        if pure_syn:
-            if retransmitted:
-                return False
-        elif seg.flags & RST or not (seg.payload or seg.flags & SYN):
-            return False  # nothing to start a connection with: a reset, an ACK
-        elif _may_be_a_straggler(entry.ends, seg):
-            return False
-        del self._recent[key]
-        return True
-
-    def _open(self, key: _Key, seg: Segment) -> _Conn:
+    def _open(self, key: _Key, seg: Segment, previous: tuple[_SideEnd, _SideEnd] | None) -> _Conn:
         src, dst = Endpoint(seg.src, seg.sport), Endpoint(seg.dst, seg.dport)
         handshake = bool(seg.flags & SYN)
         if handshake:
@@ -695,7 +716,7 @@ class Reassembler:
         if len(self._conns) >= MAX_OPEN:
             self._evict_idle()
         self._serial += 1
-        conn = _Conn(key, self._serial, client, server, handshake, seg.ts, self.sink)
+        conn = _Conn(key, self._serial, client, server, handshake, seg.ts, self.sink, previous)
         self._conns[key] = conn
         self.sink.on_open(conn.id, client, server, seg.ts, handshake)
         return conn

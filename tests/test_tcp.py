@@ -826,6 +826,29 @@ def test_reuse_while_waiting_for_a_hole_is_a_new_connection() -> None:
     assert results[0].conn.last_ts == segs[-1].ts
 
 
+@pytest.mark.parametrize("handshake", [True, False], ids=["new SYN", "handshake lost"])
+def test_stragglers_of_the_old_connection_stay_out_of_the_new_one(handshake: bool) -> None:
+    # Found in review: the old connection's FIN, sent again after a new connection took
+    # the 4-tuple, went into the new one: a FIN before its first byte, or a gap of a
+    # gigabyte (random sequence numbers), and its data cut there.
+    first = full_conversation(Conv(isn=(1000, 5000)), b"one", b"1")
+    old_fin = next(s for s in first if s.flags & FIN and s.src == "10.0.0.2")
+    client_end, server_end = _ends(first)
+    for isn in [(2_000_000_000, 3_000_000_000), (client_end + 4_690_000, server_end + 65_537)]:
+        conv = Conv(isn=isn, t=first[-1].ts + SECOND)
+        opening = conv.handshake() if handshake else []
+        if not handshake:
+            conv.seq = [x + 1 for x in isn]
+        request = conv.data(CLIENT_TO_SERVER, b"two")
+        again = [old_fin._replace(ts=conv.t + 1), first[-1]._replace(ts=conv.t + 2)]
+        conv.t += 10
+        answer = conv.data(SERVER_TO_CLIENT, b"2")
+        results = collect(first + opening + request + again + answer)
+        second = results[1]
+        assert (second.c2s.data, second.s2c.data) == (b"two", b"2"), isn
+        assert second.c2s.gaps == second.s2c.gaps == [] and second.conn.closed is None, isn
+
+
 def test_a_reset_or_an_ack_after_the_close_opens_nothing() -> None:
     # Found in review: a stray RST with sequence number 0 (firewalls send them) was far
     # from the old end, and made a phantom connection.
