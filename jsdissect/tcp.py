@@ -496,22 +496,28 @@ class _Conn:
 
     def is_of_previous(self, seg: Segment) -> bool:
         """A straggler of the connection before this one on the 4-tuple (its FIN or ACK
-        again) that this one cannot take: before its first byte, or far beyond its data.
-        Taken, it would set a FIN or a gap of a gigabyte where none is."""
-        if self.previous is None or seg.flags & SYN:
-            return False
+        again) that this one cannot take: before its first byte, far beyond its data, or
+        acknowledging what its peer never sent. Taken, it would set a FIN, or a gap of a
+        gigabyte, where none is."""
+        assert self.previous is not None
+        d = CLIENT_TO_SERVER if self.client == (seg.src, seg.sport) else SERVER_TO_CLIENT
+        old = self.previous[d]
+        if old.end is None or seg.flags & SYN or self._answers_our_syn(seg):
+            return False  # nothing to tell the old one's by, or plainly this one's
         if not _may_be_a_straggler(self.previous, seg):
             return False
-        half = self.halves[
-            CLIENT_TO_SERVER if self.client == (seg.src, seg.sport) else SERVER_TO_CLIENT
-        ]
-        if half.base is not None:
-            offset = half.offset(seg.seq)
-            return offset < -1 or offset > half.known_end + STRAGGLER_BAND  # -1: keep-alive
-        if half.ack_before_base is not None:  # where the peer's ACKs say this side is
-            ahead = (seg.seq - half.ack_before_base) % _SEQ_MOD
-            return STRAGGLER_BAND < ahead < _SEQ_MOD - 1
-        return True  # nothing of this side yet: the old connection's, as it looks
+        half, peer = self.halves[d], self.halves[1 - d]
+        if not _may_be_from(half, seg.seq):
+            return True
+        if seg.flags & ACK and peer.base is not None:
+            acked = peer.offset(seg.ack)  # a straggler's refers to the old peer's bytes
+            return acked < 0 or acked > peer.known_end + STRAGGLER_BAND
+        return False
+
+    def _answers_our_syn(self, seg: Segment) -> bool:
+        """A reset answering this connection's SYN: a refusal, whatever its sequence."""
+        syn = self.syn_seq
+        return bool(seg.flags & RST) and syn is not None and seg.ack == (syn + 1) % _SEQ_MOD
 
     def ended_before(self, seg: Segment) -> bool:
         """Is this packet (not a reset) of a later connection on the same 4-tuple?"""
@@ -576,6 +582,18 @@ class _SideEnd(NamedTuple):
     isn: int | None  # the sequence number of its SYN (None: not known)
     end: int | None  # the sequence number after its last byte: its FIN's, if it sent one
     fin: bool
+
+
+def _may_be_from(half: _Half, seq: int) -> bool:
+    """Can a segment at `seq` be of this side: from a keep-alive just before its stream up
+    to a window past what it has (or past where its peer's ACKs placed it)?"""
+    if half.base is not None:
+        offset = half.offset(seq)
+        return -1 <= offset <= half.known_end + STRAGGLER_BAND
+    if half.ack_before_base is not None:
+        ahead = (seq - half.ack_before_base) % _SEQ_MOD
+        return ahead <= STRAGGLER_BAND or ahead == _SEQ_MOD - 1
+    return False  # nothing of this side yet: taken for the old connection's, as it looks
 
 
 def _side_end(sender: Endpoint, half: _Half) -> _SideEnd:
@@ -651,12 +669,14 @@ class Reassembler:
         key = (a, b) if a <= b else (b, a)
         conn = self._conns.get(key)
         pure_syn = flags & (SYN | ACK) == SYN
-        if conn is not None and (
-            (pure_syn and conn.reused_by(seg))
-            # Data after a FIN that cannot be of this connection, which lingers: a new
-            # one whose handshake the capture lost.
-            or (conn.closed is not None and seg.payload and conn.ended_before(seg))
-        ):
+        if conn is not None and conn.lingering is not None and conn.ended_before(seg):
+            # Both FINs were sent: what cannot be of this connection is a later one's (its
+            # handshake lost) when it starts one, and nobody's otherwise.
+            if not (seg.payload or flags & SYN):
+                return
+            self._close(conn, ts)
+            conn = None
+        elif conn is not None and pure_syn and conn.reused_by(seg):
             self._close(conn, ts)
             conn = None
         if conn is None:

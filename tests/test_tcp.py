@@ -849,6 +849,65 @@ def test_stragglers_of_the_old_connection_stay_out_of_the_new_one(handshake: boo
         assert second.c2s.gaps == second.s2c.gaps == [] and second.conn.closed is None, isn
 
 
+def test_a_refused_connection_tried_again_from_the_same_port_is_refused_again() -> None:
+    # Found in review: the old connection's server side had sent nothing to compare
+    # with, so the reset refusing the next SYN was dropped as a straggler.
+    conns = []
+    for i, isn in enumerate((1000, 70_000_000, 2_000_000_000)):
+        conv = Conv(isn=(isn, 0), t=T0 + i * SECOND)
+        syn = conv.syn()
+        refusal = conv.seg(SERVER_TO_CLIENT, RST | ACK, seq=0, ack=isn + 1)
+        conns += [syn, refusal]
+    results = collect(conns)
+    assert [r.conn.state for r in results] == ["refused"] * 3
+
+
+def test_a_new_handshake_while_the_old_connection_lingers() -> None:
+    # Found in review: the new connection's SYN-ACK and ACK went into the old one, which
+    # lingered: the new one came out without its handshake, the old one longer.
+    first = full_conversation(Conv(isn=(1000, 5000)), b"one", b"1")[:-1]  # no last ACK
+    conv = Conv(isn=(2_000_000_000, 3_000_000_000), t=first[-1].ts + 300_000)
+    _syn, synack, ack = conv.handshake()  # the SYN was not captured
+    second = [synack, ack, *conv.data(CLIENT_TO_SERVER, b"two")]
+    results = collect(first + second)
+    assert [r.c2s.data for r in results] == [b"one", b"two"]
+    assert results[0].conn.last_ts == first[-1].ts
+    assert results[1].conn.handshake_seen and results[1].conn.synack == synack.ts
+
+
+def test_an_old_fin_inside_the_new_window_stays_out() -> None:
+    # Found in review: the new connection's client started 1 MiB behind where the old
+    # one ended, so the old FIN sent again fell inside its window: a FIN and a gap there,
+    # and its ACK (of the old server's bytes) a 2 GB gap in the server's stream.
+    first = full_conversation(Conv(isn=(1000 + (1 << 20), 5000)), b"one", b"1")
+    old_fin = next(s for s in first if s.flags & FIN and s.src == "10.0.0.1")
+    conv = Conv(isn=(1000, 2_000_000_000), t=first[-1].ts + SECOND)
+    opening, request = conv.handshake(), conv.data(CLIENT_TO_SERVER, b"two")
+    again = old_fin._replace(ts=conv.t + 1)
+    conv.t += 10
+    answer = conv.data(SERVER_TO_CLIENT, b"2")
+    results = collect(first + opening + request + [again] + answer)
+    assert len(results) == 2
+    second = results[1]
+    assert (second.c2s.data, second.s2c.data) == (b"two", b"2")
+    assert second.c2s.gaps == second.s2c.gaps == [] and second.conn.closed is None
+
+
+def test_a_half_closed_connection_is_not_split_by_a_long_hole() -> None:
+    # Found in review: after the client's FIN, server data 20 MiB past what the capture
+    # had seen was taken for a new connection's.
+    conv = Conv()
+    hand = conv.handshake()
+    request = conv.data(CLIENT_TO_SERVER, b"req")
+    fin_c = conv.fin(CLIENT_TO_SERVER)
+    answer = conv.data(SERVER_TO_CLIENT, b"a" * 10)
+    conv.seq[SERVER_TO_CLIENT] += 20 << 20  # never captured
+    more = conv.data(SERVER_TO_CLIENT, b"b" * 10)
+    results = collect([*hand, *request, fin_c, *answer, *more])
+    assert len(results) == 1
+    assert results[0].s2c.gaps == [(10, 20 << 20, results[0].conn.last_ts)]
+
+
 def test_a_reset_or_an_ack_after_the_close_opens_nothing() -> None:
     # Found in review: a stray RST with sequence number 0 (firewalls send them) was far
     # from the old end, and made a phantom connection.
