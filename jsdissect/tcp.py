@@ -500,6 +500,9 @@ class _Conn:
         acknowledging what its peer never sent. Taken, it would set a FIN, or a gap of a
         gigabyte, where none is."""
         assert self.previous is not None
+        if seg.ts > self.first_ts + RECENT_US:  # as long as a closed 4-tuple is remembered
+            self.previous = None
+            return False
         d = CLIENT_TO_SERVER if self.client == (seg.src, seg.sport) else SERVER_TO_CLIENT
         old = self.previous[d]
         if old.end is None or seg.flags & SYN or self._answers_our_syn(seg):
