@@ -96,7 +96,7 @@ MAX_BUFFER_PIECES = 4096
 # Both FINs seen but the last ACK not captured: the connection is over after this long.
 LINGER_US = 2_000_000
 # ...unless bytes before a FIN are missing: their sender retransmits them, with a backoff
-# that doubles each time (RFC 6298 §5.5), so they are waited for this long after the FIN.
+# that doubles each time (RFC 6298 §5.5), so they are waited for this long after both FINs.
 HOLE_WAIT_US = 60_000_000
 # A closed 4-tuple is remembered this long so that its stray retransmissions (FIN, ACK)
 # do not open a phantom connection; MAX_RECENT caps the table on a very busy host.
@@ -714,8 +714,8 @@ class Reassembler:
             conn = self._conns.get(key)
             if conn is None or conn.serial != serial:
                 continue
-            waited = now - (now if conn.lingering is None else conn.lingering)
-            if conn.missing_before_fin and waited < HOLE_WAIT_US:
+            since = now if conn.lingering is None else conn.lingering  # set when pushed
+            if conn.missing_before_fin and now - since < HOLE_WAIT_US:
                 heapq.heappush(self._linger, (now + LINGER_US, serial, key))
             else:
                 self._close(conn, now)
