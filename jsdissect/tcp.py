@@ -504,8 +504,8 @@ class _Conn:
             self.previous = None
             return False
         d = CLIENT_TO_SERVER if self.client == (seg.src, seg.sport) else SERVER_TO_CLIENT
-        old = self.previous[d]
-        if old.end is None or seg.flags & SYN or self._answers_our_syn(seg):
+        old = _side_of(self.previous, seg)
+        if old is None or old.end is None or seg.flags & SYN or self._answers_our_syn(seg):
             return False  # nothing to tell the old one's by, or plainly this one's
         if not _may_be_a_straggler(self.previous, seg):
             return False
@@ -620,18 +620,22 @@ def _may_be_a_straggler(ends: tuple[_SideEnd, _SideEnd], seg: Segment) -> bool:
     ACK, a retransmission), or a little ahead of it when that side sent no FIN? A sender's
     next connection starts ahead of the old end (Linux, from TIME_WAIT: 65,537 on) or
     anywhere at all (a random initial sequence number)."""
-    for side in ends:
-        if side.sender != (seg.src, seg.sport):
-            continue
-        if side.end is None or (seg.flags & SYN and seg.seq == side.isn):
-            return True  # nothing to tell by, or its handshake again
-        ahead = (seg.seq - side.end) % _SEQ_MOD
-        if ahead <= 1:  # the FIN again (0), or an ACK sent after it (1)
-            return True
-        if ahead < _SEQ_HALF:  # nothing follows a FIN
-            return not side.fin and ahead <= STRAGGLER_BAND
-        return _SEQ_MOD - ahead <= STRAGGLER_BAND
-    return True
+    side = _side_of(ends, seg)
+    if side is None or side.end is None:
+        return True  # nothing to tell by
+    if seg.flags & SYN and side.isn is not None:
+        return seg.seq == side.isn  # its handshake again; another SYN is another's
+    ahead = (seg.seq - side.end) % _SEQ_MOD
+    if ahead <= 1:  # the FIN again (0), or an ACK sent after it (1)
+        return True
+    if ahead < _SEQ_HALF:  # nothing follows a FIN
+        return not side.fin and ahead <= STRAGGLER_BAND
+    return _SEQ_MOD - ahead <= STRAGGLER_BAND
+
+
+def _side_of(ends: tuple[_SideEnd, _SideEnd], seg: Segment) -> _SideEnd | None:
+    """The side of a closed connection that sent `seg`."""
+    return next((side for side in ends if side.sender == (seg.src, seg.sport)), None)
 
 
 def _may_reopen(entry: _Closed, seg: Segment, pure_syn: bool) -> bool:

@@ -875,6 +875,23 @@ def test_a_new_handshake_while_the_old_connection_lingers() -> None:
     assert results[1].conn.handshake_seen and results[1].conn.synack == synack.ts
 
 
+def test_a_new_synack_behind_the_old_end_while_it_lingers() -> None:
+    # Found in review: a SYN-ACK whose sequence number lay within the old server's stream
+    # went into the lingering old connection; a SYN other than the old one's is new.
+    old = Conv(isn=(1000, 5000))
+    first = [*old.handshake(), *old.data(CLIENT_TO_SERVER, b"one")]
+    first += old.data(SERVER_TO_CLIENT, b"1")
+    old.seq[SERVER_TO_CLIENT] += 2 << 20  # 2 MiB the capture missed
+    first += [*old.data(SERVER_TO_CLIENT, b"1"), old.fin(CLIENT_TO_SERVER)]
+    first.append(old.fin(SERVER_TO_CLIENT))  # and no last ACK: it lingers
+    server_end = old.seq[SERVER_TO_CLIENT]
+    conv = Conv(isn=(2_000_000_000, server_end - (1 << 20)), t=first[-1].ts + 300_000)
+    _syn, synack, ack = conv.handshake()  # the SYN was not captured
+    results = collect([*first, synack, ack, *conv.data(CLIENT_TO_SERVER, b"two")])
+    assert [r.c2s.data for r in results] == [b"one", b"two"]
+    assert results[1].conn.handshake_seen and results[1].conn.synack == synack.ts
+
+
 def test_an_old_fin_inside_the_new_window_stays_out() -> None:
     # Found in review: the new connection's client started 1 MiB behind where the old
     # one ended, so the old FIN sent again fell inside its window: a FIN and a gap there,
