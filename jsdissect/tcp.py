@@ -135,6 +135,7 @@ class _Half:
         "buffered",
         "bytes",
         "conn_id",
+        "cut_to",
         "direction",
         "ends",
         "fin",
@@ -164,6 +165,7 @@ class _Half:
         self.pieces: list[tuple[bytes, int]] = []  # (data, ts first captured)
         self.buffered = 0
         self.known_end = 0  # highest offset known to exist: captured, cut by snaplen, ACKed
+        self.cut_to = 0  # bytes up to here, after the delivered ones, were cut by snaplen
         self.fin: int | None = None  # offset the FIN occupies
         self.fin_acked = False
         self.seen = False
@@ -410,6 +412,8 @@ class _Conn:
                 half.known_end = end
             if payload:
                 half.add_data(off, payload, ts)
+            if missing and half.next == end - missing:
+                half.cut_to = end  # on the wire, cut from the capture: never coming again
             if flags & FIN:
                 self._fin(d, half, end, ts)
 
@@ -528,8 +532,9 @@ class _Conn:
 
     @property
     def missing_before_fin(self) -> bool:
-        """A side closed with bytes still missing before its FIN: a retransmission is due."""
-        return any(h.fin is not None and h.next < h.fin for h in self.halves)
+        """A side closed with bytes still missing before its FIN, lost on the way (not cut
+        by the capture's snaplen): a retransmission is due."""
+        return any(h.fin is not None and h.next < h.fin and h.cut_to < h.fin for h in self.halves)
 
     def state(self) -> str:
         if self.refused is not None:

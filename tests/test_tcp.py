@@ -652,6 +652,21 @@ def test_bytes_retransmitted_seconds_after_both_fins_are_delivered() -> None:
     assert res.conn.state == "closed" and res.conn.retransmissions == 0
 
 
+def test_bytes_cut_by_the_snaplen_before_a_fin_are_not_waited_for() -> None:
+    # Found in review: they were on the wire and only the capture cut them, so no
+    # retransmission comes: the connection lingers 2 s, not a minute.
+    conv = Conv()
+    hand = conv.handshake()
+    fin_c = conv.fin(CLIENT_TO_SERVER)  # the client closes first...
+    (full,) = conv.data(SERVER_TO_CLIENT, b"x" * 100)  # ...the server's last words, cut
+    cut = full._replace(payload=full.payload[:10], missing=90)
+    fin_s = conv.fin(SERVER_TO_CLIENT)  # and the client's last ACK was not captured
+    other = Conv(client=("10.0.0.3", 41000), t=fin_s.ts + 3 * SECOND).syn()
+    sink, _reasm = feed([*hand, fin_c, cut, fin_s, other], finish=False)
+    (res,) = sink.results
+    assert res.s2c.gaps == [(10, 90, fin_s.ts)]
+
+
 def test_a_hole_is_waited_for_from_the_second_fin_not_the_first() -> None:
     # Found in review: the minute was counted from the first FIN, so after a half-close
     # (the client's FIN long before the server's answer) the hole was not waited for.
