@@ -603,8 +603,9 @@ def _check_stdin(mode: int) -> None:
 def spooled(paths: Iterable[CapturePath]) -> Iterator[list[CapturePath]]:
     """The paths, with "-" (stdin) and named pipes (`<(zcat x.pcap.gz)`) saved to temporary
     files for the time of the block: the analysis reads a capture more than once (a second
-    pass for ports learned late), and a pipe can be read only once. Every other file is
-    checked first, so a typo fails before a long stream is waited for."""
+    pass for ports learned late), and a pipe can be read only once. Every path handed on
+    is checked to be a capture: the files first, so a typo fails before a long stream is
+    waited for, then each copy."""
     paths = list(paths)
     pipes = [_pipe_identity(p) for p in paths]
     seen: set[tuple[int, int]] = set()
@@ -620,7 +621,10 @@ def spooled(paths: Iterable[CapturePath]) -> Iterator[list[CapturePath]]:
     try:
         out: list[CapturePath] = []
         for path, pipe in zip(paths, pipes, strict=True):
-            out.append(path if pipe is None else _spool(path, made))
+            if pipe is not None:
+                path = _spool(path, made)
+                _identify(path)  # every path handed on is a capture, checked once
+            out.append(path)
         yield out
     finally:
         for file in made:
@@ -678,13 +682,6 @@ def _copy(source: IO[bytes], out: IO[bytes], name: str) -> str:
 
 def _no_copy(exc: OSError) -> str:
     return f"cannot save it to a temporary file in {tempfile.gettempdir()} ({_os_problem(exc)})"
-
-
-def check_files(paths: Sequence[CapturePath]) -> None:
-    """Raise CaptureError for the first path that is not a pcap/pcapng file (maybe
-    gzipped) with a whole file header: the checks every engine makes before reading."""
-    for path in paths:
-        _identify(path)
 
 
 def _identify(given: CapturePath) -> _FileInfo:

@@ -26,7 +26,6 @@ from jsdissect.capture import (
     CaptureError,
     CapturePath,
     Spooled,
-    check_files,
     cut_short,
     display_name,
     spooled,
@@ -104,9 +103,10 @@ def _one_file(
     paths: Sequence[CapturePath], tmp: Path, warnings: list[str], aliases: Aliases
 ) -> Iterator[str]:
     """tshark reads one file: several (a ring buffer) are merged by time with mergecap."""
-    with spooled(paths) as given:  # "-" and named pipes, saved to files
+    # "-" and named pipes saved to files; all checked with the other engines' one-line
+    # errors before tshark runs.
+    with spooled(paths) as given:
         aliases.update((os.fspath(p), str(p)) for p in given if isinstance(p, Spooled))
-        check_files(given)  # the same one-line errors as the other engines, before tshark
         files = [
             _readable_part(p, tmp / f"part{i}.pcapng", warnings, aliases)
             for i, p in enumerate(given)
