@@ -536,7 +536,9 @@ def ports(captures: tuple[str, ...], time_wait: float, **opts: Any) -> None:
 @_guarded
 def timeline(captures: tuple[str, ...], output: str, **opts: Any) -> None:
     """One bar per task over time, split into its phases (connect, spawn, callback, startup,
-    run, close), failed tasks marked, grouped by remote scheduler."""
+    run, close), failed tasks marked, grouped by remote scheduler. Beyond 60 tasks a
+    remote's tasks share rows (each takes the first free one): the rows then show how many
+    ran at once."""
     from pathlib import Path
 
     from jsdissect import plot

@@ -1,12 +1,15 @@
 """The timeline picture: one bar per task, split into its phases, grouped by remote.
 
-PNG/SVG through matplotlib (one barh container per phase, one rectangle per task and
-phase); HTML through plotly,
-interactive, so a long capture can be zoomed and scrolled.
+PNG/SVG through matplotlib; HTML through plotly, interactive, so a long capture can be
+zoomed and scrolled. Up to MAX_OWN_ROWS tasks each get a labelled row of their own. Beyond
+that, labels are unreadable and a row per task leaves each bar a fraction of a pixel high
+(10,000 tasks), so the tasks of a remote share rows: each takes the first row free when it
+starts, and the remote's rows are as many as its tasks at most ever ran at once.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,9 @@ from typing import TYPE_CHECKING
 from jsdissect.correlate import FAILED_STATUSES, Task
 
 if TYPE_CHECKING:
+    import numpy as np
+    import plotly.graph_objects as go
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 # Phase boundaries in wire order; each phase ends at its boundary (DESIGN columns).
@@ -34,42 +40,90 @@ COLOURS = {
     "run": "#43a047",
     "close": "#8e24aa",
 }
+# More tasks than this share rows (see the module docstring); as many rows stay labelled.
+MAX_OWN_ROWS = 60
+BAR_HEIGHT = 0.8  # of a row
+MIN_BAR_S = 1e-3  # a phase shorter than this is still drawn this wide
 
 
 @dataclass(frozen=True, slots=True)
 class Bar:
     row: int
+    row_name: str  # the row's label: the task's own, or "row N" of its remote's shared rows
     label: str
     group: str  # remote scheduler
     failed: bool
-    segments: tuple[tuple[str, int, int], ...]  # (phase, from µs, to µs)
+    segments: tuple[tuple[str, int, int], ...]  # (phase, from µs, to µs), in time order
+
+    @property
+    def start(self) -> int:
+        return self.segments[0][1]
+
+    @property
+    def end(self) -> int:
+        return self.segments[-1][2]
 
 
 def bars(tasks: Sequence[Task]) -> list[Bar]:
-    """One bar per task with a known time, ordered by remote, then start."""
-    placed = [t for t in tasks if _times(t)]
-    placed.sort(key=lambda t: (t.remote or "", min(_times(t))))
-    out = []
-    for row, task in enumerate(placed):
-        label = task.process_id or task.callback_conn or task.cmd_conn or "?"
-        segments = _segments(task)
-        if not segments:  # a lone time (e.g. a refused SYN): a sliver, still one bar
-            at = min(_times(task))
-            segments = (("connect", at, at),)
-        failed = task.status in FAILED_STATUSES
-        out.append(Bar(row, label, task.remote or "(unknown remote)", failed, segments))
+    """One bar per task with a known time, ordered by remote, then start; rows as the
+    module docstring says."""
+    placed = [(task, _segments(task)) for task in tasks]
+    placed = [(task, segs) for task, segs in placed if segs]
+    placed.sort(key=lambda ts: (ts[0].remote or "", ts[1][0][1]))
+    rows = _own_rows if len(placed) <= MAX_OWN_ROWS else _shared_rows
+    return [
+        Bar(
+            row,
+            name,
+            task.process_id or task.callback_conn or task.cmd_conn or "?",
+            task.remote or "(unknown remote)",
+            task.status in FAILED_STATUSES,
+            segments,
+        )
+        for (task, segments), (row, name) in zip(placed, rows(placed), strict=True)
+    ]
+
+
+Placed = Sequence[tuple[Task, tuple[tuple[str, int, int], ...]]]
+
+
+def _own_rows(placed: Placed) -> list[tuple[int, str]]:
+    return [
+        (row, task.process_id or task.callback_conn or task.cmd_conn or "?")
+        for row, (task, _) in enumerate(placed)
+    ]
+
+
+def _shared_rows(placed: Placed) -> list[tuple[int, str]]:
+    """Per remote, in order of start: the lowest row whose last bar ended before this one
+    starts (interval partitioning: as many rows as tasks at most overlapped)."""
+    out: list[tuple[int, str]] = []
+    first_row = 0  # of the current remote
+    remote: str | None = None
+    busy: list[tuple[int, int]] = []  # heap: (end µs, row within the remote)
+    free: list[int] = []  # heap of rows within the remote
+    rows_used = 0
+    for task, segments in placed:
+        if task.remote != remote:
+            remote, first_row = task.remote, first_row + rows_used
+            busy, free, rows_used = [], [], 0
+        start = segments[0][1]
+        while busy and busy[0][0] < start:
+            heapq.heappush(free, heapq.heappop(busy)[1])
+        if free:
+            row = heapq.heappop(free)
+        else:
+            row, rows_used = rows_used, rows_used + 1
+        heapq.heappush(busy, (segments[-1][2], row))
+        out.append((first_row + row, f"row {row + 1}"))
     return out
-
-
-def _times(task: Task) -> list[int]:
-    names = {name for _, a, b in PHASES for name in (a, b)} | {"callback_syn"}
-    return [getattr(task, n) for n in names if getattr(task, n) is not None]
 
 
 def _segments(task: Task) -> tuple[tuple[str, int, int], ...]:
     """Consecutive phases. When a boundary is missing, the span up to the next known one is
     named for the phase it began in: a callback that never came is time spent waiting in
-    "callback", whatever ended it."""
+    "callback", whatever ended it. A task with one lone time (a refused SYN) gets a sliver
+    there; one with no time at all, nothing."""
     out: list[tuple[str, int, int]] = []
     start: int | None = None
     label: str | None = None
@@ -81,57 +135,91 @@ def _segments(task: Task) -> tuple[tuple[str, int, int], ...]:
         if start is not None and stop is not None and stop >= start:
             out.append((label, start, stop))
             start, label = stop, None
+    if not out:
+        known = [t for t in (getattr(task, n) for n in _TIME_NAMES) if t is not None]
+        if known:
+            out.append(("connect", min(known), min(known)))
     return tuple(out)
 
 
+_TIME_NAMES = tuple({name for _, a, b in PHASES for name in (a, b)} | {"callback_syn"})
+
+
 def figure(tasks: Sequence[Task]) -> Figure:
-    """A matplotlib figure (Agg), sized for the number of tasks."""
+    """A matplotlib figure (Agg), sized for the number of rows. Each phase is one
+    collection of rectangles, so the figure's size and drawing time follow the number of
+    tasks in arrays, not in artists (a patch per bar took a minute for 10,000 tasks)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
 
     rows = bars(tasks)
-    origin = min((s[1] for b in rows for s in b.segments), default=0)
-    height = min(2 + 0.22 * len(rows), 60)
-    fig = Figure(figsize=(12, height), dpi=100)
+    origin = min((b.start for b in rows), default=0)
+    row_count = max((b.row for b in rows), default=-1) + 1
+    fig = Figure(figsize=(12, min(2 + 0.22 * row_count, 60)), dpi=100, layout="constrained")
     ax = fig.subplots()
     for phase, colour in COLOURS.items():
         spans = [(b.row, s[1], s[2]) for b in rows for s in b.segments if s[0] == phase]
-        ax.barh(
-            [row for row, _, _ in spans],
-            [max((stop - start) / 1e6, 1e-3) for _, start, stop in spans],
-            left=[(start - origin) / 1e6 for _, start, _ in spans],
-            height=0.8,
-            color=colour,
-            label=phase,
+        rectangles = _rectangles(spans, origin)
+        ax.add_collection(
+            PolyCollection(rectangles, facecolors=colour, edgecolors="none", label=phase)
         )
-    for b in rows:
-        if b.failed:
-            end = (max(s[2] for s in b.segments) - origin) / 1e6
-            ax.plot([end], [b.row], marker="x", color="#c62828", markersize=6)
+    failed = [b for b in rows if b.failed]
+    ax.plot(
+        [(b.end - origin) / 1e6 for b in failed],
+        [b.row for b in failed],
+        linestyle="none",
+        marker="x",
+        color="#c62828",
+        markersize=6,
+    )
+    ax.autoscale_view()
+    ax.set_xlim(left=0)  # the first task event; nothing is earlier
     _label_rows(ax, rows)
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first task event")
-    ax.legend(loc="upper right", fontsize="small", ncols=3)
-    ax.set_title(f"{len(rows)} remote task(s); x = failed or killed")
-    fig.tight_layout()
+    # Below the axes, where it hides no bar.
+    fig.legend(loc="outside lower center", fontsize="small", ncols=len(COLOURS), frameon=False)
+    ax.set_title(_title(len(rows), row_count) + "; x = failed or killed")
     return fig
 
 
-def _label_rows(ax, rows: Sequence[Bar]) -> None:
-    if len(rows) <= 60:
-        ax.set_yticks([b.row for b in rows], [b.label for b in rows], fontsize="small")
-    else:  # thousands of labels are unreadable: label the groups instead
+def _title(tasks: int, rows: int) -> str:
+    if tasks <= MAX_OWN_ROWS:
+        return f"{tasks} remote task(s)"
+    return f"{tasks} remote tasks in {rows} rows (a task takes its remote's first free row)"
+
+
+def _rectangles(spans: Sequence[tuple[int, int, int]], origin: int) -> np.ndarray:
+    """(row, from µs, to µs) → an (n, 4, 2) array of rectangle corners in (s, row)."""
+    import numpy as np
+
+    a = np.array(spans, dtype=np.int64).reshape(-1, 3)
+    x0 = (a[:, 1] - origin) / 1e6
+    x1 = x0 + np.maximum((a[:, 2] - a[:, 1]) / 1e6, MIN_BAR_S)
+    y0 = a[:, 0] - BAR_HEIGHT / 2
+    y1 = y0 + BAR_HEIGHT
+    return np.stack(
+        [np.column_stack(corner) for corner in ((x0, y0), (x0, y1), (x1, y1), (x1, y0))], axis=1
+    )
+
+
+def _label_rows(ax: Axes, rows: Sequence[Bar]) -> None:
+    if len(rows) <= MAX_OWN_ROWS:
+        ax.set_yticks([b.row for b in rows], [b.row_name for b in rows], fontsize="small")
+    else:  # the rows are shared: label the groups instead
         ax.set_yticks([])
-    groups: dict[str, list[int]] = {}
+    groups: dict[str, tuple[int, int]] = {}
     for b in rows:
-        groups.setdefault(b.group, []).append(b.row)
-    for group, members in groups.items():
-        ax.axhline(min(members) - 0.5, color="#cccccc", linewidth=0.5)
+        low, high = groups.get(b.group, (b.row, b.row))
+        groups[b.group] = (min(low, b.row), max(high, b.row))
+    for group, (low, high) in groups.items():
+        ax.axhline(low - 0.5, color="#cccccc", linewidth=0.5)
         ax.annotate(
             group,
-            xy=(1.0, (min(members) + max(members)) / 2),
+            xy=(1.0, (low + high) / 2),
             xycoords=("axes fraction", "data"),
             xytext=(4, 0),
             textcoords="offset points",
@@ -142,16 +230,21 @@ def _label_rows(ax, rows: Sequence[Bar]) -> None:
 
 def html(tasks: Sequence[Task]) -> str:
     """An interactive plotly page: zoom, pan, hover for every phase's times."""
+    return html_figure(tasks).to_html(include_plotlyjs=True, full_html=True)
+
+
+def html_figure(tasks: Sequence[Task]) -> go.Figure:
     import plotly.graph_objects as go
 
     rows = bars(tasks)
+    names = {b.row: f"{b.group} {b.row_name}" for b in rows}
     fig = go.Figure()
     for phase, colour in COLOURS.items():
         ys, xs, bases, texts = [], [], [], []
         for b in rows:
             for name, start, stop in b.segments:
                 if name == phase:
-                    ys.append(f"{b.group} {b.label}")
+                    ys.append(names[b.row])
                     bases.append(start / 1000)
                     xs.append(max((stop - start) / 1000, 0.001))
                     texts.append(f"{b.label} {phase} {(stop - start) / 1000:.3f} ms")
@@ -166,12 +259,17 @@ def html(tasks: Sequence[Task]) -> str:
         )
     fig.update_layout(
         barmode="overlay",
-        height=max(400, 18 * len(rows) + 150),
+        height=max(400, 18 * len(names) + 150),
         xaxis={"type": "date", "title": "time (UTC)"},
-        yaxis={"autorange": "reversed"},
-        title=f"{len(rows)} remote task(s)",
+        # Rows in their order, whichever phase first names them.
+        yaxis={
+            "autorange": "reversed",
+            "categoryorder": "array",
+            "categoryarray": [names[row] for row in sorted(names)],
+        },
+        title=_title(len(rows), len(names)),
     )
-    return fig.to_html(include_plotlyjs=True, full_html=True)
+    return fig
 
 
 def write(tasks: Sequence[Task], path: str) -> None:

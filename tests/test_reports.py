@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import subprocess
 import sys
@@ -9,10 +11,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from truth import load_truth
 
 import jsdissect
 from jsdissect import plot, report
+from jsdissect.correlate import Task
 from jsdissect.ports import port_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +100,16 @@ def test_log_of_an_unknown_task_says_so() -> None:
     assert out.returncode == 1 and "no-such-task" in out.stderr
 
 
+def drawn_rectangles(ax) -> list[tuple[float, float, float]]:
+    """(row, left s, right s) of every rectangle the timeline drew."""
+    out = []
+    for collection in ax.collections:
+        for path in collection.get_paths():
+            (x0, y0), (x1, y1) = path.vertices.min(axis=0), path.vertices.max(axis=0)
+            out.append((round((y0 + y1) / 2), x0, x1))
+    return out
+
+
 def test_timeline_png_has_one_bar_per_task(tmp_path: Path) -> None:
     capture = CAPTURES / "parallel_50.pcap"
     target = tmp_path / "timeline.png"
@@ -106,8 +121,91 @@ def test_timeline_png_has_one_bar_per_task(tmp_path: Path) -> None:
     assert width == 1200 and height > 600
     tasks = jsdissect.analyze([capture]).task_records
     ax = plot.figure(tasks).axes[0]
-    rows = {round(bar.get_y() + bar.get_height() / 2) for c in ax.containers for bar in c}
+    rows = {row for row, _, _ in drawn_rectangles(ax)}
     assert len(rows) == len(tasks) == 50
+    assert [t.get_text() for t in ax.get_yticklabels()] == [b.label for b in plot.bars(tasks)]
+
+
+def synthetic_task(remote: str, n: int, start: int, phases: list[int]) -> Task:
+    """A task whose phase boundaries fall `phases` µs apart from `start` on."""
+    names = ["cmd_syn", "start_sent", "start_answered", "callback_established"]
+    names += ["begin_answered", "release_answered", "close_answered"]
+    times = [start]
+    for step in phases:
+        times.append(times[-1] + step)
+    return Task(process_id=f"{remote}-{n}", remote=remote, **dict(zip(names, times, strict=False)))
+
+
+def most_at_once(spans: list[tuple[int, int]]) -> int:
+    """The most closed intervals [start, end] that share a moment."""
+    edges = sorted([(s, 0) for s, _ in spans] + [(e, 1) for _, e in spans])  # starts first
+    now = most = 0
+    for _, is_end in edges:
+        now += -1 if is_end else 1
+        most = max(most, now)
+    return most
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["10.0.0.1:4444", "10.0.0.2:4455", "10.0.0.3:4444"]),
+            st.integers(0, 5_000_000),
+            st.lists(st.integers(0, 400_000), min_size=1, max_size=6),
+        ),
+        min_size=plot.MAX_OWN_ROWS + 1,
+        max_size=250,
+    )
+)
+def test_many_tasks_share_rows_as_few_as_ever_overlap(specs) -> None:
+    tasks = [synthetic_task(r, n, start, p) for n, (r, start, p) in enumerate(specs)]
+    drawn = plot.bars(tasks)
+    assert sorted(b.label for b in drawn) == sorted(t.process_id for t in tasks)
+    by_row: dict[int, list[plot.Bar]] = defaultdict(list)
+    for b in drawn:
+        by_row[b.row].append(b)
+    for row, members in by_row.items():
+        assert len({b.group for b in members}) == 1, f"row {row} mixes remotes"
+        members.sort(key=lambda b: b.start)
+        for before, after in itertools.pairwise(members):
+            assert before.end < after.start, f"row {row}: two tasks at once"
+    for remote in {t.remote for t in tasks}:
+        spans = [(b.start, b.end) for b in drawn if b.group == remote]
+        rows = {b.row for b in drawn if b.group == remote}
+        assert len(rows) == most_at_once(spans)
+    assert sorted(by_row) == list(range(len(by_row)))  # no empty row in between
+
+
+def test_timeline_draws_a_collection_per_phase_whatever_the_task_count() -> None:
+    """Its cost follows the tasks in arrays, not in artists: 10,000 tasks drew a patch each
+    (and took a minute); the figure's artists must not grow with the tasks."""
+    import numpy as np
+
+    tasks = [
+        synthetic_task(f"10.0.0.{n % 3}:4444", n, n * 37_000, [1_000, 9_000, 2_000, 50_000])
+        for n in range(3_000)
+    ]
+    tasks[5] = dataclasses.replace(tasks[5], status="callback-missing")
+    ax = plot.figure(tasks).axes[0]
+    assert len(ax.collections) == len(plot.COLOURS) and not ax.patches
+    assert len(ax.lines) == 1 + 3  # the failure marks, and a rule above each remote
+    drawn = drawn_rectangles(ax)
+    assert len(drawn) == sum(len(b.segments) for b in plot.bars(tasks))
+    (marks,) = [line for line in ax.lines if line.get_marker() == "x"]
+    assert len(marks.get_xdata()) == 1
+    origin = min(t.cmd_syn for t in tasks)
+    assert np.isclose(marks.get_xdata()[0], (tasks[5].begin_answered - origin) / 1e6)
+
+
+def test_timeline_html_lists_rows_in_order() -> None:
+    # The later a task starts, the earlier its number: the order is the bars', not the input's.
+    tasks = [synthetic_task("10.0.0.9:4444", n, (10 - n) * 1_000, [500]) for n in range(10)]
+    tasks[0] = synthetic_task("10.0.0.9:4444", 0, 0, [0, 0, 500])  # no bar in "connect"
+    order = [b.row_name for b in plot.bars(tasks)]
+    assert order == ["10.0.0.9:4444-0", *(f"10.0.0.9:4444-{n}" for n in range(9, 0, -1))]
+    layout = plot.html_figure(tasks).layout
+    assert list(layout.yaxis.categoryarray) == [f"10.0.0.9:4444 {name}" for name in order]
 
 
 def test_timeline_html_and_bad_extension(tmp_path: Path) -> None:
