@@ -549,6 +549,32 @@ def test_server_gap_inside_answer_drops_to_nul():
     assert (ok.offset, ok.command) == (144, CLOSE)
 
 
+def test_server_gap_that_took_the_answers_nul_keeps_the_next_answer():
+    """A snaplen cut or a lost last segment takes an answer's end with its NUL: the next
+    answer, captured whole, is still the next command's (it was dropped up to its own NUL)."""
+    w = Wire()
+    w.send(C, EXAMPLE1_START)
+    w.send(S, EXAMPLE1_ANSWER[:20], 5)
+    err = one(w.gap(S, len(EXAMPLE1_ANSWER) - 20, 6), DecodeError)
+    assert (err.direction, err.offset, err.start) == (S, 0, 5)
+    w.send(C, EXAMPLE1_CLOSE)
+    out = w.send(S, EXAMPLE1_OK[:3], 7) + w.send(S, EXAMPLE1_OK[3:], 8)
+    ok = one(out, Ok)
+    assert (ok.offset, ok.start, ok.end, ok.command) == (144, 7, 8, CLOSE)
+
+
+def test_rest_of_an_answer_after_two_gaps_is_reported_once():
+    w = Wire()
+    w.send(C, EXAMPLE1_START)
+    w.send(S, EXAMPLE1_ANSWER[:20], 5)
+    one(w.gap(S, 10, 6), DecodeError)
+    assert w.send(S, EXAMPLE1_ANSWER[30:40], 7) == []
+    assert w.gap(S, 5, 8) == []
+    assert w.send(S, EXAMPLE1_ANSWER[45:], 9) == []  # its rest, up to its NUL
+    w.send(C, EXAMPLE1_CLOSE)
+    assert one(w.send(S, EXAMPLE1_OK, 10), Ok).command == CLOSE
+
+
 def test_server_gap_at_answer_boundary_keeps_next_answer():
     w = Wire()
     w.send(C, EXAMPLE1_START)

@@ -698,7 +698,8 @@ class CommandDecoder:
     marker (`<?xml` or `<remote_scheduler.`, §12) or until the server completes an answer
     (one command at a time, §3.1: the next client byte then starts a command). After a gap
     in the server stream the bytes up to the next NUL are dropped, unless they begin with
-    `<?xml` (every answer does, §3.4), i.e. unless the gap ended at an answer boundary.
+    `<?xml` (every answer does, §3.4), i.e. unless the gap ended at an answer boundary: a
+    gap that took an answer's end with its NUL must not take the next answer too.
     """
 
     def __init__(self, conn: str, midstream: bool = False) -> None:
@@ -714,6 +715,7 @@ class CommandDecoder:
         self._end_reported = False
         self._server = S_IDLE
         self._verify = midstream  # the next answer must start with ANSWER_MARKER
+        self._in_lost_answer = False  # bytes up to the next NUL may end a reported answer
         self._answer: _Message | None = None
         self._pending: tuple[str | None, int] | None = None  # (command name, offset)
         self._http_pending: deque[tuple[str | None, int, str]] = deque(maxlen=MAX_HTTP_PENDING)
@@ -952,13 +954,15 @@ class CommandDecoder:
         """After a gap: keep the answer only if it begins like one (else drop to the NUL)."""
         head = msg.payload()[: len(ANSWER_MARKER)]
         if head == ANSWER_MARKER:
-            self._verify = False
+            self._verify = self._in_lost_answer = False
             return True
         if ANSWER_MARKER.startswith(head) and not complete:
             return False  # undecided: wait for more bytes
         self._verify = False
-        reason = "answer whose start was lost in a gap, dropped up to its NUL"
-        self._error_at(msg, SERVER_TO_CLIENT, reason)
+        if not self._in_lost_answer:  # else the rest of an answer already reported
+            reason = "answer whose start was lost in a gap, dropped up to its NUL"
+            self._error_at(msg, SERVER_TO_CLIENT, reason)
+        self._in_lost_answer = False
         self._answer = None
         self._pending = None
         self._server = S_DROP
@@ -994,9 +998,13 @@ class CommandDecoder:
             self._error_at(self._answer, SERVER_TO_CLIENT, f"gap inside an answer {where}")
             self._answer = None
             self._pending = None
-            self._server = S_DROP
-        elif self._server == S_IDLE:
-            self._verify = True
+            self._in_lost_answer = True
+        elif self._server == S_DROP:
+            self._in_lost_answer = True
+        # The gap may have taken an answer's NUL too (a snaplen cut, a lost last segment):
+        # what follows is the next answer if it begins like one, else the rest of the lost.
+        self._server = S_IDLE
+        self._verify = True
 
     # -- HTTP (§3.3, §3.9) --
 
