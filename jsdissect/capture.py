@@ -1282,6 +1282,18 @@ def read_segments(
 def _merged(
     infos: list[_FileInfo], bpf: str | None, engine: Engine, stats: CaptureStats
 ) -> Iterator[Segment]:
+    yield from _timeline(infos, bpf, engine, stats)
+    if stats.truncated_packets:
+        names = ", ".join(info.path for info in infos)
+        stats.warnings.append(
+            f"{names}: {stats.truncated_packets} TCP segment(s) cut short by the capture's "
+            "snap length; the messages they carried are incomplete (capture with -s 0)"
+        )
+
+
+def _timeline(
+    infos: list[_FileInfo], bpf: str | None, engine: Engine, stats: CaptureStats
+) -> Iterator[Segment]:
     if len(infos) == 1:
         yield from _file_segments(infos[0], bpf, engine, stats)
         return

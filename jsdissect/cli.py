@@ -68,7 +68,12 @@ def _common(func: Callable) -> Callable:
             " default: one per spare CPU, started once a capture has shown"
             f" {AUTO_START_BYTES >> 20} MB of callback traffic). The results are the same.",
         ),
-        click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr."),
+        click.option(
+            "-q",
+            "--quiet",
+            is_flag=True,
+            help="No progress or summary on stderr (warnings about the input still show).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -218,14 +223,14 @@ def _analyze(captures: Sequence[str], opts: dict[str, Any], messages: bool = Fal
         **extra,
     )
     progress.done()
-    _warn(result.stats.warnings, opts)
+    _warn(result.stats.warnings)
     return result
 
 
-def _warn(warnings: Sequence[str], opts: dict[str, Any]) -> None:
-    if not opts["quiet"]:
-        for warning in warnings:
-            click.echo(f"jsdissect: warning: {warning}", err=True)
+def _warn(warnings: Sequence[str]) -> None:
+    """Printed with -q too: what was lost from the input is neither progress nor summary."""
+    for warning in warnings:
+        click.echo(f"jsdissect: warning: {warning}", err=True)
 
 
 def _wireshark(captures: Sequence[str], opts: dict[str, Any]) -> tuple[list[dict], list[dict]]:
@@ -234,7 +239,7 @@ def _wireshark(captures: Sequence[str], opts: dict[str, Any]) -> tuple[list[dict
 
     _check_outputs(captures, opts)
     result = wireshark.analyze(captures, opts["scheduler_ports"] or (4444, 4455))
-    _warn(result.warnings, opts)
+    _warn(result.warnings)
     return result.tasks, result.messages
 
 

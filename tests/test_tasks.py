@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 from truth import load_truth, mismatches, oracle_times, pair_rows, tshark_packets
 
 import jsdissect
 from jsdissect import report
 
 ROOT = Path(__file__).resolve().parent.parent
+CAPTURES = ROOT / "captures"
 SAMPLES = sorted(
     p for p in (ROOT / "captures").glob("*") if p.suffix in (".pcap", ".pcapng", ".gz")
 )
@@ -232,3 +236,37 @@ def test_command_channel_on_another_port_is_found_by_its_first_bytes(tmp_path: P
     assert [t.process_id for t in by_option.task_records] == [expected[0]["process_id"]]
     blind = jsdissect.analyze([moved], heuristics=False).task_records
     assert all(t.process_id is None and t.status == "partial" for t in blind)
+
+
+def test_a_snaplen_cut_capture_keeps_every_answer_it_holds_whole(tmp_path: Path) -> None:
+    """Cut at 200 bytes, demo.pcap loses its start answers (longer) but keeps every close
+    answer whole: each task still ends as it did. A start answer's lost end took its NUL
+    with it, and the decoder once dropped the next answer, whole, up to its own NUL."""
+    cut = tmp_path / "s200.pcap"
+    subprocess.run(
+        [require("editcap"), "-s", "200", str(CAPTURES / "demo.pcap"), str(cut)], check=True
+    )
+    result = jsdissect.analyze([cut])
+    truth = load_truth(CAPTURES / "demo.pcap")
+    expected = {t["process_id"]: t["status"] for t in truth["tasks"]}
+    assert {t.process_id: t.status for t in result.task_records} == expected
+    whole = {t.process_id: t.close_answered for t in jsdissect.analyze([CAPTURES / "demo.pcap"])
+             .task_records}  # fmt: skip
+    assert {t.process_id: t.close_answered for t in result.task_records} == whole
+    assert None not in whole.values()
+    assert all(t.start_answered is None for t in result.task_records)
+    (warning,) = result.stats.warnings
+    assert warning.startswith(f"{cut}: ") and "snap length" in warning
+
+
+def test_warnings_about_the_input_show_with_q(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes((CAPTURES / "demo.pcap").read_bytes()[:30_000])
+    out = subprocess.run(
+        [sys.executable, "-m", "jsdissect", "tasks", str(cut), "-q", "--csv", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0
+    assert out.stderr.startswith(f"jsdissect: warning: {cut}: cut short after ")
+    assert out.stderr.count("\n") == 1
