@@ -1,8 +1,9 @@
 """capture: files, link types, IP/TCP headers → Segment records, both engines alike.
 
-Packets are built with scapy; the pcap and pcapng containers are written by the small
-struct-based encoders below (pcap in both byte orders and resolutions, pcapng with several
-interfaces and sections, gzip), so every variant of the same packets can be compared.
+Packets are built with scapy; the pcap and pcapng containers are written by small
+struct-based encoders (pcap in both byte orders and resolutions, from `pcapfiles`; pcapng with
+several interfaces and sections, below; gzip), so every variant of the same packets can be
+compared.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from conftest import require
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pcapfiles import Frame, pcap_file
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import (
     IPv6,
@@ -48,22 +50,8 @@ T0_NS = 1_767_225_600_123_456_789  # 2026-01-01T00:00:00.123456789Z
 STEP_NS = 1_000_250_333  # 1.000250333 s: every timestamp has a sub-µs part
 
 # ---------------------------------------------------------------------------------------
-# Encoders: pcap (draft-ietf-opsawg-pcap) and pcapng (draft-ietf-opsawg-pcapng)
+# Encoders: pcapng (draft-ietf-opsawg-pcapng); pcap is in pcapfiles
 # ---------------------------------------------------------------------------------------
-
-Frame = tuple[int, bytes, int]  # (ts in ns, captured bytes, length on the wire)
-
-
-def pcap_file(
-    linktype: int, frames: Iterable[Frame], *, nano=False, order="<", snaplen=65535
-) -> bytes:
-    magic = 0xA1B23C4D if nano else 0xA1B2C3D4
-    out = [struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype)]
-    for ts_ns, data, wirelen in frames:
-        sec, frac = divmod(ts_ns, 10**9)
-        frac = frac if nano else frac // 1000
-        out.append(struct.pack(order + "IIII", sec, frac, len(data), wirelen) + data)
-    return b"".join(out)
 
 
 def ng_block(order: str, btype: int, body: bytes) -> bytes:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require, require_root
-from test_capture import pcap_file
+from pcapfiles import pcap_file
 from test_fuzz import command_chain
 
 import jsdissect

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require
-from test_capture import pcap_file
+from pcapfiles import pcap_file
 
 import jsdissect
 from jsdissect import report, wireshark
