@@ -38,6 +38,7 @@ from unittest import mock
 
 import jsencode as enc
 import pytest
+from conversations import T0, command_chain, conversation_packets, write_pcap
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -69,7 +70,6 @@ from jsdissect.tcp import CLIENT_TO_SERVER, SERVER_TO_CLIENT, STATES, Connection
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 SMALL_PCAP = (CAPTURES / "one_shell.pcap").read_bytes()  # Ethernet, one shell task
 SMALL_PCAPNG = (CAPTURES / "one_api.pcapng").read_bytes()  # dumpcap, one API task
-T0 = 1_772_442_900_000_000  # 2026-03-02T09:15:00Z in µs
 HANG_GUARD_S = 60  # far beyond any real run of these inputs: only a hang reaches it
 
 
@@ -1189,52 +1189,6 @@ def test_announced_port_outside_the_tcp_range_is_not_a_capture_error(tmp_path, p
     (task, _partial) = result.task_records
     assert task.callback_port == int(port) and task.status == "callback-missing"
     exercise(result)
-
-
-def conversation_packets(
-    client: tuple[str, int], server: tuple[str, int], messages: list[tuple[int, bytes]], t: float
-) -> list:
-    """Scapy packets of one TCP connection: handshake, then each (direction, bytes) message
-    in its own segment with the right sequence numbers, 1 ms apart from time t (seconds)."""
-    from scapy.layers.inet import IP, TCP
-    from scapy.layers.l2 import Ether
-
-    ends = (client, server)
-    seq = [100, 500]
-    steps = [(0, "S", b""), (1, "SA", b""), (0, "A", b"")]
-    steps += [(d, "PA", data) for d, data in messages]
-    packets = []
-    for n, (d, flags, data) in enumerate(steps):
-        (sip, sport), (dip, dport) = ends[d], ends[1 - d]
-        pkt = Ether() / IP(src=sip, dst=dip) / TCP(sport=sport, dport=dport)
-        pkt = pkt / data if data else pkt
-        ack = 0 if flags == "S" else seq[1 - d]
-        pkt[TCP].flags, pkt[TCP].seq, pkt[TCP].ack = flags, seq[d], ack
-        pkt.time = t + n * 0.001
-        packets.append(pkt)
-        seq[d] += len(data) + (1 if "S" in flags else 0)
-    return packets
-
-
-def write_pcap(path: Path, packets: list) -> Path:
-    from scapy.utils import wrpcap
-
-    wrpcap(str(path), packets)
-    return path
-
-
-def command_chain(path: Path, links: int) -> Path:
-    """Command connections each announcing the next one's port: connection i (to port
-    1000+i, 4444 for the first) starts with a space, so only a read of its port sees it,
-    and announces tcp_port 1000+i+1."""
-    packets = []
-    for i in range(links):
-        client, server = (f"10.9.0.{i + 1}", 40000 + i), (f"10.8.0.{i + 1}", 1000 + i)
-        if i == 0:
-            server = (server[0], 4444)
-        start = b" " + enc.start_remote_task(1001 + i, kind="process")
-        packets += conversation_packets(client, server, [(0, start)], T0 / 1e6 + i)
-    return write_pcap(path, packets)
 
 
 def test_chain_of_announced_ports_costs_a_bounded_number_of_reads(tmp_path):

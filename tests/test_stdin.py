@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 from conftest import require, require_root
+from conversations import command_chain
 from pcapfiles import pcap_file
-from test_fuzz import command_chain
 
 import jsdissect
 
