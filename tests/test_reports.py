@@ -231,7 +231,7 @@ def test_summary_distribution_per_remote() -> None:
 
 
 def test_time_wait_reuse_needs_a_closed_callback_and_rules_name_the_real_source() -> None:
-    from test_correlate import C_IP, R_IP, S, callback, command
+    from channels import C_IP, R_IP, S, callback, command
 
     from jsdissect.correlate import correlate
     from jsdissect.tcp import Endpoint
