@@ -27,9 +27,9 @@ with atheris.instrument_imports():
     from jsdissect.protocol import command as cmd
     from jsdissect.protocol import objserver as api
 
-# test_fuzz after the instrumented imports, so that jsdissect is measured
+# outputs after the instrumented imports, so that jsdissect is measured
 sys.path.insert(0, os.path.dirname(__file__))
-from test_fuzz import exercise
+from outputs import exercise
 
 FD, CAPTURE = tempfile.mkstemp(suffix=".pcap")
 os.close(FD)

@@ -41,10 +41,10 @@ import pytest
 from conversations import T0, command_chain, conversation_packets, write_pcap
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from outputs import exercise
 
 import jsdissect
-from jsdissect import plot, report, tcp
-from jsdissect import ports as port_report
+from jsdissect import report, tcp
 from jsdissect.capture import (
     ACK,
     DECODERS,
@@ -1097,32 +1097,6 @@ def test_thousands_of_open_requests_are_bounded():
 # =========================================================================================
 # jsdissect.analyze: nothing but CaptureError escapes, and its tables work
 # =========================================================================================
-
-
-def exercise(result: Analysis) -> None:
-    """Everything the CLI builds from an analysis, without a subprocess."""
-    assert isinstance(result.tasks, type(result.messages))  # DataFrames build
-    assert len(result.connections) == len(result.channels)
-    rows = [report.task_row(t) for t in result.task_records]
-    out = io.StringIO()
-    for writer in (report.write_csv, report.write_json):
-        writer(rows, report.TASK_COLUMNS, out)
-    report.to_text(rows, report.TASK_COLUMNS)
-    report.summary_text(rows, 10)
-    report.task_summary(rows, result.decode_errors)
-    messages = report.message_rows(result.channels, result.task_records)
-    report.write_json(messages, report.MESSAGE_COLUMNS, out)
-    for row in messages:
-        report.message_line(row)
-    connections = [report.connection_row(ch) for ch in result.channels]
-    report.write_csv(connections, report.CONNECTION_COLUMNS, out)
-    report.to_text(connections, report.CONNECTION_COLUMNS)
-    for task in result.task_records:
-        report.task_log(task)
-    rep = port_report.port_report(result.task_records, result.channels, (4444, 4455), 120_000_000)
-    port_report.to_text(rep)
-    json.dumps(port_report.to_json(rep))
-    plot.bars(result.task_records)
 
 
 def analyze_or_capture_error(paths: list[Path], engine: str) -> Analysis | None:
