@@ -18,7 +18,10 @@ import os
 import sys
 import tempfile
 
-import atheris
+try:
+    import atheris
+except ImportError:
+    sys.exit("fuzz_atheris.py needs atheris (not a dependency of the tests): pip install atheris")
 
 with atheris.instrument_imports():
     import jsdissect
