@@ -36,8 +36,11 @@ def _tables(func: Callable) -> Callable:
     return CSV_OPTION(JSON_OPTION(func))
 
 
-def _common(func: Callable) -> Callable:
-    """Options every analysis command takes."""
+def _common(func: Callable | None = None, *, wireshark: bool = False) -> Any:
+    """Options every analysis command takes; `wireshark`: --engine offers it too."""
+    if func is None:
+        return functools.partial(_common, wireshark=wireshark)
+    engines = ["auto", "libpcap", "python", *(["wireshark"] if wireshark else [])]
     options = [
         click.option(
             "--scheduler-port",
@@ -54,11 +57,11 @@ def _common(func: Callable) -> Callable:
         ),
         click.option(
             "--engine",
-            type=click.Choice(["auto", "libpcap", "python", "wireshark"]),
+            type=click.Choice(engines),
             default="auto",
             show_default=True,
-            help="Capture reader: libpcap (fast, BPF), the pure-Python fallback, or (tasks,"
-            " messages) tshark running wireshark/jobscheduler.lua.",
+            help="Capture reader: libpcap (fast, BPF), the pure-Python fallback"
+            + (", or tshark running wireshark/jobscheduler.lua." if wireshark else "."),
         ),
         click.option(
             "--jobs",
@@ -208,8 +211,6 @@ def _analyze(captures: Sequence[str], opts: dict[str, Any], messages: bool = Fal
     # results again and again while they are written (analyze() pauses it for itself).
     gc.disable()
 
-    if opts["engine"] == "wireshark":
-        raise click.UsageError("--engine wireshark works with 'tasks' and 'messages' only")
     _check_outputs(captures, opts)
     progress = _Progress(opts["quiet"])
     result = analyze(
@@ -340,7 +341,7 @@ TASK_SHOWN = [
 """
 )
 @CAPTURES
-@_common
+@_common(wireshark=True)
 @_tables
 @click.option(
     "--columns",
@@ -369,8 +370,9 @@ def tasks(
             raise click.BadParameter("no column names given", param_hint="--columns")
         unknown = sorted(set(shown) - {c.name for c in report.TASK_COLUMNS})
         if unknown:
+            known = ", ".join(c.name for c in report.TASK_COLUMNS)
             raise click.BadParameter(
-                f"unknown column(s): {', '.join(unknown)}", param_hint="--columns"
+                f"unknown column(s): {', '.join(unknown)} (known: {known})", param_hint="--columns"
             )
         shown = list(dict.fromkeys(shown))  # a column named twice is shown once
     if opts["engine"] == "wireshark":
@@ -395,13 +397,13 @@ def tasks(
 
 \b
   jsdissect messages captures/demo.pcap
-  jsdissect messages capture.pcap --process-id 84217301
+  jsdissect messages captures/demo.pcap --process-id 985860244
   jsdissect messages capture.pcap --errors
   jsdissect messages capture.pcap --json - | jq .
 """
 )
 @CAPTURES
-@_common
+@_common(wireshark=True)
 @_tables
 @click.option("--process-id", help="Only the messages of this task (both connections).")
 @click.option("--errors", "errors_only", is_flag=True, help="Only decode errors.")
@@ -562,7 +564,7 @@ def timeline(captures: tuple[str, ...], output: str, **opts: Any) -> None:
     epilog="""Examples:
 
 \b
-  jsdissect log captures/demo.pcap --process-id 84217301
+  jsdissect log captures/demo.pcap --process-id 985860244
   jsdissect log captures/demo.pcap --all
 """
 )
@@ -576,12 +578,13 @@ def log(captures: tuple[str, ...], process_id: str | None, all_tasks: bool, **op
     code and errors."""
     from jsdissect import report
 
-    if not process_id and not all_tasks:
-        raise click.UsageError("give --process-id ID or --all")
+    if bool(process_id) == all_tasks:
+        raise click.UsageError("give either --process-id ID or --all")
     result = _analyze(captures, opts)
     chosen = [t for t in result.task_records if all_tasks or t.process_id == process_id]
     if not chosen:
-        _fail(f"no task with process_id {process_id} in {_names(captures)}", 1)
+        which = "no task" if all_tasks else f"no task with process_id {process_id}"
+        _fail(f"{which} in {_names(captures)}", 1)
     for task in chosen:
         if all_tasks:
             name = task.process_id or task.callback_conn or "?"

@@ -110,7 +110,7 @@ class Analysis:
 
 
 def analyze(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     *,
     scheduler_ports: Sequence[int] = DEFAULT_SCHEDULER_PORTS,
     engine: Engine = "auto",
@@ -120,7 +120,8 @@ def analyze(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Analysis:
-    """Analyze capture files as one timeline. Raises capture.CaptureError for unusable input.
+    """Analyze capture files (or one) as one timeline. Raises capture.CaptureError for
+    unusable input.
 
     `messages=False` keeps only the events task rows and task logs need (no `.messages`),
     for a memory that follows the open connections rather than the capture's size.
@@ -128,6 +129,8 @@ def analyze(
     in this process; None: one per spare CPU, started once callbacks.AUTO_START_BYTES of
     callback traffic were seen). The results are the same whatever the number."""
     opts = Options(tuple(scheduler_ports), engine, heuristics, all_tcp, messages)
+    if isinstance(paths, (str, os.PathLike)):  # one capture, not its name's characters
+        paths = [paths]
     with spooled(paths) as files:  # "-" and named pipes: read more than once
         result = _reads(files, opts, workers, progress)
     result.stats.warnings[:0] = spool_problems(files)

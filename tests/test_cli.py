@@ -18,6 +18,7 @@ from scapy.utils import wrpcap
 
 from jsdissect import __version__
 
+CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 CMD_CLIENT, REMOTE = ("127.0.0.21", 40001), ("127.0.0.11", 4455)
 T0 = 1_772_442_900.0
 
@@ -135,6 +136,33 @@ def test_unknown_option_values_are_rejected(capture: Path) -> None:
     assert out.returncode == 2 and "bogus" in out.stderr
     out = run("tasks", str(capture), "--columns", "process_id,nonsense")
     assert out.returncode == 2 and "nonsense" in out.stderr
+    assert "known: process_id, pid, job," in " ".join(out.stderr.split())  # what to use
+
+
+@pytest.mark.parametrize("command", ["connections", "summary", "ports", "log", "timeline"])
+def test_only_tasks_and_messages_offer_the_wireshark_engine(command: str) -> None:
+    assert "wireshark" not in run(command, "--help").stdout
+    assert "wireshark" in run("tasks", "--help").stdout
+    out = run(command, str(CAPTURES / "demo.pcap"), "--engine", "wireshark")
+    assert out.returncode == 2 and "'wireshark' is not one of" in out.stderr
+
+
+def test_log_takes_a_task_or_all_and_says_when_there_is_none(capture: Path, tmp_path) -> None:
+    out = run("log", str(capture), "--all", "--process-id", "84217301")
+    assert out.returncode == 2 and "either --process-id ID or --all" in out.stderr
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(capture.read_bytes()[:24])  # the file header, no packet
+    out = run("log", str(empty), "--all")
+    assert out.returncode == 1 and out.stderr == f"jsdissect: no task in {empty}\n"
+
+
+@pytest.mark.parametrize("command", ["log", "messages"])
+def test_help_examples_name_a_task_of_the_demo(command: str) -> None:
+    lines = [ln.split() for ln in run(command, "--help").stdout.splitlines()]
+    (example,) = [ln for ln in lines if ln[:1] == ["jsdissect"] and "--process-id" in ln]
+    assert example[2] == "captures/demo.pcap"
+    out = run(example[1], str(CAPTURES / "demo.pcap"), *example[3:])
+    assert out.returncode == 0 and out.stdout, (example, out.stderr)
 
 
 def test_unknown_process_id_says_so_and_exits_1(capture: Path) -> None:
@@ -311,3 +339,11 @@ def test_columns_and_picture_names_that_say_nothing_or_too_much(
     assert out.stdout.splitlines()[0].split() == ["process_id", "status"]
     out = run("timeline", str(capture), "-o", str(tmp_path / "t.html") + "/")
     assert out.returncode == 2 and not (tmp_path / "t.html").exists()
+
+
+def test_analyze_takes_one_capture_by_its_name(capture: Path) -> None:
+    import jsdissect
+
+    one = jsdissect.analyze(str(capture))
+    assert [t.process_id for t in one.task_records] == ["84217301"]
+    assert one.paths == (str(capture),)
