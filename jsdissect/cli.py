@@ -323,6 +323,7 @@ TASK_SHOWN = [
     "total_ms",
     "steps",
     "exit_code",
+    "signal",
     "log_lines",
     "status",
     "error",
@@ -381,12 +382,26 @@ def tasks(
         result = _analyze(captures, opts)
         rows = [report.task_row(t) for t in result.task_records]
         decode_errors = result.decode_errors
+    found = bool(rows)
     if statuses:
         rows = [r for r in rows if r["status"] in statuses]
     to_stdout = _emit(rows, report.TASK_COLUMNS, opts, shown)
     if not opts["quiet"]:
         click.echo("\n" + report.summary_text(rows), err=to_stdout, nl=False)
         click.echo(report.task_summary(rows, decode_errors), err=to_stdout)
+        if not found:
+            click.echo(_nothing_found(opts), err=to_stdout)
+
+
+def _nothing_found(opts: dict[str, Any]) -> str:
+    """Where jsdissect looked, for a capture in which it found no task."""
+    from jsdissect.pipeline import DEFAULT_SCHEDULER_PORTS
+
+    ports = ", ".join(map(str, opts["scheduler_ports"] or DEFAULT_SCHEDULER_PORTS))
+    where = f"command port(s) {ports}"
+    if not opts["no_heuristics"]:
+        where += ", and any port by the protocol's first bytes"
+    return f"No JobScheduler task found (looked at {where}); another port: --scheduler-port PORT."
 
 
 # --- messages ---------------------------------------------------------------------------
@@ -438,8 +453,9 @@ def messages(
     if errors_only:
         click.echo(report.error_table(rows), nl=False)
         return
+    dated = report.spans_days(r["time"] for r in rows)
     for row in rows:
-        click.echo(report.message_line(row))
+        click.echo(report.message_line(row, dated))
 
 
 # --- summary, ports, timeline, log -------------------------------------------------------

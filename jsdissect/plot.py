@@ -179,11 +179,18 @@ def figure(tasks: Sequence[Task]) -> Figure:
     ax.set_xlim(left=0)  # the first task event; nothing is earlier
     _label_rows(ax, rows)
     ax.invert_yaxis()
-    ax.set_xlabel("seconds since the first task event")
+    ax.set_xlabel(f"seconds since the first task event, {_clock(origin)} UTC")
     # Below the axes, where it hides no bar.
     fig.legend(loc="outside lower center", fontsize="small", ncols=len(COLOURS), frameon=False)
     ax.set_title(_title(len(rows), row_count) + "; x = failed or killed")
     return fig
+
+
+def _clock(us: int) -> str:
+    from jsdissect.report import format_time
+
+    text = format_time(us)
+    return f"{text[:10]} {text[11:-1]}"
 
 
 def _title(tasks: int, rows: int) -> str:

@@ -478,8 +478,11 @@ def new_file_mode() -> int:
 
 
 def to_text(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
-    """A plain aligned table for the terminal: numbers right-aligned, blanks for missing."""
-    cells = [[_display(r.get(c.name), c.type) for c in columns] for r in rows]
+    """A plain aligned table for the terminal: numbers right-aligned, blanks for missing;
+    times of day, with their dates when the table spans more than one (UTC) day."""
+    times = [c.name for c in columns if c.type == TIME]
+    dated = spans_days(r.get(name) for r in rows for name in times)
+    cells = [[_display(r.get(c.name), c.type, dated) for c in columns] for r in rows]
     widths = [max([len(c.name)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     right = [c.type in (INTEGER, DURATION) for c in columns]
 
@@ -498,21 +501,35 @@ def to_text(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
 MAX_CELL = 48  # long error texts would push every row off the screen; CSV/JSON keep all
 
 
-def _display(value: Any, type_: str) -> str:
+def spans_days(times: Iterable[int | None]) -> bool:
+    """Do these times (µs, None for missing) fall on more than one UTC day?"""
+    days = {t // DAY_US for t in times if t is not None}
+    return len(days) > 1
+
+
+DAY_US = 86_400_000_000
+
+
+def _clock(text: str, dated: bool) -> str:
+    """A CSV/JSON time as the terminal shows it: the time of day, after its date if asked."""
+    return f"{text[:10]} {text[11:-1]}" if dated else text[11:-1]
+
+
+def _display(value: Any, type_: str, dated: bool = False) -> str:
     value = cell(value, type_)
     if value is None:
         return ""
     if type_ == TIME:
-        return value[11:-1]  # the time of day; dates are in CSV/JSON
+        return _clock(value, dated)
     if type_ == DURATION:
         return f"{value:.3f}"
     text = str(value)
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
-def message_line(row: dict[str, Any]) -> str:
-    """The terminal form of one message row."""
-    when = format_time(row["time"])[11:-1]
+def message_line(row: dict[str, Any], dated: bool = False) -> str:
+    """The terminal form of one message row (`dated`: rows span more than one day)."""
+    when = _clock(format_time(row["time"]), dated)
     return f"{when}  {row['conn']}  {row['channel']:<3}  {row['direction']}  {row['summary']}"
 
 

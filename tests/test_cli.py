@@ -347,3 +347,15 @@ def test_analyze_takes_one_capture_by_its_name(capture: Path) -> None:
     one = jsdissect.analyze(str(capture))
     assert [t.process_id for t in one.task_records] == ["84217301"]
     assert one.paths == (str(capture),)
+
+
+def test_a_capture_without_tasks_says_where_it_looked(capture: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(capture.read_bytes()[:24])
+    out = run("tasks", str(empty), "--scheduler-port", "5000", "--no-heuristics")
+    assert out.returncode == 0
+    assert out.stdout.splitlines()[-1] == (
+        "No JobScheduler task found (looked at command port(s) 5000); another port:"
+        " --scheduler-port PORT."
+    )
+    assert "looked at" not in run("tasks", str(capture), "--status", "running").stdout

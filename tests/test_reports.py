@@ -124,6 +124,8 @@ def test_timeline_png_has_one_bar_per_task(tmp_path: Path) -> None:
     rows = {row for row, _, _ in drawn_rectangles(ax)}
     assert len(rows) == len(tasks) == 50
     assert [t.get_text() for t in ax.get_yticklabels()] == [b.label for b in plot.bars(tasks)]
+    first = report.format_time(min(t.cmd_syn for t in tasks if t.cmd_syn))
+    assert ax.get_xlabel().endswith(f"{first[:10]} {first[11:-1]} UTC")
 
 
 def synthetic_task(remote: str, n: int, start: int, phases: list[int]) -> Task:
@@ -395,3 +397,28 @@ def test_failed_command_connections_on_every_scheduler_port_seen(tmp_path: Path)
         ("cmd-unanswered", "10.1.0.20:4446"),
         ("cmd-refused", "10.1.0.20:4455"),
     ]
+
+
+def test_terminal_times_carry_their_date_when_the_rows_span_days() -> None:
+    rows = [report.task_row(t) for t in jsdissect.analyze(CAPTURES / "demo.pcap").task_records]
+    one_day = report.to_text(rows, report.TASK_COLUMNS)
+    assert "13:37:07.346022" in one_day and "2026-" not in one_day
+    next_day = [
+        {k: v + 86_400_000_000 if k in ("start_sent", "cmd_syn") and v else v for k, v in r.items()}
+        for r in rows[:1]
+    ]
+    two_days = report.to_text(rows + next_day, report.TASK_COLUMNS)
+    assert two_days.count("2026-11-25 13:37:07.346022") == 1
+    assert two_days.count("2026-11-26 13:37:07.346022") == 1
+    line = report.message_line(
+        {
+            **next_day[0],
+            "time": next_day[0]["start_sent"],
+            "conn": "C",
+            "channel": "cmd",
+            "direction": "a → b",
+            "summary": "s",
+        },
+        True,
+    )
+    assert line.startswith("2026-11-26 13:37:07.346022  C  cmd")
