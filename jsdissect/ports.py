@@ -294,12 +294,7 @@ def to_text(rep: PortReport) -> str:
         )
         lines.append("    " + _wrap(", ".join(map(str, used))))
     lines.append("")
-    lines.append("Ports reused within TIME_WAIT:" + ("" if rep.reuses else " none"))
-    for r in rep.reuses:
-        lines.append(
-            f"  {host_port(r.controller, r.port)} after {r.gap_ms:.3f} ms "
-            f"(task {r.previous_process_id or '?'} → {r.process_id or '?'})"
-        )
+    lines += _reuse_lines(rep.reuses)
     lines.append("")
     lines.append("Failed connections:" + ("" if rep.failures else " none"))
     for f in rep.failures:
@@ -318,6 +313,31 @@ def to_text(rep: PortReport) -> str:
         lines.append(f"  on {rule.host}: incoming TCP {rule.ports} from {sources}")
         lines.append(f"      because {rule.reason}")
     return "\n".join(lines) + "\n"
+
+
+MAX_REUSE_LINES = 20  # ports listed by `ports`; --json lists every reuse
+
+
+def _reuse_lines(reuses: Sequence[Reuse]) -> list[str]:
+    """Per port: how often it was reused within TIME_WAIT and the closest reuse; the ports
+    reused most first (a controller counting down from 59999 reuses the same few ports
+    all day, so one line per reuse would run to thousands)."""
+    if not reuses:
+        return ["Ports reused within TIME_WAIT: none"]
+    by_port: dict[tuple[str, int], list[Reuse]] = {}
+    for r in reuses:
+        by_port.setdefault((r.controller, r.port), []).append(r)
+    lines = [f"Ports reused within TIME_WAIT: {len(reuses)} time(s) on {len(by_port)} port(s)"]
+    ranked = sorted(by_port.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    for (controller, port), found in ranked[:MAX_REUSE_LINES]:
+        r = min(found, key=lambda r: r.gap_ms)
+        lines.append(
+            f"  {host_port(controller, port)}: {len(found)} time(s), closest after"
+            f" {r.gap_ms:.3f} ms (task {r.previous_process_id or '?'} → {r.process_id or '?'})"
+        )
+    if len(ranked) > MAX_REUSE_LINES:
+        lines.append(f"  … {len(ranked) - MAX_REUSE_LINES} more port(s): --json lists every reuse")
+    return lines
 
 
 def _wrap(text: str, width: int = 90) -> str:

@@ -355,7 +355,7 @@ def test_ipv6_and_translated_addresses_in_the_ports_report(tmp_path: Path) -> No
     v6 = {"controller": "2001:db8::10", "remote": "2001:db8::20"}
     specs = [(0, _task("4001", 1, **v6)), (3 * S, _task("4002", 2, callback_mode="refused", **v6))]
     text = _ports(_played(tmp_path, "v6", specs, fmt="pcapng")).stdout
-    assert "[2001:db8::10]:59999 after" in text
+    assert "[2001:db8::10]:59999: 1 time(s), closest after" in text
     assert "2001:db8::20 → [2001:db8::10]:59999 task 4002" in text
     refused = {"callback_mode": "refused"}
     specs = [
@@ -422,3 +422,20 @@ def test_terminal_times_carry_their_date_when_the_rows_span_days() -> None:
         True,
     )
     assert line.startswith("2026-11-26 13:37:07.346022  C  cmd")
+
+
+def test_ports_text_counts_reuses_per_port_and_lists_the_most_reused_first() -> None:
+    from jsdissect import ports
+
+    many = ports.MAX_REUSE_LINES + 5
+    reuses = [
+        ports.Reuse("10.0.0.1", 59000 + p, str(n), str(n + 1), 100.0 + n)
+        for p in range(many)
+        for n in range(1 + (p == 7) * 2)  # port 59007 three times, the others once
+    ]
+    text = ports.to_text(ports.PortReport((), {}, {}, tuple(reuses), (), ()))
+    lines = text.split("Ports reused within TIME_WAIT: ")[1].split("\n\n")[0].splitlines()
+    assert lines[0] == f"{len(reuses)} time(s) on {many} port(s)"
+    assert lines[1] == "  10.0.0.1:59007: 3 time(s), closest after 100.000 ms (task 0 → 1)"
+    assert len(lines) == 1 + ports.MAX_REUSE_LINES + 1
+    assert lines[-1] == "  … 5 more port(s): --json lists every reuse"
