@@ -87,7 +87,6 @@ class Task:
     # Working state, not columns.
     killed: bool = False
     start_failed: bool = False
-    start_seen: bool = False
     expected_ip: str | None = None
     window_end: int | None = None
     cmd: Channel | None = None
@@ -130,9 +129,6 @@ def correlate(channels: Iterable[Channel], capture_end: int | None) -> list[Task
     tasks += [_partial_from_callback(ch) for ch in unmatched if ch.kind == "api"]
     for task in tasks:
         if task.callback is not None:
-            # The callback connection is where steps and log lines are said: captured, its
-            # counts are known, zero when nothing was said.
-            task.steps = task.log_lines = 0
             _fill_from_callback(task, task.callback)
         _finish(task, capture_end)
     return sorted(tasks, key=_sort_key)
@@ -148,7 +144,6 @@ def _tasks_of_command(ch: Channel) -> list[Task]:
     for ev in ch.events:
         if isinstance(ev, cmd.StartRemoteTask):
             task = _new_task(ch)
-            task.start_seen = True
             task.start_sent = ev.start
             task.callback_port = ev.tcp_port
             task.kind = "shell" if ev.kind == "process" else "api"
@@ -162,7 +157,7 @@ def _tasks_of_command(ch: Channel) -> list[Task]:
                 task.close_sent = ev.start
             by_offset[ev.offset] = task  # its answer may carry the task's error
             task.killed |= isinstance(ev, cmd.RemoteTaskKill) or ev.kill
-        elif isinstance(ev, cmd.Answer):
+        elif isinstance(ev, cmd.Answer) and ev.command_offset is not None:
             _apply_answer(by_offset.get(ev.command_offset), ev)
         elif isinstance(ev, DecodeError):
             for task in tasks[-1:]:
@@ -221,16 +216,17 @@ def _error_text(code: str | None, text: str | None) -> str:
 def _set_windows(tasks: list[Task]) -> None:
     """A callback for a start at t must come in [t, t + 60 s], before the command connection
     ends, and before a later start announces the same controller port (port reuse, §7.2)."""
-    by_target: dict[tuple[str | None, int | None], list[Task]] = defaultdict(list)
+    by_target: dict[tuple[str | None, int | None], list[tuple[int, Task]]] = defaultdict(list)
     for task in tasks:
-        if task.start_seen and not task.start_failed:
-            by_target[(task.expected_ip, task.callback_port)].append(task)
+        if task.start_sent is not None and not task.start_failed:
+            by_target[(task.expected_ip, task.callback_port)].append((task.start_sent, task))
     for same_port in by_target.values():
-        same_port.sort(key=lambda t: t.start_sent)
-        for task, later in zip(same_port, [*same_port[1:], None], strict=True):
-            ends = [task.start_sent + CALLBACK_TIMEOUT_US]
+        same_port.sort(key=lambda e: e[0])
+        for (sent, task), later in zip(same_port, [*same_port[1:], None], strict=True):
+            assert task.cmd is not None  # a start is only ever seen on a command connection
+            ends = [sent + CALLBACK_TIMEOUT_US]
             ends += [c for c in (task.cmd.conn.closed,) if c is not None]
-            ends += [later.start_sent] if later is not None else []
+            ends += [later[0]] if later is not None else []
             task.window_end = min(ends)
 
 
@@ -257,7 +253,7 @@ def _match_callbacks(tasks: list[Task], channels: list[Channel]) -> list[Channel
     )
     for exact in (True, False):
         for task in waiting:
-            if task.callback is None:
+            if task.callback is None and task.callback_port is not None:
                 _take(task, by_port.get(task.callback_port, []), taken, exact)
     return [ch for i, ch in enumerate(candidates) if i not in taken and ch.kind == "api"]
 
@@ -266,16 +262,22 @@ def _no_data(ch: Channel) -> bool:
     return ch.conn.bytes_c2s == 0 and ch.conn.bytes_s2c == 0 and ch.conn.syn is not None
 
 
-def _take(task: Task, entries: list, taken: set[int], exact: bool) -> None:
-    lo = bisect.bisect_left(entries, (task.start_sent,))
+def _take(
+    task: Task, entries: list[tuple[int, int, int, Channel]], taken: set[int], exact: bool
+) -> None:
+    # A task waits with a window only when its start was seen, on a command connection:
+    # when the start was sent and to which remote are known.
+    start, end, remote = task.start_sent, task.window_end, task.remote
+    assert start is not None and end is not None and remote is not None
+    remote_ip = remote.rsplit(":", 1)[0].strip("[]")
+    lo = bisect.bisect_left(entries, (start,))
     eligible = []
     for when, _port, i, ch in entries[lo:]:
-        if when > task.window_end:
+        if when > end:
             break
         if i in taken:
             continue
         target = _callback_target(ch)
-        remote_ip = task.remote.rsplit(":", 1)[0].strip("[]")
         if (exact and target.ip == task.expected_ip) or (not exact and _source(ch).ip == remote_ip):
             eligible.append((i, ch))
     if not eligible:
@@ -315,19 +317,26 @@ def _fill_from_callback(task: Task, ch: Channel) -> None:
     task.callback_closed = conn.closed
     if task.remote is not None and source.ip != task.remote.rsplit(":", 1)[0].strip("[]"):
         task.note_list.append(f"callback from {source.ip}, not the remote's address")
+    # The callback connection is where steps and log lines are said: captured, its counts
+    # are known, zero when nothing was said.
+    steps = log_lines = 0
     for ev in ch.events:
-        _apply_api_event(task, ev)
+        if isinstance(ev, api.LogLine):
+            log_lines += 1
+        elif isinstance(ev, api.LifecycleCall) and ev.name.lower() == "step":
+            steps += 1  # servers match method names case-insensitively (§6.8)
+        else:
+            _apply_api_event(task, ev)
+    task.steps, task.log_lines = steps, log_lines
 
 
 def _apply_api_event(task: Task, ev: Event) -> None:
     if isinstance(ev, api.Construct):
         task.job, task.task_id = ev.job, ev.task_id
     elif isinstance(ev, api.LifecycleCall):
-        name = ev.name.lower()  # servers match method names case-insensitively (§6.8)
-        if name == "begin" and task.begin_sent is None:
+        # Servers match method names case-insensitively (§6.8).
+        if ev.name.lower() == "begin" and task.begin_sent is None:
             task.begin_sent = ev.start
-        elif name == "step":
-            task.steps += 1
     elif isinstance(ev, api.BeginAnswered):
         task.begin_answered = task.begin_answered or ev.end
     elif isinstance(ev, api.ReleaseAnswered):
@@ -336,8 +345,6 @@ def _apply_api_event(task: Task, ev: Event) -> None:
         task.exit_code, task.signal = ev.exit_code, ev.signal
     elif isinstance(ev, api.ExitCodePut):
         task.exit_code = ev.exit_code
-    elif isinstance(ev, api.LogLine):
-        task.log_lines += 1
     elif isinstance(ev, api.ApiError):
         task.errors.append((ev.end, _error_text(ev.code, ev.text)))
     elif isinstance(ev, DecodeError):
@@ -361,19 +368,20 @@ def _finish(task: Task, capture_end: int | None) -> None:
 def _status(task: Task, capture_end: int | None) -> str:
     """DESIGN "Status": the first rule that applies."""
     cb = task.callback.conn if task.callback is not None else None
+    sent = task.start_sent  # None: the start was not captured
     if task.start_failed:
         return "start-failed"
     if cb is not None and cb.refused is not None:
         return "callback-refused"
     if cb is not None and _unanswered(cb, capture_end):
         return "callback-unanswered"
-    if task.start_seen and cb is None and _callback_overdue(task, capture_end):
+    if sent is not None and cb is None and _callback_overdue(task, sent, capture_end):
         return "callback-missing"
     if task.killed:
         return "killed"
     if _aborted(task, cb):
         return "aborted"
-    if not task.start_seen:
+    if sent is None:
         return "partial"
     if task.close_answered is not None:
         return "completed"
@@ -397,12 +405,12 @@ def _may_still_come(since: int, capture_end: int | None) -> bool:
     return capture_end is None or capture_end < since + CALLBACK_TIMEOUT_US
 
 
-def _callback_overdue(task: Task, capture_end: int | None) -> bool:
-    """DESIGN Status 4: the start was answered and 60 s passed without a SYN, or the
-    command connection ended without one."""
+def _callback_overdue(task: Task, sent: int, capture_end: int | None) -> bool:
+    """DESIGN Status 4: the start (sent at `sent`) was answered and 60 s passed without a
+    SYN, or the command connection ended without one."""
     cmd_closed = task.cmd is not None and task.cmd.conn.closed is not None
     answered = task.start_answered is not None
-    return cmd_closed or (answered and not _may_still_come(task.start_sent, capture_end))
+    return cmd_closed or (answered and not _may_still_come(sent, capture_end))
 
 
 def _aborted(task: Task, cb: Connection | None) -> bool:
