@@ -85,7 +85,9 @@ def port_report(
     if capture_end is None:
         capture_end = max((ch.conn.last_ts for ch in channels), default=None)
     uses = tuple(
-        _use(t, capture_end) for t in tasks if t.callback_port is not None and t.controller
+        _use(t, t.controller, t.callback_port, capture_end)
+        for t in tasks
+        if t.callback_port is not None and t.controller
     )
     by_controller: dict[str, list[PortUse]] = defaultdict(list)
     for use in uses:
@@ -106,12 +108,13 @@ def port_report(
     )
 
 
-def _use(task: Task, capture_end: int | None) -> PortUse:
+def _use(task: Task, controller: str, port: int, capture_end: int | None) -> PortUse:
     """The span the controller holds the port: bound before the start is sent, released
     when the callback connection closes, or when the controller gives up waiting (§2); a
     task still running when the capture ends holds it past the end."""
     times = [getattr(task, c) for c in TIME_COLUMNS if getattr(task, c) is not None]
     first = task.start_sent if task.start_sent is not None else task.callback_syn
+    last: int | None
     if task.callback_established is not None and task.callback_closed is not None:
         last = task.callback_closed
     else:
@@ -124,8 +127,8 @@ def _use(task: Task, capture_end: int | None) -> PortUse:
         last = max(last, capture_end) if last is not None else capture_end
     established = task.callback_established is not None
     return PortUse(
-        controller=task.controller,
-        port=task.callback_port,
+        controller=controller,
+        port=port,
         process_id=task.process_id,
         remote=task.remote,
         first=first,
@@ -167,23 +170,25 @@ def _peak(uses: Sequence[PortUse]) -> tuple[int, int | None]:
 def _reuses(uses: Sequence[PortUse], time_wait_us: int) -> list[Reuse]:
     """A port taken again while the previous callback connection on it may still be in
     TIME_WAIT: only a connection that was established and closed leaves one."""
-    by_port: dict[tuple[str, int], list[PortUse]] = defaultdict(list)
+    by_port: dict[tuple[str, int], list[tuple[int, PortUse]]] = defaultdict(list)
     for use in uses:
         if use.first is not None:
-            by_port[(use.controller, use.port)].append(use)
+            by_port[(use.controller, use.port)].append((use.first, use))
     found = []
     for (controller, port), same in sorted(by_port.items()):
-        same.sort(key=lambda u: u.first)
+        same.sort(key=lambda e: e[0])
         # Against the latest use that left a closed connection, not the one just before:
         # a refused or unanswered use in between leaves the earlier TIME_WAIT running.
-        prev: PortUse | None = None
-        for use in same:
-            again = use.syn if use.syn is not None else use.first
-            if prev is not None and 0 <= again - prev.closed < time_wait_us:
-                gap = round((again - prev.closed) / 1000, 3)
-                found.append(Reuse(controller, port, prev.process_id, use.process_id, gap))
+        prev: tuple[int, PortUse] | None = None  # (when its connection closed, the use)
+        for first, use in same:
+            again = use.syn if use.syn is not None else first
+            if prev is not None:
+                closed, before = prev
+                if 0 <= again - closed < time_wait_us:
+                    gap = round((again - closed) / 1000, 3)
+                    found.append(Reuse(controller, port, before.process_id, use.process_id, gap))
             if use.closed is not None:
-                prev = use
+                prev = (use.closed, use)
     return found
 
 
@@ -298,9 +303,9 @@ def to_text(rep: PortReport) -> str:
     lines.append("")
     lines.append("Failed connections:" + ("" if rep.failures else " none"))
     for f in rep.failures:
-        at = format_time(f.at) if f.at else "?"
+        when = format_time(f.at) if f.at else "?"
         task = f" task {f.process_id}" if f.process_id else ""
-        lines.append(f"  {at}  {f.what:<20} {f.source} → {f.target}{task}")
+        lines.append(f"  {when}  {f.what:<20} {f.source} → {f.target}{task}")
     if any(f.what in ("callback-unanswered", "callback-refused") for f in rep.failures):
         lines.append(
             "  (callback SYN unanswered: a firewall drops it; refused: nothing listens or a"
