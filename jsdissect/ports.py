@@ -203,7 +203,8 @@ def _callback_failures(tasks: Sequence[Task]) -> list[Failure]:
                 server = t.callback.conn.server
                 target = host_port(server.ip, server.port)
             else:
-                target = host_port(t.controller or "?", t.callback_port)
+                port = "?" if t.callback_port is None else t.callback_port  # none usable announced
+                target = host_port(t.controller or "?", port)
             at = t.callback_syn if t.callback_syn is not None else t.start_sent
             out.append(Failure(t.status, source, target, at, t.process_id))
     return out

@@ -42,7 +42,7 @@ def conn(cid: str, client: Endpoint, server: Endpoint, syn: int, **kw) -> Connec
     return Connection(**base)
 
 
-def command(cid: str, cport: int, start: int, tcp_port: int, process_id: str) -> Channel:
+def command(cid: str, cport: int, start: int, tcp_port: int | None, process_id: str) -> Channel:
     c = conn(cid, Endpoint(C_IP, cport), Endpoint(R_IP, 4455), start - 1000)
     where = dict(conn=cid, direction=0, offset=0, start=start, end=start)
     answer = dict(conn=cid, direction=1, offset=0, start=start + 500, end=start + 600)

@@ -261,6 +261,19 @@ def test_time_wait_reuse_needs_a_closed_callback_and_rules_name_the_real_source(
     assert set(rule.sources) == {nat_source, R_IP}
 
 
+def test_a_missing_callback_to_an_unannounced_port_names_the_port_unknown() -> None:
+    from channels import C_IP, S, command
+
+    from jsdissect.correlate import correlate
+
+    # start_remote_task without a usable tcp_port (absent, or not a number): the decoder
+    # gives None, and the task's callback never comes.
+    chans = [command("A", 40001, 1 * S, None, "1")]
+    tasks = correlate(chans, 200 * S)
+    (failure,) = port_report(tasks, chans, (4455,)).failures
+    assert (failure.what, failure.target) == ("callback-missing", f"{C_IP}:?")
+
+
 def test_distribution_median_of_an_even_count_is_the_mean_of_the_middle_two() -> None:
     base = dict.fromkeys((c.name for c in report.TASK_COLUMNS), None)
     rows = [base | {"remote": "r:4455", "run_ms": ms} for ms in (10.0, 1.0, 3.0, 2.0)]
