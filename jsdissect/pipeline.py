@@ -296,7 +296,7 @@ class _Dispatcher:
     def _feed(
         self, conn_id: str, state: _ConnState, direction: int, offset: int, data: bytes, ts: int
     ) -> None:
-        if state.kind == "api":
+        if state.callback is not None:  # kind "api"
             state.callback.data(state.callback_key, direction, offset, data, ts)
         elif state.decoder is not None:
             self._collect(state, state.decoder.feed(direction, offset, data, ts))
@@ -314,7 +314,7 @@ class _Dispatcher:
         if state.kind is None:
             state.pending.append((direction, offset, b"", ts))
             self._decide(conn_id, state, _classify(state.head, self.opts.heuristics, True) or "")
-        if state.kind == "api":
+        if state.callback is not None:
             state.callback.gap(state.callback_key, direction, offset, size, ts)
         elif state.decoder is not None:
             self._collect(state, state.decoder.gap(direction, offset, size, ts))
@@ -323,7 +323,7 @@ class _Dispatcher:
         state = self.open.pop(conn.id)
         if state.kind is None:
             self._decide(conn.id, state, _classify(state.head, self.opts.heuristics, True) or "")
-        if state.kind == "api":
+        if state.callback is not None:
             state.callback.close(state.callback_key)
             self._callback_places.append((len(self.channels), conn, state.callback_key))
             self.channels.append(Channel(conn, "api", ()))  # completed by finish()
