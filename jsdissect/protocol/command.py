@@ -816,7 +816,9 @@ class CommandDecoder:
             return pos + 1
         self._client = IDLE  # the first byte is not `A`–`Z`: not HTTP (§3.3)
         if b == SPACE:
-            end = SPACE_RUN_RE.match(data, pos).end()
+            run = SPACE_RUN_RE.match(data, pos)
+            assert run is not None  # data[pos] is a space: the run holds at least that one
+            end = run.end()
             self._add_spaces(offset + pos, ts, end - pos)
             return end
         if b == NUL:  # §3.1 skipped
@@ -1047,7 +1049,8 @@ class CommandDecoder:
     def _http_request(self, m: HttpMessage) -> None:
         """HttpRequest, then the events of the command it carries."""
         raw = http_command(m)
-        name, events = None, []
+        name: str | None = None
+        events: list[Event] = []
         if raw is None and m.body is None:
             reason = f"HTTP body larger than {MAX_MESSAGE} bytes"
             events = [DecodeError(*m.span, channel=CHANNEL, reason=reason)]
