@@ -939,7 +939,8 @@ def _parse_answer(r: _Reader, p: _Parsed, a: _Answer) -> None:
         raise _Malformed("answer to a request whose layout is unknown")
     a.hr = r.fixed(I32, "HRESULT")
     if p.command == CREATE_INSTANCE and a.hr >= 0:
-        refs = []  # one (hr_i, objref) per IID; with the request unreadable: until the end
+        # One (hr_i, objref) per IID; with the request unreadable: until the end.
+        refs: list[ObjRef] = []
         while r.remaining if p.n_iids is None else len(refs) < p.n_iids:
             r.fixed(I32, "interface HRESULT")
             refs.append(r.objref())
