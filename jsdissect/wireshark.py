@@ -281,8 +281,8 @@ def _char(layer: Any, name: str) -> str:
 
 def _cmd_summary(layer: Any) -> tuple[str, str]:
     name = _field(layer, "command")
-    attrs = [f"{k}={_field(layer, k)}" for k in ("tcp_port", "kind", "process_id", "pid")]
-    attrs = " ".join(a for a in attrs if not a.endswith("=None"))
+    pairs = [f"{k}={_field(layer, k)}" for k in ("tcp_port", "kind", "process_id", "pid")]
+    attrs = " ".join(a for a in pairs if not a.endswith("=None"))
     if name:
         return "command", f"<{name} {attrs}>".replace(" >", ">")
     code = _field(layer, "error.code")
