@@ -9,14 +9,18 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from jsdissect import __version__
 from jsdissect.callbacks import AUTO_START_BYTES, MAX_WORKERS
 from jsdissect.capture import CaptureError, display_name
-from jsdissect.correlate import STATUSES
+from jsdissect.correlate import STATUSES, Channel
+
+if TYPE_CHECKING:
+    from jsdissect.pipeline import Analysis
+    from jsdissect.report import Column
 
 EXIT_BAD_INPUT = 2
 
@@ -203,7 +207,9 @@ def _check_outputs(captures: Sequence[str], opts: dict[str, Any]) -> None:
         _check_output(path, captures)
 
 
-def _analyze(captures: Sequence[str], opts: dict[str, Any], messages: bool = False, **extra: Any):
+def _analyze(
+    captures: Sequence[str], opts: dict[str, Any], messages: bool = False, **extra: Any
+) -> Analysis:
     """Run the analysis; only `messages` keeps every decoded message (memory, DESIGN Scale)."""
     from jsdissect.pipeline import DEFAULT_SCHEDULER_PORTS, analyze
 
@@ -244,7 +250,9 @@ def _wireshark(captures: Sequence[str], opts: dict[str, Any]) -> tuple[list[dict
     return result.tasks, result.messages
 
 
-def _emit(rows: list[dict], columns, opts: dict[str, Any], shown: Sequence[str]) -> bool:
+def _emit(
+    rows: list[dict], columns: Sequence[Column], opts: dict[str, Any], shown: Sequence[str]
+) -> bool:
     """Write --csv/--json outputs; print the table unless one of them went to stdout.
     Returns True when stdout carries data (summaries then go to stderr)."""
     from jsdissect import report
@@ -253,7 +261,7 @@ def _emit(rows: list[dict], columns, opts: dict[str, Any], shown: Sequence[str])
     to_stdout = False
     for path, writer in outputs:
         if path:
-            report.write_output(path, lambda out, w=writer: w(rows, columns, out))
+            report.write_output(path, functools.partial(writer, rows, columns))
             to_stdout |= path == "-"
     if not to_stdout and not any(p for p, _ in outputs):
         by_name = {c.name: c for c in columns}
@@ -302,7 +310,7 @@ def connections(captures: tuple[str, ...], **opts: Any) -> None:
     _emit(rows, report.CONNECTION_COLUMNS, opts, CONNECTION_SHOWN)
 
 
-def _by_start(ch) -> tuple[int, str]:
+def _by_start(ch: Channel) -> tuple[int, str]:
     return (ch.conn.first_ts, ch.conn.id)
 
 
