@@ -13,7 +13,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from jsdissect.correlate import FAILED_STATUSES, Task
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from numpy.typing import ArrayLike
 
 # Phase boundaries in wire order; each phase ends at its boundary (DESIGN columns).
 PHASES = (
@@ -162,7 +163,9 @@ def figure(tasks: Sequence[Task]) -> Figure:
     ax = fig.subplots()
     for phase, colour in COLOURS.items():
         spans = [(b.row, s[1], s[2]) for b in rows for s in b.segments if s[0] == phase]
-        rectangles = _rectangles(spans, origin)
+        # An (n, 4, 2) array is a sequence of polygons to PolyCollection (its fast path),
+        # but numpy's ndarray is no typing.Sequence, which matplotlib's stub asks for.
+        rectangles = cast("Sequence[ArrayLike]", _rectangles(spans, origin))
         ax.add_collection(
             PolyCollection(rectangles, facecolors=colour, edgecolors="none", label=phase)
         )
