@@ -178,19 +178,61 @@ def _run(
     try:
         dispatcher = _Dispatcher(opts, decoding)
         reassembler = Reassembler(dispatcher)
-        last_ts = None
+        latest = -1  # the capture's end: its latest time, whatever the order
+        steps = _ClockSteps()
         bpf = "tcp" if opts.all_tcp else capture_filter(opts, extra_ports)
         for n, seg in enumerate(read_segments(files, bpf=bpf, engine=opts.engine, stats=stats)):
             reassembler.add(seg)
-            last_ts = seg.ts
+            if seg.ts >= latest:
+                latest = seg.ts
+            elif latest - seg.ts > CLOCK_STEP_US:
+                steps.add(n, seg.ts, latest)
             if progress is not None and n % 4096 == 0:
                 progress(n)
         reassembler.finish()
         dispatcher.finish()
     finally:
         decoding.stop()
-    tasks = correlate(dispatcher.channels, last_ts)
-    return Analysis(names, dispatcher.channels, tasks, stats, last_ts, messages_kept=opts.messages)
+    if steps.count:
+        stats.warnings.append(steps.warning(names))
+    end = latest if latest >= 0 else None
+    tasks = correlate(dispatcher.channels, end)
+    return Analysis(names, dispatcher.channels, tasks, stats, end, messages_kept=opts.messages)
+
+
+# Capture time going back by more than this is a clock step (NTP, a VM resumed), not the
+# jitter of several capture queues; durations across it are wrong, so it is reported.
+CLOCK_STEP_US = 1_000_000
+
+
+@dataclass(slots=True)
+class _ClockSteps:
+    """Packets timed over CLOCK_STEP_US before the latest time seen; a step is a run of
+    them, or a further step back within a run."""
+
+    count: int = 0  # steps
+    first: int = 0  # the time the first step went back to
+    largest: int = 0  # µs behind the latest time
+    _last: tuple[int, int] = (-2, 0)  # (packet index, time) of the last packet behind
+
+    def add(self, n: int, ts: int, latest: int) -> None:
+        last_n, last_ts = self._last
+        if n != last_n + 1 or ts < last_ts - CLOCK_STEP_US:
+            if not self.count:
+                self.first = ts
+            self.count += 1
+        self._last = (n, ts)
+        self.largest = max(self.largest, latest - ts)
+
+    def warning(self, names: Sequence[str]) -> str:
+        from jsdissect.report import format_time
+
+        return (
+            f"{', '.join(names)}: capture time went back by more than"
+            f" {CLOCK_STEP_US // 1_000_000} s {self.count} time(s), by up to"
+            f" {self.largest / 1e6:.3f} s (first to {format_time(self.first)}): times and"
+            " durations across such a step are wrong"
+        )
 
 
 def _callback_decoding(workers: int | None, keep_all: bool) -> CallbackDecoding:

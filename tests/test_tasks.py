@@ -12,6 +12,7 @@ from truth import load_truth, mismatches, oracle_times, pair_rows, tshark_packet
 
 import jsdissect
 from jsdissect import report
+from jsdissect.capture import read_segments
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPTURES = ROOT / "captures"
@@ -270,3 +271,19 @@ def test_warnings_about_the_input_show_with_q(tmp_path: Path) -> None:
     assert out.returncode == 0
     assert out.stderr.startswith(f"jsdissect: warning: {cut}: cut short after ")
     assert out.stderr.count("\n") == 1
+
+
+def test_a_clock_step_back_is_reported_once_and_files_are_merged_without_one(
+    tmp_path: Path,
+) -> None:
+    later = tmp_path / "later.pcap"
+    stepped = tmp_path / "stepped.pcap"
+    demo = str(CAPTURES / "demo.pcap")
+    subprocess.run([require("editcap"), "-t", "3600", demo, str(later)], check=True)
+    subprocess.run([require("mergecap"), "-a", "-w", str(stepped), str(later), demo], check=True)
+    result = jsdissect.analyze(stepped)
+    (warning,) = result.stats.warnings
+    assert warning.startswith(f"{stepped}: capture time went back by more than 1 s 1 time(s)")
+    # The capture ends at its latest time, not at its last packet's.
+    assert result.capture_end == max(p.ts for p in read_segments(later, bpf="tcp"))
+    assert not jsdissect.analyze([later, CAPTURES / "demo.pcap"]).stats.warnings
