@@ -27,6 +27,7 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -940,6 +941,106 @@ TASK_COLUMNS = [
     *("callback_delay_ms", "startup_ms", "run_ms", "close_ms", "total_ms", "steps"),
     *("exit_code", "signal", "status", "error", "log_lines", "notes"),
 ]
+
+
+# --- bytes not captured on the command channel -------------------------------------------
+
+
+def _iso(epoch: str) -> str:
+    """tshark's frame.time_epoch as the task table writes times (DESIGN "Exact times")."""
+    us = int(Decimal(epoch) * S)
+    stamp = datetime.fromtimestamp(us // S, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{us % S:06d}Z"
+
+
+def _answered_by_tshark(capture: Path) -> dict[str, dict[str, str]]:
+    """Per command connection (tcp.stream), when the start and close commands were
+    answered, from tshark alone (no plugin): §3.1 one command at a time, so the n-th
+    answer is the n-th command's; one whose frame was cut by the snaplen is not answered."""
+    tshark = require("tshark")
+    fields = ("tcp.stream", "tcp.srcport", "frame.time_epoch", "frame.len", "frame.cap_len")
+    args = ["-n", "-r", str(capture), "-Y", "tcp.port == 4455 && tcp.len > 0", "-T", "fields"]
+    proc = subprocess.run(
+        [tshark, *args, *(a for f in (*fields, "tcp.payload") for a in ("-e", f))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    commands: dict[str, list[str]] = defaultdict(list)
+    answers: dict[str, list[tuple[str, bool]]] = defaultdict(list)
+    for line in proc.stdout.splitlines():
+        stream, sport, epoch, length, caplen, payload = line.split("\t")
+        data = bytes.fromhex(payload.replace(":", ""))
+        if sport == "4455":
+            whole = length == caplen
+            assert not whole or data.endswith(b"\0")  # one answer per segment in demo.pcap
+            answers[stream].append((_iso(epoch), whole))
+        elif data.strip(b" "):  # not a keep-alive
+            name = re.search(rb"<remote_scheduler\.(\S+?)[ />]", data)
+            commands[stream].append(name.group(1).decode() if name else "?")
+    out: dict[str, dict[str, str]] = {}
+    for stream, names in commands.items():
+        row = {"start_answered": "", "close_answered": ""}
+        for name, (time, whole) in zip(names, answers[stream], strict=False):
+            key = {"start_remote_task": "start", "remote_task.close": "close"}.get(name)
+            if key and whole:
+                row[f"{key}_answered"] = time
+        out[stream] = row
+    return out
+
+
+def test_answer_cut_by_the_snaplen_is_lost_and_the_next_keeps_its_command(
+    tmp_path: Path,
+) -> None:
+    """`editcap -s 200` cuts every start answer (211 bytes) and keeps the close answers
+    (183 bytes): a start stays unanswered, and the close answer is the close's, not the
+    start's (the bytes cut off must not shift the pairing by one)."""
+    cut = tmp_path / "demo_s200.pcap"
+    subprocess.run(
+        [require("editcap"), "-s", "200", str(CAPTURES / "demo.pcap"), str(cut)], check=True
+    )
+    want = _answered_by_tshark(cut)
+    assert want["0"] == {"start_answered": "", "close_answered": "2026-11-25T13:37:07.954131Z"}
+    run = plugin_run(cut)
+    assert run.lua_errors == []
+    got = {
+        r["cmd_conn"]: {k: r[k] for k in ("start_answered", "close_answered")} for r in run.table
+    }
+    assert got == want
+    first = next(r for r in run.table if r["cmd_conn"] == "0")
+    assert (first["spawn_ms"], first["close_ms"], first["status"]) == ("", "51.098", "completed")
+
+
+@pytest.mark.parametrize("lost", [0, 1, 2], ids=["head lost", "middle lost", "end lost"])
+def test_answer_with_a_segment_not_captured_is_lost(tmp_path: Path, lost: int) -> None:
+    """A start answer in three segments, one of them not captured: that answer is lost
+    (its rest is not an answer of its own), and the close answer pairs with the close."""
+    cap = Capture()
+    pid = "84217301"
+    cmd = Conv(cap, (CONTROLLER_IP, 40000), (REMOTE_IP, 4455), isn=1000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59999, kind="process"))
+    cap.advance(20 * MS)
+    segments = len(cap.packets)
+    cmd.send(SERVER, js.process_answer(_answer_time(cap), pid), sizes=(40, 60))
+    del cap.packets[segments + lost]
+    cap.advance(300 * MS)
+    cmd.send(CLIENT, js.remote_task_close(pid))
+    close_frame = len(cap.packets)
+    cap.advance(50 * MS)
+    ok_time = cap.now
+    cmd.send(SERVER, js.ok_answer(_answer_time(cap)))
+    cmd.close()
+    run = plugin_run(cap.write(tmp_path / f"lost_{lost}.pcap"))
+    assert run.lua_errors == []
+    (row,) = run.table
+    assert (row["process_id"], row["start_answered"], row["spawn_ms"]) == (pid, "", "")
+    assert row["close_answered"] == _iso(str(Decimal(ok_time) / S))
+    answers = _messages(run, "jobscheduler", **{"jobscheduler.answer.result": "ok"})
+    assert [m.get("jobscheduler.request_in") for m in answers] == [str(close_frame)]
+    rest = [m for m in run.messages if m.get("jobscheduler.message") == "2"]
+    assert [m.get("jobscheduler.answer.result") for m in rest] == [None, "ok"]
+    assert "_ws.expert" in rest[0].fields
 
 
 # --- captures with ground truth --------------------------------------------------------

@@ -765,6 +765,37 @@ local function request_end(s)
     return nil
 end
 
+-- §3.2/§3.4: whether an answer (without its NUL) is one whole XML document: a tag first,
+-- tags that balance (quoted values may hold `>`), nothing but blanks after the root. The
+-- rest of an answer whose beginning the capture lost, or its head, is not.
+local function whole_document(doc)
+    local i = doc:find("[^ \t\r\n]")
+    if i == nil or doc:byte(i) ~= 0x3C then return false end
+    local depth, seen = 0, false
+    while true do
+        local k = i + 1
+        while true do
+            k = doc:find("[\"'>]", k)
+            if k == nil then return false end
+            if doc:byte(k) == 0x3E then break end
+            k = doc:find(doc:sub(k, k), k + 1, true)
+            if k == nil then return false end
+            k = k + 1
+        end
+        local first = doc:byte(i + 1)
+        if first == 0x2F then
+            depth = depth - 1
+            if depth < 0 then return false end
+        elseif first ~= 0x3F and first ~= 0x21 then
+            seen = true
+            if doc:byte(k - 1) ~= 0x2F then depth = depth + 1 end
+        end
+        if depth == 0 and seen then return doc:find("[^ \t\r\n]", k + 1) == nil end
+        i = doc:find("<", k + 1, true)
+        if i == nil then return false end
+    end
+end
+
 -- Start tags of a document in order: { name, attrs, order, pos }.
 local function elements(doc, limit)
     local out = {}
@@ -941,12 +972,40 @@ local function apply_command(conn, pinfo, el, sent, src, sport)
     else
         rec.task = cs.tasks[#cs.tasks]
     end
-    cs.queue[#cs.queue + 1] = rec
+    -- §3.1 one command at a time: the controller sends a command only once the previous
+    -- one was answered, so a command still open here had an answer the capture lost
+    cs.queue = { rec }
+    cs.lost = false
     return rec
 end
 
--- First-pass effects of one answer: pairs in order with the oldest open command (§3.1:
--- one command at a time).
+-- A command the capture did not get whole (cut by the snaplen, or its rest lost): the
+-- remote still got it and answers it, so it takes the place of the open command; what it
+-- was is unknown, so its answer changes no task.
+local function lose_command(conn, frame, sent)
+    local cs = cmd_state(conn)
+    local rec = { kind = 1, frame = frame, t = sent, lost = true,
+        task = cs.tasks[#cs.tasks] }
+    cs.queue = { rec }
+    cs.lost = false
+    return rec
+end
+
+-- An answer the capture did not get whole (cut by the snaplen, bytes missing, or not a
+-- whole document): it answered the open command, whose times stay unknown (DESIGN "Exact
+-- times": an answer is complete when its last byte arrived). `cs.lost` stays set while
+-- its rest may still follow: bytes up to the next NUL that do not begin like an answer
+-- (§3.4 `<?xml`) belong to it, not to the next command's answer.
+local function lose_answer(conn, frame, rest_may_follow)
+    local cs = cmd_state(conn)
+    local req = table.remove(cs.queue, 1)
+    cs.lost = rest_may_follow
+    return { kind = 2, frame = frame, lost = true, request = req,
+        task = req and req.task or cs.tasks[#cs.tasks] }
+end
+
+-- First-pass effects of one answer: pairs with the open command (§3.1: one command at a
+-- time).
 local function apply_cmd_answer(conn, pinfo, parts, done)
     local cs = cmd_state(conn)
     local rec = { kind = 2, frame = pinfo.number, t = done }
@@ -1111,6 +1170,35 @@ local function dissect_answer(tvb, off, doc, len, pinfo, tree, rec)
     return info
 end
 
+-- An answer not completely captured (`why`), or the rest of one (`rec.rest`); returns
+-- its Info text.
+local function dissect_lost_answer(tvb, off, len, pinfo, tree, rec, why)
+    local range = tvb(off, len)
+    local item = tree:add(p_cmd, range)
+    item:add(F.message, 2):set_generated()
+    item:add(F.segment, range)
+    add_process_id(item, rec.task)
+    if rec.rest then
+        item:set_text("JobScheduler Remote Execution [rest of an answer]")
+        item:add_proto_expert_info(E.cmd_malformed,
+            "Rest of an answer not completely captured (not paired with a command)")
+        return "[rest of an answer]"
+    end
+    item:add_proto_expert_info(E.cmd_malformed, why)
+    if rec.request then
+        item:add(F.request_in, rec.request.frame):set_generated()
+    else
+        item:add_proto_expert_info(E.unpaired)
+    end
+    return "answer not completely captured"
+end
+
+-- The beginning of every answer (§3.4, §12); a shorter fragment that may become it counts.
+local function begins_like_answer(raw, off)
+    local head = raw:sub(off + 1, off + 5)
+    return head == ("<?xml"):sub(1, #head)
+end
+
 local IDLE = "^[ \0\r\n\t]+"
 
 -- Which side is the remote scheduler (the command channel's server).
@@ -1140,16 +1228,47 @@ local function dissect_cmd(tvb, pinfo, tree)
     if first_pass then
         -- one command at a time (§3.1): when the peer speaks, a document still pending in
         -- the other direction was complete on the wire but not in the capture
+        local other = conn.pending[3 - dir]
         conn.pending[3 - dir] = nil
+        if other and from_client then
+            records[other.key] = lose_answer(conn, other.frame, false)
+        elseif other then
+            records[other.key] = lose_command(conn, other.frame, other.t)
+        end
         cont = conn.pending[dir]
         conn.pending[dir] = nil
+        -- TCP hands on a segment alone, not reassembled with the pending document (a tvb
+        -- of the frame, offset > 0), when bytes between them were not captured: that
+        -- document is lost; for an answer, these bytes may be its rest
+        if cont and tvb:offset() ~= 0 then
+            if from_client then
+                records[cont.key] = lose_command(conn, cont.frame, cont.t)
+            else
+                records[cont.key] = lose_answer(conn, cont.frame, true)
+            end
+            cont = nil
+        end
         frame_conn[pinfo.number] = conn
         if conn.first == nil then conn.first, conn.first_frame = now, pinfo.number end
     end
     local raw = tvb:raw()
     local off = 0
     while off < len do
-        local idle = raw:match(IDLE, off + 1)
+        local key = message_key(pinfo, tvb, off)
+        local rec = records[key]
+        if first_pass and rec == nil and not from_client and cs.lost then
+            -- after an answer not completely captured: its rest, up to the NUL, unless
+            -- the bytes begin like an answer (the loss took that answer's end)
+            local blank = raw:match(IDLE, off + 1)
+            local at = off + (blank and #blank or 0)
+            if at < len and begins_like_answer(raw, at) then
+                cs.lost = false
+            elseif at < len then
+                rec = { kind = 2, rest = true, frame = pinfo.number, task = cs.tasks[#cs.tasks] }
+                records[key] = rec
+            end
+        end
+        local idle = not (rec and rec.rest) and raw:match(IDLE, off + 1)
         if idle then
             -- §3.7 keep-alive spaces before a command (answers: padding NULs)
             local item = tree:add(p_cmd, tvb(off, #idle))
@@ -1172,43 +1291,73 @@ local function dissect_cmd(tvb, pinfo, tree)
                 local nul = raw:find("\0", off + 1, true)
                 if nul then doc_len, used = nul - off - 1, nul - off end
             end
-            if doc_len == nil then
-                local item = tree:add(p_cmd, tvb(off))
-                item:add(F.segment, tvb(off))
-                add_process_id(item, cs.tasks[#cs.tasks])
-                if len - off > MAX_DOCUMENT or tvb:reported_len() > len
-                    or not pinfo.can_desegment or pinfo.can_desegment == 0 then
-                    item:add_proto_expert_info(E.cmd_malformed,
-                        "Document not complete here and it cannot be reassembled")
-                    set_column(pinfo, "JobScheduler", "incomplete document")
-                    return len
+            if rec and rec.rest then
+                -- the rest of a lost answer, up to its NUL (or all there is here)
+                if first_pass and used then cs.lost = false end
+                used = used or len - off
+                set_column(pinfo, "JobScheduler",
+                    dissect_lost_answer(tvb, off, used, pinfo, tree, rec))
+            elseif doc_len == nil then
+                local cut = len - off > MAX_DOCUMENT or tvb:reported_len() > len
+                    or not pinfo.can_desegment or pinfo.can_desegment == 0
+                if first_pass and rec == nil and cut then
+                    if from_client then
+                        rec = lose_command(conn, pinfo.number, start_time(cont, off, now))
+                    else
+                        rec = lose_answer(conn, pinfo.number, true)
+                    end
+                    records[key] = rec
                 end
-                if first_pass then conn.pending[dir] = { t = start_time(cont, off, now) } end
-                item:set_text("JobScheduler Remote Execution [segment of a document]")
-                pinfo.desegment_offset = off
-                pinfo.desegment_len = DESEGMENT_ONE_MORE_SEGMENT
-                set_column(pinfo, "JobScheduler", "[segment of a document]")
-                return len
-            end
-            local doc = raw:sub(off + 1, off + doc_len)
-            local key = message_key(pinfo, tvb, off)
-            local rec = records[key]
-            if first_pass and rec == nil then
-                if from_client then
-                    rec = apply_command(conn, pinfo, command_element(doc),
-                        start_time(cont, off, now), src, pinfo.src_port)
+                if rec and rec.lost and not from_client then
+                    -- cut here, or waiting for bytes that were never captured
+                    set_column(pinfo, "JobScheduler", dissect_lost_answer(tvb, off, len - off,
+                        pinfo, tree, rec, "Answer not completely captured"))
                 else
-                    rec = apply_cmd_answer(conn, pinfo, answer_parts(doc), now)
+                    local item = tree:add(p_cmd, tvb(off))
+                    item:add(F.segment, tvb(off))
+                    add_process_id(item, cs.tasks[#cs.tasks])
+                    if rec and rec.lost then
+                        item:add_proto_expert_info(E.cmd_malformed,
+                            "Command not completely captured")
+                        set_column(pinfo, "JobScheduler", "incomplete command")
+                    else
+                        item:set_text("JobScheduler Remote Execution [segment of a document]")
+                        set_column(pinfo, "JobScheduler", "[segment of a document]")
+                    end
                 end
-                records[key] = rec
-            end
-            local info
-            if from_client then
-                info = dissect_command(tvb, off, doc, pinfo, tree, rec)
+                if not cut then
+                    if first_pass then
+                        conn.pending[dir] = { t = start_time(cont, off, now), key = key,
+                            frame = pinfo.number }
+                    end
+                    pinfo.desegment_offset = off
+                    pinfo.desegment_len = DESEGMENT_ONE_MORE_SEGMENT
+                end
+                return len
             else
-                info = dissect_answer(tvb, off, doc, used, pinfo, tree, rec)
+                local doc = raw:sub(off + 1, off + doc_len)
+                if first_pass and rec == nil then
+                    if from_client then
+                        rec = apply_command(conn, pinfo, command_element(doc),
+                            start_time(cont, off, now), src, pinfo.src_port)
+                    elseif whole_document(doc) then
+                        rec = apply_cmd_answer(conn, pinfo, answer_parts(doc), now)
+                    else
+                        rec = lose_answer(conn, pinfo.number, false)
+                    end
+                    records[key] = rec
+                end
+                local info
+                if from_client then
+                    info = dissect_command(tvb, off, doc, pinfo, tree, rec)
+                elseif rec and rec.lost then
+                    info = dissect_lost_answer(tvb, off, used, pinfo, tree, rec,
+                        "Not a whole answer document (bytes not captured?)")
+                else
+                    info = dissect_answer(tvb, off, doc, used, pinfo, tree, rec)
+                end
+                set_column(pinfo, "JobScheduler", info)
             end
-            set_column(pinfo, "JobScheduler", info)
             off = off + used
         end
     end
