@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from jsdissect.capture import (
+    SYN,
     CaptureError,
     CapturePath,
     Spooled,
     cut_short,
     display_name,
+    read_segments,
     spooled,
 )
 from jsdissect.report import DURATION, INTEGER, TASK_COLUMNS, TIME
@@ -35,6 +37,18 @@ from jsdissect.report import DURATION, INTEGER, TASK_COLUMNS, TIME
 PLUGIN_NAME = "jobscheduler.lua"
 DISPLAY_FILTER = "jobscheduler || jobscheduler_api"
 LAST_ERROR = "Last error line:"  # how pyshark quotes tshark's stderr in a crash report
+# Wireshark's TCP preferences the plugin relies on, whatever the user's profile says: the
+# plugin's messages span segments (reassembly, which needs the sequence analysis), the
+# payload reaches it on the command ports before any heuristic, and captures taken on the
+# sending host have checksums the NIC fills in later (checked, they stop reassembly).
+TCP_PREFS = {
+    "tcp.desegment_tcp_streams": "TRUE",
+    "tcp.analyze_sequence_numbers": "TRUE",
+    "tcp.check_checksum": "FALSE",
+    "tcp.try_heuristic_first": "FALSE",
+}
+SEQ_SPACE = 1 << 32
+MAX_HOLES = 64  # per TCP direction: more holes open at once is a lossy capture
 
 
 class WiresharkError(CaptureError):
@@ -124,6 +138,75 @@ def _merge(files: list[str], merged: Path, aliases: Aliases) -> str:
     return str(merged)
 
 
+class _Direction:
+    """One TCP direction while scanning: byte offsets from its first sequence number."""
+
+    __slots__ = ("base", "holes", "next")
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        self.next = 0  # offset after the highest byte seen
+        self.holes: list[tuple[int, int]] = []  # [start, end) not captured, below `next`
+
+    def offset(self, seq: int) -> int:
+        """`seq` as the offset nearest `next` (a stream may wrap the sequence space)."""
+        half = SEQ_SPACE // 2
+        return self.next + (seq - self.base - self.next + half) % SEQ_SPACE - half
+
+    def fill(self, start: int, end: int) -> bool:
+        """Bytes [start, end) captured: whether they filled (part of) a hole."""
+        kept = []
+        for a, b in self.holes:
+            if end <= a or b <= start:
+                kept.append((a, b))
+                continue
+            kept += [h for h in ((a, start), (end, b)) if h[0] < h[1]]
+        filled = kept != self.holes
+        self.holes = kept
+        return filled
+
+
+def tcp_order(capture: str) -> tuple[bool, bool]:
+    """(reordered, lossy): whether bytes of some TCP direction of the capture came after
+    later bytes, and whether bytes of one were never captured while later bytes were (a
+    lost segment, a packet cut by the snaplen).
+
+    Wireshark reassembles reordered segments only with tcp.reassemble_out_of_order, and
+    with it a direction stops at a hole that is never filled: every later byte waits for
+    the missing one (wireshark/README.md). So the preference is for captures that need
+    it and can bear it."""
+    flows: dict[tuple[str, int, str, int], _Direction] = {}
+    reordered = lossy = False
+    for seg in read_segments([capture], bpf="tcp"):
+        key = (seg.src, seg.sport, seg.dst, seg.dport)
+        if seg.flags & SYN:
+            old = flows.get(key)
+            if old is None or old.base != (seg.seq + 1) % SEQ_SPACE:
+                lossy = lossy or bool(old and old.holes)  # a new connection on the 4-tuple
+                flows[key] = _Direction((seg.seq + 1) % SEQ_SPACE)
+            continue
+        size = len(seg.payload) + seg.missing
+        if size == 0:
+            continue
+        d = flows.get(key)
+        if d is None:  # picked up mid-stream
+            d = flows[key] = _Direction(seg.seq)
+        start = d.offset(seg.seq)
+        if start < 0:
+            continue  # before the first byte seen
+        captured = start + len(seg.payload)
+        if start < d.next and d.fill(start, captured):
+            reordered = True
+        if start > d.next:
+            d.holes.append((d.next, start))
+        if seg.missing and start + size > max(captured, d.next):
+            d.holes.append((max(captured, d.next), start + size))
+        d.next = max(d.next, start + size)
+        if len(d.holes) > MAX_HOLES:
+            return reordered, True
+    return reordered, lossy or any(d.holes for d in flows.values())
+
+
 class Result(NamedTuple):
     tasks: list[dict[str, Any]]  # task rows, as report.task_row gives them
     messages: list[dict[str, Any]]  # one row per message the plugin decoded
@@ -145,7 +228,16 @@ def analyze(paths: Iterable[CapturePath], scheduler_ports: Sequence[int] = (4444
         _quiet_asyncio(),
     ):
         table = Path(tmp) / "tasks.csv"
+        reordered, lossy = tcp_order(capture)
+        if reordered and lossy:
+            warnings.append(
+                f"{names}: segments out of order and bytes not captured: Wireshark "
+                "reassembles only one of these, so out-of-order segments are not "
+                "reassembled (the default engine does both)"
+            )
         prefs = {
+            **TCP_PREFS,
+            "tcp.reassemble_out_of_order": "TRUE" if reordered and not lossy else "FALSE",
             "jobscheduler.task_table_file": str(table),
             "jobscheduler.ports": ",".join(map(str, scheduler_ports)),
         }

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from conftest import require
 from pcapfiles import pcap_file
+from scapy.layers.inet import IP, TCP
+from scapy.packet import Raw
+from scapy.utils import rdpcap, wrpcap
 
 import jsdissect
 from jsdissect import report, wireshark
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("process_id", "callback_port", "status", "exit_code", "steps", "log_lines", "kind")
+CONN_IDS = ("cmd_conn", "callback_conn")  # Wireshark's tcp.stream numbers, not jsdissect's ids
 
 
 def test_engine_table_equals_jsdissect_on_the_samples() -> None:
@@ -126,3 +132,98 @@ def test_engine_reads_stdin(tmp_path: Path) -> None:
     assert fed.returncode == 0, fed.stderr
     direct = subprocess.run([*args, str(capture)], capture_output=True, timeout=300)
     assert fed.stdout == direct.stdout and len(fed.stdout.splitlines()) == 1 + 10
+
+
+def _reordered(source: Path, target: Path) -> Path:
+    """Every data segment of `source` as three, written first, third, second, 1 µs apart."""
+    packets = []
+    for pkt in rdpcap(str(source)):
+        data = bytes(pkt[TCP].payload) if TCP in pkt else b""
+        if len(data) < 3:
+            packets.append(pkt)
+            continue
+        cuts = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
+        pieces = []
+        for a, b in pairwise(cuts):
+            piece = pkt.copy()
+            piece[TCP].remove_payload()
+            piece[TCP].seq = (pkt[TCP].seq + a) % (1 << 32)
+            piece = piece / Raw(data[a:b])
+            del piece[IP].len, piece[IP].chksum, piece[TCP].chksum
+            pieces.append(piece.__class__(bytes(piece)))
+        for delay, piece in enumerate((pieces[0], pieces[2], pieces[1])):
+            piece.time = pkt.time + Decimal(delay) / 1_000_000
+            packets.append(piece)
+    wrpcap(str(target), packets)
+    return target
+
+
+def _full_rows(rows: list[dict]) -> list[tuple]:
+    return sorted(tuple((k, str(v)) for k, v in r.items() if k not in CONN_IDS) for r in rows)
+
+
+def test_engine_reassembles_reordered_segments(tmp_path: Path) -> None:
+    """Wireshark drops reordered segments from reassembly unless told otherwise: the
+    engine turns tcp.reassemble_out_of_order on for a capture that needs it, and gives
+    the default engine's rows (times included: a message is complete when its last
+    missing byte arrived, the middle segment here)."""
+    require("tshark")
+    capture = _reordered(ROOT / "captures" / "demo.pcap", tmp_path / "reordered.pcap")
+    assert wireshark.tcp_order(str(capture)) == (True, False)
+    ours = [report.task_row(t) for t in jsdissect.analyze([capture]).task_records]
+    result = wireshark.analyze([capture])
+    assert len(result.tasks) == 10 and result.warnings == []
+    assert _full_rows(result.tasks) == _full_rows(ours)
+
+
+def test_engine_keeps_lossy_captures_out_of_out_of_order_reassembly(tmp_path: Path) -> None:
+    """With tcp.reassemble_out_of_order a direction stops at a hole never filled, so a
+    capture cut by the snaplen keeps Wireshark's default: the close answers after the cut
+    start answers are still decoded."""
+    require("tshark")
+    cut = tmp_path / "demo_s200.pcap"
+    editcap = require("editcap")
+    subprocess.run(
+        [editcap, "-s", "200", str(ROOT / "captures" / "demo.pcap"), str(cut)], check=True
+    )
+    assert wireshark.tcp_order(str(cut)) == (False, True)
+    tasks = wireshark.analyze([cut]).tasks
+    assert len(tasks) == 10
+    assert all(r["close_answered"] is not None and r["start_answered"] is None for r in tasks)
+
+
+def test_engine_warns_when_reordered_and_lossy(tmp_path: Path) -> None:
+    require("tshark")
+    editcap = require("editcap")
+    reordered = _reordered(ROOT / "captures" / "demo.pcap", tmp_path / "reordered.pcap")
+    both = tmp_path / "both.pcap"
+    subprocess.run([editcap, "-s", "120", str(reordered), str(both)], check=True)
+    assert wireshark.tcp_order(str(both)) == (True, True)
+    (warning,) = wireshark.analyze([both]).warnings
+    assert "out of order" in warning and "both.pcap" in warning
+
+
+def test_engine_ignores_tcp_preferences_of_the_users_profile(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A profile that checks checksums (wrong in captures taken on the sending host, the
+    NIC fills them in later) or turns reassembly off would stop the plugin's messages that
+    span segments: the engine sets the TCP preferences it relies on."""
+    require("tshark")
+    from test_wireshark import Capture, shell_task
+
+    cap = Capture()
+    shell_task(cap)  # the start command in two segments, begin in three
+    for pkt in cap.packets:
+        pkt[TCP].chksum = 0x1234
+    capture = cap.write(tmp_path / "offloaded.pcap")
+    ours = [report.task_row(t) for t in jsdissect.analyze([capture]).task_records]
+    profile = tmp_path / "home" / ".config" / "wireshark"
+    profile.mkdir(parents=True)
+    (profile / "preferences").write_text(
+        "tcp.check_checksum: TRUE\ntcp.desegment_tcp_streams: FALSE\n"
+        "tcp.analyze_sequence_numbers: FALSE\ntcp.try_heuristic_first: TRUE\n"
+    )
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    assert _full_rows(wireshark.analyze([capture]).tasks) == _full_rows(ours)
