@@ -245,7 +245,8 @@ def _wireshark(captures: Sequence[str], opts: dict[str, Any]) -> tuple[list[dict
     from jsdissect import wireshark
 
     _check_outputs(captures, opts)
-    result = wireshark.analyze(captures, opts["scheduler_ports"] or (4444, 4455))
+    ports = opts["scheduler_ports"] or (4444, 4455)
+    result = wireshark.analyze(captures, ports, heuristics=not opts["no_heuristics"])
     _warn(result.warnings)
     return result.tasks, result.messages
 

@@ -213,8 +213,14 @@ class Result(NamedTuple):
     warnings: list[str]  # e.g. "FILE: cut short after packet 12 (...)"
 
 
-def analyze(paths: Iterable[CapturePath], scheduler_ports: Sequence[int] = (4444, 4455)) -> Result:
-    """Task and message rows from one tshark run with the plugin."""
+def analyze(
+    paths: Iterable[CapturePath],
+    scheduler_ports: Sequence[int] = (4444, 4455),
+    heuristics: bool = True,
+) -> Result:
+    """Task and message rows from one tshark run with the plugin. `heuristics=False`: the
+    plugin's heuristic detection off (the command channel only on `scheduler_ports`, a
+    callback connection only on a port a captured start command announced)."""
     import pyshark
 
     tshark, plugin = _tool("tshark"), plugin_path()
@@ -240,6 +246,7 @@ def analyze(paths: Iterable[CapturePath], scheduler_ports: Sequence[int] = (4444
             "tcp.reassemble_out_of_order": "TRUE" if reordered and not lossy else "FALSE",
             "jobscheduler.task_table_file": str(table),
             "jobscheduler.ports": ",".join(map(str, scheduler_ports)),
+            "jobscheduler.heuristic": "TRUE" if heuristics else "FALSE",
         }
         # A loop of our own: pyshark would take the thread's current one, which a caller's
         # asyncio.run() may have closed and unset.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from decimal import Decimal
@@ -227,3 +228,33 @@ def test_engine_ignores_tcp_preferences_of_the_users_profile(
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     assert _full_rows(wireshark.analyze([capture]).tasks) == _full_rows(ours)
+
+
+def _cli_json(*args: str) -> list[dict]:
+    out = subprocess.run(
+        [sys.executable, "-m", "jsdissect", *args, "--json", "-", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_cli_no_heuristics_reaches_the_plugin(tmp_path: Path) -> None:
+    """--no-heuristics: a command channel on a port that is not a --scheduler-port is not
+    decoded, with --engine wireshark as with the default engine."""
+    require("tshark")
+    from test_tasks import _move_scheduler_port
+
+    moved = tmp_path / "moved.pcap"
+    _move_scheduler_port(ROOT / "captures" / "one_shell.pcap", moved, 4455, 6123)
+    engine = ("--engine", "wireshark")
+    for extra in ((), engine):
+        assert [r["process_id"] for r in _cli_json("tasks", str(moved), *extra)] == ["500452909"]
+        blind = ("tasks", str(moved), "--no-heuristics", *extra)
+        assert all(r["process_id"] is None for r in _cli_json(*blind))
+        messages = _cli_json("messages", str(moved), "--no-heuristics", *extra)
+        assert not any(m["channel"] == "cmd" for m in messages)
+        told = ("tasks", str(moved), "--no-heuristics", "--scheduler-port", "6123", *extra)
+        assert [r["process_id"] for r in _cli_json(*told)] == ["500452909"]
