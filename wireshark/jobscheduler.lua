@@ -140,6 +140,8 @@ F.callback_in = ProtoField.framenum("jobscheduler.callback_in", "Callback connec
 F.started_in = ProtoField.framenum("jobscheduler.task_started_in",
     "Task started (begin answered) in", base.NONE, FRAME_NONE)
 F.segment = ProtoField.bytes("jobscheduler.segment", "Segment of a message")
+F.first_byte = ProtoField.absolute_time("jobscheduler.first_byte_time",
+    "Message began (its first byte captured)", base.UTC)
 
 -- callback channel (§5)
 FA.length = ProtoField.uint32("jobscheduler_api.length", "Frame length")
@@ -229,6 +231,8 @@ FA.log_text = ProtoField.string("jobscheduler_api.log.text", "Log text")
 FA.log_level = ProtoField.int32("jobscheduler_api.log.level", "Log level")
 FA.log_lines = ProtoField.uint32("jobscheduler_api.log.lines", "Log lines")
 FA.segment = ProtoField.bytes("jobscheduler_api.segment", "Segment of a message")
+FA.first_byte = ProtoField.absolute_time("jobscheduler_api.first_byte_time",
+    "Message began (its first byte captured)", base.UTC)
 
 local function field_list(t)
     local out = {}
@@ -411,6 +415,11 @@ local cmd_ports = {}   -- command port -> true (preference)
 
 local tcp_port_table = DissectorTable.get("tcp.port")
 local registered_range = nil  -- the range string currently added for jobscheduler
+
+-- A kept time as the exact one, once the postdissector has learnt it.
+local function exact_time(us)
+    return us and (exact_us[us] or us)
+end
 
 local function reset_state()
     conns, tasks, records, frame_conn, watched, incomplete = {}, {}, {}, {}, {}, {}
@@ -1006,9 +1015,9 @@ end
 
 -- First-pass effects of one answer: pairs with the open command (§3.1: one command at a
 -- time).
-local function apply_cmd_answer(conn, pinfo, parts, done)
+local function apply_cmd_answer(conn, pinfo, parts, began, done)
     local cs = cmd_state(conn)
-    local rec = { kind = 2, frame = pinfo.number, t = done }
+    local rec = { kind = 2, frame = pinfo.number, t = done, began = began }
     local req = table.remove(cs.queue, 1)
     rec.request = req
     rec.task = req and req.task or cs.tasks[#cs.tasks]
@@ -1039,6 +1048,8 @@ end
 
 local function add_cmd_links(tree, rec)
     if rec == nil then return end
+    local began = rec.kind == 1 and rec.t or rec.began
+    if began then tree:add(F.first_byte, us_nstime(exact_time(began))):set_generated() end
     if rec.kind == 1 and rec.response then
         tree:add(F.response_in, rec.response.frame):set_generated()
     elseif rec.kind == 2 and rec.request then
@@ -1341,7 +1352,8 @@ local function dissect_cmd(tvb, pinfo, tree)
                         rec = apply_command(conn, pinfo, command_element(doc),
                             start_time(cont, off, now), src, pinfo.src_port)
                     elseif whole_document(doc) then
-                        rec = apply_cmd_answer(conn, pinfo, answer_parts(doc), now)
+                        rec = apply_cmd_answer(conn, pinfo, answer_parts(doc),
+                            start_time(cont, off, now), now)
                     else
                         rec = lose_answer(conn, pinfo.number, false)
                     end
@@ -2152,6 +2164,7 @@ end
 
 -- Generated items tying a message to its partner, its task and the command channel.
 local function add_api_links(item, conn, m)
+    if m.t then item:add(FA.first_byte, us_nstime(exact_time(m.t))):set_generated() end
     if m.request and m.resp then
         item:add(FA.response_in, m.resp.frame):set_generated()
     elseif not m.request and m.req then
@@ -2569,7 +2582,6 @@ local DURATIONS = {
 
 local function task_row(t)
     local cb, cmd = t.callback, t.cmd
-    local function exact(us) return us and (exact_us[us] or us) end
     local r = {
         process_id = t.process_id, pid = t.pid, job = t.job, task_id = t.task_id,
         controller = t.controller, remote = t.remote, cmd_port = t.cmd_port,
@@ -2600,7 +2612,7 @@ local function task_row(t)
     elseif NO_CALLBACK[r.status] then
         r.steps, r.log_lines = 0, 0  -- no callback ever came: nothing to count, and known
     end
-    for _, c in ipairs(TIME_COLUMNS) do r[c] = exact(r[c]) end
+    for _, c in ipairs(TIME_COLUMNS) do r[c] = exact_time(r[c]) end
     for name, pair in pairs(DURATIONS) do
         local a, b = r[pair[1]], r[pair[2]]
         if a and b then r[name] = (b - a) / 1000 end
