@@ -3,8 +3,9 @@
 For a person who trusts Wireshark's dissection, or has a capture only Wireshark reads:
 pyshark drives one two-pass tshark run with the plugin loaded, a display filter so only the
 plugin's frames are parsed, and the plugin's task-table preference pointed at a temporary
-file. Task rows come back with the same column names as `jsdissect tasks`; connection ids
-are Wireshark's `tcp.stream` numbers.
+file. Task rows come back with the same column names as `jsdissect tasks`, message rows as
+`jsdissect messages` gives them (events built from the plugin's fields, described by the
+same code); connection ids are Wireshark's `tcp.stream` numbers.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import asyncio
 import contextlib
 import csv
 import logging
+import math
 import os
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,7 +35,11 @@ from jsdissect.capture import (
     read_segments,
     spooled,
 )
-from jsdissect.report import DURATION, INTEGER, TASK_COLUMNS, TIME
+from jsdissect.protocol import DecodeError, Event
+from jsdissect.protocol import command as cmd
+from jsdissect.protocol import objserver as api
+from jsdissect.report import DURATION, INTEGER, TASK_COLUMNS, TIME, describe
+from jsdissect.tcp import Endpoint
 
 PLUGIN_NAME = "jobscheduler.lua"
 DISPLAY_FILTER = "jobscheduler || jobscheduler_api"
@@ -262,7 +269,7 @@ def analyze(
             custom_parameters=["-2", "-X", f"lua_script:{plugin}"],
         )
         try:
-            messages = [row for packet in cap for row in _message_rows(packet)]
+            messages = _joined_keep_alives(row for packet in cap for row in _message_rows(packet))
         except Exception as exc:  # pyshark reports tshark's failures as various errors
             problem = _renamed(_one_line(exc), aliases)
             raise WiresharkError(f"{names}: tshark failed: {problem}") from exc
@@ -339,60 +346,299 @@ def _value(text: str, type_: str) -> Any:
 
 
 def _iso_to_us(text: str) -> int:
-    from datetime import datetime, timezone
-
     stamp, frac = text.rstrip("Z").split(".")
     secs = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
     return int(secs.timestamp()) * 1_000_000 + int(frac.ljust(6, "0")[:6])
 
 
 def _message_rows(packet: Any) -> Iterator[dict[str, Any]]:
-    ts = int(Decimal(packet.sniff_timestamp) * 1_000_000)
-    stream = packet.tcp.stream
+    """The rows of `jsdissect messages` for the plugin's messages in one frame: the same
+    columns, types and summaries as the default engine (report.describe on events built
+    from the plugin's fields). Segment markers and padding are no messages."""
+    end = int(Decimal(packet.sniff_timestamp) * 1_000_000)
+    ip = packet.ip if hasattr(packet, "ip") else packet.ipv6
+    src = Endpoint(str(ip.src), int(packet.tcp.srcport))
+    dst = Endpoint(str(ip.dst), int(packet.tcp.dstport))
     for layer in packet.layers:
         if layer.layer_name not in ("jobscheduler", "jobscheduler_api"):
             continue
-        channel = "cmd" if layer.layer_name == "jobscheduler" else "api"
-        kind, summary = _cmd_summary(layer) if channel == "cmd" else _api_summary(layer)
-        yield {
-            "time": ts,
-            "conn": f"tcp.stream {stream}",
-            "channel": channel,
-            "direction": f"{packet.tcp.srcport} → {packet.tcp.dstport}",
-            "type": kind,
-            "process_id": _field(layer, "process_id"),
-            "summary": summary,
-        }
+        for item in (layer, *layer.duplicate_layers):
+            fields = item._all_fields  # the JSON tree; pyshark's flattening loses nesting
+            channel = "cmd" if layer.layer_name == "jobscheduler" else "api"
+            made = _cmd_event(fields) if channel == "cmd" else _api_event(fields)
+            if made is None:
+                continue
+            ev, sender = made
+            began = _first(fields, f"{layer.layer_name}.first_byte_time")
+            yield {
+                "time": _abs_time_us(began) if began else end,
+                "end": end,
+                "conn": f"tcp.stream {packet.tcp.stream}",
+                "channel": channel,
+                "direction": f"{src} → {dst}",
+                "sender": sender,
+                "type": type(ev).__name__,
+                "offset": None,  # a stream offset is not among the plugin's fields
+                "process_id": _first(fields, "jobscheduler.process_id"),
+                "summary": describe(ev),
+                "reason": ev.reason if isinstance(ev, DecodeError) else None,
+            }
 
 
-def _field(layer: Any, name: str) -> str | None:
-    value = layer.get_field(name) if name in layer.field_names else None
-    if isinstance(value, list):
-        value = value[0]
-    return None if value is None else str(value)
+def _joined_keep_alives(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep-alive spaces up to the next command as one message, as the command decoder
+    gives them (§3.7: they are a prefix of that command); the plugin shows each segment's.
+    In time order, as the default engine lists messages."""
+    out: list[dict[str, Any]] = []
+    last: dict[tuple[str, str], dict[str, Any]] = {}  # (conn, direction) -> its last row
+    for row in rows:
+        key = (row["conn"], row["direction"])
+        before = last.get(key)
+        if row["type"] == "KeepAlive" and before is not None and before["type"] == "KeepAlive":
+            count = _spaces(before) + _spaces(row)
+            before.update(end=row["end"], summary=describe(_keep_alive(count)))
+            continue
+        last[key] = row
+        out.append(row)
+    out.sort(key=lambda r: r["time"])
+    return out
 
 
-def _char(layer: Any, name: str) -> str:
-    """A one-byte code field (message class, command) as its letter (PROTOCOL §5.1, §5.9)."""
-    value = _field(layer, name)
-    return chr(int(value, 0)) if value else ""
+def _spaces(row: dict[str, Any]) -> int:
+    return int(row["summary"].split()[1])
 
 
-def _cmd_summary(layer: Any) -> tuple[str, str]:
-    name = _field(layer, "command")
-    pairs = [f"{k}={_field(layer, k)}" for k in ("tcp_port", "kind", "process_id", "pid")]
-    attrs = " ".join(a for a in pairs if not a.endswith("=None"))
-    if name:
-        return "command", f"<{name} {attrs}>".replace(" >", ">")
-    code = _field(layer, "error.code")
-    result = f"ERROR {code}" if code else _field(layer, "result") or ""
-    return "answer", f"answer {result} {attrs}".rstrip()
+def _keep_alive(count: int) -> cmd.KeepAlive:
+    return cmd.KeepAlive(**NO_SPAN, count=count, times=())
 
 
-def _api_summary(layer: Any) -> tuple[str, str]:
-    cls, command = _char(layer, "class"), _char(layer, "command")
-    target = ".".join(p for p in (_field(layer, "object_name"), _field(layer, "method")) if p)
-    if cls in ("A", "E"):
-        hresult = _field(layer, "hresult.name") or _field(layer, "error.code") or ""
-        return "answer", f"→ {target} {cls} {hresult}".rstrip()
-    return "request", f"{cls}{command} {target}".rstrip()
+Fields = dict[str, Any]  # one message's part of tshark's JSON tree (repeated keys: lists)
+NO_SPAN: dict[str, Any] = {
+    "conn": "",
+    "direction": 0,
+    "offset": 0,
+    "start": 0,
+    "end": 0,
+}  # describe() reads none
+# the command an answer answers: describe() reads none of it
+UNPAIRED: dict[str, Any] = {"command": None, "command_offset": None, "time": None}
+MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+MONTHS = {name: number for number, name in enumerate(MONTH_NAMES, 1)}
+
+
+def _all(fields: Fields, name: str) -> list[Any]:
+    value = fields.get(name)
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def _first(fields: Fields, name: str) -> Any:
+    values = _all(fields, name)
+    return values[0] if values else None
+
+
+def _number(fields: Fields, name: str) -> int | None:
+    value = _first(fields, name)
+    return None if value is None else int(value, 0)
+
+
+def _abs_time_us(text: str) -> int:
+    """tshark's absolute time in UTC ("Nov 25, 2026 13:36:53.316858000 UTC", English month
+    names whatever the locale) in µs."""
+    month, day, year, clock, _utc = text.replace(",", "").split()
+    stamp, _, frac = clock.partition(".")
+    h, m, sec = map(int, stamp.split(":"))
+    moment = datetime(int(year), MONTHS[month], int(day), h, m, sec, tzinfo=timezone.utc)
+    return int(moment.timestamp()) * 1_000_000 + int(frac.ljust(6, "0")[:6])
+
+
+def _cmd_event(f: Fields) -> tuple[Event, str | None] | None:
+    """A command-channel message as the command decoder's event (PROTOCOL §3)."""
+    message = _first(f, "jobscheduler.message")
+    if message == "3":
+        spaces = int(_first(f, "jobscheduler.keepalive.spaces") or 0)
+        return _keep_alive(spaces), None
+    if message == "1":
+        return _command(f), "C"
+    if message != "2":
+        return None  # a segment of a message, padding
+    result = _first(f, "jobscheduler.answer.result")
+    if result is None:  # not completely captured
+        reason = "answer not completely captured"
+        return DecodeError(**NO_SPAN, channel="cmd", reason=reason), None
+    if result == "ERROR":
+        code, text = _first(f, "jobscheduler.error.code"), _first(f, "jobscheduler.error.text")
+        return cmd.ErrorAnswer(**NO_SPAN, **UNPAIRED, code=code, text=text, attrs=()), "R"
+    if result == "process":
+        # the answer's own process_id (the task's, added to other messages, is not in it)
+        pid = _number(f, "jobscheduler.pid")
+        process_id = _first(f, "jobscheduler.process_id")
+        return cmd.ProcessAnswer(**NO_SPAN, **UNPAIRED, process_id=process_id, pid=pid), "R"
+    if result == "ok":
+        return cmd.Ok(**NO_SPAN, **UNPAIRED), "R"
+    return cmd.OtherAnswer(**NO_SPAN, **UNPAIRED, name=result, attrs=_attrs(f)), "R"
+
+
+def _attrs(f: Fields) -> tuple[tuple[str, str], ...]:
+    return tuple(tuple(a.split("=", 1)) for a in _all(f, "jobscheduler.attribute") if "=" in a)
+
+
+def _command(f: Fields) -> Event:
+    name = _first(f, "jobscheduler.command") or ""
+    if name == cmd.START:
+        return cmd.StartRemoteTask(
+            **NO_SPAN,
+            tcp_port=_number(f, "jobscheduler.tcp_port"),
+            kind=_first(f, "jobscheduler.kind"),
+            java_options=_first(f, "jobscheduler.java_options"),
+            java_classpath=_first(f, "jobscheduler.java_classpath"),
+            ip_address=_first(f, "jobscheduler.ip_address"),
+        )
+    if name == cmd.CLOSE:
+        kill = _first(f, "jobscheduler.kill") == "1"
+        return cmd.RemoteTaskClose(
+            **NO_SPAN, process_id=_first(f, "jobscheduler.process_id"), kill=kill
+        )
+    if name == cmd.KILL:
+        return cmd.RemoteTaskKill(
+            **NO_SPAN,
+            process_id=_first(f, "jobscheduler.process_id"),
+            signal=_first(f, "jobscheduler.signal"),
+        )
+    return cmd.OtherCommand(**NO_SPAN, name=name, attrs=_attrs(f))
+
+
+API = "jobscheduler_api."
+API_COMMANDS = {  # §5.9, and the plugin's names on answers
+    0x43: "CreateInstance",
+    0x52: "Release",
+    0x51: "QueryInterface",
+    0x47: "GetIDsOfNames",
+    0x49: "Invoke",
+    0x41: "Call",
+}
+API_SENDERS = {"1": api.CONTROLLER, "2": api.TASK_SERVER}
+
+
+def _api_event(f: Fields) -> tuple[Event, str] | None:
+    """A callback-channel message as the object-server decoder's event (PROTOCOL §5)."""
+    cls = _number(f, API + "class")
+    if cls is None:
+        return None  # a segment of a frame
+    sender = API_SENDERS.get(_first(f, API + "sender") or "", api.UNKNOWN_SIDE)
+    if cls in (0x53, 0x4F, 0x4B):
+        return _api_request(f, cls, sender), sender
+    method = _first(f, API + "method")
+    request = _stand_in(method)
+    code, what = _first(f, API + "error.code"), _first(f, API + "error.what")
+    dispids = [int(d) for d in _all(f, API + "dispid")]
+    refs = _all(f, API + "objref")
+    if dispids:
+        result: Any = dispids
+    elif refs:
+        result = _objref(refs[0])
+    else:
+        variants = _all(f, API + "variant")
+        result = _variant(variants[0]) if variants else None
+    reply = api.Reply(
+        **NO_SPAN,
+        sender=sender,
+        request=request,
+        hr=_number(f, API + "hresult"),
+        result=result,
+        error_name=_first(f, API + "error.name"),
+        error_code=code,
+        error_what=what,
+    )
+    return reply, sender
+
+
+def _stand_in(method: str | None) -> api.Request | None:
+    """The request a reply answers, as far as describe() needs it (its method's name)."""
+    if method is None:
+        return None
+    command = "KeepAlive" if method == "keep-alive" else method
+    return api.Request(
+        **NO_SPAN,
+        sender=api.UNKNOWN_SIDE,
+        command=command,
+        object_id=None,
+        object_name=None,
+        method=None if command in ("KeepAlive", "Release", "CreateInstance") else method,
+        dispid=None,
+        flags=None,
+        args=(),
+        depth=0,
+    )
+
+
+def _api_request(f: Fields, cls: int, sender: str) -> api.Request:
+    if cls == 0x53:
+        command = "CreateInstance"
+    elif cls == 0x4B:
+        command = "KeepAlive"
+    else:
+        command = API_COMMANDS.get(_number(f, API + "command") or -1, "Unknown")
+    method = _first(f, API + "method")
+    if command == "GetIDsOfNames":
+        args: tuple[Any, ...] = (method,) if method else ()
+    else:  # DISPPARAMS carry the arguments last first (§5.7)
+        args = tuple(_variant(a.get(API + "variant", {})) for a in _all(f, API + "argument"))
+        args = args[::-1]
+    return api.Request(
+        **NO_SPAN,
+        sender=sender,
+        command=command,
+        object_id=_number(f, API + "object_id"),
+        object_name=_first(f, API + "object_name"),
+        method=method,
+        dispid=_number(f, API + "dispid"),
+        flags=_number(f, API + "flags"),
+        args=args,
+        depth=_number(f, API + "depth") or 0,
+    )
+
+
+def _objref(f: Fields) -> api.ObjRef:
+    return api.ObjRef(
+        id=_number(f, API + "objref.id") or 0,
+        is_new=_first(f, API + "objref.is_new") == "1",
+        title=_first(f, API + "objref.title"),
+        name=_first(f, API + "objref.name"),
+    )
+
+
+def _variant(f: Fields) -> api.Variant:
+    """One VARIANT of the plugin's tree as the decoder's Variant (§5.4, §5.5)."""
+    vt = _number(f, API + "vt") or 0
+    if vt & api.VT_ARRAY:
+        a = _first(f, API + "array") or {}
+        elem_vt = _number(a, API + "array.vt") or vt & ~api.VT_ARRAY
+        elements: tuple[Any, ...] | bytes
+        if elem_vt == api.VT_UI1:
+            elements = bytes.fromhex((_first(a, API + "array.bytes") or "").replace(":", ""))
+        elif elem_vt == api.VT_BSTR:
+            elements = tuple(_all(a, API + "value.string"))
+        else:
+            elements = tuple(_variant(v) for v in _all(a, API + "variant"))
+        features = _number(a, API + "array.features") or 0
+        lbound = _number(a, API + "array.lbound") or 0
+        return api.Variant(vt, api.SafeArray(features, elem_vt, elements, lbound))
+    refs = _all(f, API + "objref")
+    if refs:
+        return api.Variant(vt, _objref(refs[0]))
+    for name in ("value.string", "value.bool", "value.real_text", "value.int", "value.uint"):
+        value = _first(f, API + name)
+        if value is not None:
+            break
+    for name in ("value.int64", "value.uint64", "value.error"):
+        value = _first(f, API + name) if value is None else value
+    if value is None:
+        return api.Variant(vt)
+    if vt == api.VT_BSTR:
+        return api.Variant(vt, value)
+    if vt == api.VT_BOOL:
+        return api.Variant(vt, value == "1")
+    if vt in api.DOUBLE_VTS:
+        real = _first(f, API + "value.real")
+        return api.Variant(vt, api.Double(value, float(real) if real else math.nan))
+    return api.Variant(vt, int(value, 0))

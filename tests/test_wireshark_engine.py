@@ -258,3 +258,40 @@ def test_cli_no_heuristics_reaches_the_plugin(tmp_path: Path) -> None:
         assert not any(m["channel"] == "cmd" for m in messages)
         told = ("tasks", str(moved), "--no-heuristics", "--scheduler-port", "6123", *extra)
         assert [r["process_id"] for r in _cli_json(*told)] == ["500452909"]
+
+
+def _comparable_messages(rows: list[dict]) -> list[tuple]:
+    # connection ids differ by design; the plugin has no stream offsets (README)
+    return [tuple((k, str(v)) for k, v in r.items() if k not in ("conn", "offset")) for r in rows]
+
+
+@pytest.mark.parametrize("name", ["one_shell", "crafted tasks"])
+def test_engine_messages_read_like_the_default_engines(tmp_path: Path, name: str) -> None:
+    """`messages --engine wireshark`: the same rows as the default engine (types, senders,
+    addresses, first-byte and completion times, summaries), but for connection ids and
+    stream offsets. The crafted capture has messages over several segments, several in
+    one segment, keep-alive spaces over two segments, errors, a kill and a refused
+    callback."""
+    require("tshark")
+    if name == "one_shell":
+        capture = ROOT / "captures" / "one_shell.pcap"
+    else:
+        from test_wireshark import (
+            Capture,
+            api_task_with_errors,
+            killed_task,
+            refused_callback,
+            shell_task,
+            start_failed,
+        )
+
+        cap = Capture()
+        for make in (shell_task, api_task_with_errors, start_failed, refused_callback, killed_task):
+            make(cap)
+            cap.advance(2_000_000)
+        capture = cap.write(tmp_path / "crafted.pcap")
+    result = jsdissect.analyze([capture])
+    ours = report.message_rows(result.channels, result.task_records)
+    theirs = wireshark.analyze([capture]).messages
+    assert _comparable_messages(theirs) == _comparable_messages(ours)
+    assert all(r["offset"] is None for r in theirs)
