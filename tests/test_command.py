@@ -575,6 +575,20 @@ def test_rest_of_an_answer_after_two_gaps_is_reported_once():
     assert one(w.send(S, EXAMPLE1_OK, 10), Ok).command == CLOSE
 
 
+def test_an_answer_lost_after_an_earlier_loss_is_still_reported():
+    """The rest of a lost answer can come only before the client's next command (§3.1):
+    after it, bytes that do not begin an answer are a new answer whose start was lost."""
+    w = Wire()
+    w.send(C, EXAMPLE1_START)
+    w.send(S, EXAMPLE1_ANSWER[:20], 5)
+    one(w.gap(S, len(EXAMPLE1_ANSWER) - 20, 6), DecodeError)  # its end, NUL and all
+    w.send(C, EXAMPLE1_CLOSE)
+    assert w.gap(S, 10, 7) == []  # the close's answer loses its start…
+    err = one(w.send(S, EXAMPLE1_OK[10:], 8), DecodeError)  # …and that is said
+    assert (err.offset, err.start) == (len(EXAMPLE1_ANSWER) + 10, 8)
+    assert "start was lost" in err.reason
+
+
 def test_server_gap_at_answer_boundary_keeps_next_answer():
     w = Wire()
     w.send(C, EXAMPLE1_START)

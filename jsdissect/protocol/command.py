@@ -827,11 +827,17 @@ class CommandDecoder:
         if b == EOT:  # §3.3 Ctrl-D: R closes the connection
             self._client = ENDED
             return pos + 1
-        self._cmd = _Message(offset + pos, ts)
-        self._finder = EndFinder(non_xml=b != LT or self._after_spaces)
+        self._start_command(offset + pos, ts, non_xml=b != LT or self._after_spaces)
         self._after_spaces = False
-        self._client = COMMAND
         return pos
+
+    def _start_command(self, offset: int, ts: int, non_xml: bool) -> None:
+        self._cmd = _Message(offset, ts)
+        self._finder = EndFinder(non_xml=non_xml)
+        self._client = COMMAND
+        # The client sends a command only after the whole answer before it (§3.1): what the
+        # server sends from now on is no lost answer's rest.
+        self._in_lost_answer = False
 
     def _add_spaces(self, offset: int, ts: int, count: int) -> None:
         self._after_spaces = True
@@ -896,6 +902,7 @@ class CommandDecoder:
             self._finder = EndFinder(non_xml=False)
             self._finder.scan(probe, 0)
             self._client = COMMAND
+            self._in_lost_answer = False  # as in _start_command
         return pos + 1
 
     def _after_end(self, offset: int, ts: int) -> None:
