@@ -64,9 +64,29 @@ class CaptureStats:
     segments: int = 0  # TCP segments yielded
     skipped: int = 0  # not TCP, unsupported link type, undecodable headers
     fragments: int = 0  # IP fragments (skipped)
-    truncated_packets: int = 0  # snaplen cut into the TCP payload
+    # cut by the snap length: in the TCP payload, or in the headers (then also skipped)
+    truncated_packets: int = 0
     engine: str = ""  # "libpcap" or "python" (last file)
     warnings: list[str] = field(default_factory=list)  # e.g. "FILE: cut short after packet 12"
+
+    def absorb(self, file: CaptureStats, name: str) -> None:
+        """Add what reading one file saw (`name`: as warnings call it)."""
+        self.packets += file.packets
+        self.segments += file.segments
+        self.skipped += file.skipped
+        self.fragments += file.fragments
+        self.truncated_packets += file.truncated_packets
+        self.engine = file.engine or self.engine
+        self.warnings += file.warnings
+        if file.truncated_packets:
+            self.warnings.append(snaplen_warning(name, file.truncated_packets))
+
+
+def snaplen_warning(name: str, count: int) -> str:
+    return (
+        f"{name}: {count} TCP segment(s) cut short by the capture's snap length; the"
+        " messages they carried are incomplete (capture with -s 0)"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -128,7 +148,7 @@ LIBPCAP_BATCH = 1024
 HOST_ORDER = "<" if sys.byteorder == "little" else ">"
 
 # Decoder results that are not a Segment.
-_SKIP, _FRAG = 0, 1
+_SKIP, _FRAG, _CUT = 0, 1, 2  # decoders' results other than a Segment; _CUT: by the snaplen
 MAX_TIME_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z: what a time can print
 
 Decoder = Callable[[bytes, int, int, int], "Segment | int"]
@@ -180,7 +200,7 @@ def _tcp(
 ) -> Segment | int:
     """TCP header at `off`; the IP datagram ends at ip_end on the wire, cap_end as captured."""
     if off + 20 > cap_end:
-        return _SKIP
+        return _CUT if off + 20 <= ip_end else _SKIP
     return _tcp_segment(buf, off, ip_end, cap_end, ts, src, dst, *TCP_HDR.unpack_from(buf, off))
 
 
@@ -1064,6 +1084,7 @@ def _python_segments(
                     counts.fragments += 1
                 else:
                     counts.skipped += 1
+                    counts.truncated += result == _CUT
             counts.flush(stats)
     finally:
         counts.flush(stats)
@@ -1101,6 +1122,7 @@ def _libpcap_segments(
                     counts.fragments += 1
                 else:
                     counts.skipped += 1
+                    truncated += result == _CUT
             counts.add(packets, segments, truncated)
             delivered[0] += packets
             packets = segments = truncated = 0
@@ -1232,6 +1254,18 @@ def _libpcap_file(
 def _file_segments(
     info: _FileInfo, bpf: str | None, engine: Engine, stats: CaptureStats
 ) -> Iterator[Segment]:
+    """Segments of one file; its counts and warnings join `stats` when it is done, so a
+    warning about them names this file, not every file of the timeline."""
+    own = CaptureStats()
+    try:
+        yield from _engine_segments(info, bpf, engine, own)
+    finally:
+        stats.absorb(own, info.path)
+
+
+def _engine_segments(
+    info: _FileInfo, bpf: str | None, engine: Engine, stats: CaptureStats
+) -> Iterator[Segment]:
     """Segments of one file with the chosen engine, falling back to Python under "auto"."""
     if engine == "python":
         yield from _python_segments(info, bpf, stats)
@@ -1280,18 +1314,6 @@ def read_segments(
 
 
 def _merged(
-    infos: list[_FileInfo], bpf: str | None, engine: Engine, stats: CaptureStats
-) -> Iterator[Segment]:
-    yield from _timeline(infos, bpf, engine, stats)
-    if stats.truncated_packets:
-        names = ", ".join(info.path for info in infos)
-        stats.warnings.append(
-            f"{names}: {stats.truncated_packets} TCP segment(s) cut short by the capture's "
-            "snap length; the messages they carried are incomplete (capture with -s 0)"
-        )
-
-
-def _timeline(
     infos: list[_FileInfo], bpf: str | None, engine: Engine, stats: CaptureStats
 ) -> Iterator[Segment]:
     if len(infos) == 1:

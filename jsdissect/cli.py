@@ -387,18 +387,19 @@ def tasks(
         shown = list(dict.fromkeys(shown))  # a column named twice is shown once
     if opts["engine"] == "wireshark":
         rows, decode_errors = _wireshark(captures, opts)[0], 0
+        explained = True  # by tshark's warnings, or the lack of them: no hint of ours
     else:
         result = _analyze(captures, opts)
         rows = [report.task_row(t) for t in result.task_records]
         decode_errors = result.decode_errors
-    found = bool(rows)
+        explained = bool(rows or result.stats.warnings)  # e.g. a snap length of 40
     if statuses:
         rows = [r for r in rows if r["status"] in statuses]
     to_stdout = _emit(rows, report.TASK_COLUMNS, opts, shown)
     if not opts["quiet"]:
         click.echo("\n" + report.summary_text(rows), err=to_stdout, nl=False)
         click.echo(report.task_summary(rows, decode_errors), err=to_stdout)
-        if not found:
+        if not explained:
             click.echo(_nothing_found(opts), err=to_stdout)
 
 

@@ -29,10 +29,12 @@ from jsdissect.capture import (
     SYN,
     CaptureError,
     CapturePath,
+    CaptureStats,
     Spooled,
     cut_short,
     display_name,
     read_segments,
+    snaplen_warning,
     spooled,
 )
 from jsdissect.protocol import DecodeError, Event
@@ -173,7 +175,7 @@ class _Direction:
         return filled
 
 
-def tcp_order(capture: str) -> tuple[bool, bool]:
+def tcp_order(capture: str, stats: CaptureStats | None = None) -> tuple[bool, bool]:
     """(reordered, lossy): whether bytes of some TCP direction of the capture came after
     later bytes, and whether bytes of one were never captured while later bytes were (a
     lost segment, a packet cut by the snaplen).
@@ -184,7 +186,7 @@ def tcp_order(capture: str) -> tuple[bool, bool]:
     it and can bear it."""
     flows: dict[tuple[str, int, str, int], _Direction] = {}
     reordered = lossy = False
-    for seg in read_segments([capture], bpf="tcp"):
+    for seg in read_segments([capture], bpf="tcp", stats=stats):
         key = (seg.src, seg.sport, seg.dst, seg.dport)
         if seg.flags & SYN:
             old = flows.get(key)
@@ -241,7 +243,10 @@ def analyze(
         _quiet_asyncio(),
     ):
         table = Path(tmp) / "tasks.csv"
-        reordered, lossy = tcp_order(capture)
+        read = CaptureStats()
+        reordered, lossy = tcp_order(capture, read)
+        if read.truncated_packets:
+            warnings.append(snaplen_warning(names, read.truncated_packets))
         if reordered and lossy:
             warnings.append(
                 f"{names}: segments out of order and bytes not captured: Wireshark "

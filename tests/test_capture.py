@@ -768,3 +768,19 @@ def test_tshark_sees_the_same_times_sequence_numbers_and_lengths(corpus):
     ours = [(s.ts, s.seq, len(s.payload) + s.missing) for s in read(path)]
     assert len(ours) == 8
     assert ours == theirs
+
+
+def test_a_snap_length_inside_the_tcp_header_is_reported_per_file(tmp_path: Path) -> None:
+    """tcpdump -s 68 on IPv6 (or -s 40 on IPv4) cuts the TCP header: such packets cannot be
+    decoded, and must not vanish in silence. Each file is named for its own cuts only."""
+    demo = Path(__file__).resolve().parent.parent / "captures" / "demo.pcap"
+    cut = tmp_path / "s40.pcap"
+    subprocess.run([require("editcap"), "-s", "40", str(demo), str(cut)], check=True)
+    for engine in ("libpcap", "python"):
+        stats = CaptureStats()
+        assert list(read_segments([cut, demo], engine=engine, stats=stats)) == list(
+            read_segments([demo], engine=engine)
+        )
+        (warning,) = stats.warnings
+        assert warning.startswith(f"{cut}: {stats.truncated_packets} TCP segment(s) cut short")
+        assert stats.truncated_packets == stats.skipped > 600

@@ -295,3 +295,11 @@ def test_engine_messages_read_like_the_default_engines(tmp_path: Path, name: str
     theirs = wireshark.analyze([capture]).messages
     assert _comparable_messages(theirs) == _comparable_messages(ours)
     assert all(r["offset"] is None for r in theirs)
+
+
+def test_engine_warns_about_a_snap_length_like_the_other_engines(tmp_path: Path) -> None:
+    cut = tmp_path / "s200.pcap"
+    demo = ROOT / "captures" / "demo.pcap"
+    subprocess.run([require("editcap"), "-s", "200", str(demo), str(cut)], check=True)
+    ours = jsdissect.analyze(cut).stats.warnings
+    assert wireshark.analyze([cut]).warnings == ours and len(ours) == 1
