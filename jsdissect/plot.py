@@ -44,7 +44,8 @@ COLOURS = {
 # More tasks than this share rows (see the module docstring); as many rows stay labelled.
 MAX_OWN_ROWS = 60
 BAR_HEIGHT = 0.8  # of a row
-MIN_BAR_S = 1e-3  # a phase shorter than this is still drawn this wide
+MIN_BAR_US = 1_000  # a phase shorter than this is still drawn this wide
+MIN_BAR_S = MIN_BAR_US / 1e6
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +97,8 @@ def _own_rows(placed: Placed) -> list[tuple[int, str]]:
 
 
 def _shared_rows(placed: Placed) -> list[tuple[int, str]]:
-    """Per remote, in order of start: the lowest row whose last bar ended before this one
-    starts (interval partitioning: as many rows as tasks at most overlapped)."""
+    """Per remote, in order of start: the lowest row whose last bar, as drawn, ended before
+    this one starts (interval partitioning: as many rows as tasks at most overlapped)."""
     out: list[tuple[int, str]] = []
     first_row = 0  # of the current remote
     remote: str | None = None
@@ -115,9 +116,14 @@ def _shared_rows(placed: Placed) -> list[tuple[int, str]]:
             row = heapq.heappop(free)
         else:
             row, rows_used = rows_used, rows_used + 1
-        heapq.heappush(busy, (segments[-1][2], row))
+        heapq.heappush(busy, (_drawn_end(segments), row))
         out.append((first_row + row, f"row {row + 1}"))
     return out
+
+
+def _drawn_end(segments: tuple[tuple[str, int, int], ...]) -> int:
+    """Where a bar's drawing ends (µs): its phases are drawn at least MIN_BAR_S wide."""
+    return max(start + max(stop - start, MIN_BAR_US) for _, start, stop in segments)
 
 
 def _segments(task: Task) -> tuple[tuple[str, int, int], ...]:
@@ -182,7 +188,8 @@ def figure(tasks: Sequence[Task]) -> Figure:
     ax.set_xlim(left=0)  # the first task event; nothing is earlier
     _label_rows(ax, rows)
     ax.invert_yaxis()
-    ax.set_xlabel(f"seconds since the first task event, {_clock(origin)} UTC")
+    first = f", {_clock(origin)} UTC" if rows else ""
+    ax.set_xlabel(f"seconds since the first task event{first}")
     # Below the axes, where it hides no bar.
     fig.legend(loc="outside lower center", fontsize="small", ncols=len(COLOURS), frameon=False)
     ax.set_title(_title(len(rows), row_count) + "; x = failed or killed")
