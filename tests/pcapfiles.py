@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from pathlib import Path
 
 Frame = tuple[int, bytes, int]  # (ts in ns, captured bytes, length on the wire)
 
@@ -18,3 +19,18 @@ def pcap_file(
         frac = frac if nano else frac // 1000
         out.append(struct.pack(order + "IIII", sec, frac, len(data), wirelen) + data)
     return b"".join(out)
+
+
+def move_port(src: Path, dst: Path, old: int, new: int) -> None:
+    """Copy a capture with TCP port `old` (either side) renumbered `new`, checksums redone."""
+    from scapy.layers.inet import TCP
+    from scapy.utils import rdpcap, wrpcap
+
+    packets = rdpcap(str(src))
+    for pkt in packets:
+        if TCP in pkt:
+            for field in ("sport", "dport"):
+                if getattr(pkt[TCP], field) == old:
+                    setattr(pkt[TCP], field, new)
+            del pkt[TCP].chksum
+    wrpcap(str(dst), packets)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require
+from pcapfiles import move_port
 from truth import load_truth, mismatches, oracle_times, pair_rows, tshark_packets
 
 import jsdissect
@@ -211,23 +212,9 @@ def test_ring_buffer_files_are_one_timeline(tmp_path: Path) -> None:
     assert split == whole
 
 
-def _move_scheduler_port(src: Path, dst: Path, old: int, new: int) -> None:
-    from scapy.layers.inet import TCP
-    from scapy.utils import rdpcap, wrpcap
-
-    packets = rdpcap(str(src))
-    for pkt in packets:
-        if TCP in pkt:
-            for field in ("sport", "dport"):
-                if getattr(pkt[TCP], field) == old:
-                    setattr(pkt[TCP], field, new)
-            del pkt[TCP].chksum
-    wrpcap(str(dst), packets)
-
-
 def test_command_channel_on_another_port_is_found_by_its_first_bytes(tmp_path: Path) -> None:
     moved = tmp_path / "moved.pcap"
-    _move_scheduler_port(ROOT / "captures" / "one_shell.pcap", moved, 4455, 6123)
+    move_port(ROOT / "captures" / "one_shell.pcap", moved, 4455, 6123)
     expected = table(ROOT / "captures" / "one_shell.pcap")
     found = jsdissect.analyze([moved]).task_records
     assert [(t.process_id, t.status, t.remote) for t in found] == [

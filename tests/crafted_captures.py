@@ -1,0 +1,383 @@
+"""Small captures built packet by packet from `jsencode`: whole tasks of every kind
+(shell, API with errors, start failed, callback refused, killed), heuristic pickup and
+malformed traffic, each with what a decoder must find in it."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import jsencode as js
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+from scapy.packet import Packet, Raw
+from scapy.utils import wrpcap
+
+T0 = 1_772_442_902_000_000  # 2026-03-02T09:15:02Z in µs
+MS = 1_000
+S = 1_000_000
+
+
+class Capture:
+    """One clock and the packets of every conversation, in capture order."""
+
+    def __init__(self) -> None:
+        self.now = T0
+        self.packets: list[Packet] = []
+
+    def advance(self, us: int) -> None:
+        self.now += us
+
+    def write(self, path: Path) -> Path:
+        wrpcap(str(path), self.packets)
+        return path
+
+
+class Conv:
+    """One TCP connection with both sides' sequence numbers; side 0 is the client."""
+
+    def __init__(
+        self, cap: Capture, client: tuple[str, int], server: tuple[str, int], isn: int
+    ) -> None:
+        self.cap = cap
+        self.ends = (client, server)
+        self.seq = [isn, isn + 100_000]
+        self.payload_frames: list[int] = []
+
+    def _packet(self, side: int, flags: str, payload: bytes = b"") -> None:
+        (src, sport), (dst, dport) = self.ends[side], self.ends[1 - side]
+        ack = self.seq[1 - side] if "A" in flags else 0
+        pkt = (
+            Ether()
+            / IP(src=src, dst=dst)
+            / TCP(sport=sport, dport=dport, flags=flags, seq=self.seq[side], ack=ack)
+        )
+        if payload:
+            pkt = pkt / Raw(payload)
+            self.payload_frames.append(len(self.cap.packets) + 1)
+        pkt.time = Decimal(self.cap.now) / S
+        self.cap.packets.append(pkt)
+        self.cap.advance(100)
+
+    def handshake(self) -> None:
+        self._packet(0, "S")
+        self.seq[0] += 1
+        self._packet(1, "SA")
+        self.seq[1] += 1
+        self._packet(0, "A")
+
+    def refused(self) -> None:
+        """SYN answered by RST (nothing listens on the port)."""
+        self._packet(0, "S")
+        self.seq[0] += 1
+        self._packet(1, "RA")
+
+    def send(self, side: int, data: bytes, sizes: tuple[int, ...] = ()) -> None:
+        """`data` in segments of `sizes` bytes (the rest in one more segment)."""
+        pieces, pos = [], 0
+        for size in sizes:
+            pieces.append(data[pos : pos + size])
+            pos += size
+        if pos < len(data):
+            pieces.append(data[pos:])
+        for piece in pieces:
+            self._packet(side, "PA", piece)
+            self.seq[side] += len(piece)
+
+    def close(self, first: int = 0) -> None:
+        for side in (first, 1 - first):
+            self._packet(side, "FA")
+            self.seq[side] += 1
+        self._packet(first, "A")
+
+
+CONTROLLER_IP, REMOTE_IP = "127.0.0.21", "127.0.0.11"
+C, T = 1, 0  # callback connection: the task server (client) connects to the controller
+CLIENT, SERVER = 0, 1  # command connection: the controller is the client
+
+
+@dataclass
+class Expected:
+    """What the plugin must show for one task of a crafted capture."""
+
+    process_id: str | None
+    callback_port: int
+    status: str
+    exit_code: int | None = None
+    steps: int | None = None
+    log_lines: int | None = None
+    kind: str | None = None
+    error: str | None = None
+    convs: list[Conv] = field(default_factory=list)
+
+
+def answer_time(cap: Capture) -> str:
+    seconds, millis = (cap.now - T0) // S + 2, (cap.now // MS) % 1000
+    return f"2026-03-02T09:15:{seconds:02d}.{millis:03d}Z"
+
+
+def rmis_id(n: int) -> int:
+    return (0x6B8B4567 << 32) | n
+
+
+def shell_task(cap: Capture) -> Expected:
+    """PROTOCOL §1 for a C++ shell task: start split in two segments, begin in three, the
+    step answer and a keep-alive in one segment, a keep-alive space sharing the close's
+    segment, a log callback resolved through GetIDsOfNames."""
+    pid = "84217301"
+    cmd = Conv(cap, (CONTROLLER_IP, 40000), (REMOTE_IP, 4455), isn=1000)
+    cb = Conv(cap, (REMOTE_IP, 45000), (CONTROLLER_IP, 59999), isn=7000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59999, kind="process"), sizes=(50,))
+    cap.advance(20 * MS)
+    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    cb.handshake()
+    rmis = rmis_id(1)
+    objects = js.BeginObjects(*[(0x327B23C6 << 32) | k for k in range(1, 5)])
+    cb.send(C, js.create_instance())
+    title = "sos::scheduler::Com_remote_module_instance_server"
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, title)))
+    params = ["language=shell", "job=/folder/job_a", "task_id=4711"]
+    cb.send(C, js.call(rmis, "construct", js.construct_args(params)))
+    cb.send(T, js.answer_value(js.V(js.VT_BOOL, True)))
+    cb.send(C, js.call(rmis, "begin", objects.args()), sizes=(100, 100))
+    cb.send(T, js.answer_value(js.V(js.VT_BOOL, True)))
+    cb.send(C, js.call(rmis, "step"))
+    cb.send(T, js.get_ids_of_names(objects.spooler_log, "log"))
+    cb.send(C, js.answer_dispids(14))
+    text = "[stdout] hello\n[stdout] wörld\n  "
+    log = js.invoke(objects.spooler_log, 14, js.METHOD, [js.V(js.VT_I4, 0), js.bstr(text)])
+    cb.send(T, log)
+    cb.send(C, js.answer_value(js.V(js.VT_EMPTY)))
+    result = js.process_result(3, success=False, state_text="hello")
+    cb.send(T, js.answer_value(js.bstr(result)) + js.keep_alive())
+    cb.send(C, js.answer_empty())
+    cb.send(C, js.release(rmis))
+    cb.send(T, js.release(objects.spooler_log))
+    cb.send(C, js.answer_empty())
+    cb.send(T, js.answer_empty())
+    cb.close(first=C)
+    cmd.send(CLIENT, b" ")
+    cmd.send(CLIENT, b" " + js.remote_task_close(pid))
+    cap.advance(300 * MS)
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    return Expected(
+        pid, 59999, "completed", exit_code=3, steps=1, log_lines=2, kind="shell", convs=[cmd, cb]
+    )
+
+
+def api_task_with_errors(cap: Capture) -> Expected:
+    """A Scala-style API task: log by hard-coded DISPID (Appendix A), a failed Invoke
+    (HRESULT + EXCEPINFO), the exit code put (DISPID 30) and an `E` answer to `end`."""
+    pid = "500001"
+    cmd = Conv(cap, (CONTROLLER_IP, 40001), (REMOTE_IP, 4455), isn=2000)
+    cb = Conv(cap, (REMOTE_IP, 45001), (CONTROLLER_IP, 59998), isn=8000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59998))
+    cap.advance(150 * MS)
+    cmd.send(SERVER, js.process_answer(answer_time(cap), pid, pid=4242))
+    cb.handshake()
+    rmis = (0x2F5A1D7C << 32) | 0x40000001
+    objects = js.BeginObjects(*[(0x11BBA8D5 << 32) | k for k in range(1, 5)])
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "RemoteModuleInstanceServer")))
+    cb.send(C, js.call(rmis, "construct", js.construct_args(["language=java"], features=0x0880)))
+    cb.send(T, js.answer_value(js.V(js.VT_EMPTY)))
+    cb.send(C, js.call(rmis, "begin", objects.args()))
+    cb.send(T, js.answer_value(js.V(js.VT_BOOL, True)))
+    cb.send(C, js.call(rmis, "call", [js.bstr("spooler_open()Z")]))
+    cb.send(T, js.answer_value(js.V(js.VT_BOOL, True)))
+    cb.send(C, js.call(rmis, "step"))
+    log = js.invoke(objects.spooler_log, 14, js.METHOD, [js.V(js.VT_I4, 1), js.bstr("step 1")])
+    cb.send(T, log)
+    cb.send(C, js.answer_value(js.V(js.VT_EMPTY)))
+    cb.send(T, js.answer_value(js.V(js.VT_BOOL, True)))
+    cb.send(C, js.call(rmis, "step"))
+    failing = js.invoke(objects.spooler_task, 26, js.METHOD, [js.V(js.VT_I4, 1), js.bstr("x")])
+    cb.send(T, failing)
+    cb.send(C, js.answer_invoke_failed(0x80020009, "scheduler", "SCHEDULER-203 not allowed"))
+    cb.send(T, js.property_put(objects.spooler_task, 30, js.V(js.VT_I4, 7)))
+    cb.send(C, js.answer_value(js.V(js.VT_EMPTY)))
+    cb.send(T, js.answer_value(js.V(js.VT_BOOL, False)))
+    cb.send(C, js.call(rmis, "end", [js.V(js.VT_BOOL, True)]))
+    what = "Z-JAVA-105 java.lang.RuntimeException: X"
+    cb.send(T, js.answer_error("COM", "Z-JAVA-105", what))
+    for method in ("spooler_on_error()V", "spooler_exit()V"):
+        cb.send(C, js.call(rmis, "call", [js.bstr(method)]))
+        cb.send(T, js.answer_value(js.V(js.VT_EMPTY)))
+    cb.send(C, js.release(rmis))
+    cb.send(T, js.answer_empty())
+    cb.close(first=T)
+    cmd.send(CLIENT, js.remote_task_close(pid))
+    cap.advance(40 * MS)
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    return Expected(
+        pid,
+        59998,
+        "completed",
+        exit_code=7,
+        steps=2,
+        log_lines=1,
+        kind="api",
+        error="COM-80020009 SCHEDULER-203 not allowed",
+        convs=[cmd, cb],
+    )
+
+
+def start_failed(cap: Capture) -> Expected:
+    cmd = Conv(cap, (CONTROLLER_IP, 40002), (REMOTE_IP, 4455), isn=3000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59997, kind="process"))
+    cmd.send(SERVER, js.error_answer(answer_time(cap), "SCHEDULER-717", "No licence <x>"))
+    cmd.close()
+    return Expected(
+        None,
+        59997,
+        "start-failed",
+        steps=0,
+        log_lines=0,
+        kind="shell",
+        error="SCHEDULER-717 No licence <x>",
+        convs=[cmd],
+    )
+
+
+def refused_callback(cap: Capture) -> Expected:
+    pid = "500003"
+    cmd = Conv(cap, (CONTROLLER_IP, 40003), (REMOTE_IP, 4455), isn=4000)
+    cb = Conv(cap, (REMOTE_IP, 45003), (CONTROLLER_IP, 59996), isn=9000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59996, kind="process"))
+    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    cb.refused()
+    cap.advance(61 * S)
+    cmd.send(CLIENT, js.remote_task_close(pid))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    return Expected(
+        pid, 59996, "callback-refused", steps=0, log_lines=0, kind="shell", convs=[cmd, cb]
+    )
+
+
+def killed_task(cap: Capture) -> Expected:
+    pid = "500004"
+    cmd = Conv(cap, (CONTROLLER_IP, 40004), (REMOTE_IP, 4455), isn=5000)
+    cb = Conv(cap, (REMOTE_IP, 45004), (CONTROLLER_IP, 59995), isn=9500)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59995, kind="process"))
+    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    cb.handshake()
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis_id(2), True, "x")))
+    cmd.send(CLIENT, js.remote_task_kill(pid))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.send(CLIENT, js.remote_task_close(pid, kill=True))
+    cb.close(first=T)
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    return Expected(pid, 59995, "killed", steps=0, log_lines=0, kind="shell", convs=[cmd, cb])
+
+
+def heuristic_pickup(cap: Capture) -> list[Expected]:
+    """No start command for this callback (capture began later): found by its first
+    CreateInstance; a command channel on a port outside the preference, found by its
+    first bytes."""
+    cb = Conv(cap, (REMOTE_IP, 45010), (CONTROLLER_IP, 59990), isn=11000)
+    cb.handshake()
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis_id(3), True, "x")))
+    cb.send(C, js.call(rmis_id(3), "step"))
+    cb.send(T, js.answer_value(js.bstr(js.process_result(0, state_text="ok"))))
+    cb.send(C, js.release(rmis_id(3)))
+    cb.send(T, js.answer_empty())
+    cb.close(first=C)
+    pid = "600001"
+    cmd = Conv(cap, (CONTROLLER_IP, 40010), (REMOTE_IP, 4500), isn=12000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59989))
+    cmd.send(SERVER, js.process_answer(answer_time(cap), pid, pid=777))
+    cap.advance(61 * S)
+    cmd.send(CLIENT, js.remote_task_close(pid))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    return [
+        Expected(None, 59990, "partial", exit_code=0, steps=1, log_lines=0, convs=[cb]),
+        Expected(pid, 59989, "callback-missing", steps=0, log_lines=0, kind="api", convs=[cmd]),
+    ]
+
+
+def malformed_traffic(cap: Capture) -> None:
+    """Bytes that break every layout: the plugin must mark them, never fail (no Lua error)."""
+    rng = random.Random(6)
+    cmd = Conv(cap, (CONTROLLER_IP, 40020), (REMOTE_IP, 4455), isn=13000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59980))
+    cmd.send(SERVER, b"garbage\0<spooler><answer><ERROR/></answer></spooler>\0\0\0")
+    cmd.send(CLIENT, b"show_state\n<a><b></a></b>" + bytes(rng.randrange(256) for _ in range(300)))
+    cmd.send(SERVER, b"<?xml?><spooler><answer time='x'>" + b"<" * 50 + b"\0")
+    cb = Conv(cap, (REMOTE_IP, 45020), (CONTROLLER_IP, 59980), isn=14000)
+    cb.handshake()
+    cb.send(C, js.create_instance())
+    rmis = rmis_id(9)
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    deep = js.V(js.VT_I4, 1)
+    for _ in range(24):
+        deep = js.V(js.VT_ARRAY | js.VT_VARIANT, [deep])
+    frames = [
+        js.obj_request(rmis, b"Z", b"\1\2\3"),
+        js.obj_request(rmis, b"I", js.i32(14)),
+        js.obj_request(rmis, b"A", js.string("step") + js.i32(1) + js.i32(0) + js.i32(0x0E)),
+        js.obj_request(
+            rmis,
+            b"A",
+            js.string("x")
+            + js.i32(1)
+            + js.i32(0)
+            + js.i32(0x200C)
+            + js.i16(1)
+            + js.i16(0x810)
+            + js.i32(0x7FFFFFFF)
+            + js.i32(0)
+            + js.i32(12),
+        ),
+        js.call(rmis, "deep", [deep]),
+        js.obj_request(
+            rmis,
+            b"A",
+            js.string("o")
+            + js.i32(1)
+            + js.i32(0)
+            + js.i32(9)
+            + js.i64(5)
+            + b"\1"
+            + js.string("t")
+            + bytes(16)
+            + js.i32(1000),
+        ),
+        js.obj_request(
+            rmis, b"A", js.string("d") + js.i32(1) + js.i32(0) + js.i32(5) + b"s\x05abcde"
+        ),
+        js.frame(b"N"),
+        js.frame(b"K\0\0"),
+        js.frame(b"A" + js.i32(0) + js.i32(0) + b"extra"),
+        js.frame(b"E" + js.string("no equals sign") + js.i32(99) + b"ab"),
+        js.frame(b"O" + bytes(8) + b"R"),
+        js.frame(b"S" + bytes(5)),
+    ]
+    for data in frames:
+        cb.send(C, data)
+        cb.send(T, js.answer_empty())
+    for _ in range(40):
+        body = bytes([rng.choice(b"SOKAEN")]) + bytes(
+            rng.randrange(256) for _ in range(rng.randrange(60))
+        )
+        cb.send(rng.choice((C, T)), js.frame(body), sizes=(rng.randrange(1, 9),))
+    cb.send(T, js.i32(0) + b"A")
+    cb.send(C, js.i32(0x7FFFFFFF) + b"A")
+    cb.send(T, b"\x00\x00\x00\x10Q")
+    cb.close()
+    cmd.close()
