@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from jsdissect.correlate import FAILED_STATUSES, Task
+from jsdissect.report import clock
 
 if TYPE_CHECKING:
     import numpy as np
@@ -188,19 +189,12 @@ def figure(tasks: Sequence[Task]) -> Figure:
     ax.set_xlim(left=0)  # the first task event; nothing is earlier
     _label_rows(ax, rows)
     ax.invert_yaxis()
-    first = f", {_clock(origin)} UTC" if rows else ""
+    first = f", {clock(origin)} UTC" if rows else ""
     ax.set_xlabel(f"seconds since the first task event{first}")
     # Below the axes, where it hides no bar.
     fig.legend(loc="outside lower center", fontsize="small", ncols=len(COLOURS), frameon=False)
     ax.set_title(_title(len(rows), row_count) + "; x = failed or killed")
     return fig
-
-
-def _clock(us: int) -> str:
-    from jsdissect.report import format_time
-
-    text = format_time(us)
-    return f"{text[:10]} {text[11:-1]}"
 
 
 def _title(tasks: int, rows: int) -> str:

@@ -510,6 +510,11 @@ def spans_days(times: Iterable[int | None]) -> bool:
 DAY_US = 86_400_000_000
 
 
+def clock(us: int, dated: bool = True) -> str:
+    """A time (µs) as the terminal shows it: the time of day, after its date if asked."""
+    return _clock(format_time(us), dated)
+
+
 def _clock(text: str, dated: bool) -> str:
     """A CSV/JSON time as the terminal shows it: the time of day, after its date if asked."""
     return f"{text[:10]} {text[11:-1]}" if dated else text[11:-1]
@@ -529,7 +534,7 @@ def _display(value: Any, type_: str, dated: bool = False) -> str:
 
 def message_line(row: dict[str, Any], dated: bool = False) -> str:
     """The terminal form of one message row (`dated`: rows span more than one day)."""
-    when = _clock(format_time(row["time"]), dated)
+    when = clock(row["time"], dated)
     return f"{when}  {row['conn']}  {row['channel']:<3}  {row['direction']}  {row['summary']}"
 
 
