@@ -37,6 +37,7 @@ from jsdissect.capture import (
     snaplen_warning,
     spooled,
 )
+from jsdissect.pipeline import Options, capture_filter
 from jsdissect.protocol import DecodeError, Event
 from jsdissect.protocol import command as cmd
 from jsdissect.protocol import objserver as api
@@ -175,7 +176,9 @@ class _Direction:
         return filled
 
 
-def tcp_order(capture: str, stats: CaptureStats | None = None) -> tuple[bool, bool]:
+def tcp_order(
+    capture: str, stats: CaptureStats | None = None, bpf: str = "tcp"
+) -> tuple[bool, bool]:
     """(reordered, lossy): whether bytes of some TCP direction of the capture came after
     later bytes, and whether bytes of one were never captured while later bytes were (a
     lost segment, a packet cut by the snaplen).
@@ -186,21 +189,22 @@ def tcp_order(capture: str, stats: CaptureStats | None = None) -> tuple[bool, bo
     it and can bear it."""
     flows: dict[tuple[str, int, str, int], _Direction] = {}
     reordered = lossy = False
-    for seg in read_segments([capture], bpf="tcp", stats=stats):
+    for seg in read_segments([capture], bpf=bpf, stats=stats):
         key = (seg.src, seg.sport, seg.dst, seg.dport)
+        seq = seg.seq
         if seg.flags & SYN:
+            seq = (seq + 1) % SEQ_SPACE  # its data (TCP Fast Open) follows it
             old = flows.get(key)
-            if old is None or old.base != (seg.seq + 1) % SEQ_SPACE:
+            if old is None or old.base != seq:
                 lossy = lossy or bool(old and old.holes)  # a new connection on the 4-tuple
-                flows[key] = _Direction((seg.seq + 1) % SEQ_SPACE)
-            continue
+                flows[key] = _Direction(seq)
         size = len(seg.payload) + seg.missing
         if size == 0:
             continue
         d = flows.get(key)
         if d is None:  # picked up mid-stream
-            d = flows[key] = _Direction(seg.seq)
-        start = d.offset(seg.seq)
+            d = flows[key] = _Direction(seq)
+        start = d.offset(seq)
         if start < 0:
             continue  # before the first byte seen
         captured = start + len(seg.payload)
@@ -244,7 +248,10 @@ def analyze(
     ):
         table = Path(tmp) / "tasks.csv"
         read = CaptureStats()
-        reordered, lossy = tcp_order(capture, read)
+        # Judged on what the default engine reads (JobScheduler's ports and first bytes):
+        # a hole in unrelated traffic must not take reassembly from a reordered channel.
+        options = Options(tuple(scheduler_ports), heuristics=heuristics)
+        reordered, lossy = tcp_order(capture, read, capture_filter(options, set()))
         if read.truncated_packets:
             warnings.append(snaplen_warning(names, read.truncated_packets))
         if reordered and lossy:

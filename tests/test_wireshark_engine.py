@@ -13,6 +13,7 @@ import pytest
 from conftest import require
 from pcapfiles import pcap_file
 from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap, wrpcap
 
@@ -305,3 +306,31 @@ def test_engine_warns_about_a_snap_length_like_the_other_engines(tmp_path: Path)
     subprocess.run([require("editcap"), "-s", "200", str(demo), str(cut)], check=True)
     ours = jsdissect.analyze(cut).stats.warnings
     assert wireshark.analyze([cut]).warnings == ours and len(ours) == 1
+
+
+def test_holes_in_unrelated_traffic_leave_reordered_channels_reassembled(tmp_path: Path) -> None:
+    """Found in review: a hole in any connection of the file, or the data of a Fast Open
+    SYN, turned out-of-order reassembly off for the JobScheduler channels too."""
+    require("tshark")
+    reordered = _reordered(ROOT / "captures" / "demo.pcap", tmp_path / "reordered.pcap")
+    web = IP(src="10.9.9.1", dst="10.9.9.2") / TCP(sport=50000, dport=8080, flags="PA")
+    start = float(rdpcap(str(reordered))[0].time)
+    other = [
+        web.copy() / Raw(b"x" * 100),  # the first of three, the second never captured
+        web.copy() / Raw(b"z" * 100),
+    ]
+    other[1][TCP].seq = 200
+    tfo = IP(src="10.9.9.3", dst="10.9.9.4") / TCP(sport=50001, dport=8081, flags="S", seq=99)
+    other.append(tfo / Raw(b"hello"))  # Fast Open: data on the SYN, nothing lost
+    for n, pkt in enumerate(other):
+        pkt.time = start + n / 1000
+    unrelated = tmp_path / "other.pcap"
+    wrpcap(str(unrelated), [Ether(bytes(Ether() / p)) for p in other])
+    merged = tmp_path / "merged.pcap"
+    subprocess.run(
+        [require("mergecap"), "-w", str(merged), str(reordered), str(unrelated)], check=True
+    )
+    assert wireshark.tcp_order(str(merged)) == (True, True)  # every TCP connection
+    result = wireshark.analyze([merged])
+    ours = [report.task_row(t) for t in jsdissect.analyze([merged]).task_records]
+    assert result.warnings == [] and _full_rows(result.tasks) == _full_rows(ours)
