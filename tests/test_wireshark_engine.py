@@ -334,3 +334,41 @@ def test_holes_in_unrelated_traffic_leave_reordered_channels_reassembled(tmp_pat
     result = wireshark.analyze([merged])
     ours = [report.task_row(t) for t in jsdissect.analyze([merged]).task_records]
     assert result.warnings == [] and _full_rows(result.tasks) == _full_rows(ours)
+
+
+PROLOG = '<?xml version="1.0" encoding="ISO-8859-1"?>'
+ODD_ANSWERS = {  # a start answer's inside: its process element, and markup around it
+    "comment": "<!-- it's > ok -->{p}",
+    "cdata": "{p}<x><![CDATA[a>b</c> it's]]></x>",
+    "pi": "<?pi don't?>{p}",
+    "trailing comment": "{p}</answer></spooler><!-- end --><spooler><answer>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_ANSWERS))
+def test_plugin_takes_whole_answers_with_comments_cdata_and_pis(tmp_path: Path, name: str) -> None:
+    """Found in review: quotes in a comment, CDATA or processing instruction, or a comment
+    after the root, made the plugin take a whole answer for one not completely captured."""
+    require("tshark")
+    import jsencode as js
+    from crafted_captures import CLIENT, CONTROLLER_IP, MS, REMOTE_IP, SERVER, Capture, Conv
+
+    cap = Capture()
+    cmd = Conv(cap, (CONTROLLER_IP, 40000), (REMOTE_IP, 4455), isn=1000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59999, kind="process"))
+    cap.advance(20 * MS)
+    inner = ODD_ANSWERS[name].format(p='<process process_id="84217301"/>')
+    body = f'{PROLOG}<spooler><answer time="2026-03-02T09:15:02.020Z">{inner}</answer></spooler>'
+    if name == "trailing comment":  # the comment after the root element, not inside it
+        body = body.replace("<spooler><answer></answer></spooler>", "")
+    cmd.send(SERVER, body.encode("latin-1") + b"\0", sizes=(30, 40))
+    cap.advance(300 * MS)
+    cmd.send(CLIENT, js.remote_task_close("84217301"))
+    cmd.send(SERVER, js.ok_answer("2026-03-02T09:15:02.400Z"))
+    cmd.close()
+    capture = cap.write(tmp_path / "odd.pcap")
+    (ours,) = jsdissect.analyze(capture).task_records
+    (theirs,) = wireshark.analyze([capture]).tasks
+    assert ours.start_answered is not None
+    assert theirs["start_answered"] == ours.start_answered

@@ -775,31 +775,56 @@ local function request_end(s)
 end
 
 -- §3.2/§3.4: whether an answer (without its NUL) is one whole XML document: a tag first,
--- tags that balance (quoted values may hold `>`), nothing but blanks after the root. The
--- rest of an answer whose beginning the capture lost, or its head, is not.
+-- tags that balance (quoted values may hold `>`), comments, CDATA and processing
+-- instructions skipped whole, nothing after the root but blanks, comments and processing
+-- instructions (XML 1.0 "Misc"). The rest of an answer whose beginning the capture lost,
+-- or its head, is not. A DOCTYPE is refused, as jsdissect's own parser refuses it.
+local SKIPPED = { { "<!--", "-->" }, { "<![CDATA[", "]]>" }, { "<?", "?>" } }
+
+-- Where the markup that begins at `i` ends (its last byte), or nil when it does not end.
+local function markup_end(doc, i)
+    for _, pair in ipairs(SKIPPED) do
+        local open, close = pair[1], pair[2]
+        if doc:sub(i, i + #open - 1) == open then
+            local _, stop = doc:find(close, i + #open, true)
+            return stop, false
+        end
+    end
+    local k = i + 1
+    while true do
+        k = doc:find("[\"'>]", k)
+        if k == nil then return nil end
+        if doc:byte(k) == 0x3E then return k, true end
+        k = doc:find(doc:sub(k, k), k + 1, true)
+        if k == nil then return nil end
+        k = k + 1
+    end
+end
+
+local function only_misc(rest)
+    rest = rest:gsub("<!%-%-.-%-%->", ""):gsub("<%?.-%?>", "")
+    return rest:find("[^ \t\r\n]") == nil
+end
+
 local function whole_document(doc)
     local i = doc:find("[^ \t\r\n]")
     if i == nil or doc:byte(i) ~= 0x3C then return false end
     local depth, seen = 0, false
     while true do
-        local k = i + 1
-        while true do
-            k = doc:find("[\"'>]", k)
-            if k == nil then return false end
-            if doc:byte(k) == 0x3E then break end
-            k = doc:find(doc:sub(k, k), k + 1, true)
-            if k == nil then return false end
-            k = k + 1
+        if doc:sub(i, i + 8) == "<!DOCTYPE" then return false end
+        local k, is_tag = markup_end(doc, i)
+        if k == nil then return false end
+        if is_tag then
+            local first = doc:byte(i + 1)
+            if first == 0x2F then
+                depth = depth - 1
+                if depth < 0 then return false end
+            else
+                seen = true
+                if doc:byte(k - 1) ~= 0x2F then depth = depth + 1 end
+            end
         end
-        local first = doc:byte(i + 1)
-        if first == 0x2F then
-            depth = depth - 1
-            if depth < 0 then return false end
-        elseif first ~= 0x3F and first ~= 0x21 then
-            seen = true
-            if doc:byte(k - 1) ~= 0x2F then depth = depth + 1 end
-        end
-        if depth == 0 and seen then return doc:find("[^ \t\r\n]", k + 1) == nil end
+        if depth == 0 and seen then return only_misc(doc:sub(k + 1)) end
         i = doc:find("<", k + 1, true)
         if i == nil then return false end
     end
