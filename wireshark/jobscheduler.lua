@@ -966,6 +966,15 @@ local function truthy(v)
 end
 
 -- First-pass effects of one command; returns the record later passes use.
+-- §3.1 one command at a time: the controller sends a command only once the previous
+-- one was answered, so a command still open when another comes had an answer the capture
+-- lost; and no byte after a command is the rest of an earlier answer.
+local function open_command(cs, rec)
+    cs.queue = { rec }
+    cs.lost = false
+    return rec
+end
+
 local function apply_command(conn, pinfo, el, sent, src, sport)
     local cs = cmd_state(conn)
     local name = el and el.name
@@ -1006,11 +1015,7 @@ local function apply_command(conn, pinfo, el, sent, src, sport)
     else
         rec.task = cs.tasks[#cs.tasks]
     end
-    -- §3.1 one command at a time: the controller sends a command only once the previous
-    -- one was answered, so a command still open here had an answer the capture lost
-    cs.queue = { rec }
-    cs.lost = false
-    return rec
+    return open_command(cs, rec)
 end
 
 -- A command the capture did not get whole (cut by the snaplen, or its rest lost): the
@@ -1020,9 +1025,7 @@ local function lose_command(conn, frame, sent)
     local cs = cmd_state(conn)
     local rec = { kind = 1, frame = frame, t = sent, lost = true,
         task = cs.tasks[#cs.tasks] }
-    cs.queue = { rec }
-    cs.lost = false
-    return rec
+    return open_command(cs, rec)
 end
 
 -- An answer the capture did not get whole (cut by the snaplen, bytes missing, or not a
