@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -252,7 +252,7 @@ def _wireshark(captures: Sequence[str], opts: dict[str, Any]) -> tuple[list[dict
 
 
 def _emit(
-    rows: list[dict], columns: Sequence[Column], opts: dict[str, Any], shown: Sequence[str]
+    rows: Iterable[dict], columns: Sequence[Column], opts: dict[str, Any], shown: Sequence[str]
 ) -> bool:
     """Write --csv/--json outputs; print the table unless one of them went to stdout.
     Returns True when stdout carries data (summaries then go to stderr)."""
@@ -267,7 +267,7 @@ def _emit(
     if not to_stdout and not any(p for p, _ in outputs):
         by_name = {c.name: c for c in columns}
         chosen = [by_name[name] for name in shown if name in by_name]
-        click.echo(report.to_text(rows, chosen), nl=False)
+        click.echo(report.to_text(list(rows), chosen), nl=False)
     return to_stdout
 
 
@@ -445,27 +445,31 @@ def messages(
             raise click.UsageError(
                 "--errors needs jsdissect's own decoders (not --engine wireshark)"
             )
-        task_rows, rows = _wireshark(captures, opts)
-        known = {r["process_id"] for r in task_rows}
+        task_rows, found = _wireshark(captures, opts)
+        _check_task(process_id, {r["process_id"] for r in task_rows}, captures)
+        rows: Iterable[dict[str, Any]] = [
+            r for r in found if process_id is None or r["process_id"] == process_id
+        ]
+        times: Iterable[int] = [r["time"] for r in rows]
     else:
         result = _analyze(captures, opts, messages=True)
-        rows = report.message_rows(result.channels, result.task_records)
-        known = {t.process_id for t in result.task_records}
-    if process_id is not None:
-        if process_id not in known:
-            _fail(f"no task with process_id {process_id} in {_names(captures)}", 1)
-        rows = [r for r in rows if r["process_id"] == process_id]
-    if errors_only:
-        rows = [r for r in rows if r["type"] == "DecodeError"]
+        _check_task(process_id, {t.process_id for t in result.task_records}, captures)
+        decoded = report.MessageRows(result.channels, result.task_records, process_id, errors_only)
+        rows, times = decoded, decoded.times()
     if opts["csv_path"] or opts["json_path"]:
         _emit(rows, report.MESSAGE_COLUMNS, opts, ())
         return
     if errors_only:
-        click.echo(report.error_table(rows), nl=False)
+        click.echo(report.error_table(list(rows)), nl=False)
         return
-    dated = report.spans_days(r["time"] for r in rows)
+    dated = report.spans_days(times)
     for row in rows:
         click.echo(report.message_line(row, dated))
+
+
+def _check_task(process_id: str | None, known: set[str | None], captures: Sequence[str]) -> None:
+    if process_id is not None and process_id not in known:
+        _fail(f"no task with process_id {process_id} in {_names(captures)}", 1)
 
 
 # --- summary, ports, timeline, log -------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import heapq
 import io
 import json
 import math
@@ -186,23 +187,71 @@ def connections_frame(channels: Sequence[Channel]) -> pd.DataFrame:
 
 
 def messages_frame(channels: Sequence[Channel], tasks: Sequence[Task]) -> pd.DataFrame:
-    return frame(message_rows(channels, tasks), MESSAGE_COLUMNS)
+    return frame(MessageRows(channels, tasks), MESSAGE_COLUMNS)
 
 
 def message_rows(channels: Sequence[Channel], tasks: Sequence[Task]) -> list[dict[str, Any]]:
     """One row per decoded message of every channel, in time order."""
+    return list(MessageRows(channels, tasks))
+
+
+class MessageRows:
+    """The rows of `messages` in time order, made as they are read, again at each reading.
+
+    A capture holds many more messages than tasks, and a row (its summary above all) takes
+    several times the memory of the event it describes: made one at a time, the rows cost
+    no memory beyond the decoded events. `process_id` keeps one task's connections,
+    `errors_only` the decode errors; both choose before a row is made."""
+
+    def __init__(
+        self,
+        channels: Sequence[Channel],
+        tasks: Sequence[Task],
+        process_id: str | None = None,
+        errors_only: bool = False,
+    ) -> None:
+        self._process_of = _process_of(tasks)
+        self._channels = [
+            ch
+            for ch in channels
+            if process_id is None or self._process_of.get(ch.conn.id) == process_id
+        ]
+        self._errors_only = errors_only
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        # Each channel's rows in order, merged: the order of one stable sort of them all.
+        return heapq.merge(*map(self._channel_rows, self._channels), key=_message_order)
+
+    def times(self) -> Iterator[int]:
+        """Every row's time, without making the rows."""
+        return (ev.start for ch in self._channels for ev in self._events(ch))
+
+    def _events(self, ch: Channel) -> Iterator[Event]:
+        wanted = DecodeError if self._errors_only else Event
+        return (
+            ev
+            for ev in ch.events
+            if isinstance(ev, wanted) and not isinstance(ev, LIFECYCLE_MARKERS)
+        )
+
+    def _channel_rows(self, ch: Channel) -> Iterator[dict[str, Any]]:
+        process_id = self._process_of.get(ch.conn.id)
+        events = sorted(self._events(ch), key=lambda ev: (ev.start, ev.offset))
+        return (message_row(ch, ev, process_id) for ev in events)
+
+
+def _process_of(tasks: Sequence[Task]) -> dict[str, str]:
+    """The task's process_id by the id of each of its connections."""
     process_of = {}
     for t in tasks:
         for conn in (t.cmd_conn, t.callback_conn):
             if conn is not None and t.process_id is not None:
                 process_of[conn] = t.process_id
-    rows = []
-    for ch in channels:
-        for ev in ch.events:
-            if not isinstance(ev, LIFECYCLE_MARKERS):
-                rows.append(message_row(ch, ev, process_of.get(ch.conn.id)))
-    rows.sort(key=lambda r: (r["time"], r["conn"], r["offset"]))
-    return rows
+    return process_of
+
+
+def _message_order(row: dict[str, Any]) -> tuple[int, str, int]:
+    return row["time"], row["conn"], row["offset"]
 
 
 # Derived from the Request/Reply they share a frame with: not messages of their own.
@@ -389,8 +438,11 @@ _ROW_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",\n  ", ": ")).e
 
 def write_json(rows: Iterable[dict[str, Any]], columns: Sequence[Column], out: IO[str]) -> None:
     """The same text as json.dump(rows, indent=1, ensure_ascii=False), several times faster."""
-    objects = ["{\n  " + _ROW_ENCODE(row)[1:-1] + "\n }" for row in export_rows(rows, columns)]
-    out.write("[\n " + ",\n ".join(objects) + "\n]\n" if objects else "[]\n")
+    separator = "[\n "
+    for row in export_rows(rows, columns):  # one row at a time: rows may be made as they go
+        out.write(separator + "{\n  " + _ROW_ENCODE(row)[1:-1] + "\n }")
+        separator = ",\n "
+    out.write("[]\n" if separator == "[\n " else "\n]\n")
 
 
 class OutputError(Exception):

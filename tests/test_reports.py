@@ -18,6 +18,7 @@ from truth import load_truth
 import jsdissect
 from jsdissect import plot, report
 from jsdissect.correlate import Task
+from jsdissect.pipeline import Analysis
 from jsdissect.ports import port_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -462,3 +463,73 @@ def test_ports_text_counts_reuses_per_port_and_lists_the_most_reused_first() -> 
     assert lines[1] == "  10.0.0.1:59007: 3 time(s), closest after 100.000 ms (task 0 → 1)"
     assert len(lines) == 1 + ports.MAX_REUSE_LINES + 1
     assert lines[-1] == "  … 5 more port(s): --json lists every reuse"
+
+
+# --- messages: rows made as they are read -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def parallel_messages() -> Analysis:
+    """Fifty tasks at once: the messages of many connections interleave in time."""
+    return jsdissect.analyze(CAPTURES / "parallel_50.pcap", messages=True)
+
+
+def every_message_row(result: Analysis) -> list[dict]:
+    """The rows the slow way: all of them made, then one stable sort."""
+    process_of = {
+        conn: t.process_id
+        for t in result.task_records
+        for conn in (t.cmd_conn, t.callback_conn)
+        if conn is not None and t.process_id is not None
+    }
+    rows = [
+        report.message_row(ch, ev, process_of.get(ch.conn.id))
+        for ch in result.channels
+        for ev in ch.events
+        if not isinstance(ev, report.LIFECYCLE_MARKERS)
+    ]
+    return sorted(rows, key=lambda r: (r["time"], r["conn"], r["offset"]))
+
+
+def test_message_rows_are_those_of_one_sort_of_every_message(parallel_messages) -> None:
+    expected = every_message_row(parallel_messages)
+    rows = report.MessageRows(parallel_messages.channels, parallel_messages.task_records)
+    assert list(rows) == expected
+    assert list(rows) == expected  # read again: the same rows
+    assert sorted(rows.times()) == [r["time"] for r in expected]
+    assert len({r["conn"] for r in expected}) > 50  # many connections merged
+
+
+def test_message_rows_are_in_time_order_whatever_order_they_were_decoded_in(
+    parallel_messages,
+) -> None:
+    """A long message finishes after a short one the other way that began later: its
+    connection's events are then not in time order."""
+    shuffled = [
+        dataclasses.replace(ch, events=tuple(reversed(ch.events)))
+        for ch in parallel_messages.channels
+    ]
+    rows = report.MessageRows(shuffled, parallel_messages.task_records)
+    assert list(rows) == every_message_row(parallel_messages)
+
+
+def test_message_rows_of_one_task_are_its_rows_of_all(parallel_messages) -> None:
+    expected = every_message_row(parallel_messages)
+    process_id = expected[len(expected) // 2]["process_id"]
+    rows = report.MessageRows(
+        parallel_messages.channels, parallel_messages.task_records, process_id
+    )
+    assert list(rows) == [r for r in expected if r["process_id"] == process_id]
+    assert {r["channel"] for r in rows} == {"cmd", "api"}
+
+
+def test_message_rows_are_made_only_as_they_are_read(parallel_messages, monkeypatch) -> None:
+    """Memory: a row is made when it is next to come, not all of them before the first."""
+    described = []
+    monkeypatch.setattr(report, "describe", lambda ev: described.append(ev) or "")
+    rows = iter(report.MessageRows(parallel_messages.channels, parallel_messages.task_records))
+    next(rows)
+    # one row waiting per connection with messages, to choose the earliest
+    assert 1 <= len(described) <= len(parallel_messages.channels)
+    total = 1 + sum(1 for _ in rows)
+    assert len(described) == total > 10 * len(parallel_messages.channels)
