@@ -12,7 +12,6 @@ header, `_ipv4`/`_ipv6` find the TCP header, `_tcp` builds the Segment.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import heapq
 import os
 import select
@@ -21,11 +20,12 @@ import stat
 import struct
 import sys
 import tempfile
-import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
+
+from jsdissect.compressed import Codec, Stream, codec_of
 
 Engine = Literal["auto", "libpcap", "python"]
 
@@ -142,7 +142,6 @@ OPT_END, IF_TSRESOL, IF_TSOFFSET = 0, 9, 14
 PCAPNG_MIN_SHB_LEN = 28
 MAX_BLOCK_LEN = 16 * 1024 * 1024  # larger means a corrupt length field, not a real block
 
-GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
 LIBPCAP_BATCH = 1024
 HOST_ORDER = "<" if sys.byteorder == "little" else ">"
@@ -511,7 +510,7 @@ def _python_filter(bpf: str, linktype: int, file_order: str, path: str) -> Packe
 # ---------------------------------------------------------------------------------------
 
 
-# Descriptors one file being read may hold (the file, a decompressed copy of a gzipped one),
+# Descriptors one file being read may hold (the file, a decompressed copy of a compressed one),
 # and what the rest of a run needs besides.
 FDS_PER_FILE = 2
 FDS_SPARE = 64
@@ -520,7 +519,7 @@ FDS_SPARE = 64
 class _FileInfo(NamedTuple):
     path: str  # as the user gave it, for messages
     fmt: str  # "pcap" or "pcapng"
-    gzipped: bool
+    codec: Codec | None  # how the file is compressed, if it is
     source: str  # the file to read: `path`, a copy of a pipe, or a decompressed copy
 
 
@@ -705,7 +704,7 @@ def _no_copy(exc: OSError) -> str:
 
 
 def _identify(given: CapturePath) -> _FileInfo:
-    """Check that a file is a pcap/pcapng capture (maybe gzipped) by its header."""
+    """Check that a file is a pcap/pcapng capture (maybe compressed) by its header."""
     path, source = str(given), os.fspath(given)
     with _open_raw(source, path) as f:
         try:
@@ -714,50 +713,58 @@ def _identify(given: CapturePath) -> _FileInfo:
             raise CaptureError(f"{path}: {_os_problem(exc)}") from None
     if not head:
         raise CaptureError(f"{path}: empty file")
-    gzipped = head[:2] == GZIP_MAGIC
-    if gzipped:
+    codec = codec_of(head)
+    if codec:
+        reader = _ChunkReader(_FileInfo(path, "", codec, source))
         try:
-            with gzip.open(source, "rb") as gz:
-                head = gz.read(PCAPNG_MIN_SHB_LEN)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise CaptureError(f"{path}: unreadable gzip data ({exc})") from None
+            head = reader.read_at_least(PCAPNG_MIN_SHB_LEN)
+        finally:
+            reader.close()
+        if reader.problem and len(head) < PCAPNG_MIN_SHB_LEN:
+            raise CaptureError(f"{path}: unreadable {codec.name} data ({reader.cause})")
         if not head:
-            raise CaptureError(f"{path}: empty gzip file")
+            raise CaptureError(f"{path}: empty {codec.name} file")
     magic = head[:4]
     if magic in PCAP_MAGICS:
         fmt, need = "pcap", PCAP_FILE_HDR_LEN
     elif magic == PCAPNG_MAGIC:
         fmt, need = "pcapng", PCAPNG_MIN_SHB_LEN
     else:
-        what = "gzipped file is not" if gzipped else "not"
+        what = f"{codec.name}-compressed file is not" if codec else "not"
         number = int.from_bytes(magic.ljust(4, b"\0"), "big")
         raise CaptureError(f"{path}: {what} a pcap or pcapng file (magic 0x{number:08x})")
     if len(head) < need:
         raise CaptureError(f"{path}: cut short in the {fmt} file header")
     if fmt == "pcapng" and _section_order(head, 0) is None:
         raise CaptureError(f"{path}: bad pcapng section header (byte-order magic)")
-    return _FileInfo(path, fmt, gzipped, source)
+    return _FileInfo(path, fmt, codec, source)
 
 
 class _ChunkReader:
-    """Reads a plain or gzipped file in big chunks; a broken gzip stream ends it early."""
+    """Reads a plain or compressed file in big chunks; a broken compressed stream ends it
+    early, keeping what came before."""
 
     def __init__(self, info: _FileInfo) -> None:
-        self.gzipped = info.gzipped
+        self.codec = info.codec
         self._raw = _open_raw(info.source, info.path)
-        self._gz = gzip.GzipFile(fileobj=self._raw, mode="rb") if info.gzipped else None
-        # GzipFile.read(n) drops what it had decompressed when the stream turns out broken;
-        # read1 returns it piecewise, so everything before the damage is kept.
-        self._read = self._gz.read1 if self._gz else self._raw.read
+        self._stream: Stream | None = None
+        self._read: Callable[[int], bytes] = self._raw.read
+        self._errors: tuple[type[Exception], ...] = (OSError,)
+        if info.codec:
+            self._stream, self._errors = info.codec.open(self._raw)
+            self._read = self._stream.read1
         self.problem = ""  # why the data ended early, if it did
+        self.cause = ""  # the error that ended it
 
     def read(self) -> bytes:
         if self.problem:
             return b""
         try:
             return self._read(CHUNK)
-        except (OSError, EOFError, zlib.error) as exc:
-            self.problem = f"gzip data broken: {exc}" if self.gzipped else str(exc)
+        except self._errors as exc:
+            self.cause = str(exc) or type(exc).__name__
+            broken = f"{self.codec.name} data broken: " if self.codec else ""
+            self.problem = broken + self.cause
             return b""
 
     def read_at_least(self, size: int) -> bytes:
@@ -767,27 +774,47 @@ class _ChunkReader:
         return data
 
     def close(self) -> None:
-        if self._gz:
-            self._gz.close()  # leaves the file object it was given open
+        if self._stream:
+            self._stream.close()  # leaves the file object it was given open
         self._raw.close()
 
 
-def _gunzip_to_temp(info: _FileInfo, warnings: list[str]) -> str:
-    """Decompress to a temporary file for libpcap (it cannot read gzip), streaming."""
+def _decompress_to_temp(info: _FileInfo, warnings: list[str]) -> str:
+    """Decompress to a temporary file for libpcap (it reads no compressed file), streaming."""
     fd, tmp = tempfile.mkstemp(prefix="jsdissect-", suffix="." + info.fmt)
-    reader = _ChunkReader(info)
     try:
         with os.fdopen(fd, "wb") as out:
-            while chunk := reader.read():
-                out.write(chunk)
+            problem = _write_decompressed(info, out)
     except BaseException:
         os.unlink(tmp)
         raise
+    if problem:
+        warnings.append(f"{info.path}: {problem}; reading what came before")
+    return tmp
+
+
+def _write_decompressed(info: _FileInfo, out: IO[bytes]) -> str:
+    """Copy the decompressed capture into `out`; why it ended early, if it did."""
+    reader = _ChunkReader(info)
+    try:
+        while chunk := reader.read():
+            out.write(chunk)
     finally:
         reader.close()
-    if reader.problem:
-        warnings.append(f"{info.path}: {reader.problem}; reading what came before")
-    return tmp
+    return reader.problem
+
+
+def compression(path: CapturePath) -> str | None:
+    """How a capture file is compressed ("gzip", "zstd", "lz4", "xz", "bzip2"), or None."""
+    codec = _identify(path).codec
+    return codec.name if codec else None
+
+
+def decompress(path: CapturePath, out: Path) -> None:
+    """Write a compressed capture's data to `out`, up to any break in the stream (where
+    `cut_short` says it ends)."""
+    with open(out, "wb") as f:
+        _write_decompressed(_identify(path), f)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1009,7 +1036,7 @@ def _pcapng_batches(r: _Reading) -> Iterator[Batch]:
 
 def cut_short(path: CapturePath) -> str:
     """Why a capture's readable data ends before the file does (cut mid-packet, a corrupt
-    record, broken gzip) as the warning the readers give, or "" for a whole file.
+    record, a broken compressed stream) as the warning the readers give, or "" for a whole file.
     Reads every record header, decodes no packet: for a reader that cannot stop at the cut
     by itself (tshark)."""
     info = _identify(path)
@@ -1270,18 +1297,18 @@ def _engine_segments(
     if engine == "python":
         yield from _python_segments(info, bpf, stats)
         return
-    if not info.gzipped:
+    if not info.codec:
         yield from _libpcap_file(info, bpf, engine, stats)
         return
     try:
-        tmp = _gunzip_to_temp(info, stats.warnings)
+        tmp = _decompress_to_temp(info, stats.warnings)
     except OSError as exc:  # no room for the copy, say
         if engine == "libpcap":
             raise CaptureError(f"{info.path}: cannot decompress for libpcap: {exc}") from None
         yield from _python_segments(info, bpf, stats)
         return
     try:
-        yield from _libpcap_file(info._replace(gzipped=False, source=tmp), bpf, engine, stats)
+        yield from _libpcap_file(info._replace(codec=None, source=tmp), bpf, engine, stats)
     finally:
         os.unlink(tmp)
 

@@ -31,7 +31,9 @@ from jsdissect.capture import (
     CapturePath,
     CaptureStats,
     Spooled,
+    compression,
     cut_short,
+    decompress,
     display_name,
     read_segments,
     snaplen_warning,
@@ -45,6 +47,8 @@ from jsdissect.report import DURATION, INTEGER, TASK_COLUMNS, TIME, describe
 from jsdissect.tcp import Endpoint
 
 PLUGIN_NAME = "jobscheduler.lua"
+# Compressions every tshark reads (zstd and lz4 only when built with them); None: plain.
+TSHARK_READS = (None, "gzip")
 DISPLAY_FILTER = "jobscheduler || jobscheduler_api"
 LAST_ERROR = "Last error line:"  # how pyshark quotes tshark's stderr in a crash report
 # Wireshark's TCP preferences the plugin relies on, whatever the user's profile says: the
@@ -105,16 +109,21 @@ def _renamed(text: str, aliases: Aliases) -> str:
 
 
 def _readable_part(path: CapturePath, copy: Path, warnings: list[str], aliases: Aliases) -> str:
-    """The file itself, or when it is cut short, a copy of the packets before the cut:
-    tshark stops at a cut with an error, and whether pyshark passes that error on depends
-    on timing. The other engines read up to the cut with a warning; so does this one."""
-    cut = cut_short(path)
+    """The file itself, or a copy tshark can read: decompressed when tshark may not read its
+    compression, and when it is cut short, of the packets before the cut only: tshark stops
+    at a cut with an error, and whether pyshark passes that error on depends on timing. The
+    other engines read up to the cut with a warning; so does this one."""
+    cut = cut_short(path)  # of the file as given, so the warning names it
+    name, source = display_name(path), os.fspath(path)
+    if compression(path) not in TSHARK_READS:
+        source = str(copy.with_name(f"plain-{copy.name}"))
+        aliases[source] = f"{name} (decompressed)"
+        decompress(path, Path(source))
     if not cut:
-        return os.fspath(path)
+        return source
     warnings.append(cut)
-    name = display_name(path)
     aliases[str(copy)] = f"{name} (copied up to the cut)"
-    status, complaint = _run_tool([_tool("editcap"), os.fspath(path), str(copy)], aliases)
+    status, complaint = _run_tool([_tool("editcap"), source, str(copy)], aliases)
     if status != 0 or not copy.is_file():  # editcap says 0 for a cut or corrupt input
         raise WiresharkError(
             f"{name}: cannot copy the part before the cut to {copy.parent.parent}: {complaint}"

@@ -8,15 +8,19 @@ compared.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import gzip
+import lzma
 import os
 import struct
 import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import lz4.frame
 import pytest
+import zstandard
 from conftest import require
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -46,6 +50,24 @@ from jsdissect.capture import (
 )
 
 ENGINES = ("libpcap", "python")
+
+# Each compressor, from its own library (jsdissect's readers must agree with them).
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "zstd": zstandard.ZstdCompressor(write_checksum=True).compress,
+    "lz4": lz4.frame.compress,
+    "xz": lzma.compress,
+    "bzip2": bz2.compress,
+}
+
+
+def compressed_in_pieces(codec: str, data: bytes, pieces: int = 4) -> bytes:
+    """`data` compressed as several members/frames/streams one after another, as pigz,
+    pzstd or `cat a.gz b.gz` write them: a cut in the last one leaves the others whole."""
+    size = -(-len(data) // pieces)
+    return b"".join(COMPRESSORS[codec](data[i : i + size]) for i in range(0, len(data), size))
+
+
 T0_NS = 1_767_225_600_123_456_789  # 2026-01-01T00:00:00.123456789Z
 STEP_NS = 1_000_250_333  # 1.000250333 s: every timestamp has a sub-µs part
 
@@ -430,7 +452,7 @@ LIBPCAP_LIMITS = [
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, ips) -> dict[str, Path]:
-    """Every container × link type, and gzip, holding the same packets."""
+    """Every container × link type, and every compression, holding the same packets."""
     root = tmp_path_factory.mktemp("corpus")
     files = {}
 
@@ -442,7 +464,8 @@ def corpus(tmp_path_factory, ips) -> dict[str, Path]:
         for lname, (linktype, _) in LINKS.items():
             if lname != "null_be" or cname.endswith("be"):  # NULL: in the writer's order
                 add(f"{cname}-{lname}", container(linktype, link_frames(lname, ips)))
-        add(f"{cname}-gz", gzip.compress(container(1, link_frames("ethernet", ips))))
+        for codec, compress in COMPRESSORS.items():
+            add(f"{cname}-{codec}", compress(container(1, link_frames("ethernet", ips))))
     for linktype, version in ((228, 4), (229, 6)):
         only = [p for p in ips if p.version == version]
         add(f"lt{linktype}", pcap_file(linktype, link_frames("raw", only)))
@@ -652,8 +675,12 @@ def test_unreadable_files_raise_capture_error_naming_the_file(tmp_path, engine):
         make("empty.pcap", b""): "empty file",
         make("short.pcap", pcap_file(1, [])[:10]): "cut short in the pcap file header",
         make("short.pcapng", ng_shb("<")[:20]): "cut short in the pcapng file header",
-        make("text.gz", gzip.compress(b"hello world")): "gzipped file is not a pcap or pcapng",
+        make("text.gz", gzip.compress(b"hello world")): "gzip-compressed file is not a pcap",
         make("bad.gz", b"\x1f\x8b\x08garbage"): "unreadable gzip data",
+        make("text.xz", lzma.compress(b"hello world")): "xz-compressed file is not a pcap",
+        make("bad.zst", b"\x28\xb5\x2f\xfdgarbage"): "unreadable zstd data",
+        make("bad.lz4", b"\x04\x22\x4d\x18garbage"): "unreadable lz4 data",
+        make("bad.bz2", b"BZh9garbage"): "unreadable bzip2 data",
         tmp_path / "missing.pcap": "no such file",
         tmp_path: "is a directory",
     }
@@ -679,13 +706,13 @@ CUT_FORMATS: dict[str, Callable[[list[Frame]], bytes]] = {
 
 @pytest.mark.parametrize("fmt", sorted(CUT_FORMATS))
 @pytest.mark.parametrize("engine", [*ENGINES, "auto"])
-@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("codec", [None, *COMPRESSORS])
 def test_file_cut_short_gives_the_complete_packets_and_a_warning(
-    tmp_path, cases, ips, fmt, engine, gz
+    tmp_path, cases, ips, fmt, engine, codec
 ):
     data = CUT_FORMATS[fmt](link_frames("ethernet", ips))[:-30]  # inside the last packet
     path = tmp_path / f"cut.{fmt}"
-    path.write_bytes(gzip.compress(data) if gz else data)
+    path.write_bytes(COMPRESSORS[codec](data) if codec else data)
     stats = CaptureStats()
     assert read(path, engine=engine, stats=stats) == expected(cases)[:-1]
     [warning] = stats.warnings
@@ -693,10 +720,10 @@ def test_file_cut_short_gives_the_complete_packets_and_a_warning(
 
 
 @pytest.mark.parametrize("fmt", sorted(CUT_FORMATS))
-@pytest.mark.parametrize("gz", [False, True])
-def test_cut_short_names_the_cut_as_the_readers_do(tmp_path, ips, fmt, gz):
+@pytest.mark.parametrize("codec", [None, *COMPRESSORS])
+def test_cut_short_names_the_cut_as_the_readers_do(tmp_path, ips, fmt, codec):
     whole = CUT_FORMATS[fmt](link_frames("ethernet", ips))
-    pack = gzip.compress if gz else bytes
+    pack = COMPRESSORS[codec] if codec else bytes
     path = tmp_path / f"f.{fmt}"
     path.write_bytes(pack(whole))
     assert cut_short(path) == ""
@@ -720,14 +747,25 @@ def test_corrupt_block_length_keeps_the_blocks_before(tmp_path, cases, ips, engi
 
 
 @pytest.mark.parametrize("engine", [*ENGINES, "auto"])
-def test_broken_gzip_stream_keeps_what_came_before(tmp_path, cases, ips, engine):
+@pytest.mark.parametrize("codec", COMPRESSORS)
+def test_broken_compressed_stream_keeps_what_came_before(tmp_path, cases, ips, engine, codec):
     data = pcapng_two_ifaces("<", link_frames("ethernet", ips))
-    path = tmp_path / "broken.pcapng.gz"
-    path.write_bytes(gzip.compress(data)[:-200])
+    path = tmp_path / "broken.pcapng.z"
+    path.write_bytes(compressed_in_pieces(codec, data)[:-20])
     stats = CaptureStats()
     got = read(path, engine=engine, stats=stats)
     assert got and got == expected(cases)[: len(got)]
-    assert any("gzip data broken" in w for w in stats.warnings), stats.warnings
+    assert any(f"{codec} data broken" in w for w in stats.warnings), stats.warnings
+
+
+@pytest.mark.parametrize("codec", COMPRESSORS)
+def test_compressed_in_several_pieces_reads_as_one_file(tmp_path, cases, ips, codec):
+    data = pcap_file(1, link_frames("ethernet", ips))
+    path = tmp_path / "pieces.pcap.z"
+    path.write_bytes(compressed_in_pieces(codec, data))
+    stats = CaptureStats()
+    assert read(path, engine="python", stats=stats) == expected(cases)
+    assert stats.warnings == []
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -12,13 +12,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import require, require_root
 from conversations import command_chain
 from pcapfiles import pcap_file
+from zstandard import ZstdCompressor
 
 import jsdissect
 
@@ -50,10 +51,11 @@ def one_line(stderr: str) -> str:
 # --- read like the file ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("gz", [False, True], ids=["pcap", "gzip"])
-def test_stdin_gives_the_table_of_the_file_and_leaves_no_copy(tmp_path: Path, gz: bool) -> None:
-    data = DEMO.read_bytes()
-    fed = gzip.compress(data) if gz else data
+@pytest.mark.parametrize("compress", [bytes, gzip.compress, ZstdCompressor().compress])
+def test_stdin_gives_the_table_of_the_file_and_leaves_no_copy(
+    tmp_path: Path, compress: Callable[[bytes], bytes]
+) -> None:
+    fed = compress(DEMO.read_bytes())
     status, out, err = run("tasks", "-", "--csv", "-", data=fed, tmpdir=tmp_path / "tmp")
     assert status == 0, err
     assert out == run("tasks", str(DEMO), "--csv", "-")[1]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
 import json
+import lzma
 import subprocess
 import sys
 from decimal import Decimal
@@ -16,6 +18,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap, wrpcap
+from zstandard import ZstdCompressor
 
 import jsdissect
 from jsdissect import report, wireshark
@@ -372,3 +375,25 @@ def test_plugin_takes_whole_answers_with_comments_cdata_and_pis(tmp_path: Path, 
     (theirs,) = wireshark.analyze([capture]).tasks
     assert ours.start_answered is not None
     assert theirs["start_answered"] == ours.start_answered
+
+
+COMPRESSORS = {"xz": lzma.compress, "bzip2": bz2.compress, "zstd": ZstdCompressor().compress}
+
+
+@pytest.mark.parametrize("codec", sorted(COMPRESSORS))
+def test_engine_reads_what_the_other_engines_decompress(tmp_path: Path, codec: str) -> None:
+    """tshark reads no xz or bzip2 (and zstd only when built with it): decompressed first,
+    whole or cut in the last packet, it gives the table and warning of the others."""
+    require("tshark")
+    compress = COMPRESSORS[codec]
+    whole = tmp_path / f"demo.pcap.{codec}"
+    whole.write_bytes(compress((ROOT / "captures" / "demo.pcap").read_bytes()))
+    cut = tmp_path / f"cut.pcap.{codec}"
+    cut.write_bytes(compress((ROOT / "captures" / "demo.pcap").read_bytes()[:-30]))
+    for path in (whole, cut):
+        ours = jsdissect.analyze([path], engine="python")
+        result = wireshark.analyze([path])
+        assert result.warnings == ours.stats.warnings
+        assert _rows(result.tasks) == _rows(report.task_row(t) for t in ours.task_records)
+    assert len(result.tasks) == 10 and "cut short" in result.warnings[0]
+    assert set(tmp_path.iterdir()) == {whole, cut}  # no copy left behind
