@@ -1370,6 +1370,34 @@ def _allow_open_files(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+class Extract(NamedTuple):
+    """One file's segments, read where the file is (a Dask worker), and what reading saw."""
+
+    segments: list[Segment]
+    stats: CaptureStats
+
+
+def extract_file(path: CapturePath, bpf: str | None, engine: Engine) -> Extract:
+    """Read one capture file whole: the unit of work `cluster` sends to Dask workers."""
+    if bpf:
+        _check_filter(bpf)
+    stats = CaptureStats()
+    segments = list(_engine_segments(_identify(path), bpf, engine, stats))
+    return Extract(segments, stats)
+
+
+def merged_extracts(
+    names: Sequence[str], extracts: Sequence[Extract], stats: CaptureStats
+) -> Iterator[Segment]:
+    """The timeline of files read elsewhere: the segments `read_segments` gives of them,
+    with each file's counts and warnings added to `stats` under its name."""
+    stats.files += len(extracts)
+    for name, extract in zip(names, extracts, strict=True):
+        stats.absorb(extract.stats, name)
+    keyed = [_keyed(i, iter(e.segments)) for i, e in enumerate(extracts)]
+    return (seg for _ts, _i, _n, seg in heapq.merge(*keyed))
+
+
 def _keyed(index: int, segments: Iterator[Segment]) -> Iterator[tuple[int, int, int, Segment]]:
     for n, seg in enumerate(segments):
         yield seg[0], index, n, seg

@@ -16,6 +16,7 @@ import click
 from jsdissect import __version__
 from jsdissect.callbacks import AUTO_START_BYTES, MAX_WORKERS
 from jsdissect.capture import CaptureError, display_name
+from jsdissect.cluster import ClusterError
 from jsdissect.correlate import STATUSES, Channel
 
 if TYPE_CHECKING:
@@ -76,6 +77,14 @@ def _common(func: Callable | None = None, *, wireshark: bool = False) -> Any:
             f" {AUTO_START_BYTES >> 20} MB of callback traffic). The results are the same.",
         ),
         click.option(
+            "--dask-scheduler",
+            metavar="ADDRESS",
+            help="Read each capture file as one task on this Dask scheduler"
+            " (tcp://host:8786), or 'local' for a cluster of this machine's cores. The"
+            " workers must see the files under the paths given (pip install"
+            " 'jsdissect[dask]').",
+        ),
+        click.option(
             "-q",
             "--quiet",
             is_flag=True,
@@ -117,7 +126,7 @@ def _guarded(func: Callable) -> Callable:
         except BrokenPipeError:  # `jsdissect tasks X | head`: stop quietly, like cat would
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)
-        except CaptureError as exc:
+        except (CaptureError, ClusterError) as exc:
             _fail(str(exc), EXIT_BAD_INPUT)
         except OSError as exc:
             name = exc.filename or ""
@@ -227,6 +236,7 @@ def _analyze(
         progress=progress,
         messages=messages,
         workers=opts["jobs"],
+        dask_scheduler=opts["dask_scheduler"],
         **extra,
     )
     progress.done()
@@ -244,6 +254,8 @@ def _wireshark(captures: Sequence[str], opts: dict[str, Any]) -> tuple[list[dict
     """Task and message rows from tshark running the plugin (`--engine wireshark`)."""
     from jsdissect import wireshark
 
+    if opts["dask_scheduler"]:
+        raise click.UsageError("--dask-scheduler reads with jsdissect's own engines, not tshark")
     _check_outputs(captures, opts)
     ports = opts["scheduler_ports"] or (4444, 4455)
     result = wireshark.analyze(captures, ports, heuristics=not opts["no_heuristics"])

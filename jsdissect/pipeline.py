@@ -13,13 +13,15 @@ from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from jsdissect import callbacks
 from jsdissect.callbacks import CallbackDecoding
 from jsdissect.capture import (
+    CapturePath,
     CaptureStats,
     Engine,
+    Segment,
     display_name,
     read_segments,
     spool_problems,
@@ -67,6 +69,20 @@ class Options:
     # Keep every decoded message; False keeps what task rows and task logs are built from,
     # so memory follows the open connections, not the capture (DESIGN "Scale").
     messages: bool = True
+
+
+class SegmentReader(Protocol):
+    """Where segments come from: `capture.read_segments`, or `cluster.DaskReader`."""
+
+    def __call__(
+        self,
+        files: Sequence[CapturePath],
+        /,
+        *,
+        bpf: str | None,
+        engine: Engine,
+        stats: CaptureStats,
+    ) -> Iterator[Segment]: ...
 
 
 @dataclass
@@ -119,6 +135,7 @@ def analyze(
     messages: bool = True,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    dask_scheduler: str | None = None,
 ) -> Analysis:
     """Analyze capture files (or one) as one timeline. Raises capture.CaptureError for
     unusable input.
@@ -127,21 +144,37 @@ def analyze(
     for a memory that follows the open connections rather than the capture's size.
     `workers`: processes that decode callback connections beside the reader (0: none, all
     in this process; None: one per spare CPU, started once callbacks.AUTO_START_BYTES of
-    callback traffic were seen). The results are the same whatever the number."""
+    callback traffic were seen). The results are the same whatever the number.
+    `dask_scheduler`: read each file as a task on this Dask scheduler ("local": a cluster
+    of this machine's cores); None reads here (see `cluster`). Raises
+    cluster.ClusterError when Dask is missing or the scheduler cannot be reached."""
     opts = Options(tuple(scheduler_ports), engine, heuristics, all_tcp, messages)
     if isinstance(paths, (str, os.PathLike)):  # one capture, not its name's characters
         paths = [paths]
-    with spooled(paths) as files:  # "-" and named pipes: read more than once
-        result = _reads(files, opts, workers, progress)
+    with spooled(paths) as files, _reader(dask_scheduler) as reader:
+        # "-" and named pipes were saved to files: a capture may be read more than once
+        result = _reads(files, opts, workers, progress, reader)
     result.stats.warnings[:0] = spool_problems(files)
     return result
 
 
+@contextlib.contextmanager
+def _reader(dask_scheduler: str | None) -> Iterator[SegmentReader]:
+    if dask_scheduler is None:
+        yield read_segments
+        return
+    from jsdissect.cluster import dask_reader
+
+    with dask_reader(dask_scheduler) as reader:
+        yield reader
+
+
 def _reads(
-    files: Sequence[str | os.PathLike[str]],
+    files: Sequence[CapturePath],
     opts: Options,
     workers: int | None,
     progress: Callable[[int], None] | None,
+    reader: SegmentReader,
 ) -> Analysis:
     """Read again while commands announce callback ports the capture filter left out."""
     names = tuple(map(display_name, files))
@@ -149,9 +182,9 @@ def _reads(
     for _read in range(MAX_READS):
         with _no_cyclic_gc():
             try:
-                result = _run(files, names, opts, extra_ports, workers, progress)
+                result = _run(files, names, opts, extra_ports, workers, progress, reader)
             except callbacks.WorkerLost as lost:
-                result = _run(files, names, opts, extra_ports, 0, progress)
+                result = _run(files, names, opts, extra_ports, 0, progress, reader)
                 result.stats.warnings.append(f"{lost}; decoded again in one process")
         missing = _ports_outside_filter(result.channels, opts, extra_ports)
         if not missing or opts.all_tcp:
@@ -166,12 +199,13 @@ def _reads(
 
 
 def _run(
-    files: Sequence[str | os.PathLike[str]],
+    files: Sequence[CapturePath],
     names: tuple[str, ...],
     opts: Options,
     extra_ports: set[int],
     workers: int | None,
     progress: Callable[[int], None] | None,
+    reader: SegmentReader,
 ) -> Analysis:
     stats = CaptureStats()
     decoding = _callback_decoding(workers, keep_all=opts.messages)
@@ -181,7 +215,7 @@ def _run(
         latest = -1  # the capture's end: its latest time, whatever the order
         steps = _ClockSteps()
         bpf = "tcp" if opts.all_tcp else capture_filter(opts, extra_ports)
-        for n, seg in enumerate(read_segments(files, bpf=bpf, engine=opts.engine, stats=stats)):
+        for n, seg in enumerate(reader(files, bpf=bpf, engine=opts.engine, stats=stats)):
             reassembler.add(seg)
             if seg.ts >= latest:
                 latest = seg.ts

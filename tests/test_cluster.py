@@ -1,0 +1,140 @@
+"""Reading on a Dask cluster (`--dask-scheduler`): the same analysis as a local read.
+
+The cluster is real: a Dask scheduler and worker processes on this machine, reached over
+TCP like a scheduler elsewhere would be.
+"""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require
+from conversations import command_chain
+
+import jsdissect
+from jsdissect import report
+from jsdissect.pipeline import Analysis
+
+distributed = pytest.importorskip("distributed")  # the `dask` extra; CI installs it
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "captures" / "demo.pcap"
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> Iterator[str]:
+    """The address of a scheduler with two single-threaded worker processes."""
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    with cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """demo.pcap as a ring buffer, given out of time order, with a gzipped file and one
+    cut short inside its last packet (a warning that must name that file)."""
+    editcap = require("editcap")
+    folder = tmp_path_factory.mktemp("ring")
+    subprocess.run([editcap, "-c", "150", str(DEMO), str(folder / "ring.pcap")], check=True)
+    files = sorted(folder.glob("ring_*.pcap"))
+    assert len(files) >= 4
+    gzipped = files[1].with_suffix(".pcap.gz")
+    gzipped.write_bytes(gzip.compress(files[1].read_bytes()))
+    files[1].unlink()
+    files[-1].write_bytes(files[-1].read_bytes()[:-30])
+    return [files[2], gzipped, files[0], *files[3:]]
+
+
+def same_analysis(here: Analysis, there: Analysis) -> None:
+    assert [report.task_row(t) for t in there.task_records] == [
+        report.task_row(t) for t in here.task_records
+    ]
+    assert [report.connection_row(ch) for ch in there.channels] == [
+        report.connection_row(ch) for ch in here.channels
+    ]
+    assert report.message_rows(there.channels, there.task_records) == report.message_rows(
+        here.channels, here.task_records
+    )
+    assert there.stats == here.stats
+
+
+def test_ring_buffer_read_on_the_cluster_is_the_local_analysis(scheduler, ring) -> None:
+    here = jsdissect.analyze(ring)
+    there = jsdissect.analyze(ring, dask_scheduler=scheduler)
+    same_analysis(here, there)
+    assert len(here.task_records) == 10
+    (warning,) = here.stats.warnings
+    assert warning.startswith(f"{ring[-1]}: cut short")
+
+
+def test_later_reads_for_announced_ports_run_on_the_cluster_too(scheduler, tmp_path) -> None:
+    # Each command of the chain is seen only by a read that takes the port the one before
+    # announced: three reads, each of them on the cluster.
+    chain = command_chain(tmp_path / "chain.pcap", 3)
+    here = jsdissect.analyze(chain, all_tcp=False)
+    there = jsdissect.analyze(chain, dask_scheduler=scheduler)
+    assert sum(ch.kind == "cmd" for ch in here.channels) == 3
+    same_analysis(here, there)
+
+
+def cli(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "jsdissect", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+def one_line(out: subprocess.CompletedProcess[bytes]) -> str:
+    assert out.returncode == 2 and b"Traceback" not in out.stderr
+    (line,) = out.stderr.decode().strip().splitlines()
+    return line
+
+
+def test_cli_tables_from_the_cluster_equal_the_local_ones(scheduler, ring) -> None:
+    local = cli("tasks", *ring, "--csv", "-")
+    assert local.returncode == 0, local.stderr
+    for where in (scheduler, "local"):
+        remote = cli("tasks", *ring, "--csv", "-", "--dask-scheduler", where)
+        assert (remote.returncode, remote.stdout, remote.stderr) == (0, local.stdout, local.stderr)
+    piped = cli("tasks", "-", "--csv", "-", "--dask-scheduler", scheduler, stdin=DEMO.read_bytes())
+    assert piped.returncode == 0 and piped.stdout == cli("tasks", DEMO, "--csv", "-").stdout
+
+
+def test_bad_file_read_by_a_worker_is_one_line_naming_it(scheduler, tmp_path) -> None:
+    text = tmp_path / "notes.pcap"
+    text.write_text("not a capture\n")
+    line = one_line(cli("tasks", DEMO, text, "--dask-scheduler", scheduler))
+    assert line == f"jsdissect: {text}: not a pcap or pcapng file (magic 0x6e6f7420)"
+
+
+def test_scheduler_that_does_not_answer_is_one_line_naming_it() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    line = one_line(cli("tasks", DEMO, "--dask-scheduler", address))
+    assert line.startswith(f"jsdissect: Dask scheduler {address}: cannot connect")
+
+
+def test_without_dask_the_option_says_what_to_install() -> None:
+    blocked = "import sys; sys.modules['distributed'] = None; from jsdissect.cli import main; "
+    out = subprocess.run(
+        [sys.executable, "-c", blocked + "main()", "tasks", str(DEMO), "--dask-scheduler", "local"],
+        capture_output=True,
+        timeout=300,
+    )
+    assert one_line(out) == "jsdissect: --dask-scheduler needs Dask: pip install 'jsdissect[dask]'"
+
+
+def test_wireshark_engine_does_not_take_the_option() -> None:
+    out = cli("tasks", DEMO, "--engine", "wireshark", "--dask-scheduler", "local")
+    assert out.returncode == 2 and b"not tshark" in out.stderr
