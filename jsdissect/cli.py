@@ -36,9 +36,22 @@ JSON_OPTION = click.option(
 )
 
 
+PARQUET_OPTION = click.option(
+    "--parquet",
+    "parquet_path",
+    metavar="FILE",
+    help="Write Parquet to FILE, typed as the DataFrames are (pip install 'jsdissect[parquet]').",
+)
+OUTPUT_OPTIONS = ("csv_path", "json_path", "parquet_path")
+
+
 def _tables(func: Callable) -> Callable:
-    """--csv and --json, for the commands that write tables."""
-    return CSV_OPTION(JSON_OPTION(func))
+    """--csv, --json and --parquet, for the commands that write tables."""
+    return CSV_OPTION(JSON_OPTION(PARQUET_OPTION(func)))
+
+
+def _writes_tables(opts: dict[str, Any]) -> bool:
+    return any(opts.get(name) for name in OUTPUT_OPTIONS)
 
 
 def _common(func: Callable | None = None, *, wireshark: bool = False) -> Any:
@@ -203,17 +216,26 @@ def _check_output(path: str | None, captures: Sequence[str]) -> None:
 
 def _check_outputs(captures: Sequence[str], opts: dict[str, Any]) -> None:
     csv_path, json_path = opts.get("csv_path"), opts.get("json_path")
-    if csv_path == "-" and json_path == "-":
-        raise click.UsageError("--csv - and --json - cannot both write to stdout")
-    if (
-        csv_path
-        and json_path
-        and csv_path != "-"
-        and os.path.abspath(csv_path) == os.path.abspath(json_path)
-    ):
-        raise click.UsageError("--csv and --json name the same file")
-    for path in (csv_path, json_path):
+    parquet_path = opts.get("parquet_path")
+    if [csv_path, json_path, parquet_path].count("-") > 1:
+        raise click.UsageError("only one of --csv, --json and --parquet can write to stdout")
+    if parquet_path == "-" and sys.stdout is not None and sys.stdout.isatty():
+        raise click.UsageError("Parquet is binary: not written to a terminal (give a file)")
+    files = [os.path.abspath(p) for p in (csv_path, json_path, parquet_path) if p and p != "-"]
+    if len(set(files)) < len(files):
+        raise click.UsageError("two of --csv, --json and --parquet name the same file")
+    if parquet_path:
+        _check_parquet()
+    for path in (csv_path, json_path, parquet_path):
         _check_output(path, captures)
+
+
+def _check_parquet() -> None:
+    """Fail before the analysis, not after it, when Parquet cannot be written."""
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        _fail("--parquet needs pyarrow: pip install 'jsdissect[parquet]'", EXIT_BAD_INPUT)
 
 
 def _analyze(
@@ -276,7 +298,11 @@ def _emit(
         if path:
             report.write_output(path, functools.partial(writer, rows, columns))
             to_stdout |= path == "-"
-    if not to_stdout and not any(p for p, _ in outputs):
+    if opts["parquet_path"]:
+        render = functools.partial(report.write_parquet, rows, columns)
+        report.write_output(opts["parquet_path"], render, binary=True)
+        to_stdout |= opts["parquet_path"] == "-"
+    if not to_stdout and not _writes_tables(opts):
         by_name = {c.name: c for c in columns}
         chosen = [by_name[name] for name in shown if name in by_name]
         click.echo(report.to_text(list(rows), chosen), nl=False)
@@ -468,7 +494,7 @@ def messages(
         _check_task(process_id, {t.process_id for t in result.task_records}, captures)
         decoded = report.MessageRows(result.channels, result.task_records, process_id, errors_only)
         rows, times = decoded, decoded.times()
-    if opts["csv_path"] or opts["json_path"]:
+    if _writes_tables(opts):
         _emit(rows, report.MESSAGE_COLUMNS, opts, ())
         return
     if errors_only:
@@ -513,7 +539,7 @@ def summary(captures: tuple[str, ...], slowest: int, **opts: Any) -> None:
 
     result = _analyze(captures, opts)
     rows = [report.task_row(t) for t in result.task_records]
-    if opts["csv_path"] or opts["json_path"]:
+    if _writes_tables(opts):
         _emit(report.phase_distribution(rows), report.DISTRIBUTION_COLUMNS, opts, ())
         return
     click.echo(report.summary_text(rows, slowest), nl=False)

@@ -12,6 +12,7 @@ import csv
 import errno
 import heapq
 import io
+import itertools
 import json
 import math
 import os
@@ -445,6 +446,25 @@ def write_json(rows: Iterable[dict[str, Any]], columns: Sequence[Column], out: I
     out.write("[]\n" if separator == "[\n " else "\n]\n")
 
 
+PARQUET_GROUP_ROWS = 65_536  # rows per row group: the rows in memory at once while writing
+
+
+def write_parquet(
+    rows: Iterable[dict[str, Any]], columns: Sequence[Column], out: IO[bytes]
+) -> None:
+    """Parquet with the DataFrame's types (UTC timestamps in µs, nullable int64, float ms,
+    strings), one row group at a time as the rows come."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.Schema.from_pandas(frame([], columns), preserve_index=False)
+    with pq.ParquetWriter(out, schema) as writer:
+        rows = iter(rows)
+        while group := list(itertools.islice(rows, PARQUET_GROUP_ROWS)):
+            table = pa.Table.from_pandas(frame(group, columns), schema, preserve_index=False)
+            writer.write_table(table)
+
+
 class OutputError(Exception):
     """An output path that must not or cannot be written; the message names it."""
 
@@ -485,20 +505,22 @@ def _written_in_place(path: str) -> bool:
     return os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
 
 
-def write_output(path: str, render: Callable[[IO[str]], object]) -> None:
-    """Write `render(stream)` to `path` ('-' = stdout). A file is written through a
-    temporary file and a rename, so a failure never leaves a half-written file behind;
-    through a symbolic link, the file it points to is replaced and the link kept. A device
-    or a FIFO (/dev/null, a named pipe) is written in place: a rename would replace it."""
+def write_output(path: str, render: Callable[[Any], object], binary: bool = False) -> None:
+    """Write `render(stream)` to `path` ('-' = stdout), a text stream (UTF-8) unless
+    `binary`. A file is written through a temporary file and a rename, so a failure never
+    leaves a half-written file behind; through a symbolic link, the file it points to is
+    replaced and the link kept. A device or a FIFO (/dev/null, a named pipe) is written in
+    place: a rename would replace it."""
     if path == "-":
         if sys.stdout is None:
             raise OSError(errno.EBADF, "standard output is closed", "-")
-        render(sys.stdout)
-        sys.stdout.flush()
+        stream = sys.stdout.buffer if binary else sys.stdout
+        render(stream)
+        stream.flush()
         return
     if _written_in_place(path):
         try:
-            with open(path, "w", encoding="utf-8", newline="") as out:
+            with _opened(path, binary) as out:
                 render(out)
         except OSError as exc:
             exc.filename = path  # a full device fails at the last flush, without a name
@@ -512,7 +534,7 @@ def write_output(path: str, render: Callable[[IO[str]], object]) -> None:
         raise
     try:
         os.fchmod(fd, new_file_mode())  # mkstemp's 0600 would outlive the rename
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+        with _opened(fd, binary) as out:
             render(out)
         os.replace(tmp, target)
     except BaseException as exc:
@@ -520,6 +542,12 @@ def write_output(path: str, render: Callable[[IO[str]], object]) -> None:
         if isinstance(exc, OSError):
             exc.filename, exc.filename2 = path, None
         raise
+
+
+def _opened(file: str | int, binary: bool) -> IO[Any]:
+    if binary:
+        return open(file, "wb")
+    return open(file, "w", encoding="utf-8", newline="")
 
 
 def new_file_mode() -> int:

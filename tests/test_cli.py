@@ -11,12 +11,16 @@ import threading
 from pathlib import Path
 
 import jsencode as enc
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from jsdissect import __version__
+import jsdissect
+from jsdissect import __version__, report
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 CMD_CLIENT, REMOTE = ("127.0.0.21", 40001), ("127.0.0.11", 4455)
@@ -342,8 +346,6 @@ def test_columns_and_picture_names_that_say_nothing_or_too_much(
 
 
 def test_analyze_takes_one_capture_by_its_name(capture: Path) -> None:
-    import jsdissect
-
     one = jsdissect.analyze(str(capture))
     assert [t.process_id for t in one.task_records] == ["84217301"]
     assert one.paths == (str(capture),)
@@ -359,3 +361,93 @@ def test_a_capture_without_tasks_says_where_it_looked(capture: Path, tmp_path: P
         " --scheduler-port PORT."
     )
     assert "looked at" not in run("tasks", str(capture), "--status", "running").stdout
+
+
+# --- Parquet ---------------------------------------------------------------------------------
+
+
+def parquet_table(path: Path) -> pa.Table:
+    return pq.read_table(path)
+
+
+@pytest.mark.parametrize("command", ["tasks", "connections", "messages", "summary"])
+def test_parquet_holds_the_rows_of_the_csv_with_their_types(tmp_path: Path, command: str) -> None:
+    out = run(command, str(CAPTURES / "demo.pcap"), "--csv", "-", "--parquet", str(tmp_path / "t"))
+    assert out.returncode == 0, out.stderr
+    table = parquet_table(tmp_path / "t")
+    header, *lines = out.stdout.splitlines()
+    assert table.column_names == header.split(",") and table.num_rows == len(lines) > 0
+    for field in table.schema:
+        assert field.type in (
+            pa.timestamp("us", tz="UTC"),
+            pa.int64(),
+            pa.float64(),
+            pa.string(),
+            pa.large_string(),
+        ), field
+
+
+def test_parquet_times_are_the_exact_microseconds(tmp_path: Path) -> None:
+    out = run("tasks", str(CAPTURES / "demo.pcap"), "--json", "-", "--parquet", str(tmp_path / "t"))
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    table = parquet_table(tmp_path / "t").to_pylist()
+    for row, stored in zip(rows, table, strict=True):
+        for name in ("start_sent", "begin_answered", "callback_closed"):
+            iso = None if stored[name] is None else stored[name].isoformat(timespec="microseconds")
+            assert iso == (row[name] and row[name].replace("Z", "+00:00")), name
+        assert stored["startup_ms"] == row["startup_ms"] and stored["pid"] == row["pid"]
+
+
+def test_parquet_of_messages_is_written_a_row_group_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(report, "PARQUET_GROUP_ROWS", 100)
+    result = jsdissect.analyze(CAPTURES / "parallel_50.pcap")
+    rows = report.MessageRows(result.channels, result.task_records)
+    with open(tmp_path / "m", "wb") as out:
+        report.write_parquet(rows, report.MESSAGE_COLUMNS, out)
+    count = sum(1 for _ in rows)
+    assert pq.ParquetFile(tmp_path / "m").metadata.num_row_groups == -(-count // 100) > 10
+    assert parquet_table(tmp_path / "m").to_pandas().equals(result.messages)
+
+
+def test_parquet_of_no_rows_keeps_the_columns(tmp_path: Path) -> None:
+    out = run("tasks", str(CAPTURES / "demo.pcap"), "--status", "start-failed", "-q")
+    assert out.returncode == 0 and "start-failed" not in out.stdout  # demo has none
+    out = run(
+        "tasks",
+        str(CAPTURES / "demo.pcap"),
+        "--status",
+        "start-failed",
+        "--parquet",
+        str(tmp_path / "t"),
+    )
+    assert out.returncode == 0, out.stderr
+    table = parquet_table(tmp_path / "t")
+    assert table.num_rows == 0 and "process_id" in table.column_names
+
+
+def test_parquet_through_a_pipe_and_never_two_outputs_on_stdout(tmp_path: Path) -> None:
+    piped = subprocess.run(
+        [sys.executable, "-m", "jsdissect", "tasks", str(CAPTURES / "demo.pcap"), "--parquet", "-"],
+        capture_output=True,
+        timeout=120,
+    )
+    assert piped.returncode == 0 and b"task(s)" in piped.stderr  # the summary moved aside
+    (tmp_path / "t").write_bytes(piped.stdout)
+    assert len(pd.read_parquet(tmp_path / "t")) == 10
+    twice = run("tasks", str(CAPTURES / "demo.pcap"), "--parquet", "-", "--json", "-")
+    assert twice.returncode == 2 and "only one of" in twice.stderr
+
+
+def test_parquet_without_pyarrow_fails_before_the_analysis(tmp_path: Path) -> None:
+    blocked = "import sys; sys.modules['pyarrow'] = None; from jsdissect.cli import main; main()"
+    out = subprocess.run(
+        [sys.executable, "-c", blocked, "tasks", "/nonexistent.pcap", "--parquet", "t.parquet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr == "jsdissect: --parquet needs pyarrow: pip install 'jsdissect[parquet]'\n"
+    assert not list(tmp_path.iterdir())
