@@ -316,6 +316,10 @@ def test_fields_are_registered() -> None:
         "jobscheduler_api.hresult",
         "jobscheduler_api.error.code",
         "jobscheduler_api.objref.clsid",
+        "jobscheduler_api.objref.name",
+        "jobscheduler_api.objref.returned_by",
+        "jobscheduler_api.object_name",
+        "jobscheduler_api.object_returned_by",
         "jobscheduler_api.response_in",
         "jobscheduler_api.request_in",
         "jobscheduler_api.time",
@@ -448,6 +452,32 @@ def test_callback_channel_fields(crafted: dict[str, Crafted]) -> None:
         m for m in api if m.frame == k_frames[0] and m.get("jobscheduler_api.class") == "0x41"
     ]
     assert step_answer and step_answer[0].get("jobscheduler_api.exit_code") == "3"
+
+
+def test_objects_are_named_by_class_and_by_the_call_that_returned_them() -> None:
+    """§5.6: an object without a begin name is labelled by its class, as `jsdissect
+    messages` does (Variable_set from the title's Com_variable_set); the call that
+    returned it is a field of its own. Its DISPIDs still come from Appendix A."""
+    run = plugin_run(CAPTURES / "one_api.pcapng")
+    api = [m for m in run.messages if m.get("jobscheduler_api.class")]
+    (returned,) = [m for m in api if m.get("jobscheduler_api.objref.returned_by")]
+    assert returned.get("jobscheduler_api.objref.name") == "Variable_set"
+    assert returned.get("jobscheduler_api.objref.returned_by") == "spooler_task.params"
+    assert returned.get("jobscheduler_api.method") == "params"
+    calls = [
+        (
+            m.get("jobscheduler_api.command"),
+            m.get("jobscheduler_api.object_name"),
+            m.get("jobscheduler_api.method"),
+        )
+        for m in api
+        if m.get("jobscheduler_api.object_returned_by") == "spooler_task.params"
+    ]
+    assert calls == [
+        ("0x47", "Variable_set", "value"),
+        ("0x49", "Variable_set", "value"),
+        ("0x52", "Variable_set", None),
+    ]
 
 
 def test_callback_linked_to_command(crafted: dict[str, Crafted]) -> None:

@@ -151,6 +151,8 @@ FA.sender = ProtoField.uint8("jobscheduler_api.sender", "Sender", base.DEC, SIDE
 FA.session = ProtoField.uint64("jobscheduler_api.session_id", "Session id", base.HEX)
 FA.object_id = ProtoField.uint64("jobscheduler_api.object_id", "Object id", base.HEX)
 FA.object_name = ProtoField.string("jobscheduler_api.object_name", "Object")
+FA.object_returned_by = ProtoField.string("jobscheduler_api.object_returned_by",
+    "Object returned by")
 FA.method = ProtoField.string("jobscheduler_api.method", "Method")
 FA.dispid = ProtoField.int32("jobscheduler_api.dispid", "DISPID")
 FA.flags = ProtoField.uint32("jobscheduler_api.flags", "Invoke flags", base.HEX)
@@ -196,6 +198,7 @@ FA.objref_clsid = ProtoField.guid("jobscheduler_api.objref.clsid", "Proxy CLSID"
 FA.objref_props = ProtoField.uint32("jobscheduler_api.objref.properties", "Properties")
 FA.objref_prop = ProtoField.string("jobscheduler_api.objref.property", "Property")
 FA.objref_name = ProtoField.string("jobscheduler_api.objref.name", "Object")
+FA.objref_returned_by = ProtoField.string("jobscheduler_api.objref.returned_by", "Returned by")
 FA.hresult = ProtoField.uint32("jobscheduler_api.hresult", "HRESULT", base.HEX, HRESULT_NAMES)
 FA.hresult_name = ProtoField.string("jobscheduler_api.hresult.name", "HRESULT name")
 FA.arg_err = ProtoField.int32("jobscheduler_api.arg_err", "Argument in error")
@@ -1477,6 +1480,12 @@ local NAME_CLASS = {
     spooler_log = "Com_log", spooler_task = "Com_task", spooler_job = "Com_job",
     spooler = "Com_spooler",
 }
+-- How an object without a begin name is labelled: its class as the default engine names it
+-- (objserver.py's class constants), so both engines print the same messages.
+local CLASS_LABEL = {
+    Com_log = "spooler_log", Com_task = "spooler_task", Com_job = "spooler_job",
+    Com_spooler = "spooler", Com_variable_set = "Variable_set", Com_order = "Order",
+}
 -- spooler_log methods that write a line (DESIGN "log_lines")
 local LOG_METHODS = {
     log = true, info = true, msg = true, warn = true, error = true, debug = true,
@@ -1504,16 +1513,27 @@ local function object_entry(as, exporter, id)
     return as.exports[exporter][id] or as.exports[other_side(exporter)][id]
 end
 
+-- §5.6: the class of an exported object by its proxy CLSID, else by the C++ class that ends
+-- its title (for debugging only, so the last resort; a Scala title names no class).
+local function ref_class(ref)
+    if ref.clsid and CLSID_CLASS[ref.clsid] then return CLSID_CLASS[ref.clsid] end
+    local title = ref.title or ""
+    local short = (title:match(".*::(.*)$") or title):match("^%s*(.-)%s*$")
+    if DISPIDS[short] then return short end
+    return nil
+end
+
+-- A begin name says the class (§6.3); else the class seen when the object was exported.
 local function object_class(entry)
     if entry == nil then return nil end
-    if entry.name and NAME_CLASS[entry.name] then return NAME_CLASS[entry.name] end
-    if entry.clsid and CLSID_CLASS[entry.clsid] then return CLSID_CLASS[entry.clsid] end
-    local title = entry.title or ""
-    for class in pairs(DISPIDS) do
-        if title:find(class, 1, true) then return class end
-    end
-    if title:find("Variable_set", 1, true) then return "Com_variable_set" end
-    return nil
+    return NAME_CLASS[entry.name or ""] or entry.class
+end
+
+-- What messages call an object: its name (begin, RMIS), else its class, as the default
+-- engine does. The call that returned it is shown apart (object_returned_by).
+local function object_label(entry)
+    if entry == nil then return nil end
+    return entry.name or CLASS_LABEL[object_class(entry) or ""]
 end
 
 local function dispid_name(as, exporter, id, dispid)
@@ -1801,23 +1821,37 @@ local function each_ref(values, fn)
     end
 end
 
-local function learn_exports(as, side, values, name_for)
+-- `returned_by`: the call whose answer exports the objects (spooler_task.params), kept for
+-- the tree; the first call that returned an object names it there.
+local function learn_exports(as, side, values, returned_by)
     each_ref(values, function(ref)
         if ref.is_new then
             local e = as.exports[side][ref.id] or {}
             e.title, e.clsid = ref.title, ref.clsid
-            if e.name == nil and name_for then e.name = name_for end
+            e.class = ref_class(ref) or e.class
+            if e.returned_by == nil then e.returned_by = returned_by end
             as.exports[side][ref.id] = e
         end
     end)
 end
 
+-- How a call on an object reads in `returned_by` of what it returns: a chain of calls from
+-- a named object where there is one (spooler_task.order.params), else the class.
+local function object_path(entry)
+    if entry == nil then return nil end
+    return entry.name or entry.returned_by or object_label(entry)
+end
+
 local function label_refs(as, values)
     each_ref(values, function(ref)
         local e = object_entry(as, nil, ref.id)
-        if e and e.name then
-            ref.item:append_text(" [" .. e.name .. "]")
-            ref.item:add(FA.objref_name, e.name):set_generated()
+        local label = object_label(e)
+        if label then
+            ref.item:append_text(" [" .. label .. "]")
+            ref.item:add(FA.objref_name, label):set_generated()
+        end
+        if e and e.returned_by then
+            ref.item:add(FA.objref_returned_by, e.returned_by):set_generated()
         end
     end)
 end
@@ -1881,8 +1915,11 @@ local function dissect_request(tvb, tree, m, as)
     m.cmd = u8(tvb, 13)
     tree:add(FA.command, rng(tvb, 13, 1))
     local target = object_entry(as, other_side(m.sender), m.objid)
-    m.objname = target and target.name
+    m.objname, m.objpath = object_label(target), object_path(target)
     if m.objname then tree:add(FA.object_name, rng(tvb, 5, 8), m.objname):set_generated() end
+    if target and target.returned_by then
+        tree:add(FA.object_returned_by, rng(tvb, 5, 8), target.returned_by):set_generated()
+    end
     local who = m.objname or m.objid
     if m.cmd == 0x52 then
         if tvb:len() ~= 14 then malformed("Release with a body") end
@@ -2088,7 +2125,9 @@ local function apply_request(conn, as, m)
     -- picked up mid-stream: the object the controller calls by name is the RMIS (§6.1)
     if as.rmis == nil and m.cls == 0x4F and m.cmd == 0x41 and m.sender == CONTROLLER then
         as.rmis = m.objid
-        as.exports[TASK_SERVER][m.objid] = as.exports[TASK_SERVER][m.objid] or { name = "RMIS" }
+        local e = as.exports[TASK_SERVER][m.objid] or {}
+        e.name = e.name or "RMIS"
+        as.exports[TASK_SERVER][m.objid] = e
     end
     local on_rmis = m.cls == 0x4F and m.objid ~= nil and m.objid == as.rmis
         and m.sender == CONTROLLER
@@ -2157,15 +2196,17 @@ local function apply_reply(conn, as, m, pinfo)
     end
     if req == nil then return end
     if m.values then
-        local name_for
-        if req.cmd == 0x43 then
-            name_for = "RMIS"
-        elseif req.objname and req.method then
-            name_for = req.objname .. "." .. req.method
+        local returned_by
+        if req.cmd ~= 0x43 and req.objpath and req.method then
+            returned_by = req.objpath .. "." .. req.method
         end
-        learn_exports(as, m.sender, m.values, name_for)
+        learn_exports(as, m.sender, m.values, returned_by)
         local first = m.values[1]
-        if req.cmd == 0x43 and first and first.ref and first.ref.id then as.rmis = first.ref.id end
+        if req.cmd == 0x43 and first and first.ref and first.ref.id then
+            as.rmis = first.ref.id
+            local e = m.sender and as.exports[m.sender][as.rmis]
+            if e then e.name = "RMIS" end
+        end
     end
     if req.cmd == 0x47 and m.dispids and m.dispids[1] and req.method and m.sender then
         local k = tostring(m.sender) .. ":" .. req.objid
@@ -2335,7 +2376,7 @@ local function abandon_frame(conn, as, p)
     if m.request then
         if m.objid and m.sender then
             local target = object_entry(as, other_side(m.sender), m.objid)
-            m.objname = target and target.name
+            m.objname, m.objpath = object_label(target), object_path(target)
             if m.cmd == 0x49 and m.dispid then
                 m.method = dispid_name(as, other_side(m.sender), m.objid, m.dispid)
             end
