@@ -271,16 +271,21 @@ def _comparable_messages(rows: list[dict]) -> list[tuple]:
     return [tuple((k, str(v)) for k, v in r.items() if k not in ("conn", "offset")) for r in rows]
 
 
-@pytest.mark.parametrize("name", ["one_shell", "crafted tasks"])
+SHIPPED = sorted(p.name for p in (ROOT / "captures").glob("*.pcap*"))
+
+
+@pytest.mark.parametrize("name", [*SHIPPED, "crafted tasks"])
 def test_engine_messages_read_like_the_default_engines(tmp_path: Path, name: str) -> None:
     """`messages --engine wireshark`: the same rows as the default engine (types, senders,
     addresses, first-byte and completion times, summaries), but for connection ids and
-    stream offsets. The crafted capture has messages over several segments, several in
-    one segment, keep-alive spaces over two segments, errors, a kill and a refused
+    stream offsets, on every shipped capture. Summaries name objects alike: by their begin
+    name, else by class (`invoke Variable_set.value("mode")`, not after the call that
+    returned the object). The crafted capture has messages over several segments, several
+    in one segment, keep-alive spaces over two segments, errors, a kill and a refused
     callback."""
     require("tshark")
-    if name == "one_shell":
-        capture = ROOT / "captures" / "one_shell.pcap"
+    if name in SHIPPED:
+        capture = ROOT / "captures" / name
     else:
         from crafted_captures import (
             Capture,
