@@ -402,3 +402,28 @@ def test_engine_reads_what_the_other_engines_decompress(tmp_path: Path, codec: s
         assert _rows(result.tasks) == _rows(report.task_row(t) for t in ours.task_records)
     assert len(result.tasks) == 10 and "cut short" in result.warnings[0]
     assert set(tmp_path.iterdir()) == {whole, cut}  # no copy left behind
+
+
+def test_engine_takes_log_calls_of_a_task_picked_up_after_begin_like_the_default(
+    tmp_path: Path,
+) -> None:
+    """A capture that begins mid-task has no begin names: an object called with the §6.5
+    log forwarding shape (Invoke DISPID 14, level and text) is the spooler_log in both
+    engines, so the calls read `invoke spooler_log.log(…)` alike."""
+    require("tshark")
+    packets = rdpcap(str(ROOT / "captures" / "one_api.pcapng"))
+    first = next(
+        i for i, p in enumerate(packets) if Raw in p and b"job_1 step 2 line 1" in p[Raw].load
+    )
+    capture = tmp_path / "mid_task.pcap"
+    wrpcap(str(capture), packets[first:])
+    result = jsdissect.analyze([capture])
+    ours = report.message_rows(result.channels, result.task_records)
+    theirs = wireshark.analyze([capture]).messages
+
+    def requests(rows: list[dict]) -> list[tuple]:
+        return _comparable_messages([r for r in rows if r["type"] == "Request"])
+
+    assert requests(theirs) == requests(ours)
+    logs = [r for r in ours if r["summary"].startswith("invoke spooler_log.log(0, ")]
+    assert len(logs) == 3

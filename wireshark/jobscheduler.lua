@@ -2115,12 +2115,38 @@ local function pair_answer(as, m)
     end
 end
 
+-- §6.5 log forwarding as it looks on the wire: Invoke DISPID 14 as a method with two
+-- arguments, an integer level (the fixed-size VARTYPEs but VT_ERROR and VT_CY) and a text.
+local function looks_like_log_call(m)
+    local args = m.args or {}
+    local level, text = args[1], args[2]
+    return m.cmd == 0x49 and m.dispid == 14 and band(m.flags or 0, 0x1) ~= 0 and #args == 2
+        and FIXED[level.vt] ~= nil and level.vt ~= 0x0A and level.vt ~= 0x06
+        and text.vt == 0x08
+end
+
+-- The class of the object a request calls. One of no known class called like a log is the
+-- spooler_log of a task picked up after its begin, as the default engine takes it.
+local function target_class(as, m)
+    if m.cls ~= 0x4F or m.objid == nil then return nil end
+    local exporter = other_side(m.sender)
+    local target = object_entry(as, exporter, m.objid)
+    local class = object_class(target)
+    if class or not looks_like_log_call(m) then return class end
+    target = target or {}
+    target.class = "Com_log"
+    as.exports[exporter][m.objid] = as.exports[exporter][m.objid] or target
+    m.method = m.method or dispid_name(as, exporter, m.objid, m.dispid)
+    return target.class
+end
+
 -- First-pass effects of a request: the stack, names, lifecycle facts of its task.
 local function apply_request(conn, as, m)
     local task = conn.task
     m.depth = #as.stack
     as.stack[#as.stack + 1] = m
     if m.wire then learn_exports(as, m.sender, m.wire) end
+    local class = target_class(as, m)
     local name = m.method and m.method:lower()
     -- picked up mid-stream: the object the controller calls by name is the RMIS (§6.1)
     if as.rmis == nil and m.cls == 0x4F and m.cmd == 0x41 and m.sender == CONTROLLER then
@@ -2163,7 +2189,7 @@ local function apply_request(conn, as, m)
     end
     if on_rmis and m.cmd == 0x52 then m.release_rmis = true end
     -- DESIGN "log_lines": strings passed to a spooler_log method that writes a line
-    if m.cls == 0x4F and (m.cmd == 0x49 or m.cmd == 0x41) and m.objname == "spooler_log"
+    if m.cls == 0x4F and (m.cmd == 0x49 or m.cmd == 0x41) and class == "Com_log"
         and name and LOG_METHODS[name] and (m.cmd == 0x41 or band(m.flags or 0, 0x1) ~= 0) then
         local lines = 0
         for _, v in ipairs(m.args or {}) do
@@ -2173,7 +2199,7 @@ local function apply_request(conn, as, m)
         if task then task.log_lines = (task.log_lines or 0) + lines end
     end
     -- §6.5: spooler_task.exit_code put (DISPID 30)
-    if m.cls == 0x4F and m.cmd == 0x49 and m.objname == "spooler_task"
+    if m.cls == 0x4F and m.cmd == 0x49 and class == "Com_task"
         and band(m.flags or 0, 0xC) ~= 0 and (m.dispid == 30 or name == "exit_code") then
         local v = (m.named and m.named[-3]) or (m.args and m.args[#m.args])
         if v and type(v.value) == "number" then
