@@ -9,8 +9,8 @@ The libraries load on first use: a plain capture does not pay for their import.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import IO, NamedTuple, Protocol
+from collections.abc import Callable, Iterator
+from typing import IO, Any, NamedTuple, Protocol
 
 
 class Stream(Protocol):
@@ -21,7 +21,7 @@ class Stream(Protocol):
 
 class Codec(NamedTuple):
     name: str  # as messages name it
-    magic: bytes
+    magics: tuple[bytes, ...]  # how a file of it begins
     # The decompressed stream of a file object (left open), and the exceptions that mean
     # the compressed data is broken.
     open: Callable[[IO[bytes]], tuple[Stream, tuple[type[Exception], ...]]]
@@ -61,54 +61,119 @@ def _zstd(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:
     return _ZstdFrames(raw), (EOFError, zstandard.ZstdError)
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Skippable frames, 0x184D2A50 to 0x184D2A5F: metadata a decompressor passes over. pzstd
+# begins its files with one (the size of the frame that follows).
+ZSTD_SKIPPABLE = tuple((0x184D2A50 + n).to_bytes(4, "little") for n in range(16))
+ZSTD_BLOCK_MAX = 128 << 10  # what one block decompresses to at most (RFC 8878 §3.1.1.2.4)
+ZSTD_RLE_BLOCK = 1  # a block type: one byte, repeated Block_Size times
+
+
 class _ZstdFrames:
-    """A zstd file: frames one after another (pzstd, `cat a.zst b.zst`). zstandard's own
-    stream reader ends a file cut inside a frame in silence; this one says so."""
+    """A zstd file: frames one after another (pzstd, `cat a.zst b.zst`), with skippable
+    frames among them. Walked block by block and fed to zstandard a few blocks at a time:
+    zstandard decompresses at once all it is given (a frame of 32 KB can hold 1 GB of
+    zeros), and its stream reader ends a file cut inside a frame in silence; a piece here
+    is at most `CHUNK`, and a cut is an error."""
 
     CHUNK = 1 << 20
+    BLOCKS_PER_PIECE = CHUNK // ZSTD_BLOCK_MAX
 
     def __init__(self, raw: IO[bytes]) -> None:
         import zstandard
 
         self._raw = raw
         self._new = zstandard.ZstdDecompressor().decompressobj
-        self._frame = self._new()
-        self._started = False  # has the current frame had any input
+        self._error = zstandard.ZstdError
+        self._buffer = b""  # read from `raw`, not yet taken from `_pos` on
+        self._pos = 0
+        self._pieces = self._decompressed()
 
     def read1(self, size: int = -1, /) -> bytes:
         """Some decompressed bytes (`size` is only a hint); b"" at the end."""
-        while True:
-            if self._frame.eof:
-                rest = self._frame.unused_data
-                self._frame, self._started = self._new(), False
-                if rest:
-                    self._started = True
-                    if out := self._frame.decompress(rest):
-                        return out
-                    continue
-            data = self._raw.read(self.CHUNK)
-            if not data:
-                if self._started and not self._frame.eof:
-                    raise EOFError("compressed data ended inside a frame")
-                return b""
-            self._started = True
-            if out := self._frame.decompress(data):
-                return out
+        return next(self._pieces, b"")
 
     def close(self) -> None:
         """The file stays open: its owner closes it."""
 
+    def _decompressed(self) -> Iterator[bytes]:
+        while magic := self._take(4, at_frame_start=True):
+            if magic in ZSTD_SKIPPABLE:
+                self._skip(int.from_bytes(self._take(4), "little"))
+            elif magic == ZSTD_MAGIC:
+                yield from self._frame(magic)
+            else:
+                number = int.from_bytes(magic, "little")
+                raise self._error(f"not a zstd frame (magic 0x{number:08x})")
+
+    def _frame(self, magic: bytes) -> Iterator[bytes]:
+        frame = self._new()
+        descriptor = self._take(1)
+        frame.decompress(magic + descriptor + self._take(_zstd_header_rest(descriptor[0])))
+        blocks: list[bytes] = []
+        last = False
+        while not last:
+            try:
+                block, last = self._block()
+            except EOFError:  # cut: what the whole blocks before make is kept
+                yield from _decompressed_blocks(frame, blocks)
+                raise
+            blocks.append(block)
+            if last or len(blocks) == self.BLOCKS_PER_PIECE:
+                yield from _decompressed_blocks(frame, blocks)
+                blocks = []
+        if descriptor[0] & 0x04:  # Content_Checksum_flag: zstandard checks it
+            frame.decompress(self._take(4))
+
+    def _block(self) -> tuple[bytes, bool]:
+        """The next block of a frame, whole, and whether it is the frame's last."""
+        header = self._take(3)
+        value = int.from_bytes(header, "little")
+        kind, size = value >> 1 & 3, value >> 3
+        return header + self._take(1 if kind == ZSTD_RLE_BLOCK else size), bool(value & 1)
+
+    def _take(self, size: int, at_frame_start: bool = False) -> bytes:
+        """The next `size` bytes of the file; b"" at its end between frames."""
+        while len(self._buffer) - self._pos < size:
+            data = self._raw.read(self.CHUNK)
+            if not data:
+                if at_frame_start and self._pos == len(self._buffer):
+                    return b""
+                raise EOFError("compressed data ended inside a frame")
+            self._buffer = self._buffer[self._pos :] + data
+            self._pos = 0
+        self._pos += size
+        return self._buffer[self._pos - size : self._pos]
+
+    def _skip(self, size: int) -> None:
+        """Pass over `size` bytes (a skippable frame's content), a chunk at a time."""
+        for _ in range(size // self.CHUNK):
+            self._take(self.CHUNK)
+        self._take(size % self.CHUNK)
+
+
+def _decompressed_blocks(frame: Any, blocks: list[bytes]) -> Iterator[bytes]:
+    if out := frame.decompress(b"".join(blocks)):  # b"" would mean the end to a reader
+        yield out
+
+
+def _zstd_header_rest(descriptor: int) -> int:
+    """The length of a frame header after its descriptor byte (RFC 8878 §3.1.1.1)."""
+    single_segment = descriptor >> 5 & 1
+    content_size = (single_segment, 2, 4, 8)[descriptor >> 6]
+    dictionary_id = (0, 1, 2, 4)[descriptor & 3]
+    return (not single_segment) + dictionary_id + content_size
+
 
 CODECS = (
-    Codec("gzip", b"\x1f\x8b", _gzip),
-    Codec("zstd", b"\x28\xb5\x2f\xfd", _zstd),
-    Codec("lz4", b"\x04\x22\x4d\x18", _lz4),
-    Codec("xz", b"\xfd7zXZ\x00", _xz),
-    Codec("bzip2", b"BZh", _bzip2),
+    Codec("gzip", (b"\x1f\x8b",), _gzip),
+    Codec("zstd", (ZSTD_MAGIC, *ZSTD_SKIPPABLE), _zstd),
+    Codec("lz4", (b"\x04\x22\x4d\x18",), _lz4),
+    Codec("xz", (b"\xfd7zXZ\x00",), _xz),
+    Codec("bzip2", (b"BZh",), _bzip2),
 )
-MAGIC_LEN = max(len(c.magic) for c in CODECS)
 
 
 def codec_of(head: bytes) -> Codec | None:
     """The compression of a file that begins with `head`, or None."""
-    return next((c for c in CODECS if head.startswith(c.magic)), None)
+    return next((c for c in CODECS if head.startswith(c.magics)), None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import io
 import lzma
 import os
 import struct
@@ -39,6 +40,7 @@ from scapy.packet import Packet, Padding
 
 from jsdissect.capture import (
     ACK,
+    CHUNK,
     DECODERS,
     PSH,
     SYN,
@@ -48,6 +50,7 @@ from jsdissect.capture import (
     cut_short,
     read_segments,
 )
+from jsdissect.compressed import codec_of
 
 ENGINES = ("libpcap", "python")
 
@@ -766,6 +769,58 @@ def test_compressed_in_several_pieces_reads_as_one_file(tmp_path, cases, ips, co
     stats = CaptureStats()
     assert read(path, engine="python", stats=stats) == expected(cases)
     assert stats.warnings == []
+
+
+def skippable_zstd_frame(number: int, content: bytes) -> bytes:
+    """A frame zstd passes over (magic 0x184D2A50 + number): pzstd writes one before each
+    frame it compresses, with that frame's size."""
+    return struct.pack("<II", 0x184D2A50 + number, len(content)) + content
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_zstd_with_skippable_frames_reads_as_one_file(tmp_path, cases, ips, engine):
+    data = pcap_file(1, link_frames("ethernet", ips))
+    compress = COMPRESSORS["zstd"]
+    half = len(data) // 2
+    path = tmp_path / "pzstd.pcap.zst"
+    path.write_bytes(
+        skippable_zstd_frame(0, b"\x10\x00\x00\x00")  # pzstd's first bytes
+        + compress(data[:half])
+        + skippable_zstd_frame(15, b"")
+        + compress(data[half:])
+        + skippable_zstd_frame(7, b"metadata")
+    )
+    stats = CaptureStats()
+    assert read(path, engine=engine, stats=stats) == expected(cases)
+    assert stats.warnings == []
+
+
+def test_zstd_zeros_decompress_piece_by_piece():
+    """A few KB of zstd can hold a GB of zeros: the reader must hand it on in pieces, as
+    the other decompressors do, not all at once."""
+    size = 64 << 20
+    compressor = zstandard.ZstdCompressor(write_checksum=True).compressobj(size)
+    zeros = bytes(1 << 20)
+    packed = b"".join(compressor.compress(zeros) for _ in range(size >> 20))
+    packed += compressor.flush()
+    assert len(packed) < 10_000
+    codec = codec_of(packed)
+    assert codec is not None and codec.name == "zstd"
+    stream, _ = codec.open(io.BytesIO(packed))
+    pieces = list(iter(lambda: len(stream.read1(CHUNK)), 0))
+    assert sum(pieces) == size
+    assert max(pieces) <= CHUNK
+
+
+def test_zstd_cut_in_a_frame_keeps_the_whole_blocks_before():
+    data = b"".join(struct.pack("<Q", i * 2654435761 % 2**64) for i in range(1 << 17))
+    packed = COMPRESSORS["zstd"](data)[:-20]  # one frame of 8 blocks, cut in the last
+    stream, errors = codec_of(packed).open(io.BytesIO(packed))
+    got = b""
+    with pytest.raises(errors):
+        while piece := stream.read1(CHUNK):
+            got += piece
+    assert data.startswith(got) and len(got) >= len(data) - (128 << 10)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
