@@ -39,7 +39,52 @@ def _gzip(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:
 def _xz(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:
     import lzma
 
-    return lzma.LZMAFile(raw), (OSError, EOFError, lzma.LZMAError)
+    return _XzStreams(raw), (OSError, EOFError, lzma.LZMAError)
+
+
+class _XzStreams:
+    """An xz file: streams one after another, with stream padding (null bytes) between and
+    after them, as xz(1) reads it. lzma.LZMAFile takes padding, and anything else after a
+    stream, for the end of the data: the streams after padding were lost, and garbage
+    after the last went unsaid (a gzip reader warns of it)."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        import lzma
+
+        self._raw = raw
+        self._new = lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ)
+        self._stream = self._new()
+        self._pending = b""  # read from `raw`, for the next stream
+
+    def read1(self, size: int = -1, /) -> bytes:
+        """Some decompressed bytes, at most `size`; b"" at the end."""
+        size = size if size > 0 else self.CHUNK
+        while True:
+            if self._stream.eof and not self._next_stream():
+                return b""
+            data = b""
+            if self._stream.needs_input:
+                data, self._pending = self._pending or self._raw.read(self.CHUNK), b""
+                if not data:
+                    raise EOFError("compressed data ended before the end of a stream")
+            if out := self._stream.decompress(data, size):
+                return out
+
+    def _next_stream(self) -> bool:
+        """Past the padding after a stream: whether another one follows."""
+        rest = (self._stream.unused_data + self._pending).lstrip(b"\0")
+        while not rest:
+            rest = self._raw.read(self.CHUNK)
+            if not rest:
+                return False
+            rest = rest.lstrip(b"\0")
+        self._stream, self._pending = self._new(), rest
+        return True
+
+    def close(self) -> None:
+        """The file stays open: its owner closes it."""
 
 
 def _bzip2(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:

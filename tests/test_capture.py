@@ -771,6 +771,28 @@ def test_compressed_in_several_pieces_reads_as_one_file(tmp_path, cases, ips, co
     assert stats.warnings == []
 
 
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_xz_streams_with_stream_padding_read_as_one_file(tmp_path, cases, ips, engine):
+    """xz allows null bytes, four at a time, between and after streams (xz(1) reads on);
+    lzma.LZMAFile takes them for the end of the data."""
+    data = pcap_file(1, link_frames("ethernet", ips))
+    half = len(data) // 2
+    path = tmp_path / "padded.pcap.xz"
+    path.write_bytes(lzma.compress(data[:half]) + bytes(8) + lzma.compress(data[half:]) + bytes(4))
+    stats = CaptureStats()
+    assert read(path, engine=engine, stats=stats) == expected(cases)
+    assert stats.warnings == []
+
+
+def test_xz_followed_by_garbage_warns_as_gzip_does(tmp_path, cases, ips):
+    path = tmp_path / "garbage.pcap.xz"
+    path.write_bytes(lzma.compress(pcap_file(1, link_frames("ethernet", ips))) + b"garbage!")
+    stats = CaptureStats()
+    assert read(path, engine="python", stats=stats) == expected(cases)
+    [warning] = stats.warnings
+    assert "xz data broken" in warning, warning
+
+
 def skippable_zstd_frame(number: int, content: bytes) -> bytes:
     """A frame zstd passes over (magic 0x184D2A50 + number): pzstd writes one before each
     frame it compresses, with that frame's size."""
