@@ -116,9 +116,7 @@ def _readable_part(path: CapturePath, copy: Path, warnings: list[str], aliases: 
     cut = cut_short(path)  # of the file as given, so the warning names it
     name, source = display_name(path), os.fspath(path)
     if compression(path) not in TSHARK_READS:
-        source = str(copy.with_name(f"plain-{copy.name}"))
-        aliases[source] = f"{name} (decompressed)"
-        decompress(path, Path(source))
+        source = _decompressed_copy(path, copy.with_name(f"plain-{copy.name}"), aliases)
     if not cut:
         return source
     warnings.append(cut)
@@ -129,6 +127,18 @@ def _readable_part(path: CapturePath, copy: Path, warnings: list[str], aliases: 
             f"{name}: cannot copy the part before the cut to {copy.parent.parent}: {complaint}"
         )
     return str(copy)
+
+
+def _decompressed_copy(path: CapturePath, plain: Path, aliases: Aliases) -> str:
+    name = display_name(path)
+    aliases[str(plain)] = f"{name} (decompressed)"
+    try:
+        decompress(path, plain)
+    except OSError as exc:  # no room in $TMPDIR, say: the copy goes with its directory
+        where = plain.parent.parent
+        problem = exc.strerror or str(exc)
+        raise WiresharkError(f"{name}: cannot decompress it to {where}: {problem}") from None
+    return str(plain)
 
 
 @contextlib.contextmanager

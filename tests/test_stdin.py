@@ -279,3 +279,17 @@ def test_wireshark_engine_names_stdin_not_its_copy(tmp_path: Path) -> None:
     status, _out, err = run("tasks", "--engine", "wireshark", "-", str(DEMO), data=odd)
     line = one_line(err)
     assert status == 2 and "<stdin>" in line and "jsdissect-spool" not in line, line
+
+
+def test_wireshark_engine_with_no_room_to_decompress_is_one_line_naming_the_file(
+    tmp_path: Path, small_tmpdir: Path
+) -> None:
+    # Found in review: "jsdissect: [Errno 28] No space left on device", naming nothing.
+    require("tshark")
+    packed = tmp_path / "big.pcap.zst"
+    packed.write_bytes(ZstdCompressor().compress(big_capture(tmp_path / "big.pcap").read_bytes()))
+    status, _out, err = run("tasks", "--engine", "wireshark", str(packed), tmpdir=small_tmpdir)
+    line = one_line(err)
+    assert status == 2 and line.startswith(f"jsdissect: {packed}: cannot decompress"), line
+    assert str(small_tmpdir) in line and "No space left" in line
+    assert not list(small_tmpdir.iterdir())
