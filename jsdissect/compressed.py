@@ -39,23 +39,47 @@ def _gzip(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:
 def _xz(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:
     import lzma
 
-    return _XzStreams(raw), (OSError, EOFError, lzma.LZMAError)
+    # Stream padding, null bytes, may stand between and after xz streams (xz(1) reads on).
+    streams = _Streams(raw, lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ), padding=b"\0")
+    return streams, (OSError, EOFError, lzma.LZMAError)
 
 
-class _XzStreams:
-    """An xz file: streams one after another, with stream padding (null bytes) between and
-    after them, as xz(1) reads it. lzma.LZMAFile takes padding, and anything else after a
-    stream, for the end of the data: the streams after padding were lost, and garbage
-    after the last went unsaid (a gzip reader warns of it)."""
+def _bzip2(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:
+    import bz2
+
+    return _Streams(raw, bz2.BZ2Decompressor), (OSError, EOFError, ValueError)
+
+
+class _Decompressor(Protocol):
+    """lzma.LZMADecompressor, bz2.BZ2Decompressor: one stream, output as asked."""
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def needs_input(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes, max_length: int = -1, /) -> bytes: ...
+
+
+class _Streams:
+    """An xz or bzip2 file: streams one after another (pbzip2 writes one a block, and
+    `cat` several). lzma.LZMAFile and bz2.BZ2File take whatever does not begin a stream
+    right for the end of the data, in silence: a damaged later stream, and xz's stream
+    padding. Here padding is passed over, and anything else is broken data."""
 
     CHUNK = 1 << 20
 
-    def __init__(self, raw: IO[bytes]) -> None:
-        import lzma
-
+    def __init__(
+        self, raw: IO[bytes], new: Callable[[], _Decompressor], padding: bytes = b""
+    ) -> None:
         self._raw = raw
-        self._new = lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ)
-        self._stream = self._new()
+        self._new = new
+        self._padding = padding
+        self._stream = new()
         self._pending = b""  # read from `raw`, for the next stream
 
     def read1(self, size: int = -1, /) -> bytes:
@@ -73,24 +97,18 @@ class _XzStreams:
                 return out
 
     def _next_stream(self) -> bool:
-        """Past the padding after a stream: whether another one follows."""
-        rest = (self._stream.unused_data + self._pending).lstrip(b"\0")
+        """Past any padding after a stream: whether more data follows."""
+        rest = (self._stream.unused_data + self._pending).lstrip(self._padding)
         while not rest:
             rest = self._raw.read(self.CHUNK)
             if not rest:
                 return False
-            rest = rest.lstrip(b"\0")
+            rest = rest.lstrip(self._padding)
         self._stream, self._pending = self._new(), rest
         return True
 
     def close(self) -> None:
         """The file stays open: its owner closes it."""
-
-
-def _bzip2(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:
-    import bz2
-
-    return bz2.BZ2File(raw), (OSError, EOFError, ValueError)
 
 
 def _lz4(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:

@@ -793,6 +793,23 @@ def test_xz_followed_by_garbage_warns_as_gzip_does(tmp_path, cases, ips):
     assert "xz data broken" in warning, warning
 
 
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+@pytest.mark.parametrize("codec", ["xz", "bzip2"])
+def test_damage_in_a_later_stream_is_a_broken_stream(tmp_path, cases, ips, engine, codec):
+    """pbzip2 files, and joined ones, hold many streams: lzma/bz2's file readers take a later
+    one that does not begin right for the end of the data, and said nothing."""
+    data = pcap_file(1, link_frames("ethernet", ips))
+    first = COMPRESSORS[codec](data[: len(data) // 2])
+    second = bytearray(COMPRESSORS[codec](data[len(data) // 2 :]))
+    second[6] ^= 0xFF  # xz: the stream flags; bzip2: the block magic
+    path = tmp_path / "damaged.pcap.z"
+    path.write_bytes(first + second)
+    stats = CaptureStats()
+    got = read(path, engine=engine, stats=stats)
+    assert got and got == expected(cases)[: len(got)]
+    assert any(f"{codec} data broken" in w for w in stats.warnings), stats.warnings
+
+
 def skippable_zstd_frame(number: int, content: bytes) -> bytes:
     """A frame zstd passes over (magic 0x184D2A50 + number): pzstd writes one before each
     frame it compresses, with that frame's size."""
