@@ -118,6 +118,51 @@ def _lz4(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:
     return lz4.frame.LZ4FrameFile(raw, "rb"), (OSError, EOFError, RuntimeError)
 
 
+def _lz4_legacy(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:
+    import lz4.block
+
+    return _Lz4Legacy(raw, lz4.block.LZ4BlockError), (EOFError, lz4.block.LZ4BlockError)
+
+
+LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
+LZ4_LEGACY_BLOCK = 8 << 20  # what every block but the last decompresses to
+LZ4_LEGACY_BOUND = LZ4_LEGACY_BLOCK + LZ4_LEGACY_BLOCK // 255 + 16  # LZ4_compressBound
+
+
+class _Lz4Legacy:
+    """lz4's legacy format (`lz4 -l`, the Linux kernel's): a magic, then blocks of 8 MB
+    compressed each alone, each after its size, up to the end of the file; a magic where a
+    size would be begins another frame (`cat a.lz4 b.lz4`). lz4(1) reads it; Wireshark
+    does not, so the wireshark engine is given a decompressed copy."""
+
+    def __init__(self, raw: IO[bytes], error: type[Exception]) -> None:
+        import lz4.block
+
+        self._raw = raw
+        self._decompress = lz4.block.decompress
+        self._error = error
+
+    def read1(self, size: int = -1, /) -> bytes:
+        """The next block decompressed (`size` is only a hint); b"" at the end."""
+        while header := self._raw.read(4):
+            if header == LZ4_LEGACY_MAGIC:  # this frame's, or the next one's
+                continue
+            if len(header) < 4:
+                raise EOFError("compressed data ended inside a block size")
+            length = int.from_bytes(header, "little")
+            if length > LZ4_LEGACY_BOUND:  # no block is so long: the data is damaged
+                raise self._error(f"a block of {length} bytes, longer than any can be")
+            block = self._raw.read(length)
+            if len(block) < length:
+                raise EOFError("compressed data ended inside a block")
+            if out := self._decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK):
+                return bytes(out)
+        return b""
+
+    def close(self) -> None:
+        """The file stays open: its owner closes it."""
+
+
 def _zstd(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:
     import zstandard
 
@@ -232,6 +277,7 @@ CODECS = (
     Codec("gzip", (b"\x1f\x8b",), _gzip),
     Codec("zstd", (ZSTD_MAGIC, *ZSTD_SKIPPABLE), _zstd),
     Codec("lz4", (b"\x04\x22\x4d\x18",), _lz4),
+    Codec("lz4-legacy", (LZ4_LEGACY_MAGIC,), _lz4_legacy),
     Codec("xz", (b"\xfd7zXZ\x00",), _xz),
     Codec("bzip2", (b"BZh",), _bzip2),
 )

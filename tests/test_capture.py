@@ -19,6 +19,7 @@ import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import lz4.block
 import lz4.frame
 import pytest
 import zstandard
@@ -54,11 +55,22 @@ from jsdissect.compressed import codec_of
 
 ENGINES = ("libpcap", "python")
 
+
+def lz4_legacy(data: bytes, block: int = 8 << 20) -> bytes:
+    """`lz4 -l`: a magic, then each 8 MB block compressed alone after its size."""
+    out = [b"\x02\x21\x4c\x18"]
+    for i in range(0, len(data), block):
+        packed = lz4.block.compress(data[i : i + block], store_size=False)
+        out += [struct.pack("<I", len(packed)), packed]
+    return b"".join(out)
+
+
 # Each compressor, from its own library (jsdissect's readers must agree with them).
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     "gzip": gzip.compress,
     "zstd": zstandard.ZstdCompressor(write_checksum=True).compress,
     "lz4": lz4.frame.compress,
+    "lz4-legacy": lz4_legacy,
     "xz": lzma.compress,
     "bzip2": bz2.compress,
 }
@@ -683,6 +695,7 @@ def test_unreadable_files_raise_capture_error_naming_the_file(tmp_path, engine):
         make("text.xz", lzma.compress(b"hello world")): "xz-compressed file is not a pcap",
         make("bad.zst", b"\x28\xb5\x2f\xfdgarbage"): "unreadable zstd data",
         make("bad.lz4", b"\x04\x22\x4d\x18garbage"): "unreadable lz4 data",
+        make("bad.lz4l", b"\x02\x21\x4c\x18garbage"): "unreadable lz4-legacy data",
         make("bad.bz2", b"BZh9garbage"): "unreadable bzip2 data",
         tmp_path / "missing.pcap": "no such file",
         tmp_path: "is a directory",
