@@ -121,7 +121,8 @@ def _lz4(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:
 def _lz4_legacy(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:
     import lz4.block
 
-    return _Lz4Legacy(raw, lz4.block.LZ4BlockError), (EOFError, lz4.block.LZ4BlockError)
+    errors = (OSError, EOFError, lz4.block.LZ4BlockError)
+    return _Lz4Legacy(raw, lz4.block.LZ4BlockError), errors
 
 
 LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
@@ -166,7 +167,7 @@ class _Lz4Legacy:
 def _zstd(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:
     import zstandard
 
-    return _ZstdFrames(raw), (EOFError, zstandard.ZstdError)
+    return _ZstdFrames(raw), (OSError, EOFError, zstandard.ZstdError)
 
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

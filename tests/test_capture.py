@@ -823,6 +823,34 @@ def test_damage_in_a_later_stream_is_a_broken_stream(tmp_path, cases, ips, engin
     assert any(f"{codec} data broken" in w for w in stats.warnings), stats.warnings
 
 
+class FailingFile(io.BytesIO):
+    """A file whose reads (of 64 bytes at most) fail after the first: a disk or NFS
+    error, say."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.reads += 1
+        if self.reads > 1:
+            raise OSError(5, "Input/output error")
+        return super().read(64 if size is None or size < 0 else min(size, 64))
+
+
+@pytest.mark.parametrize("codec", COMPRESSORS)
+def test_a_read_error_inside_compressed_data_is_a_broken_stream(ips, codec):
+    """Each codec names the errors that end its data with a warning: a read error must be
+    one of them, as it is for a plain file."""
+    data = COMPRESSORS[codec](pcap_file(1, link_frames("ethernet", ips)))
+    found = codec_of(data)
+    assert found is not None
+    stream, errors = found.open(FailingFile(data))
+    with pytest.raises(errors):
+        while stream.read1(CHUNK):
+            pass
+
+
 def skippable_zstd_frame(number: int, content: bytes) -> bytes:
     """A frame zstd passes over (magic 0x184D2A50 + number): pzstd writes one before each
     frame it compresses, with that frame's size."""
