@@ -10,7 +10,10 @@ The libraries load on first use: a plain capture does not pay for their import.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import IO, Any, NamedTuple, Protocol
+from typing import IO, TYPE_CHECKING, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from zstandard import ZstdDecompressionObj
 
 
 class Stream(Protocol):
@@ -261,7 +264,7 @@ class _ZstdFrames:
         self._take(size % self.CHUNK)
 
 
-def _decompressed_blocks(frame: Any, blocks: list[bytes]) -> Iterator[bytes]:
+def _decompressed_blocks(frame: ZstdDecompressionObj, blocks: list[bytes]) -> Iterator[bytes]:
     if out := frame.decompress(b"".join(blocks)):  # b"" would mean the end to a reader
         yield out
 

@@ -130,6 +130,7 @@ def _readable_part(path: CapturePath, copy: Path, warnings: list[str], aliases: 
 
 
 def _decompressed_copy(path: CapturePath, plain: Path, aliases: Aliases) -> str:
+    """`plain`, the capture decompressed, for a tshark that may not read its compression."""
     name = display_name(path)
     aliases[str(plain)] = f"{name} (decompressed)"
     try:
