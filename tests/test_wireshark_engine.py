@@ -419,7 +419,8 @@ def test_engine_takes_log_calls_of_a_task_picked_up_after_begin_like_the_default
     wrpcap(str(capture), packets[first:])
     result = jsdissect.analyze([capture])
     ours = report.message_rows(result.channels, result.task_records)
-    theirs = wireshark.analyze([capture]).messages
+    engine = wireshark.analyze([capture])
+    theirs = engine.messages
 
     def requests(rows: list[dict]) -> list[tuple]:
         return _comparable_messages([r for r in rows if r["type"] == "Request"])
@@ -427,3 +428,9 @@ def test_engine_takes_log_calls_of_a_task_picked_up_after_begin_like_the_default
     assert requests(theirs) == requests(ours)
     logs = [r for r in ours if r["summary"].startswith("invoke spooler_log.log(0, ")]
     assert len(logs) == 3
+    # the first log call, in the frame where the plugin picked the connection up, counts
+    # for the task too (it made the task only after that frame's effects, so had 6)
+    rows = [report.task_row(t) for t in result.task_records]
+    assert [r["log_lines"] for r in engine.tasks if r["callback_conn"]] == [9]
+    assert _full_rows(engine.tasks) == _full_rows(rows)
+

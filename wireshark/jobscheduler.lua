@@ -2140,6 +2140,22 @@ local function target_class(as, m)
     return target.class
 end
 
+-- A callback connection without a matched task: try the start commands seen so far
+-- (picked up without its SYN), else it is a partial row of its own. Done before a
+-- message's first-pass effects, so that the first message of a connection picked up
+-- mid-stream counts for the task too (DESIGN "What fills a row": count what was captured).
+local function callback_task(conn, as)
+    if conn.task ~= nil or conn.partial_checked or as.controller == nil then return end
+    conn.partial_checked = true
+    local c = as.controller
+    if conn.syn == nil then
+        match_callback(conn, c.addr, c.port, peer_of(conn, c).addr, conn.first)
+    end
+    if conn.task == nil then
+        conn.task = new_task({ controller = c.addr, callback_port = c.port, callback = conn })
+    end
+end
+
 -- First-pass effects of a request: the stack, names, lifecycle facts of its task.
 local function apply_request(conn, as, m)
     local task = conn.task
@@ -2343,6 +2359,7 @@ local function dissect_api_frame(ftvb, pinfo, tree, conn, key, sent, done, src, 
         info = "malformed " .. (CLASS_NAMES[cls] or string.format("class 0x%02x", cls))
     end
     if first_pass and stored == nil then
+        callback_task(conn, as)
         if m.request then apply_request(conn, as, m) else apply_reply(conn, as, m, pinfo) end
         records[key] = m
     end
@@ -2353,20 +2370,6 @@ local function dissect_api_frame(ftvb, pinfo, tree, conn, key, sent, done, src, 
     local arrow = ARROWS[m.sender] or ""
     item:append_text(": " .. arrow .. tostring(info))
     return arrow .. tostring(info)
-end
-
--- A callback connection without a matched task: try the start commands seen so far
--- (picked up without its SYN), else it is a partial row of its own.
-local function callback_task(conn, pinfo, as, now)
-    if conn.task ~= nil or conn.partial_checked or as.controller == nil then return end
-    conn.partial_checked = true
-    local c = as.controller
-    if conn.syn == nil then
-        match_callback(conn, c.addr, c.port, peer_of(conn, c).addr, now)
-    end
-    if conn.task == nil then
-        conn.task = new_task({ controller = c.addr, callback_port = c.port, callback = conn })
-    end
 end
 
 -- What the captured head of a frame tells when the rest of it never arrives.
@@ -2407,6 +2410,7 @@ local function abandon_frame(conn, as, p)
                 m.method = dispid_name(as, other_side(m.sender), m.objid, m.dispid)
             end
         end
+        callback_task(conn, as)
         apply_request(conn, as, m)
     else
         pair_answer(as, m)
@@ -2529,7 +2533,6 @@ local function dissect_api(tvb, pinfo, tree)
         end
         local info = dissect_api_frame(tvb(off, 4 + flen):tvb(), pinfo, tree, conn,
             message_key(pinfo, tvb, off), start_time(cont, off, now), now, src, pinfo.src_port)
-        if first_pass then callback_task(conn, pinfo, as, now) end
         set_column(pinfo, "JS-API", info)
         off = off + 4 + flen
     end
