@@ -5,8 +5,10 @@ from __future__ import annotations
 import bz2
 import json
 import lzma
+import random
 import subprocess
 import sys
+from collections.abc import Iterable
 from decimal import Decimal
 from itertools import pairwise
 from pathlib import Path
@@ -163,7 +165,7 @@ def _reordered(source: Path, target: Path) -> Path:
     return target
 
 
-def _full_rows(rows: list[dict]) -> list[tuple]:
+def _full_rows(rows: Iterable[dict]) -> list[tuple]:
     return sorted(tuple((k, str(v)) for k, v in r.items() if k not in CONN_IDS) for r in rows)
 
 
@@ -434,3 +436,36 @@ def test_engine_takes_log_calls_of_a_task_picked_up_after_begin_like_the_default
     assert [r["log_lines"] for r in engine.tasks if r["callback_conn"]] == [9]
     assert _full_rows(engine.tasks) == _full_rows(rows)
 
+
+CUT_CAPTURES = ("demo.pcap", "failures.pcap", "one_api.pcapng")
+CUTS_PER_END = 8  # per capture and end: each cut is one tshark run of about a second
+
+
+def _cut_points(packets: list) -> list[int]:
+    """A seeded sample of the packets that carry payload: where a capture cut there begins
+    (or ends) in the middle of a message dialog, a task, a connection. And the first `E`
+    answer: a callback picked up at an answer to a call not captured (§5.11)."""
+    carrying = [i for i, p in enumerate(packets) if TCP in p and len(p[TCP].payload) > 0]
+    errors = [i for i in carrying if bytes(packets[i][TCP].payload)[4:5] == b"E"]
+    return sorted({*random.Random(1).sample(carrying[1:], CUTS_PER_END), *errors[:1]})
+
+
+@pytest.mark.parametrize("name", CUT_CAPTURES)
+def test_engines_agree_on_captures_cut_at_the_start_or_the_end(tmp_path: Path, name: str) -> None:
+    """DESIGN "What fills a row": steps, log_lines, exit_code (and every other column) count
+    what was captured, in both engines: a capture that begins or ends in the middle of a
+    task gives the same table, but for the connection ids (Wireshark's stream numbers)."""
+    require("tshark")
+    editcap = require("editcap")
+    capture = ROOT / "captures" / name
+    packets = rdpcap(str(capture))
+    ours, theirs = {}, {}
+    for at in _cut_points(packets):
+        for end, kept in (("start", f"{at + 1}-{len(packets)}"), ("end", f"1-{at}")):
+            cut = tmp_path / f"{end}{at}.pcap"
+            subprocess.run([editcap, "-r", str(capture), str(cut), kept], check=True)
+            ours[cut.name] = _full_rows(
+                report.task_row(t) for t in jsdissect.analyze([cut]).task_records
+            )
+            theirs[cut.name] = _full_rows(wireshark.analyze([cut]).tasks)
+    assert theirs == ours

@@ -2140,19 +2140,29 @@ local function target_class(as, m)
     return target.class
 end
 
+-- The controller of a callback picked up mid-stream whose messages so far (releases, an
+-- error answer) do not tell the sides: as the default engine guesses it, the side with the
+-- lower port accepted (the connecting side's port is usually the ephemeral, higher one).
+local function guessed_controller(conn)
+    local a, b = conn.ends[1], conn.ends[2]
+    if a.port < b.port then return a end
+    return b
+end
+
 -- A callback connection without a matched task: try the start commands seen so far
 -- (picked up without its SYN), else it is a partial row of its own. Done before a
 -- message's first-pass effects, so that the first message of a connection picked up
 -- mid-stream counts for the task too (DESIGN "What fills a row": count what was captured).
 local function callback_task(conn, as)
-    if conn.task ~= nil or conn.partial_checked or as.controller == nil then return end
+    if conn.task ~= nil or conn.partial_checked then return end
     conn.partial_checked = true
-    local c = as.controller
+    local c = as.controller or guessed_controller(conn)
     if conn.syn == nil then
         match_callback(conn, c.addr, c.port, peer_of(conn, c).addr, conn.first)
     end
     if conn.task == nil then
-        conn.task = new_task({ controller = c.addr, callback_port = c.port, callback = conn })
+        conn.task = new_task({ controller = c.addr, callback_port = c.port, callback = conn,
+            guessed = as.controller == nil and c or nil })
     end
 end
 
@@ -2564,21 +2574,48 @@ local function looks_like_request(tvb)
     return m.method == nil or m.method:match("^[%w_%?%(%)%.%-]+$") ~= nil
 end
 
+-- §12 mid-stream pickup of a dialog whose sides the frame does not tell: a Release (§5.9,
+-- sent by both sides: `O`, the object id, `R`, nothing else) or an `E` answer whose strings
+-- fill it exactly and are its §5.11 keys. A capture that begins at the end of a task
+-- (releases only) or with the answer to a call it did not get is still a callback channel,
+-- as the default engine takes it.
+local ERROR_KEYS = { name = true, code = true, what = true }
+local function looks_like_sideless(tvb)
+    local len = tvb:len()
+    if len < 5 then return false end
+    local flen, cls = tvb(0, 4):uint(), tvb(4, 1):uint()
+    if cls == 0x4F then
+        return flen == 10 and len >= 14 and tvb(13, 1):uint() == 0x52
+            and tvb(5, 8):bytes():tohex() ~= "0000000000000000"
+    end
+    if cls ~= 0x45 or flen < 5 or flen > MAX_FRAME or len < 4 + flen then return false end
+    local pos, keys = 5, 0
+    while pos < 4 + flen do
+        if pos + 4 > 4 + flen then return false end
+        local n = tvb(pos, 4):uint()
+        if n > 4 + flen - pos - 4 then return false end
+        local key = tvb:raw(pos + 4, n):match("^(%a+)=")
+        if not ERROR_KEYS[key] then return false end
+        pos, keys = pos + 4 + n, keys + 1
+    end
+    return keys > 0
+end
+
 -- The callback channel: its first message, CreateInstance of the remote module instance
--- server (§7.4, `00 00 00 3b 53 …`), or a request picked up mid-stream.
+-- server (§7.4, `00 00 00 3b 53 …`), or a message picked up mid-stream.
 local function heur_api(tvb, pinfo, tree)
-    if not p_cmd.prefs.heuristic or tvb:len() < 14 then return false end
+    if not p_cmd.prefs.heuristic or tvb:len() < 5 then return false end
     local controller_sends
-    if tvb:raw(0, 14) == CREATE_INSTANCE_HEAD then
+    if tvb:len() >= 14 and tvb:raw(0, 14) == CREATE_INSTANCE_HEAD then
         controller_sends = true
     elseif looks_like_request(tvb) then
         controller_sends = tvb(13, 1):uint() == 0x41
-    else
+    elseif not looks_like_sideless(tvb) then
         return false
     end
     local conn = conn_of(pinfo)
     local as = api_state(conn)
-    if as.controller == nil then
+    if as.controller == nil and controller_sends ~= nil then
         if controller_sends then
             as.controller = { addr = tostring(pinfo.src), port = pinfo.src_port }
         else
@@ -2700,10 +2737,15 @@ local function task_row(t)
         r.callback_syn = cb.syn
         r.callback_established = cb.established or cb.synack
         r.callback_closed = cb.closed
+        local controller = cb.api and cb.api.controller
+        if t.guessed and controller then  -- the sides were told after the task was made
+            r.controller, r.callback_port = controller.addr, controller.port
+        end
+        controller = controller or t.guessed
         if cb.client then
             r.callback_src_port = cb.client.port
-        elseif cb.api and cb.api.controller then
-            r.callback_src_port = peer_of(cb, cb.api.controller).port
+        elseif controller then
+            r.callback_src_port = peer_of(cb, controller).port
         end
         r.steps = cb.api and cb.api.steps or 0
         r.log_lines = t.log_lines or 0
