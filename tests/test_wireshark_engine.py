@@ -444,10 +444,13 @@ CUTS_PER_END = 8  # per capture and end: each cut is one tshark run of about a s
 def _cut_points(packets: list) -> list[int]:
     """A seeded sample of the packets that carry payload: where a capture cut there begins
     (or ends) in the middle of a message dialog, a task, a connection. And the first `E`
-    answer: a callback picked up at an answer to a call not captured (§5.11)."""
+    answer: a callback picked up at an answer to a call not captured (§5.11); the first
+    SYN-ACK: a connection whose SYN was not captured."""
     carrying = [i for i, p in enumerate(packets) if TCP in p and len(p[TCP].payload) > 0]
     errors = [i for i in carrying if bytes(packets[i][TCP].payload)[4:5] == b"E"]
-    return sorted({*random.Random(1).sample(carrying[1:], CUTS_PER_END), *errors[:1]})
+    synacks = [i for i, p in enumerate(packets) if TCP in p and p[TCP].flags == "SA"]
+    sample = random.Random(1).sample(carrying[1:], CUTS_PER_END)
+    return sorted({*sample, *errors[:1], *synacks[:1]})
 
 
 @pytest.mark.parametrize("name", CUT_CAPTURES)
@@ -469,3 +472,4 @@ def test_engines_agree_on_captures_cut_at_the_start_or_the_end(tmp_path: Path, n
             )
             theirs[cut.name] = _full_rows(wireshark.analyze([cut]).tasks)
     assert theirs == ours
+

@@ -636,10 +636,15 @@ local function track_tcp(tvb, pinfo, now)
         return
     end
     if conn == nil then
-        if not ports_match then return end
+        -- a SYN-ACK tells the sides as the SYN does (heuristics: any port, as SYNs)
+        if not ports_match and not (syn and p_cmd.prefs.heuristic) then return end
         conn = new_conn(key, src, sport, dst, dport)
     end
     frame_conn[pinfo.number] = conn
+    if syn and conn.server == nil then  -- its SYN not captured: the SYN-ACK's sender accepted
+        conn.client = { addr = dst, port = dport }
+        conn.server = { addr = src, port = sport }
+    end
     local from_server = is_endpoint(conn.server, src, sport)
     if syn and ackf then
         if from_server and conn.synack == nil and conn.refused == nil then
