@@ -402,9 +402,11 @@ def _message_rows(packet: Any) -> Iterator[dict[str, Any]]:
                 continue
             ev, sender = made
             began = _first(fields, f"{layer.layer_name}.first_byte_time")
+            # a frame not completely captured is shown where it began: its last byte's time
+            done = _first(fields, f"{layer.layer_name}.last_byte_time")
             yield {
                 "time": _abs_time_us(began) if began else end,
-                "end": end,
+                "end": _abs_time_us(done) if done else end,
                 "conn": f"tcp.stream {packet.tcp.stream}",
                 "channel": channel,
                 "direction": f"{src} → {dst}",

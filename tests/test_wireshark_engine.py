@@ -473,3 +473,37 @@ def test_engines_agree_on_captures_cut_at_the_start_or_the_end(tmp_path: Path, n
             theirs[cut.name] = _full_rows(wireshark.analyze([cut]).tasks)
     assert theirs == ours
 
+
+@pytest.mark.parametrize("scenario", ["gap_mid_frame", "snaplen"])
+def test_engines_end_a_frame_not_completely_captured_at_its_last_captured_byte(
+    tmp_path: Path, scenario: str
+) -> None:
+    """DESIGN "Exact times": a message is complete when its last missing byte arrived, the
+    latest over its bytes of the time each was first captured. A log frame whose middle
+    was lost, or whose segments the snaplen cut, ends with the last of its bytes that were
+    captured (after the loss; the rest of the cut segment), not with its first segment: the
+    plugin said the first segment's time (…125610 against …125622 and …125614)."""
+    require("tshark")
+    import pathological as patho
+
+    made = getattr(patho, scenario)()
+    frames = made.frames()
+    capture, _truth = made.write(tmp_path)
+    (task,) = made.tasks
+    msg = task.message("log_big")
+    view = made.view(frames)
+    times = view.first[(id(msg.conv), msg.side)]
+    captured = [times[o] for o in range(msg.start, msg.end) if o in times]
+    assert 0 < len(captured) < msg.end - msg.start  # a frame not completely captured
+    began = view.sent(msg)
+    assert began is not None and max(captured) > began
+
+    def big_log(rows: list[dict]) -> list[tuple[int, int]]:
+        requests = [r for r in rows if r["type"] == "Request"]
+        return [(r["time"], r["end"]) for r in requests if r["time"] == began]
+
+    result = jsdissect.analyze([capture])
+    assert big_log(report.message_rows(result.channels, result.task_records)) == [
+        (began, max(captured))
+    ]
+    assert big_log(wireshark.analyze([capture]).messages) == [(began, max(captured))]

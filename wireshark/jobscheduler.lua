@@ -236,6 +236,8 @@ FA.log_lines = ProtoField.uint32("jobscheduler_api.log.lines", "Log lines")
 FA.segment = ProtoField.bytes("jobscheduler_api.segment", "Segment of a message")
 FA.first_byte = ProtoField.absolute_time("jobscheduler_api.first_byte_time",
     "Message began (its first byte captured)", base.UTC)
+FA.last_byte = ProtoField.absolute_time("jobscheduler_api.last_byte_time",
+    "Last byte of the frame captured (frame not completely captured)", base.UTC)
 
 local function field_list(t)
     local out = {}
@@ -408,6 +410,7 @@ local tasks       -- every task, in the order it was seen
 local records     -- per-message facts decided on the first pass, by message key
 local frame_conn  -- frame number -> connection record (first pass)
 local incomplete  -- frame number -> frames not completely captured that begin there
+local rests       -- frame number -> its first bytes that end a frame not completely captured
 local exact_us    -- time as kept (from pinfo.abs_ts) -> exact time, where they differ
 local watched     -- callback port -> true: announced in a start command
 local capture_end -- latest capture time seen (µs)
@@ -426,6 +429,7 @@ end
 
 local function reset_state()
     conns, tasks, records, frame_conn, watched, incomplete = {}, {}, {}, {}, {}, {}
+    rests = {}
     exact_us = {}
     capture_end, conn_count, last_main_frame = nil, 0, nil
 end
@@ -601,6 +605,24 @@ local function be32(raw, i)
     return ((a * 256 + b) * 256 + c) * 256 + d
 end
 
+-- The TCP payload's length on the wire: the IP header's length less the headers (IPv4
+-- with options; IPv6 without extension headers, else nil).
+local function tcp_payload_len(raw, h)
+    local doff = math.floor(raw:byte(h + 12) / 16) * 4
+    for ihl = 5, 15 do
+        local i = h - ihl * 4
+        if i < 1 then break end
+        if raw:byte(i) == 0x40 + ihl and raw:byte(i + 9) == 6 then
+            return raw:byte(i + 2) * 256 + raw:byte(i + 3) - ihl * 4 - doff
+        end
+    end
+    local i = h - 40
+    if i >= 1 and math.floor(raw:byte(i) / 16) == 6 and raw:byte(i + 6) == 6 then
+        return raw:byte(i + 4) * 256 + raw:byte(i + 5) - doff
+    end
+    return nil
+end
+
 local function interesting_port(p)
     return cmd_ports[p] or watched[p]
 end
@@ -641,6 +663,7 @@ local function track_tcp(tvb, pinfo, now)
         conn = new_conn(key, src, sport, dst, dport)
     end
     frame_conn[pinfo.number] = conn
+    conn.seg_frame, conn.seg_seq, conn.seg_len = pinfo.number, seq, tcp_payload_len(raw, h)
     if syn and conn.server == nil then  -- its SYN not captured: the SYN-ACK's sender accepted
         conn.client = { addr = dst, port = dport }
         conn.server = { addr = src, port = sport }
@@ -2387,6 +2410,46 @@ local function dissect_api_frame(ftvb, pinfo, tree, conn, key, sent, done, src, 
     return arrow .. tostring(info)
 end
 
+-- A frame not completely captured (lost segment, snaplen) may have later bytes still
+-- captured, after the loss or as the rest of a segment the snaplen cut: it is complete when
+-- the last of them arrives (DESIGN "Exact times": the latest, over its bytes, of the time
+-- each was first captured). The dissector notes the frame (`here`: its bytes from its start
+-- to the end of this segment, on the wire); the postdissector, which reads each segment's
+-- sequence number and length from the frame's bytes in the first pass, follows it. (One
+-- table of functions: the main chunk is near Lua's limit of 200 local variables.)
+local Rest = {}
+function Rest.watch(conn, dir, pending, here, frame)
+    if pending.need == nil then return end
+    conn.rest = conn.rest or {}
+    conn.rest[dir] = { p = pending, here = here, frame = frame }
+end
+
+-- First pass, every segment of a callback connection with payload (`seq`, `len` on the
+-- wire): bytes of a noted frame not captured before make it complete now (first copy
+-- wins); a segment that begins inside a frame given up on is its rest, shown as such in
+-- later passes (no frame starts there); a segment at or after its end ends the watch.
+function Rest.track(conn, pinfo, seq, len, now)
+    local dir = direction(pinfo)
+    local r = conn.rest and conn.rest[dir]
+    if r == nil or len == 0 then return end
+    local hi = (seq + len) % SEQ_MOD
+    if r.frame == pinfo.number then
+        r.hi, r.last = hi, (hi + r.p.need - r.here) % SEQ_MOD
+        return
+    end
+    if r.last == nil or (seq - r.last) % SEQ_MOD < SEQ_MOD / 2 then
+        conn.rest[dir] = nil
+        return
+    end
+    local m = records[r.p.key]
+    if m and m.incomplete then rests[pinfo.number] = (r.last - seq) % SEQ_MOD end
+    local ahead = (hi - r.hi) % SEQ_MOD
+    if ahead == 0 or ahead >= SEQ_MOD / 2 then return end
+    r.hi = hi
+    r.p.t_done = now
+    if m and m.incomplete then m.t_done = now end
+end
+
 -- What the captured head of a frame tells when the rest of it never arrives.
 local function peek_frame(tvb, off)
     local avail = tvb:len() - off
@@ -2414,8 +2477,8 @@ local function abandon_frame(conn, as, p)
     if h.cls == nil or records[p.key] then return end
     local m = {
         cls = h.cls, cmd = h.cmd, objid = h.objid, dispid = h.dispid, method = h.method,
-        frame = p.frame, t = p.t, t_done = p.t, sender = p.sender, incomplete = true,
-        request = h.cls == 0x53 or h.cls == 0x4F or h.cls == 0x4B,
+        frame = p.frame, t = p.t, t_done = p.t_done or p.t, sender = p.sender,
+        incomplete = true, request = h.cls == 0x53 or h.cls == 0x4F or h.cls == 0x4B,
     }
     if m.request then
         if m.objid and m.sender then
@@ -2438,6 +2501,7 @@ end
 -- The protocol item of a frame not completely captured, with what is known of it.
 local function show_incomplete(item, conn, m)
     item:add(FA.class, m.cls):set_generated()
+    item:add(FA.last_byte, us_nstime(exact_time(m.t_done))):set_generated()
     if m.sender then item:add(FA.sender, m.sender):set_generated() end
     if m.cmd and m.cls ~= 0x53 then item:add(FA.command, m.cmd):set_generated() end
     if m.dispid then item:add(FA.dispid, m.dispid):set_generated() end
@@ -2492,6 +2556,15 @@ local function dissect_api(tvb, pinfo, tree)
         if conn.first == nil then conn.first, conn.first_frame = now, pinfo.number end
     end
     local off = 0
+    local rest = rests[pinfo.number]
+    if rest then
+        off = math.min(rest, len)
+        local item = tree:add(p_api, tvb(0, off))
+        item:add(FA.segment, tvb(0, off))
+        item:set_text("JobScheduler Object Server [rest of a frame not completely captured]")
+        add_process_id(item, conn.task)
+        set_column(pinfo, "JS-API", "[rest of a frame not completely captured]")
+    end
     while off < len do
         local avail = len - off
         local flen = avail >= 4 and tvb(off, 4):uint() or nil
@@ -2525,6 +2598,7 @@ local function dissect_api(tvb, pinfo, tree)
                     sender = peek.cls and sender_of(conn, as, pinfo, src, pinfo.src_port,
                         peek.cls, peek.cmd),
                 }
+                Rest.watch(conn, dir, pending, tvb:reported_len() - off, pinfo.number)
                 if truncated then
                     abandon_frame(conn, as, pending)
                 else
@@ -2584,7 +2658,6 @@ end
 -- fill it exactly and are its §5.11 keys. A capture that begins at the end of a task
 -- (releases only) or with the answer to a call it did not get is still a callback channel,
 -- as the default engine takes it.
-local ERROR_KEYS = { name = true, code = true, what = true }
 local function looks_like_sideless(tvb)
     local len = tvb:len()
     if len < 5 then return false end
@@ -2600,7 +2673,7 @@ local function looks_like_sideless(tvb)
         local n = tvb(pos, 4):uint()
         if n > 4 + flen - pos - 4 then return false end
         local key = tvb:raw(pos + 4, n):match("^(%a+)=")
-        if not ERROR_KEYS[key] then return false end
+        if key ~= "name" and key ~= "code" and key ~= "what" then return false end
         pos, keys = pos + 4 + n, keys + 1
     end
     return keys > 0
@@ -2660,6 +2733,10 @@ local function post_dissector(tvb, pinfo, tree)
         local now = frame_us(pinfo)
         if capture_end == nil or now > capture_end then capture_end = now end
         track_tcp(tvb, pinfo, now)
+        local c = frame_conn[pinfo.number]
+        if c and c.channel == "api" and c.seg_frame == pinfo.number and c.seg_len then
+            Rest.track(c, pinfo, c.seg_seq, c.seg_len, now)
+        end
     end
     local conn = frame_conn[pinfo.number]
     if conn ~= nil then
