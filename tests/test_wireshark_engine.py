@@ -439,9 +439,13 @@ def test_engine_takes_log_calls_of_a_task_picked_up_after_begin_like_the_default
 
 CUT_CAPTURES = ("demo.pcap", "failures.pcap", "one_api.pcapng")
 CUTS_PER_END = 8  # per capture and end: each cut is one tshark run of about a second
+# Cuts found by cutting at every packet, where the sample does not reach. failures.pcap
+# from packet 38: the start of the task whose callback goes to 127.0.0.22 is not captured,
+# that of 346241150 (callback to 127.0.0.21, unanswered, 43 µs after the other) is.
+EXTRA_CUTS = {"failures.pcap": [38]}
 
 
-def _cut_points(packets: list) -> list[int]:
+def _cut_points(name: str, packets: list) -> list[int]:
     """A seeded sample of the packets that carry payload: where a capture cut there begins
     (or ends) in the middle of a message dialog, a task, a connection. And the first `E`
     answer: a callback picked up at an answer to a call not captured (§5.11); the first
@@ -450,7 +454,7 @@ def _cut_points(packets: list) -> list[int]:
     errors = [i for i in carrying if bytes(packets[i][TCP].payload)[4:5] == b"E"]
     synacks = [i for i, p in enumerate(packets) if TCP in p and p[TCP].flags == "SA"]
     sample = random.Random(1).sample(carrying[1:], CUTS_PER_END)
-    return sorted({*sample, *errors[:1], *synacks[:1]})
+    return sorted({*sample, *errors[:1], *synacks[:1], *EXTRA_CUTS.get(name, [])})
 
 
 @pytest.mark.parametrize("name", CUT_CAPTURES)
@@ -463,7 +467,7 @@ def test_engines_agree_on_captures_cut_at_the_start_or_the_end(tmp_path: Path, n
     capture = ROOT / "captures" / name
     packets = rdpcap(str(capture))
     ours, theirs = {}, {}
-    for at in _cut_points(packets):
+    for at in _cut_points(name, packets):
         for end, kept in (("start", f"{at + 1}-{len(packets)}"), ("end", f"1-{at}")):
             cut = tmp_path / f"{end}{at}.pcap"
             subprocess.run([editcap, "-r", str(capture), str(cut), kept], check=True)

@@ -518,6 +518,15 @@ local function remote_ip(task)
     return task.remote:match("^%[(.*)%]:%d+$") or task.remote:match("^(.*):%d+$")
 end
 
+-- A task whose callback was taken by address translation, from a connection that has not
+-- carried a message yet: a callback to the expected address may still take its place
+-- (DESIGN "Matching": translation only when none comes to C:N in the window). Once the
+-- translated one has spoken, its messages are the task's: a single pass cannot undo that.
+local function waits_for_exact(t)
+    local cb = t.callback
+    return cb ~= nil and t.translated and not cb.data_seen
+end
+
 -- A callback connection (its first SYN or, picked up mid-stream, its first payload) to
 -- controller_ip:port at `when`: the earliest-started waiting task whose window holds it,
 -- exact controller address first, then the same port from the task's remote (NAT).
@@ -525,7 +534,8 @@ local function match_callback(conn, controller_ip, port, source_ip, when)
     local chosen, exact
     for pass = 1, 2 do
         for _, t in ipairs(tasks) do
-            if t.callback == nil and t.start_seen and not t.start_failed
+            local free = t.callback == nil or (pass == 1 and waits_for_exact(t))
+            if free and t.start_seen and not t.start_failed
                 and t.callback_port == port and t.start_sent <= when then
                 local window_end = t.start_sent + CALLBACK_TIMEOUT_US
                 if t.window_end and t.window_end < window_end then window_end = t.window_end end
@@ -541,9 +551,15 @@ local function match_callback(conn, controller_ip, port, source_ip, when)
         if chosen then break end
     end
     if chosen == nil then return nil end
+    if chosen.callback then  -- the translated one gives way, and is matched anew if it speaks
+        local old = chosen.callback
+        old.task, old.partial_checked, old.rematch = nil, nil, true
+        chosen.translated, chosen.notes = nil, {}
+    end
     chosen.callback = conn
     conn.task = chosen
     if not exact then
+        chosen.translated = true
         chosen.notes[#chosen.notes + 1] = "callback to " .. endpoint_text(controller_ip, port)
             .. " instead of " .. tostring(chosen.expected_ip) .. ": address translation"
     elseif remote_ip(chosen) ~= nil and source_ip ~= remote_ip(chosen) then
@@ -2185,8 +2201,8 @@ local function callback_task(conn, as)
     if conn.task ~= nil or conn.partial_checked then return end
     conn.partial_checked = true
     local c = as.controller or guessed_controller(conn)
-    if conn.syn == nil then
-        match_callback(conn, c.addr, c.port, peer_of(conn, c).addr, conn.first)
+    if conn.syn == nil or conn.rematch then
+        match_callback(conn, c.addr, c.port, peer_of(conn, c).addr, conn.syn or conn.first)
     end
     if conn.task == nil then
         conn.task = new_task({ controller = c.addr, callback_port = c.port, callback = conn,
