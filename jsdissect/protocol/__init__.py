@@ -10,10 +10,27 @@ they can.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+_T = TypeVar("_T")
+
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+
+    @dataclass_transform(frozen_default=True)
+    def record(cls: type[_T]) -> type[_T]:
+        """An immutable record: a frozen dataclass as far as mypy is concerned."""
+
+else:
+    # Events and the values in them are built by the hundred thousand, and a frozen
+    # dataclass's __init__ sets every field through object.__setattr__: 3.0 µs for a
+    # Request, 0.8 µs as a plain slots dataclass (measured, CPython 3.11). So at run time
+    # they are plain slots dataclasses, hashable like frozen ones, and mypy, which sees
+    # them frozen, keeps every assignment to a field out of the code.
+    record = dataclass(slots=True, unsafe_hash=True)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Event:
     conn: str
     direction: int
@@ -35,7 +52,7 @@ class Event:
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DecodeError(Event):
     channel: str  # "cmd" or "api"
     reason: str

@@ -20,7 +20,7 @@ from xml.etree.ElementTree import Element, ParseError, TreeBuilder, XMLParser
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
 
-from jsdissect.protocol import DecodeError, Event
+from jsdissect.protocol import DecodeError, Event, record
 from jsdissect.tcp import CLIENT_TO_SERVER, SERVER_TO_CLIENT
 
 # --- constants -----------------------------------------------------------------------------
@@ -59,7 +59,7 @@ HTTP_STATUS_RE = re.compile(rb"HTTP/\d")
 # --- commands (client → server) ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StartRemoteTask(Event):  # §3.6.1
     tcp_port: int | None
     kind: str | None  # "process" or None
@@ -68,31 +68,31 @@ class StartRemoteTask(Event):  # §3.6.1
     ip_address: str | None  # older agents; accepted defensively (DESIGN "Matching")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RemoteTaskClose(Event):  # §3.6.3
     process_id: str | None
     kill: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RemoteTaskKill(Event):  # §3.6.2
     process_id: str | None
     signal: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OtherCommand(Event):  # §3.5: any other command, kept generically
     name: str
     attrs: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KeepAlive(Event):  # §3.7: run of 0x20 bytes before a command
     count: int
     times: tuple[int, ...]  # capture time of each space
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HttpRequest(Event):  # §3.9
     request_line: str
     body_command: str | None  # element name of an XML body, if any
@@ -101,38 +101,38 @@ class HttpRequest(Event):  # §3.9
 # --- answers (server → client) -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Answer(Event):  # §3.2/§3.4: one NUL-terminated answer document
     command: str | None  # element name of the command it answers (in-order pairing)
     command_offset: int | None  # stream offset of that command
     time: str | None  # the answer's `time` attribute as sent
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProcessAnswer(Answer):  # §3.6.1
     process_id: str | None
     pid: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ok(Answer):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ErrorAnswer(Answer):  # §3.4 <ERROR>
     code: str | None
     text: str | None
     attrs: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OtherAnswer(Answer):
     name: str  # first element inside <answer>, or the root element
     attrs: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HttpResponse(Answer):  # §3.9: one HTTP response (no NUL); `time` from an XML body
     status_line: str
     status: int | None

@@ -25,7 +25,7 @@ from typing import Any
 
 import defusedxml.ElementTree as SafeElementTree
 
-from jsdissect.protocol import DecodeError, Event
+from jsdissect.protocol import DecodeError, Event, record
 
 CONTROLLER = "C"  # RPC client, the TCP acceptor (§0, §4)
 TASK_SERVER = "T"  # RPC server, the TCP connector
@@ -323,7 +323,7 @@ def object_id_text(object_id: int) -> str:
     return f"{object_id >> 32:08x}.{object_id & 0xFFFFFFFF:08x}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Double:  # §5.3 double-as-text; equal when the text is equal
     text: str
     value: float = field(compare=False)
@@ -332,7 +332,7 @@ class Double:  # §5.3 double-as-text; equal when the text is equal
         return self.text
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ObjRef:  # §5.6; id 0 is the null pointer
     id: int
     is_new: bool
@@ -348,7 +348,7 @@ class ObjRef:  # §5.6; id 0 is the null pointer
         return f"obj {object_id_text(self.id)}" + (f" ({label})" if label else "")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SafeArray:  # §5.5, one dimension
     features: int
     elem_vt: int
@@ -362,7 +362,7 @@ class SafeArray:  # §5.5, one dimension
         return "[" + ", ".join(items) + "]"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Variant:  # §5.4
     vt: int
     value: Any = None
@@ -386,7 +386,7 @@ class Variant:  # §5.4
         return str(value)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ExcepInfo:  # §5.8
     code: int
     reserved: int
@@ -400,7 +400,7 @@ class ExcepInfo:  # §5.8
         return f"{self.description or self.source} (scode 0x{self.scode & 0xFFFFFFFF:08X})"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class InvokeFailure:  # §5.10 Invoke answer with failed hr: argErr + EXCEPINFO
     arg_err: int
     excepinfo: ExcepInfo
@@ -416,7 +416,7 @@ def hresult_text(hr: int) -> str:
 # --- events -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Request(Event):  # §5.9
     sender: str  # CONTROLLER or TASK_SERVER (UNKNOWN_SIDE until known)
     # "CreateInstance", "Release", "QueryInterface", "GetIDsOfNames", "Invoke", "Call",
@@ -434,7 +434,7 @@ class Request(Event):  # §5.9
     named_args: tuple[tuple[int, Any], ...] = ()  # §5.7 all named (DISPID, value) pairs
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Reply(Event):  # §5.10/§5.11
     sender: str
     request: Request | None  # paired through the per-connection stack (§5.2, §12)
@@ -448,7 +448,7 @@ class Reply(Event):  # §5.10/§5.11
 # --- lifecycle markers (§6.6), emitted besides the Request/Reply they come from -----------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Construct(Event):  # §6.2
     params: tuple[tuple[str, str], ...]
     job: str | None
@@ -456,13 +456,13 @@ class Construct(Event):  # §6.2
     language: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BeginAnswered(Event):  # §6.1 #2: start confirmation
     started: bool | None
     call_start: int  # when the begin call's first byte was captured
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StepAnswered(Event):  # §6.1 #4, §6.4
     number: int  # 1-based count of step calls on this connection
     call_start: int
@@ -472,35 +472,35 @@ class StepAnswered(Event):  # §6.1 #4, §6.4
     state_text: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LifecycleCall(Event):  # construct/begin/step/end/call(...) sent by the controller
     name: str  # "construct", "begin", "step", "end", "spooler_open", "spooler_exit", …
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ReleaseAnswered(Event):  # §6.1 #9: answer to Release of the RMIS
     object_id: int
     call_start: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KeepAliveK(Event):  # §8: `K` request
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LogLine(Event):  # §6.5: one counted line (DESIGN "log_lines")
     method: str  # "log", "info", "warn", …
     level: int | None
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ExitCodePut(Event):  # §6.5: spooler_task.exit_code put (DISPID 30)
     exit_code: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ApiError(Event):  # `E` answer or failed HRESULT (§5.10, §5.11)
     code: str  # "Z-JAVA-105", "COM-80020009", …
     text: str
