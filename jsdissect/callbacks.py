@@ -113,7 +113,7 @@ class _Connection:
         if self.keep_all:
             self.events.extend(events)
         else:
-            self.events.extend(e for e in events if isinstance(e, TASK_EVENTS))
+            self.events += [e for e in events if isinstance(e, TASK_EVENTS)]
 
     def result(self) -> Result:
         self.collect(self.decoder.close())

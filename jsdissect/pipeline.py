@@ -367,7 +367,11 @@ class _Dispatcher:
         self.open[conn_id] = state
 
     def on_data(self, conn_id: str, direction: int, offset: int, data: bytes, ts: int) -> None:
-        self._feed(conn_id, self.open[conn_id], direction, offset, data, ts)
+        state = self.open[conn_id]
+        if state.callback is not None:  # kind "api", most of the pieces: one call less
+            state.callback.data(state.callback_key, direction, offset, data, ts)
+        else:
+            self._feed(conn_id, state, direction, offset, data, ts)
 
     def _feed(
         self, conn_id: str, state: _ConnState, direction: int, offset: int, data: bytes, ts: int

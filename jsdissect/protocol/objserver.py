@@ -968,6 +968,9 @@ def _parse_error_strings(r: _Reader, a: _Answer) -> None:
         a.strings.append(r.string("error string"))
 
 
+_NO_FIELDS: dict[str, str] = {}  # an `A` answer's: read only
+
+
 def _error_fields(strings: list[str]) -> dict[str, str]:
     fields: dict[str, str] = {}
     for s in strings:
@@ -1273,7 +1276,8 @@ class ObjServerDecoder:
         if missing:
             errors = [f"{missing} bytes of the frame were not captured (gap)"]
         out.extend(events)
-        out.extend(self._error(d, frame, reason) for reason in errors)
+        if errors:  # rare: no generator for every frame
+            out.extend(self._error(d, frame, reason) for reason in errors)
 
     # -- messages (§5.9–§5.11) --
 
@@ -1329,8 +1333,9 @@ class ObjServerDecoder:
             pending.lifecycle = LC_RELEASE
         elif p.command == KEEP_ALIVE:
             events.append(KeepAliveK(*self._where(d, frame)))
-        elif p.complete and target is not None:
+        elif p.complete and target is not None and target.cls == SPOOLER_LOG:
             events += self._log_lines(request, target, frame)
+        elif p.complete and target is not None and target.cls == SPOOLER_TASK:
             events += self._exit_code_put(request, target, frame)
         self._push(pending, errors)
         return events
@@ -1348,7 +1353,7 @@ class ObjServerDecoder:
             errors.append(str(exc))
         if pending is not None:
             self._learn(d, pending, a, r.objrefs > 0)
-        fields = _error_fields(a.strings)
+        fields = _error_fields(a.strings) if a.strings else _NO_FIELDS
         reply = Reply(
             *self._where(d, frame),
             sender=self._side(d),
