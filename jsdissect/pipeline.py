@@ -217,10 +217,11 @@ def _run(
         bpf = "tcp" if opts.all_tcp else capture_filter(opts, extra_ports)
         for n, seg in enumerate(reader(files, bpf=bpf, engine=opts.engine, stats=stats)):
             reassembler.add(seg)
-            if seg.ts >= latest:
-                latest = seg.ts
-            elif latest - seg.ts > CLOCK_STEP_US:
-                steps.add(n, seg.ts, latest)
+            ts = seg[0]  # seg.ts: a NamedTuple's field by name costs a descriptor call
+            if ts >= latest:
+                latest = ts
+            elif latest - ts > CLOCK_STEP_US:
+                steps.add(n, ts, latest)
             if progress is not None and n % 4096 == 0:
                 progress(n)
         reassembler.finish()

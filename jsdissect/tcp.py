@@ -204,8 +204,11 @@ class _Half:
             data = data[self.next - off :]
             off = self.next
         if off == self.next and not self.starts:
-            self._emit(off, data, ts)  # the common case: in order, nothing buffered
+            # The common case, in order with nothing buffered: _emit, inline.
             added = len(data)
+            self.sink.on_data(self.conn_id, self.direction, off, data, ts)
+            self.next = end
+            self.bytes += added
         else:
             added = self._insert(off, end, data, ts)
             self._drain()
@@ -381,6 +384,8 @@ class _Conn:
         # The hot path of reassembly: one call per captured segment.
         ts, _src, _sport, _dst, _dport, seq, ack, flags, _win, payload, missing, _tv, _te = seg
         half, peer = self.halves[d], self.halves[1 - d]
+        # _Half.offset is inline below (twice a packet): the 32-bit sequence number taken
+        # as the 64-bit stream offset nearest `next`.
         first_from_side = not half.seen
         half.seen = True
         self.packets += 1
@@ -397,7 +402,8 @@ class _Conn:
             if peer.base is None:
                 peer.ack_before_base = ack
             else:
-                ack_off = peer.offset(ack)
+                ack_off = (ack - peer.base - peer.next) % _SEQ_MOD
+                ack_off += peer.next - (_SEQ_MOD if ack_off >= _SEQ_HALF else 0)
                 if self.established is None and d == CLIENT_TO_SERVER:
                     self._ack(d, peer, ack_off, ts)
                 elif ack_off > peer.next or peer.fin is not None:  # else nothing to learn
@@ -406,7 +412,8 @@ class _Conn:
             self._rst(d, ts, first_from_side)  # an RST's payload is diagnostic text, not data
         elif half.base is not None and (payload or missing or flags & (SYN | FIN)):
             # A SYN occupies one sequence number before the first byte (Fast Open data).
-            off = half.offset(seq) + (1 if flags & SYN else 0)
+            off = (seq - half.base - half.next) % _SEQ_MOD
+            off += half.next - (_SEQ_MOD if off >= _SEQ_HALF else 0) + (1 if flags & SYN else 0)
             end = off + len(payload) + missing
             if end > off and end > half.known_end:
                 half.known_end = end
