@@ -703,6 +703,10 @@ class _Reader:
                 f"DISPPARAMS at payload byte {at}: {n_args} args, {n_named} named"
                 f" do not fit the {self.remaining} bytes left"
             )
+        if not n_named:  # the usual call: no list, zip or generator for the named ones
+            values = self.variants(n_args, 0)
+            values.reverse()
+            return tuple(values), ()
         dispids = [self.fixed(I32, "named DISPID") for _ in range(n_named)]
         values = self.variants(n_args, 0)
         named = tuple(zip(dispids, values[:n_named], strict=True))
