@@ -1412,7 +1412,7 @@ def extract_file(path: CapturePath, bpf: str | None, engine: Engine) -> Extract:
     if bpf:
         _check_filter(bpf)
     stats = CaptureStats()
-    segments = list(_engine_segments(_identify(path), bpf, engine, stats))
+    segments = list(chain.from_iterable(_engine_segments(_identify(path), bpf, engine, stats)))
     return Extract(segments, stats)
 
 
