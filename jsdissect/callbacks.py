@@ -303,7 +303,7 @@ class AutoDecoding:
         self.max_workers = workers
         self.keep_all = keep_all
         self.start_after = AUTO_START_BYTES if start_after is None else start_after
-        self._inline = InlineDecoding(keep_all)
+        self._here = InlineDecoding(keep_all)
         self._workers: WorkerDecoding | None = None
 
     @property
@@ -311,24 +311,24 @@ class AutoDecoding:
         return self._workers is not None
 
     def open(self, key: int, conn_id: str, controller: int | None) -> Decoding:
-        seen = self._inline.bytes
+        seen = self._here.bytes
         if self._workers is None and self.max_workers and seen >= self.start_after:
             try:
                 self._workers = WorkerDecoding(self.max_workers, self.keep_all)
             except WorkerLost:
                 self.max_workers = 0  # no process to be had (a limit on processes): go on here
         if self._workers is None:
-            return self._inline.open(key, conn_id, controller)
+            return self._here.open(key, conn_id, controller)
         return self._workers.open(key, conn_id, controller)
 
     def results(self) -> dict[int, Result]:
-        done = self._inline.results()
+        done = self._here.results()
         if self._workers is not None:
             done |= self._workers.results()
         return done
 
     def stop(self) -> None:
-        self._inline.stop()
+        self._here.stop()
         if self._workers is not None:
             self._workers.stop()
 

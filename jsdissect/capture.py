@@ -580,6 +580,10 @@ class Spooled:
     def __repr__(self) -> str:
         return f"Spooled({self.name!r}, {self.file!r})"
 
+    def __reduce__(self) -> tuple[type[Spooled], tuple[str, str, str]]:
+        # Sent to Dask workers; a compiled class (jsdissect.native) pickles only this way.
+        return (Spooled, (self.name, self.file, self.problem))
+
 
 CapturePath = str | os.PathLike[str]
 

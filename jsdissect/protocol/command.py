@@ -362,7 +362,11 @@ class _Message:
 class EndFinder:
     """§3.1 `Xml_end_finder` as a state machine that resumes where the last piece ended."""
 
-    OUT, AFTER_LT, START_TAG, END_TAG, SPECIAL = range(5)
+    OUT = 0
+    AFTER_LT = 1
+    START_TAG = 2
+    END_TAG = 3
+    SPECIAL = 4
 
     def __init__(self, non_xml: bool) -> None:
         self.non_xml = non_xml
@@ -485,7 +489,14 @@ class HttpStream:
     """One direction of an HTTP connection: a head, then a Content-Length, chunked or
     until-close body. After a gap it resumes at a piece that begins a new message."""
 
-    HEAD, BODY, CHUNK_LINE, CHUNK_DATA, CHUNK_END, TRAILER, UNTIL_CLOSE, LOST = range(8)
+    HEAD = 0
+    BODY = 1
+    CHUNK_LINE = 2
+    CHUNK_DATA = 3
+    CHUNK_END = 4
+    TRAILER = 5
+    UNTIL_CLOSE = 6
+    LOST = 7
 
     def __init__(
         self, conn: str, direction: int, framing: Callable[[str, dict[str, str]], str]
