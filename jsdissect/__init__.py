@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from jsdissect import native
+
 __version__ = "0.1.0"
 __all__ = ["__version__", "analyze"]
+
+native.install()  # before any compiled module is imported: which of them run
 
 if TYPE_CHECKING:
     from jsdissect.pipeline import Analysis

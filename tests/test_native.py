@@ -1,0 +1,136 @@
+"""The compiled core (jsdissect/native.py, setup.py): mypyc builds the hot modules from the
+same sources; they must give the same bytes as the Python sources, and a compiled module
+whose source changed must never run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import IN_CI
+
+import jsdissect
+from jsdissect import native
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(jsdissect.__file__).resolve().parent
+CAPTURES = sorted(p for p in (ROOT / "captures").iterdir() if ".pcap" in p.name)
+
+
+def _require_compiled() -> None:
+    state = native.status()
+    if state.compiled:
+        return
+    message = f"the compiled core is not running: {state.reason}"
+    if IN_CI:  # .ci/run installs the compiler: the speed a user gets must be what CI tests
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _python(code: str, pythonpath: Path | None = None, pure: bool = False) -> str:
+    env = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    if pure:
+        env[native.PURE_ENV] = "1"
+    if pythonpath is not None:  # and from there: `python -c` looks first in its directory
+        env["PYTHONPATH"] = str(pythonpath)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=pythonpath,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout
+
+
+WHICH_RUN = (
+    "import jsdissect, jsdissect.native as n\n"
+    "import jsdissect.tcp, jsdissect.protocol.objserver, jsdissect.protocol.command\n"
+    "print(n.status().compiled, [n.running_compiled(__import__(m, fromlist=['_']))"
+    " for m in n.COMPILED])"
+)
+
+
+def test_every_hot_module_runs_compiled() -> None:
+    _require_compiled()
+    state, modules = _python(WHICH_RUN).split(" ", 1)
+    assert state == "True"
+    assert modules.strip() == str([True] * len(native.COMPILED))
+
+
+def test_jsdissect_pure_runs_the_python_sources() -> None:
+    _require_compiled()
+    state, modules = _python(WHICH_RUN, pure=True).split(" ", 1)
+    assert state == "False"
+    assert modules.strip() == str([False] * len(native.COMPILED))
+
+
+def test_a_changed_source_runs_as_python_not_its_stale_compiled_module(tmp_path: Path) -> None:
+    """An editable install, edited: the compiled modules beside the sources are older than
+    them. All of them give way to the sources (they call each other natively)."""
+    _require_compiled()
+    copy = tmp_path / "jsdissect"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert _python(WHICH_RUN, tmp_path).startswith("True")
+    with (copy / "tcp.py").open("a") as source:
+        source.write("\n# edited\n")
+    state, modules = _python(WHICH_RUN, tmp_path).split(" ", 1)
+    assert state == "False"
+    assert modules.strip() == str([False] * len(native.COMPILED))
+    reason = _python("import jsdissect.native as n; print(n.status().reason)", tmp_path)
+    assert "changed since they were compiled" in reason
+
+
+# Every row of every table, in a process that runs compiled or the Python sources.
+ALL_ROWS = """
+import json, sys
+import jsdissect
+from jsdissect import report
+for path in sys.argv[1:]:
+    try:
+        result = jsdissect.analyze([path])
+    except Exception as exc:  # a capture both must refuse alike
+        print(json.dumps([path, type(exc).__name__, str(exc)]))
+        continue
+    rows = {
+        "tasks": [report.task_row(t) for t in result.task_records],
+        "messages": report.message_rows(result.channels, result.task_records),
+        "connections": [report.connection_row(ch) for ch in result.channels],
+        "stats": repr(result.stats),
+    }
+    print(json.dumps([path, rows], default=repr, sort_keys=True))
+"""
+
+
+def _all_rows(captures: list[Path], pure: bool) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    if pure:
+        env[native.PURE_ENV] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", ALL_ROWS, *map(str, captures)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.splitlines()
+
+
+def test_compiled_and_python_give_the_same_rows(tmp_path: Path) -> None:
+    """Every table on every shipped and crafted capture (malformed frames, gaps, cuts,
+    reuse, NAT), compiled against the Python sources. mypyc checks types at run time and
+    compiles isinstance its own way: a difference shows here first."""
+    _require_compiled()
+    import pathological
+
+    crafted = [p for p in pathological.write_all(tmp_path) if p.suffix in (".pcap", ".pcapng")]
+    captures = CAPTURES + sorted(crafted)
+    compiled, pure = _all_rows(captures, False), _all_rows(captures, True)
+    assert len(compiled) == len(captures)
+    for ours, theirs in zip(compiled, pure, strict=True):
+        assert ours == theirs, ours[:200]
