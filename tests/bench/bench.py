@@ -9,7 +9,8 @@ measured in this run (the machine is shared and noisy: only ratios of one run co
 Readers: `tcpdump -r FILE -w /dev/null` (libpcap, the practical limit); tshark with
 wireshark/jobscheduler.lua printing its task table (or, without the plugin, `-z conv,tcp`,
 labelled so); `jsdissect tasks FILE --json OUT -q` (the real CLI, full task table, counted
-afterwards); the same with `--engine python`. Peak RSS is each process's own maximum, as
+afterwards); the same with `--jobs 0`, with `--engine python`, and uncompiled (the hot
+modules run as Python: JSDISSECT_PURE=1). Peak RSS is each process's own maximum, as
 GNU time reports it (a forked child's own rusage would count the forking Python's pages),
 wall time is measured around the process.
 
@@ -40,6 +41,8 @@ ROOT = HERE.parent.parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # generate.py and jsencode, when run as a script
 
 import generate  # noqa: E402
+
+from jsdissect import native  # noqa: E402
 
 PLUGIN = ROOT / "wireshark" / "jobscheduler.lua"
 
@@ -128,6 +131,15 @@ def _jsdissect(engine: str, *options: str) -> Callable[[list[str], Path], list[s
     return argv
 
 
+def _uncompiled(
+    argv: Callable[[list[str], Path], list[str]],
+) -> Callable[[list[str], Path], list[str]]:
+    def with_env(files: list[str], out: Path) -> list[str]:
+        return ["env", f"{native.PURE_ENV}=1", *argv(files, out)]
+
+    return with_env
+
+
 def _plugin_has_task_table() -> bool:
     return PLUGIN.exists() and "task_table" in PLUGIN.read_text(errors="replace")
 
@@ -147,6 +159,8 @@ def readers() -> list[Reader]:
     # The same in one process: what the decoding workers (default on spare CPUs) bring.
     found.append(Reader("jsdissect --jobs 0", _jsdissect("auto", "--jobs", "0"), _json_rows))
     found.append(Reader("jsdissect python", _jsdissect("python"), _json_rows))
+    # The hot modules as Python, not compiled (jsdissect/native.py): what mypyc brings.
+    found.append(Reader("jsdissect uncompiled", _uncompiled(_jsdissect("auto")), _json_rows))
     return found
 
 
@@ -281,6 +295,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "tcpdump": _version(["tcpdump", "--version"]),
         "tshark": _version(["tshark", "--version"]),
+        "jsdissect": "compiled" if native.status().compiled else native.status().reason,
     }
 
 
@@ -395,7 +410,8 @@ def report(
     text = "\n\n".join(
         [
             f"Machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}; "
-            f"{info['tcpdump']}; {info['tshark']}; medians of {rounds} round(s).",
+            f"{info['tcpdump']}; {info['tshark']}; jsdissect {info['jsdissect']}; "
+            f"medians of {rounds} round(s).",
             captures_table(captures),
             table(results, captures),
             verdict,
