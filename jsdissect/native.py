@@ -2,8 +2,8 @@
 
 `pip install` compiles the modules of `COMPILED` when a C compiler and the Python headers
 are there (setup.py), else jsdissect runs them as Python: the results are the same, the
-compiled ones run about twice as fast (issue 8). Which one runs is decided here, once,
-before any of them is imported:
+compiled ones run a dense capture 1.6 times as fast (issue 8). Which one runs is decided
+here, once, before any of them is imported:
 
 - `JSDISSECT_PURE=1` in the environment runs the Python sources (to compare, or debug);
 - a compiled module whose source changed since it was built (an editable install, edited)
@@ -66,12 +66,20 @@ def _decide() -> Status:
         built = json.loads((_PACKAGE_DIR / BUILD_RECORD).read_text())
     except (OSError, ValueError):
         return Status(False, "not compiled at install time (no C compiler or Python headers)")
+    if not all(_compiled_file(m) for m in COMPILED):
+        return Status(False, "compiled modules missing: pip install again")
     try:
         if built != source_digests(COMPILED, _PACKAGE_DIR):
             return Status(False, "sources changed since they were compiled: pip install again")
     except OSError:  # an installed wheel need not ship the sources: use what was built
         pass
     return Status(True, "")
+
+
+def _compiled_file(module: str) -> bool:
+    stem = source_path(module).with_suffix("")
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    return any(stem.with_name(stem.name + suffix).is_file() for suffix in suffixes)
 
 
 class _SourceFirst:

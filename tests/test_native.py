@@ -86,6 +86,15 @@ def test_a_changed_source_runs_as_python_not_its_stale_compiled_module(tmp_path:
     assert "changed since they were compiled" in reason
 
 
+def test_a_build_record_without_its_compiled_modules_runs_as_python(tmp_path: Path) -> None:
+    _require_compiled()
+    copy = tmp_path / "jsdissect"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    assert (copy / native.BUILD_RECORD).is_file()
+    reason = _python("import jsdissect.native as n; print(n.status())", tmp_path)
+    assert "compiled=False" in reason and "compiled modules missing" in reason
+
+
 # Every row of every table, in a process that runs compiled or the Python sources.
 ALL_ROWS = """
 import json, sys
