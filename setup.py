@@ -39,17 +39,19 @@ class BuildCompiled(build_ext):
             self.parallel = os.cpu_count() or 1
 
     def run(self) -> None:
+        # An editable install builds beside the sources: an older build's record goes first.
+        record = Path(self.get_ext_fullpath("jsdissect.native")).parent / native.BUILD_RECORD
+        record.unlink(missing_ok=True)
+        digests = native.source_digests(native.COMPILED, ROOT / "jsdissect")  # as compiled
         try:
             super().run()
         except Exception as exc:  # no compiler, no headers: the Python sources will run
             print(f"jsdissect: not compiled, runs as Python ({exc})", file=sys.stderr)
             return
         built = [e for e in self.extensions if Path(self.get_ext_fullpath(e.name)).exists()]
-        if len(built) != len(self.extensions):
-            return  # optional extensions that failed: none is recorded, so none is used
-        package_dir = Path(self.get_ext_fullpath("jsdissect.native")).parent
-        digests = native.source_digests(native.COMPILED, ROOT / "jsdissect")
-        (package_dir / native.BUILD_RECORD).write_text(json.dumps(digests, indent=1) + "\n")
+        if self.extensions and len(built) == len(self.extensions):
+            record.write_text(json.dumps(digests, indent=1) + "\n")
+        # else optional extensions failed: nothing is recorded, so nothing compiled is used
 
 
 def _extensions() -> list:

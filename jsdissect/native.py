@@ -2,7 +2,7 @@
 
 `pip install` compiles the modules of `COMPILED` when a C compiler and the Python headers
 are there (setup.py), else jsdissect runs them as Python: the results are the same, the
-compiled ones run a dense capture 1.6 times as fast (issue 8). Which one runs is decided
+compiled ones take a quarter less CPU on a dense capture (issue 8). Which one runs is decided
 here, once, before any of them is imported:
 
 - `JSDISSECT_PURE=1` in the environment runs the Python sources (to compare, or debug);
