@@ -26,7 +26,7 @@ from itertools import chain
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
 
-from jsdissect.compressed import Codec, Stream, codec_of
+from jsdissect.compressed import Codec, Stream, codec_of_file
 
 Engine = Literal["auto", "libpcap", "python"]
 
@@ -716,9 +716,9 @@ def _identify(given: CapturePath) -> _FileInfo:
             head = f.read(PCAPNG_MIN_SHB_LEN)
         except OSError as exc:
             raise CaptureError(f"{path}: {_os_problem(exc)}") from None
-    if not head:
-        raise CaptureError(f"{path}: empty file")
-    codec = codec_of(head)
+        if not head:
+            raise CaptureError(f"{path}: empty file")
+        codec = codec_of_file(f, head)
     if codec:
         reader = _ChunkReader(_FileInfo(path, "", codec, source))
         try:

@@ -175,8 +175,11 @@ def _zstd(raw: IO[bytes]) -> tuple[Stream, tuple[type[Exception], ...]]:
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Skippable frames, 0x184D2A50 to 0x184D2A5F: metadata a decompressor passes over. pzstd
-# begins its files with one (the size of the frame that follows).
+# begins its files with one (the size of the frame that follows). lz4's frame format has
+# the same ones (lz4 frame format, "Skippable frames"): the frame after them tells which.
 ZSTD_SKIPPABLE = tuple((0x184D2A50 + n).to_bytes(4, "little") for n in range(16))
+SKIPPABLE_HEADER = 8  # magic, then the content's size (u32 little-endian)
+MAX_SKIPPABLE_FRAMES = 64  # looked past to find the first real frame; more is not a capture
 ZSTD_BLOCK_MAX = 128 << 10  # what one block decompresses to at most (RFC 8878 §3.1.1.2.4)
 ZSTD_RLE_BLOCK = 1  # a block type: one byte, repeated Block_Size times
 
@@ -290,3 +293,29 @@ CODECS = (
 def codec_of(head: bytes) -> Codec | None:
     """The compression of a file that begins with `head`, or None."""
     return next((c for c in CODECS if head.startswith(c.magics)), None)
+
+
+def codec_of_file(f: IO[bytes], head: bytes) -> Codec | None:
+    """The compression of the open file `f` whose first bytes are `head`: as codec_of, but
+    a file that begins with skippable frames is lz4 when the first other frame is lz4's."""
+    found = codec_of(head)
+    if found is None or found.name != "zstd" or not head.startswith(ZSTD_SKIPPABLE):
+        return found
+    try:
+        first = _past_skippable_frames(f)
+    except OSError:  # unseekable or unreadable: the zstd reader will say what is wrong
+        return found
+    lz4 = next(c for c in CODECS if c.name == "lz4")
+    return lz4 if first.startswith(lz4.magics) else found
+
+
+def _past_skippable_frames(f: IO[bytes]) -> bytes:
+    """The magic of the first frame of `f` that is not a skippable frame (b"" if none)."""
+    position = 0
+    for _ in range(MAX_SKIPPABLE_FRAMES):
+        f.seek(position)
+        header = f.read(SKIPPABLE_HEADER)
+        if header[:4] not in ZSTD_SKIPPABLE or len(header) < SKIPPABLE_HEADER:
+            return header[:4]
+        position += SKIPPABLE_HEADER + int.from_bytes(header[4:], "little")
+    return b""

@@ -875,6 +875,28 @@ def test_zstd_with_skippable_frames_reads_as_one_file(tmp_path, cases, ips, engi
     assert stats.warnings == []
 
 
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_lz4_that_begins_with_skippable_frames_is_lz4(tmp_path, cases, ips, engine):
+    """lz4's frame format has zstd's skippable frames: the frame after them decides (the
+    file was taken for zstd and refused: "not a zstd frame (magic 0x184d2204)")."""
+    path = tmp_path / "tagged.pcap.lz4"
+    path.write_bytes(
+        skippable_zstd_frame(0, b"tag")
+        + skippable_zstd_frame(3, b"")
+        + COMPRESSORS["lz4"](pcap_file(1, link_frames("ethernet", ips)))
+    )
+    stats = CaptureStats()
+    assert read(path, engine=engine, stats=stats) == expected(cases)
+    assert stats.warnings == []
+
+
+def test_skippable_frames_alone_are_no_lz4(tmp_path):
+    path = tmp_path / "empty.zst"
+    path.write_bytes(skippable_zstd_frame(0, b"x" * 100) + skippable_zstd_frame(1, b""))
+    with pytest.raises(CaptureError, match="empty zstd file"):
+        read(path)
+
+
 def test_zstd_zeros_decompress_piece_by_piece():
     """A few KB of zstd can hold a GB of zeros: the reader must hand it on in pieces, as
     the other decompressors do, not all at once."""
