@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from jsdissect import __version__
+from jsdissect import __version__, native
 from jsdissect.callbacks import AUTO_START_BYTES, MAX_WORKERS
 from jsdissect.capture import CaptureError, display_name
 from jsdissect.cluster import ClusterError
@@ -171,11 +171,18 @@ def _fail(message: str, status: int) -> None:
     sys.exit(status)
 
 
+def _version_message() -> str:
+    """The version, and whether the hot modules run compiled: what a slow run asks first."""
+    state = native.status()
+    core = "compiled (mypyc)" if state.compiled else f"Python ({state.reason})"
+    return f"%(prog)s, version %(version)s\ncore: {core}"
+
+
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Run 'jsdissect COMMAND --help' for the options and examples of a command.",
 )
-@click.version_option(__version__, prog_name="jsdissect")
+@click.version_option(__version__, prog_name="jsdissect", message=_version_message())
 def main() -> None:
     """Analyze JobScheduler 1.x remote-execution traffic in pcap/pcapng captures.
 

@@ -20,7 +20,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
 import jsdissect
-from jsdissect import __version__, report
+from jsdissect import __version__, native, report
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 CMD_CLIENT, REMOTE = ("127.0.0.21", 40001), ("127.0.0.11", 4455)
@@ -77,7 +77,10 @@ def capture(tmp_path: Path) -> Path:
 
 
 def test_version_and_help() -> None:
-    assert run("--version").stdout.strip().endswith(__version__)
+    version, core = run("--version").stdout.strip().splitlines()
+    assert version.endswith(__version__)
+    expected = "core: compiled (mypyc)" if native.status().compiled else "core: Python ("
+    assert core.startswith(expected)
     for command in ("tasks", "connections", "messages"):
         out = run(command, "--help")
         assert out.returncode == 0 and "Examples:" in out.stdout
