@@ -5,6 +5,7 @@ malformed traffic, each with what a decoder must find in it."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -122,10 +123,11 @@ def rmis_id(n: int) -> int:
     return (0x6B8B4567 << 32) | n
 
 
-def shell_task(cap: Capture) -> Expected:
+def shell_task(cap: Capture, while_calling_back: Callable[[], None] = lambda: None) -> Expected:
     """PROTOCOL §1 for a C++ shell task: start split in two segments, begin in three, the
     step answer and a keep-alive in one segment, a keep-alive space sharing the close's
-    segment, a log callback resolved through GetIDsOfNames."""
+    segment, a log callback resolved through GetIDsOfNames. `while_calling_back` adds other
+    packets once the callback connection is up."""
     pid = "84217301"
     cmd = Conv(cap, (CONTROLLER_IP, 40000), (REMOTE_IP, 4455), isn=1000)
     cb = Conv(cap, (REMOTE_IP, 45000), (CONTROLLER_IP, 59999), isn=7000)
@@ -134,6 +136,7 @@ def shell_task(cap: Capture) -> Expected:
     cap.advance(20 * MS)
     cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
     cb.handshake()
+    while_calling_back()
     rmis = rmis_id(1)
     objects = js.BeginObjects(*[(0x327B23C6 << 32) | k for k in range(1, 5)])
     cb.send(C, js.create_instance())

@@ -6,6 +6,7 @@ import bz2
 import json
 import lzma
 import random
+import re
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -511,3 +512,29 @@ def test_engines_end_a_frame_not_completely_captured_at_its_last_captured_byte(
         (began, max(captured))
     ]
     assert big_log(wireshark.analyze([capture]).messages) == [(began, max(captured))]
+
+
+CANDIDATE_NOTE = re.compile(r"earliest of 2 candidate callbacks \(also (\S+)\)")
+
+
+def test_engines_name_the_other_candidate_callback(tmp_path: Path) -> None:
+    """DESIGN "Matching": a task with more than one callback to choose from takes the
+    earliest and says which others it had. A stray SYN to the announced port, from another
+    host, while the real callback runs: both engines name it (each by its own connection
+    id), and agree on every other column."""
+    require("tshark")
+    from crafted_captures import CONTROLLER_IP, Capture, Conv, shell_task
+
+    cap = Capture()
+    stray = Conv(cap, ("127.0.0.99", 46000), (CONTROLLER_IP, 59999), isn=5000)
+    shell_task(cap, while_calling_back=lambda: stray._packet(0, "S"))
+    capture = cap.write(tmp_path / "stray_syn.pcap")
+    result = jsdissect.analyze([capture])
+    (ours,) = [report.task_row(t) for t in result.task_records if t.process_id]
+    (theirs,) = [r for r in wireshark.analyze([capture]).tasks if r["process_id"]]
+    (our_other,) = CANDIDATE_NOTE.fullmatch(ours["notes"]).groups()
+    (their_other,) = CANDIDATE_NOTE.fullmatch(theirs["notes"]).groups()
+    (stray_channel,) = [ch for ch in result.channels if ch.conn.client.port == 46000]
+    assert our_other == stray_channel.conn.id
+    assert their_other == "2"  # tcp.stream: the command connection, the callback, the stray
+    assert _full_rows([ours | {"notes": ""}]) == _full_rows([theirs | {"notes": ""}])

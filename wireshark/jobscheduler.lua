@@ -413,6 +413,7 @@ local incomplete  -- frame number -> frames not completely captured that begin t
 local rests       -- frame number -> its first bytes that end a frame not completely captured
 local exact_us    -- time as kept (from pinfo.abs_ts) -> exact time, where they differ
 local watched     -- callback port -> true: announced in a start command
+local candidates  -- connections that may be callbacks: to a watched port, or this protocol
 local capture_end -- latest capture time seen (µs)
 local conn_count
 local last_main_frame  -- frame the protocol dissectors last ran on (postdissector check)
@@ -429,6 +430,7 @@ end
 
 local function reset_state()
     conns, tasks, records, frame_conn, watched, incomplete = {}, {}, {}, {}, {}, {}
+    candidates = {}
     rests = {}
     exact_us = {}
     capture_end, conn_count, last_main_frame = nil, 0, nil
@@ -667,7 +669,10 @@ local function track_tcp(tvb, pinfo, now)
             conn.syn, conn.syn_frame, conn.syn_seq = now, pinfo.number, seq
             conn.client = { addr = src, port = sport }
             conn.server = { addr = dst, port = dport }
-            if watched[dport] then match_callback(conn, dst, dport, src, now) end
+            if watched[dport] then
+                candidates[#candidates + 1], conn.candidate = conn, true
+                match_callback(conn, dst, dport, src, now)
+            end
         end
         conn.syn_count = conn.syn_count + 1
         frame_conn[pinfo.number] = conn
@@ -680,6 +685,7 @@ local function track_tcp(tvb, pinfo, now)
     end
     frame_conn[pinfo.number] = conn
     conn.seg_frame, conn.seg_seq, conn.seg_len = pinfo.number, seq, tcp_payload_len(raw, h)
+    if conn.seg_len and conn.seg_len > 0 then conn.carried = true end  -- payload, of any kind
     if syn and conn.server == nil then  -- its SYN not captured: the SYN-ACK's sender accepted
         conn.client = { addr = dst, port = dport }
         conn.server = { addr = src, port = sport }
@@ -1546,6 +1552,7 @@ local function api_state(conn)
     if conn.api == nil then
         conn.api = { stack = {}, exports = { {}, {} }, dispids = {}, steps = 0 }
         conn.channel = "api"
+        if not conn.candidate then candidates[#candidates + 1], conn.candidate = conn, true end
     end
     return conn.api
 end
@@ -2813,80 +2820,156 @@ local DURATIONS = {
     close_ms = { "close_sent", "close_answered" },
 }
 
-local function task_row(t)
-    local cb, cmd = t.callback, t.cmd
-    local r = {
-        process_id = t.process_id, pid = t.pid, job = t.job, task_id = t.task_id,
-        controller = t.controller, remote = t.remote, cmd_port = t.cmd_port,
-        callback_port = t.callback_port, start_sent = t.start_sent,
-        start_answered = t.start_answered, begin_sent = t.begin_sent,
-        begin_answered = t.begin_answered, release_answered = t.release_answered,
-        close_sent = t.close_sent, close_answered = t.close_answered,
-        exit_code = t.exit_code, signal = t.signal, status = status_of(t),
-    }
-    if t.start_seen then r.kind = t.kind end
-    if cmd then
-        r.cmd_conn = cmd.stream
-        r.cmd_syn = cmd.syn
-        r.cmd_established = cmd.established or cmd.synack
-    end
-    if cb then
-        r.callback_conn = cb.stream
-        r.callback_syn = cb.syn
-        r.callback_established = cb.established or cb.synack
-        r.callback_closed = cb.closed
-        local controller = cb.api and cb.api.controller
-        if t.guessed and controller then  -- the sides were told after the task was made
-            r.controller, r.callback_port = controller.addr, controller.port
+-- The task table's rows. In a block of its own: the main chunk is at Lua's limit of 200
+-- local variables, and only task_rows is needed past it.
+local task_rows
+do
+    -- DESIGN "Matching" as the default engine notes it: a task that had more than one callback
+    -- to choose from (in its window, to its controller address and port, or to its port from
+    -- its remote, not taken by an earlier task) says which others. Known once the whole file
+    -- was read: every task waits in start order, all first for the exact address.
+    local function candidate_notes()
+        local notes, taken, waiting = {}, {}, {}
+        for _, t in ipairs(tasks) do
+            if t.start_seen and not t.start_failed then waiting[#waiting + 1] = t end
         end
-        controller = controller or t.guessed
-        if cb.client then
-            r.callback_src_port = cb.client.port
-        elseif controller then
-            r.callback_src_port = peer_of(cb, controller).port
+        table.sort(waiting, function(a, b)
+            if a.start_sent ~= b.start_sent then return a.start_sent < b.start_sent end
+            return (a.cmd_port or 0) < (b.cmd_port or 0)
+        end)
+        -- each window ends at the next start for the same controller address and port, as
+        -- the default engine sets them all (the dissection ended only the open ones)
+        local next_start, last_of = {}, {}
+        for _, t in ipairs(waiting) do
+            local target = tostring(t.expected_ip) .. "|" .. tostring(t.callback_port)
+            if last_of[target] then next_start[last_of[target]] = t.start_sent end
+            last_of[target] = t
         end
-        r.steps = cb.api and cb.api.steps or 0
-        r.log_lines = t.log_lines or 0
-    elseif NO_CALLBACK[r.status] then
-        r.steps, r.log_lines = 0, 0  -- no callback ever came: nothing to count, and known
-    end
-    for _, c in ipairs(TIME_COLUMNS) do r[c] = exact_time(r[c]) end
-    for name, pair in pairs(DURATIONS) do
-        local a, b = r[pair[1]], r[pair[2]]
-        if a and b then r[name] = (b - a) / 1000 end
-    end
-    local first, last
-    for _, c in ipairs(TIME_COLUMNS) do
-        local v = r[c]
-        if v then
-            if first == nil or v < first then first = v end
-            if last == nil or v > last then last = v end
+        local entries = {}
+        for _, c in ipairs(candidates) do
+            -- a callback, or a connection to an announced port that carried nothing (refused,
+            -- unanswered): what the default engine's matching considers
+            if c.channel == "api" or (c.channel == nil and c.syn ~= nil and not c.carried) then
+                local target = (c.api and c.api.controller) or c.server or guessed_controller(c)
+                entries[#entries + 1] = { conn = c, when = c.syn or c.first, target = target,
+                    source = peer_of(c, target) }
+            end
         end
+        table.sort(entries, function(a, b)
+            if a.when ~= b.when then return a.when < b.when end
+            return a.source.port < b.source.port
+        end)
+        for pass = 1, 2 do
+            for _, t in ipairs(waiting) do
+                local cb = t.callback
+                if cb and not taken[cb] and (pass == 1) == not t.translated then
+                    local window_end = t.start_sent + CALLBACK_TIMEOUT_US
+                    if next_start[t] and next_start[t] < window_end then
+                        window_end = next_start[t]
+                    end
+                    if t.cmd and t.cmd.closed and t.cmd.closed < window_end then
+                        window_end = t.cmd.closed
+                    end
+                    local eligible = {}
+                    for _, e in ipairs(entries) do
+                        if e.when >= t.start_sent and e.when <= window_end and not taken[e.conn]
+                            and e.target.port == t.callback_port
+                            and ((pass == 1 and e.target.addr == t.expected_ip)
+                                or (pass == 2 and e.source.addr == remote_ip(t))) then
+                            eligible[#eligible + 1] = e.conn
+                        end
+                    end
+                    if #eligible > 1 and eligible[1] == cb then
+                        local others = {}
+                        for i = 2, #eligible do others[i - 1] = tostring(eligible[i].stream) end
+                        notes[t] = "earliest of " .. #eligible .. " candidate callbacks (also "
+                            .. table.concat(others, ", ") .. ")"
+                    end
+                    taken[cb] = true
+                end
+            end
+        end
+        return notes
     end
-    if r.cmd_syn and r.close_answered then
-        r.total_ms = (r.close_answered - r.cmd_syn) / 1000
-    elseif first then
-        r.total_ms = (last - first) / 1000
-    end
-    local best
-    for _, e in ipairs(t.errors) do
-        if best == nil or e.when < best.when then best = e end
-    end
-    if best then r.error = best.text end
-    if #t.notes > 0 then r.notes = table.concat(t.notes, "; ") end
-    r.sort_time = first or 0
-    r.sort_conn = (cmd and cmd.id) or (cb and cb.id) or 0
-    return r
-end
 
-local function task_rows()
-    local rows = {}
-    for i, t in ipairs(tasks) do rows[i] = task_row(t) end
-    table.sort(rows, function(a, b)
-        if a.sort_time ~= b.sort_time then return a.sort_time < b.sort_time end
-        return a.sort_conn < b.sort_conn
-    end)
-    return rows
+    local function task_row(t, candidate_note)
+        local cb, cmd = t.callback, t.cmd
+        local r = {
+            process_id = t.process_id, pid = t.pid, job = t.job, task_id = t.task_id,
+            controller = t.controller, remote = t.remote, cmd_port = t.cmd_port,
+            callback_port = t.callback_port, start_sent = t.start_sent,
+            start_answered = t.start_answered, begin_sent = t.begin_sent,
+            begin_answered = t.begin_answered, release_answered = t.release_answered,
+            close_sent = t.close_sent, close_answered = t.close_answered,
+            exit_code = t.exit_code, signal = t.signal, status = status_of(t),
+        }
+        if t.start_seen then r.kind = t.kind end
+        if cmd then
+            r.cmd_conn = cmd.stream
+            r.cmd_syn = cmd.syn
+            r.cmd_established = cmd.established or cmd.synack
+        end
+        if cb then
+            r.callback_conn = cb.stream
+            r.callback_syn = cb.syn
+            r.callback_established = cb.established or cb.synack
+            r.callback_closed = cb.closed
+            local controller = cb.api and cb.api.controller
+            if t.guessed and controller then  -- the sides were told after the task was made
+                r.controller, r.callback_port = controller.addr, controller.port
+            end
+            controller = controller or t.guessed
+            if cb.client then
+                r.callback_src_port = cb.client.port
+            elseif controller then
+                r.callback_src_port = peer_of(cb, controller).port
+            end
+            r.steps = cb.api and cb.api.steps or 0
+            r.log_lines = t.log_lines or 0
+        elseif NO_CALLBACK[r.status] then
+            r.steps, r.log_lines = 0, 0  -- no callback ever came: nothing to count, and known
+        end
+        for _, c in ipairs(TIME_COLUMNS) do r[c] = exact_time(r[c]) end
+        for name, pair in pairs(DURATIONS) do
+            local a, b = r[pair[1]], r[pair[2]]
+            if a and b then r[name] = (b - a) / 1000 end
+        end
+        local first, last
+        for _, c in ipairs(TIME_COLUMNS) do
+            local v = r[c]
+            if v then
+                if first == nil or v < first then first = v end
+                if last == nil or v > last then last = v end
+            end
+        end
+        if r.cmd_syn and r.close_answered then
+            r.total_ms = (r.close_answered - r.cmd_syn) / 1000
+        elseif first then
+            r.total_ms = (last - first) / 1000
+        end
+        local best
+        for _, e in ipairs(t.errors) do
+            if best == nil or e.when < best.when then best = e end
+        end
+        if best then r.error = best.text end
+        local notes = { candidate_note }  -- first, as the default engine gives it
+        for _, note in ipairs(t.notes) do notes[#notes + 1] = note end
+        if #notes > 0 then r.notes = table.concat(notes, "; ") end
+        r.sort_time = first or 0
+        r.sort_conn = (cmd and cmd.id) or (cb and cb.id) or 0
+        return r
+    end
+
+    function task_rows()
+        local rows = {}
+        local notes = candidate_notes()
+        for i, t in ipairs(tasks) do rows[i] = task_row(t, notes[t]) end
+        table.sort(rows, function(a, b)
+            if a.sort_time ~= b.sort_time then return a.sort_time < b.sort_time end
+            return a.sort_conn < b.sort_conn
+        end)
+        return rows
+    end
 end
 
 local function ms_text(v)
