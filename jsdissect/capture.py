@@ -21,7 +21,7 @@ import struct
 import sys
 import tempfile
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import chain
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
@@ -81,6 +81,12 @@ class CaptureStats:
         self.warnings += file.warnings
         if file.truncated_packets:
             self.warnings.append(snaplen_warning(name, file.truncated_packets))
+
+    def __reduce__(self) -> tuple[type[CaptureStats], tuple[Any, ...]]:
+        # Dask workers send it back (Extract). Compiled, it would pickle its state as a
+        # dict; as Python, as a (None, slots) pair: neither reads the other's. Rebuilt
+        # through __init__, a worker and its client need not both run compiled or not.
+        return (CaptureStats, tuple(getattr(self, f.name) for f in fields(self)))
 
 
 def snaplen_warning(name: str, count: int) -> str:

@@ -143,3 +143,25 @@ def test_compiled_and_python_give_the_same_rows(tmp_path: Path) -> None:
     assert len(compiled) == len(captures)
     for ours, theirs in zip(compiled, pure, strict=True):
         assert ours == theirs, ours[:200]
+
+
+# What a Dask worker sends back for each file (cluster.DaskReader), printed as hex.
+DUMP_EXTRACT = """
+import pickle
+from jsdissect.capture import CaptureStats, Extract, Segment
+stats = CaptureStats(1, 2, 3, 4, 5, 6, "python", ["a.pcap: cut short"])
+segment = Segment(7, "10.0.0.1", 4455, "10.0.0.2", 40000, 8, 9, 0x18, 10, b"x", 0, None, 11)
+print(pickle.dumps(Extract([segment], stats), pickle.HIGHEST_PROTOCOL).hex())
+"""
+LOAD_EXTRACT = "import pickle; print(repr(pickle.loads(bytes.fromhex({!r}))))"
+
+
+@pytest.mark.parametrize("pure_worker", [False, True], ids=["compiled-worker", "python-worker"])
+def test_a_compiled_and_a_python_process_read_each_others_extracts(pure_worker: bool) -> None:
+    """A Dask worker need not run the way the client does (one host without a compiler, an
+    edited editable install, JSDISSECT_PURE on one side): what it sends back must read
+    the same in a compiled and in a Python process."""
+    _require_compiled()
+    sent = _python(DUMP_EXTRACT, pure=pure_worker).strip()
+    expected = _python(LOAD_EXTRACT.format(sent), pure=pure_worker)
+    assert _python(LOAD_EXTRACT.format(sent), pure=not pure_worker) == expected
