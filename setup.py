@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -43,15 +43,22 @@ class BuildCompiled(build_ext):
         record = Path(self.get_ext_fullpath("jsdissect.native")).parent / native.BUILD_RECORD
         record.unlink(missing_ok=True)
         digests = native.source_digests(native.COMPILED, ROOT / "jsdissect")  # as compiled
+        self._built: set[str] = set()
         try:
             super().run()
         except Exception as exc:  # no compiler, no headers: the Python sources will run
             print(f"jsdissect: not compiled, runs as Python ({exc})", file=sys.stderr)
             return
-        built = [e for e in self.extensions if Path(self.get_ext_fullpath(e.name)).exists()]
-        if self.extensions and len(built) == len(self.extensions):
+        if self.extensions and {e.name for e in self.extensions} <= self._built:
             record.write_text(json.dumps(digests, indent=1) + "\n")
         # else optional extensions failed: nothing is recorded, so nothing compiled is used
+
+    def build_extension(self, ext: Extension) -> None:
+        # Raises when this one fails (an optional one is then skipped), and returns when
+        # it is built or up to date. Whether its file is there says nothing: an editable
+        # install builds beside the sources, where the last build's file stays.
+        super().build_extension(ext)
+        self._built.add(ext.name)
 
 
 def _extensions() -> list:
@@ -81,4 +88,6 @@ def _extensions() -> list:
     return extensions
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildCompiled})
+# pip runs this file as __main__; tests import it for BuildCompiled, without building.
+if __name__ == "__main__":
+    setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildCompiled})

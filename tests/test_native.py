@@ -4,14 +4,19 @@ whose source changed must never run."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+import setuptools.command.build_ext
 from conftest import IN_CI
+from setuptools import Distribution, Extension
+from setuptools.errors import CompileError
 
 import jsdissect
 from jsdissect import native
@@ -165,3 +170,40 @@ def test_a_compiled_and_a_python_process_read_each_others_extracts(pure_worker: 
     sent = _python(DUMP_EXTRACT, pure=pure_worker).strip()
     expected = _python(LOAD_EXTRACT.format(sent), pure=pure_worker)
     assert _python(LOAD_EXTRACT.format(sent), pure=not pure_worker) == expected
+
+
+def _setup_py() -> ModuleType:
+    """setup.py as a module: its classes, without a build."""
+    spec = importlib.util.spec_from_file_location("jsdissect_setup", ROOT / "setup.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("failing", [(), ("jsdissect.capture__mypyc",)])
+def test_a_build_records_its_modules_only_when_it_built_every_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: tuple[str, ...]
+) -> None:
+    """A module that failed to compile (a compiler killed for memory on the largest one)
+    leaves the last build's file where an editable install builds, beside the sources:
+    recorded with the new digests, that file, older than its source, would run."""
+    names = ("jsdissect.capture", "jsdissect.capture__mypyc", "jsdissect.tcp")
+    extensions = [Extension(name, [f"{name}.c"], optional=True) for name in names]
+    command = _setup_py().BuildCompiled(Distribution({"ext_modules": extensions}))
+    command.build_lib, command.build_temp = str(tmp_path / "lib"), str(tmp_path / "temp")
+    command.ensure_finalized()
+    for name in names:  # the last build's files
+        last = Path(command.get_ext_fullpath(name))
+        last.parent.mkdir(parents=True, exist_ok=True)
+        last.touch()
+
+    def build_extension(self: object, ext: Extension) -> None:
+        if ext.name in failing:
+            raise CompileError(f"{ext.name}: cc1 killed")
+        Path(command.get_ext_fullpath(ext.name)).touch()
+
+    monkeypatch.setattr(setuptools.command.build_ext.build_ext, "build_extension", build_extension)
+    command.run()
+    recorded = (tmp_path / "lib" / "jsdissect" / native.BUILD_RECORD).is_file()
+    assert recorded == (not failing)
