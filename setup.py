@@ -13,8 +13,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 from setuptools import Extension, setup
+from setuptools.command.build import build
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -61,6 +63,21 @@ class BuildCompiled(build_ext):
         self._built.add(ext.name)
 
 
+def _always(command: build) -> bool:
+    return True
+
+
+class Build(build):
+    """build that runs build_ext with nothing to compile too (JSDISSECT_PURE=1 while
+    installing, no mypyc): it removes the last build's record, or an editable install
+    would go on running the modules that build compiled beside the sources."""
+
+    sub_commands: ClassVar[list] = [
+        (name, _always if name == "build_ext" else predicate)
+        for name, predicate in build.sub_commands
+    ]
+
+
 def _extensions() -> list:
     if os.environ.get(native.PURE_ENV, "") not in ("", "0"):
         return []
@@ -88,6 +105,8 @@ def _extensions() -> list:
     return extensions
 
 
-# pip runs this file as __main__; tests import it for BuildCompiled, without building.
+CMDCLASS = {"build": Build, "build_ext": BuildCompiled}
+
+# pip runs this file as __main__; tests import it for its commands, without building.
 if __name__ == "__main__":
-    setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildCompiled})
+    setup(ext_modules=_extensions(), cmdclass=CMDCLASS)

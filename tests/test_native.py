@@ -207,3 +207,16 @@ def test_a_build_records_its_modules_only_when_it_built_every_one(
     command.run()
     recorded = (tmp_path / "lib" / "jsdissect" / native.BUILD_RECORD).is_file()
     assert recorded == (not failing)
+
+
+def test_a_build_with_nothing_to_compile_removes_the_last_builds_record(tmp_path: Path) -> None:
+    """JSDISSECT_PURE=1 while installing (or no mypyc) compiles nothing: in an editable
+    install the last build's modules stay beside the sources, and must not run."""
+    dist = Distribution({"ext_modules": [], "cmdclass": _setup_py().CMDCLASS})
+    assert "build_ext" in dist.get_command_obj("build").get_sub_commands()
+    dist.get_command_obj("build_ext").build_lib = str(tmp_path)
+    record = tmp_path / "jsdissect" / native.BUILD_RECORD
+    record.parent.mkdir()
+    record.write_text("{}")
+    dist.run_command("build_ext")
+    assert not record.exists()
