@@ -65,7 +65,11 @@ def _decide() -> Status:
     try:
         built = json.loads((_PACKAGE_DIR / BUILD_RECORD).read_text())
     except (OSError, ValueError):
-        return Status(False, "not compiled at install time (no C compiler or Python headers)")
+        return Status(
+            False,
+            "not compiled at install time (no C compiler or Python headers, a module that"
+            " failed to compile, or JSDISSECT_PURE=1 then)",
+        )
     if not all(_compiled_file(m) for m in COMPILED):
         return Status(False, "compiled modules missing: pip install again")
     try:
@@ -77,9 +81,14 @@ def _decide() -> Status:
 
 
 def _compiled_file(module: str) -> bool:
+    """The module's extension and mypyc's library beside it (compiled one by one, setup.py)
+    are both there."""
     stem = source_path(module).with_suffix("")
     suffixes = importlib.machinery.EXTENSION_SUFFIXES
-    return any(stem.with_name(stem.name + suffix).is_file() for suffix in suffixes)
+    return all(
+        any(stem.with_name(name + suffix).is_file() for suffix in suffixes)
+        for name in (stem.name, stem.name + "__mypyc")
+    )
 
 
 class _SourceFirst:
