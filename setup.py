@@ -44,7 +44,7 @@ class BuildCompiled(build_ext):
         # An editable install builds beside the sources: an older build's record goes first.
         record = Path(self.get_ext_fullpath("jsdissect.native")).parent / native.BUILD_RECORD
         record.unlink(missing_ok=True)
-        digests = native.source_digests(native.COMPILED, ROOT / "jsdissect")  # as compiled
+        digests = native.source_digests(ROOT / "jsdissect")  # as compiled
         self._built: set[str] = set()
         try:
             super().run()

@@ -36,7 +36,10 @@ COMPILED = (
     "jsdissect.protocol.command",
     "jsdissect.protocol.objserver",
 )
-# Written by the build beside the compiled modules: the SHA-256 of each source compiled.
+# Modules the compiled ones use that stay Python: mypyc compiled against their types (and
+# checks them at run time), so an edit there makes the compiled modules stale too.
+COMPILED_AGAINST = ("compressed.py", "protocol/__init__.py", "report.py")
+# Written by the build beside the compiled modules: source_digests() as they were built.
 BUILD_RECORD = "_native_build.json"
 PURE_ENV = "JSDISSECT_PURE"
 
@@ -53,9 +56,14 @@ def source_path(module: str, package_dir: Path = _PACKAGE_DIR) -> Path:
     return package_dir.joinpath(*module.split(".")[1:]).with_suffix(".py")
 
 
-def source_digests(modules: Sequence[str], package_dir: Path) -> dict[str, str]:
+def source_digests(package_dir: Path) -> dict[str, str]:
+    """SHA-256 of each source the compiled modules were built from or type-checked against,
+    by path in the package."""
+    paths = [source_path(m, package_dir) for m in COMPILED]
+    paths += [package_dir / name for name in COMPILED_AGAINST]
     return {
-        m: hashlib.sha256(source_path(m, package_dir).read_bytes()).hexdigest() for m in modules
+        str(path.relative_to(package_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in paths
     }
 
 
@@ -73,7 +81,7 @@ def _decide() -> Status:
     if not all(_compiled_file(m) for m in COMPILED):
         return Status(False, "compiled modules missing: pip install again")
     try:
-        if built != source_digests(COMPILED, _PACKAGE_DIR):
+        if built != source_digests(_PACKAGE_DIR):
             return Status(False, "sources changed since they were compiled: pip install again")
     except OSError:  # an installed wheel need not ship the sources: use what was built
         pass

@@ -75,14 +75,18 @@ def test_jsdissect_pure_runs_the_python_sources() -> None:
     assert modules.strip() == str([False] * len(native.COMPILED))
 
 
-def test_a_changed_source_runs_as_python_not_its_stale_compiled_module(tmp_path: Path) -> None:
+@pytest.mark.parametrize("edited", ["tcp.py", "protocol/__init__.py"])
+def test_a_changed_source_runs_as_python_not_its_stale_compiled_module(
+    tmp_path: Path, edited: str
+) -> None:
     """An editable install, edited: the compiled modules beside the sources are older than
-    them. All of them give way to the sources (they call each other natively)."""
+    them, or than a module they were compiled against (the events' base class). All of
+    them give way to the sources (they call each other natively)."""
     _require_compiled()
     copy = tmp_path / "jsdissect"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     assert _python(WHICH_RUN, tmp_path).startswith("True")
-    with (copy / "tcp.py").open("a") as source:
+    with (copy / edited).open("a") as source:
         source.write("\n# edited\n")
     state, modules = _python(WHICH_RUN, tmp_path).split(" ", 1)
     assert state == "False"
