@@ -52,7 +52,7 @@ class Status(NamedTuple):
 
 
 def source_path(module: str, package_dir: Path = _PACKAGE_DIR) -> Path:
-    """The .py file of a module of COMPILED, under the package directory."""
+    """The .py file of a module of the package (not of a package: its __init__)."""
     return package_dir.joinpath(*module.split(".")[1:]).with_suffix(".py")
 
 
