@@ -575,6 +575,19 @@ def test_rest_of_an_answer_after_two_gaps_is_reported_once():
     assert one(w.send(S, EXAMPLE1_OK, 10), Ok).command == CLOSE
 
 
+def test_an_answer_lost_whole_does_not_leave_its_command_waiting_for_the_next_one():
+    """R sends nothing but answers (no keep-alive, §3.7): a gap in its stream while a
+    command waits is that command's answer. With the next command lost too (loss in both
+    directions), the next answer is to a command not captured: paired with the start, it
+    gave the start an answer time 300 ms late and no close answer at all."""
+    w = Wire()
+    w.send(C, EXAMPLE1_START, 1)
+    assert w.gap(S, len(EXAMPLE1_ANSWER), 2) == []  # the TCP layer counts the loss
+    w.gap(C, len(EXAMPLE1_CLOSE), 3)
+    ok = one(w.send(S, EXAMPLE1_OK, 300), Ok)
+    assert (ok.command, ok.command_offset) == (None, None)
+
+
 def test_an_answer_lost_after_an_earlier_loss_is_still_reported():
     """The rest of a lost answer can come only before the client's next command (§3.1):
     after it, bytes that do not begin an answer are a new answer whose start was lost."""

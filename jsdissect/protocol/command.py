@@ -1021,6 +1021,11 @@ class CommandDecoder:
             self._in_lost_answer = True
         elif self._server == S_DROP:
             self._in_lost_answer = True
+        else:
+            # R sends nothing but answers (§3.7): what is missing is the waiting command's
+            # answer, or its start (its rest is reported when it comes). Left waiting, the
+            # command would take the answer to the next one, whose bytes may be lost too.
+            self._pending = None
         # The gap may have taken an answer's NUL too (a snaplen cut, a lost last segment):
         # what follows is the next answer if it begins like one, else the rest of the lost.
         self._server = S_IDLE
