@@ -538,3 +538,30 @@ def test_engines_name_the_other_candidate_callback(tmp_path: Path) -> None:
     assert our_other == stray_channel.conn.id
     assert their_other == "2"  # tcp.stream: the command connection, the callback, the stray
     assert _full_rows([ours | {"notes": ""}]) == _full_rows([theirs | {"notes": ""}])
+
+
+def test_engines_leave_a_lost_answer_unpaired_when_the_next_command_is_lost_too(
+    tmp_path: Path,
+) -> None:
+    """Loss in both directions on the command channel: the start's answer and the close are
+    not captured, the close's answer is. R sends nothing but answers (§3.7), so the lost
+    bytes were the start's answer: the close's answer is no answer to the start (that gave
+    the start an answer time 300 ms late)."""
+    require("tshark")
+    import jsencode as js
+    from crafted_captures import CLIENT, MS, REMOTE_IP, SERVER, Capture, Conv, answer_time
+
+    cap = Capture()
+    cmd = Conv(cap, ("127.0.0.21", 40000), (REMOTE_IP, 4455), isn=1000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59999, kind="process"))
+    cap.advance(20 * MS)
+    cmd.seq[SERVER] += len(js.process_answer(answer_time(cap), "84217301"))  # not captured
+    cmd.seq[CLIENT] += len(js.remote_task_close("84217301"))  # not captured
+    cap.advance(300 * MS)
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    capture = cap.write(tmp_path / "lost_both_ways.pcap")
+    (ours,) = [report.task_row(t) for t in jsdissect.analyze([capture]).task_records]
+    assert ours["start_answered"] is None and ours["close_answered"] is None
+    assert _full_rows(wireshark.analyze([capture]).tasks) == _full_rows([ours])

@@ -347,8 +347,10 @@ end
 -- from frame.time_epoch, there only when a tree is built, is learnt per frame in the
 -- postdissector and replaces it when the task table is written.
 local f_time_epoch = Field.new("frame.time_epoch")
-local f_tcp_len = Field.new("tcp.len")
-local f_tcp_stream = Field.new("tcp.stream")
+-- (one table: the main chunk is near Lua's limit of 200 local variables)
+local TCP_FIELDS = {
+    len = Field.new("tcp.len"), stream = Field.new("tcp.stream"), seq = Field.new("tcp.seq_raw"),
+}
 
 local function frame_us(pinfo)
     local t = pinfo.abs_ts
@@ -1304,6 +1306,18 @@ local function cmd_server(conn, tvb, src, sport, dst, dport)
     return { addr = src, port = sport }
 end
 
+-- Whether this server frame's TCP payload begins past the end of the last one seen from
+-- the server (first pass; the postdissector notes each end), or past its first byte when
+-- none was: bytes were not captured.
+local function bytes_missing_before(conn, dir)
+    local last = conn.next_seq and conn.next_seq[dir]
+    if last == nil and conn.synack_seq then last = (conn.synack_seq + 1) % SEQ_MOD end
+    local fi = TCP_FIELDS.seq()
+    if last == nil or fi == nil then return false end
+    local ahead = (fi.value - last) % SEQ_MOD
+    return ahead > 0 and ahead < SEQ_MOD / 2
+end
+
 local function dissect_cmd(tvb, pinfo, tree)
     local len = tvb:len()
     if len == 0 then return 0 end
@@ -1329,6 +1343,13 @@ local function dissect_cmd(tvb, pinfo, tree)
         end
         cont = conn.pending[dir]
         conn.pending[dir] = nil
+        -- R sends nothing but answers (§3.7): server bytes not captured while a command is
+        -- open and no answer has begun were its answer (or its start). The command is
+        -- closed unanswered, else it would take the answer to the next one, lost too.
+        if not from_client and cont == nil and not cs.lost and cs.queue[1] ~= nil
+            and bytes_missing_before(conn, dir) then
+            table.remove(cs.queue, 1)
+        end
         -- TCP hands on a segment alone, not reassembled with the pending document (a tvb
         -- of the frame, offset > 0), when bytes between them were not captured: that
         -- document is lost; for an answer, these bytes may be its rest
@@ -2759,12 +2780,20 @@ local function post_dissector(tvb, pinfo, tree)
         local c = frame_conn[pinfo.number]
         if c and c.channel == "api" and c.seg_frame == pinfo.number and c.seg_len then
             Rest.track(c, pinfo, c.seg_seq, c.seg_len, now)
+        elseif c and c.channel == "cmd" and c.seg_frame == pinfo.number
+            and (c.seg_len or 0) > 0 then
+            c.next_seq = c.next_seq or {}
+            local dir, finish = direction(pinfo), (c.seg_seq + c.seg_len) % SEQ_MOD
+            local last = c.next_seq[dir]
+            if last == nil or (finish - last) % SEQ_MOD < SEQ_MOD / 2 then
+                c.next_seq[dir] = finish
+            end
         end
     end
     local conn = frame_conn[pinfo.number]
     if conn ~= nil then
         if conn.stream == nil then
-            local fi = f_tcp_stream()
+            local fi = TCP_FIELDS.stream()
             if fi then conn.stream = fi.value end
         end
         local kept, exact = frame_us(pinfo), exact_frame_us()
@@ -2772,7 +2801,7 @@ local function post_dissector(tvb, pinfo, tree)
     end
     if last_main_frame == pinfo.number then return end
     if conn == nil or conn.channel == nil then return end
-    local tl = f_tcp_len()
+    local tl = TCP_FIELDS.len()
     if tl == nil or tl.value == 0 then return end
     if incomplete[pinfo.number] then
         -- a frame of the dialog whose other bytes were never captured (TCP does not hand
