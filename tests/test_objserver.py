@@ -1177,6 +1177,41 @@ def test_answer_without_open_request_then_conversation_decodes() -> None:
     assert w.of(Reply)[1].result.name == "RMIS"
 
 
+def test_answer_without_request_shows_what_its_bytes_tell() -> None:
+    """§5.10: the layout depends on the request. Without it (not captured), a VARIANT that
+    fills the body is the answer to a call or an Invoke; a failed HRESULT is an Invoke's,
+    with argErr and EXCEPINFO; DISPIDs stay undecoded. Each is still flagged unpaired."""
+    w = Wire(controller_direction=None)
+    w.t(enc.answer_value(enc.V(VT_BOOL, True)))
+    w.c(enc.answer_dispids(30))  # DISPID 30 reads as VARIANT type 30 (VT_LPSTR)
+    w.c(enc.answer_invoke_failed(0x80020009, "src", "it failed"))
+    w.t(EX7_EMPTY_ANSWER)
+    replies = w.of(Reply)
+    assert [(r.request, r.hr) for r in replies] == [
+        (None, 0),
+        (None, 0),
+        (None, -0x7FFDFFF7),
+        (None, None),  # the answer to a Release or a keep-alive: nothing after `A`
+    ]
+    assert replies[0].result == Variant(VT_BOOL, True)
+    assert replies[1].result is None
+    failure = replies[2].result
+    assert isinstance(failure, InvokeFailure) and failure.excepinfo.description == "it failed"
+    assert [e.code for e in w.of(ApiError)] == ["COM-80020009"]
+    assert [e.reason for e in w.errors()] == ["answer with no open request"] * 4
+
+
+def test_object_returned_by_an_answer_without_request_is_named_by_its_class() -> None:
+    """§12: an objref with is_new=1 is an export of its sender whatever it answers: the
+    task picked up after `spooler_task.params` still calls a Variable_set."""
+    ref = enc.ObjRef(0x1234_00000005, True, "sos::scheduler::com_objects::Com_variable_set")
+    w = Wire(controller_direction=None)
+    w.c(enc.answer_value(enc.V(VT_DISPATCH, ref)))
+    w.t(enc.get_ids_of_names(ref.id, "value"))
+    assert w.of(Reply)[0].result.value.name == "Variable_set"
+    assert w.of(Request)[0].object_name == "Variable_set"
+
+
 def test_answer_from_the_wrong_side() -> None:
     w = Wire()
     w.c(EX2_CREATE)

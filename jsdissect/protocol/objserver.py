@@ -966,6 +966,32 @@ def _parse_answer(r: _Reader, p: _Parsed, a: _Answer) -> None:
     r.end(f"answer to {p.command}")
 
 
+def _parse_unpaired_answer(r: _Reader, a: _Answer) -> None:
+    """§5.10 without the request that tells the layout (not captured): what the bytes show
+    for sure. Nothing after `A` answers a Release or a keep-alive; else the HRESULT, then a
+    failed Invoke's argErr and EXCEPINFO, or a VARIANT that fills the rest exactly (the
+    answer to a call by name or an Invoke: what each side answers most, §5.2). Anything
+    else stays undecoded, as it may be DISPIDs or objrefs."""
+    if not r.remaining:
+        return
+    a.hr = r.fixed(I32, "HRESULT")
+    if not r.remaining:
+        return
+    if a.hr < 0:
+        arg_err = r.fixed(I32, "argErr")
+        a.result = InvokeFailure(arg_err, r.excepinfo())
+        r.end("answer")
+        return
+    refs = r.objrefs
+    try:
+        result = r.variant()
+        r.end("answer")
+    except _Malformed:
+        r.pos, r.objrefs = len(r.buf), refs  # not a VARIANT: the body stays undecoded
+        return
+    a.result = result
+
+
 def _parse_error_strings(r: _Reader, a: _Answer) -> None:
     """§5.11: strings until the payload ends."""
     while r.remaining:
@@ -1356,10 +1382,14 @@ class ObjServerDecoder:
                 _parse_error_strings(r, a)
             elif pending is not None:
                 _parse_answer(r, pending.parsed, a)
+            else:
+                _parse_unpaired_answer(r, a)
         except _Malformed as exc:
             errors.append(str(exc))
         if pending is not None:
             self._learn(d, pending, a, r.objrefs > 0)
+        elif r.objrefs:  # a new export is one whatever it answers (§12)
+            self._record(d, a.result)
         fields = _error_fields(a.strings) if a.strings else _NO_FIELDS
         reply = Reply(  # fields by position, as the Request's
             *self._where(d, frame),
