@@ -621,6 +621,25 @@ def test_midstream_connection_waits_for_boundaries():
     assert isinstance(one(w.send(S, enc.ok_answer(T1), 4), Ok), Ok)
 
 
+def test_midstream_keep_alive_spaces_before_a_command_are_kept():
+    """§3.7: spaces a connection picked up mid-stream begins with are the keep-alive prefix
+    of the command that follows them (as the plugin shows them); spaces after other bytes
+    skipped may be inside a document that was not captured, and are no keep-alive."""
+    w = Wire(midstream=True)
+    w.send(C, b"  ", 1)
+    w.send(C, b" ", 2)
+    close = enc.remote_task_close("42")
+    out = w.send(C, close, 3)
+    ka = out[0]
+    assert isinstance(ka, KeepAlive)
+    assert (ka.offset, ka.count, ka.start, ka.end) == (0, 3, 1, 2)
+    assert [type(e).__name__ for e in out] == ["KeepAlive", "RemoteTaskClose"]
+    lost = Wire(midstream=True)
+    lost.send(C, b"tail of a lost   document", 1)
+    lost.send(C, b" x", 2)
+    assert [type(e).__name__ for e in lost.send(C, close, 3)] == ["RemoteTaskClose"]
+
+
 def test_close_inside_command_and_answer():
     w = Wire()
     w.send(C, EXAMPLE1_START)

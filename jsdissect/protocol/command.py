@@ -49,6 +49,7 @@ MAX_TREE_DEPTH = 3  # elements kept: <spooler><answer><process/> or <spooler><co
 NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape"})
 ENCODING_RE = re.compile(rb"""\s*<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._:\-]+)["']""")
 SPACE_RUN_RE = re.compile(rb" +")  # §3.7 keep-alive spaces
+SKIP_TO_RE = re.compile(rb"[ <]")  # resynchronising: a command marker or keep-alive spaces
 IDLE_RE = re.compile(rb"[\x00\s]+")  # between answers
 NON_XML_END_RE = re.compile(rb"[<\n]")  # §3.1 non-XML request ends at a newline outside tags
 HTTP_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
@@ -723,6 +724,9 @@ class CommandDecoder:
         self._probe = bytearray()
         self._spaces = _KeepAliveRun()
         self._after_spaces = False  # R then sees a non-XML request (§3.7)
+        # Picked up mid-stream, and only spaces skipped so far: they are keep-alives (§3.7)
+        # if a command follows; after other bytes or a gap, a lost document's.
+        self._leading_spaces = midstream
         self._end_reported = False
         self._server = S_IDLE
         self._verify = midstream  # the next answer must start with ANSWER_MARKER
@@ -797,6 +801,7 @@ class CommandDecoder:
         elif direction == CLIENT_TO_SERVER:
             self._cmd = None
             self._client = ENDED if self._client == ENDED else SKIP
+            self._drop_leading_spaces()
         else:
             self._answer = None
             self._server = S_DROP
@@ -891,13 +896,21 @@ class CommandDecoder:
         self._pending = (name, msg.offset)
 
     def _skip(self, offset: int, data: bytes, pos: int, ts: int) -> int:
-        j = data.find(b"<", pos)
-        if j < 0:
-            return len(data)
-        self._cmd = _Message(offset + j, ts)
+        if data[pos] == SPACE:
+            run = SPACE_RUN_RE.match(data, pos)
+            assert run is not None  # data[pos] is a space: the run holds at least that one
+            if self._leading_spaces:
+                self._add_spaces(offset + pos, ts, run.end() - pos)
+                self._after_spaces = False  # no §3.7 non-XML request: not seen from its start
+            return run.end()
+        if data[pos] != LT:
+            self._drop_leading_spaces()
+            found = SKIP_TO_RE.search(data, pos)
+            return len(data) if found is None else found.start()
+        self._cmd = _Message(offset + pos, ts)
         self._probe = bytearray()
         self._client = PROBE
-        return j
+        return pos
 
     def _probe_step(self, data: bytes, pos: int, ts: int) -> int:
         """After a gap: does the `<` just found begin one of RESYNC_MARKERS?"""
@@ -907,14 +920,22 @@ class CommandDecoder:
         if not any(m.startswith(probe) for m in RESYNC_MARKERS):
             self._cmd = None
             self._client = SKIP
+            self._drop_leading_spaces()
             return pos  # this byte may itself be a `<`
         self._cmd.add(data, pos, pos + 1, ts)
         if probe in RESYNC_MARKERS:
+            self._flush_spaces()
             self._finder = EndFinder(non_xml=False)
             self._finder.scan(probe, 0)
             self._client = COMMAND
             self._in_lost_answer = False  # as in _start_command
         return pos + 1
+
+    def _drop_leading_spaces(self) -> None:
+        """What was skipped is no keep-alive run: the spaces before it were a lost
+        document's too."""
+        self._leading_spaces = False
+        self._spaces = _KeepAliveRun()
 
     def _after_end(self, offset: int, ts: int) -> None:
         if not self._end_reported:
@@ -927,6 +948,7 @@ class CommandDecoder:
             self._error_at(self._cmd, CLIENT_TO_SERVER, f"gap inside a command {where}")
             self._pending = (None, self._cmd.offset)  # R got it whole and will answer it
         self._flush_spaces()
+        self._leading_spaces = False
         self._cmd = None
         self._after_spaces = False
         if self._client != ENDED:
