@@ -398,25 +398,26 @@ def _message_rows(packet: Any) -> Iterator[dict[str, Any]]:
             fields = item._all_fields  # the JSON tree; pyshark's flattening loses nesting
             channel = "cmd" if layer.layer_name == "jobscheduler" else "api"
             made = _cmd_event(fields) if channel == "cmd" else _api_event(fields)
-            if made is None:
-                continue
-            ev, sender = made
+            events = [made] if made is not None else []
+            if channel == "api":
+                events += [(error, None) for error in _api_errors(fields)]
             began = _first(fields, f"{layer.layer_name}.first_byte_time")
             # a frame not completely captured is shown where it began: its last byte's time
             done = _first(fields, f"{layer.layer_name}.last_byte_time")
-            yield {
-                "time": _abs_time_us(began) if began else end,
-                "end": _abs_time_us(done) if done else end,
-                "conn": f"tcp.stream {packet.tcp.stream}",
-                "channel": channel,
-                "direction": f"{src} → {dst}",
-                "sender": sender,
-                "type": type(ev).__name__,
-                "offset": None,  # a stream offset is not among the plugin's fields
-                "process_id": _first(fields, "jobscheduler.process_id"),
-                "summary": describe(ev),
-                "reason": ev.reason if isinstance(ev, DecodeError) else None,
-            }
+            for ev, sender in events:
+                yield {
+                    "time": _abs_time_us(began) if began else end,
+                    "end": _abs_time_us(done) if done else end,
+                    "conn": f"tcp.stream {packet.tcp.stream}",
+                    "channel": channel,
+                    "direction": f"{src} → {dst}",
+                    "sender": sender,
+                    "type": type(ev).__name__,
+                    "offset": None,  # a stream offset is not among the plugin's fields
+                    "process_id": _first(fields, "jobscheduler.process_id"),
+                    "summary": describe(ev),
+                    "reason": ev.reason if isinstance(ev, DecodeError) else None,
+                }
 
 
 def _joined_keep_alives(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -542,6 +543,7 @@ def _command(f: Fields) -> Event:
 
 
 API = "jobscheduler_api."
+API_EXPERT = API + "expert."
 API_COMMANDS = {  # §5.9, and the plugin's names on answers
     0x43: "CreateInstance",
     0x52: "Release",
@@ -551,6 +553,27 @@ API_COMMANDS = {  # §5.9, and the plugin's names on answers
     0x41: "Call",
 }
 API_SENDERS = {"1": api.CONTROLLER, "2": api.TASK_SERVER}
+
+
+# The plugin's expert infos that are decode errors of the default engine: the reason is
+# the expert's message, but for an answer without a request, worded as jsdissect words it.
+API_ERROR_EXPERTS = {
+    f"{API_EXPERT}unpaired": "answer with no open request",
+    f"{API_EXPERT}malformed": None,
+    f"{API_EXPERT}length": None,
+    f"{API_EXPERT}no_session": None,
+}
+
+
+def _api_errors(f: Fields) -> Iterator[DecodeError]:
+    """A callback frame's decode errors, from the plugin's expert infos on it."""
+    for expert in _all(f, "_ws.expert"):
+        if not isinstance(expert, dict):
+            continue
+        for name, reason in API_ERROR_EXPERTS.items():
+            if name in expert:
+                text = reason or str(expert.get("_ws.expert.message", ""))
+                yield DecodeError(**NO_SPAN, channel="api", reason=text)
 
 
 def _api_event(f: Fields) -> tuple[Event, str] | None:

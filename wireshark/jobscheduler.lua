@@ -1987,7 +1987,7 @@ local function dissect_request(tvb, tree, m, as)
     m.cmd = u8(tvb, 13)
     tree:add(FA.command, rng(tvb, 13, 1))
     local target = object_entry(as, other_side(m.sender), m.objid)
-    m.objname, m.objpath = object_label(target), object_path(target)
+    if not m.labelled then m.objname, m.objpath = object_label(target), object_path(target) end
     if m.objname then tree:add(FA.object_name, rng(tvb, 5, 8), m.objname):set_generated() end
     if target and target.returned_by then
         tree:add(FA.object_returned_by, rng(tvb, 5, 8), target.returned_by):set_generated()
@@ -2122,9 +2122,10 @@ local function dissect_reply(tvb, tree, m, req)
             pos = pos + 4 + n
         end
     elseif cmd == nil then
-        -- no request to tell the layout (picked up mid-stream): a VARIANT if it is one
-        local probe = pcall(dissect_variant, tvb, pos, NULL_TREE, 0)
-        if probe then
+        -- no request to tell the layout (picked up mid-stream): a VARIANT if one fills
+        -- the rest exactly (DISPIDs or objrefs may begin like one), as jsdissect takes it
+        local probe, size = pcall(dissect_variant, tvb, pos, NULL_TREE, 0)
+        if probe and pos + size == tvb:len() then
             local n, v = dissect_variant(tvb, pos, tree, 0)
             m.result, m.values = v, { v }
             pos = pos + n
@@ -2168,6 +2169,12 @@ local function sender_of(conn, as, pinfo, src, sport, cls, cmd)
         else
             return nil
         end
+        -- the exports of answers sent before the sides were told (picked up mid-stream)
+        for _, e in ipairs(as.unsided or {}) do
+            local side = is_endpoint(as.controller, e.addr, e.port) and CONTROLLER or TASK_SERVER
+            learn_exports(as, side, e.values, nil)
+        end
+        as.unsided = nil
     end
     if is_endpoint(as.controller, src, sport) then return CONTROLLER end
     return TASK_SERVER
@@ -2253,6 +2260,12 @@ local function apply_request(conn, as, m)
         e.name = e.name or "RMIS"
         as.exports[TASK_SERVER][m.objid] = e
     end
+    -- The object as named when the request was sent: what is learned later (a log call on
+    -- it, say) does not rename it in the second pass, as jsdissect names it.
+    if m.objid and m.sender then
+        local target = object_entry(as, other_side(m.sender), m.objid)
+        m.objname, m.objpath, m.labelled = object_label(target), object_path(target), true
+    end
     local on_rmis = m.cls == 0x4F and m.objid ~= nil and m.objid == as.rmis
         and m.sender == CONTROLLER
     if on_rmis and m.cmd == 0x41 then
@@ -2318,7 +2331,17 @@ local function apply_reply(conn, as, m, pinfo)
         local text = exc and ((exc.description ~= "" and exc.description) or exc.source)
         add_error(task, m.t_done, string.format("COM-%08X", m.hr), text and latin1_to_utf8(text))
     end
-    if req == nil then return end
+    if req == nil then
+        -- a new export is one whatever it answers (§12)
+        if m.values and m.sender then
+            learn_exports(as, m.sender, m.values, nil)
+        elseif m.values then  -- learned once the sides are told (sender_of)
+            as.unsided = as.unsided or {}
+            table.insert(as.unsided,
+                { addr = tostring(pinfo.src), port = pinfo.src_port, values = m.values })
+        end
+        return
+    end
     if m.values then
         local returned_by
         if req.cmd ~= 0x43 and req.objpath and req.method then
@@ -2698,10 +2721,12 @@ local function looks_like_request(tvb)
 end
 
 -- §12 mid-stream pickup of a dialog whose sides the frame does not tell: a Release (§5.9,
--- sent by both sides: `O`, the object id, `R`, nothing else) or an `E` answer whose strings
--- fill it exactly and are its §5.11 keys. A capture that begins at the end of a task
--- (releases only) or with the answer to a call it did not get is still a callback channel,
--- as the default engine takes it.
+-- sent by both sides: `O`, the object id, `R`, nothing else), a keep-alive `K` (§8), an
+-- `A` answer that is nothing but `A`, or an HRESULT and a VARIANT filling it exactly, or
+-- S_OK and any body filling the segment (answers to calls not captured, §5.10), or an `E` answer whose strings fill it exactly and
+-- are its §5.11 keys. A capture that begins at the end of a task (releases only) or with
+-- the answer to a call it did not get is still a callback channel, as the default engine
+-- takes it.
 local function looks_like_sideless(tvb)
     local len = tvb:len()
     if len < 5 then return false end
@@ -2709,6 +2734,15 @@ local function looks_like_sideless(tvb)
     if cls == 0x4F then
         return flen == 10 and len >= 14 and tvb(13, 1):uint() == 0x52
             and tvb(5, 8):bytes():tohex() ~= "0000000000000000"
+    end
+    if cls == 0x4B or (cls == 0x41 and flen == 1) then return flen == 1 end
+    if cls == 0x41 then
+        if flen < 7 or flen > MAX_FRAME or len < 4 + flen or tvb(5, 4):uint() >= 0x80000000 then
+            return false
+        end
+        local ok, size = pcall(dissect_variant, tvb(0, 4 + flen):tvb(), 9, NULL_TREE, 0)
+        -- else DISPIDs or objrefs, say: S_OK or S_FALSE in a segment that is this frame
+        return (ok and 9 + size == 4 + flen) or (len == 4 + flen and tvb(5, 4):uint() <= 1)
     end
     if cls ~= 0x45 or flen < 5 or flen > MAX_FRAME or len < 4 + flen then return false end
     local pos, keys = 5, 0
