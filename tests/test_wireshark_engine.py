@@ -462,7 +462,10 @@ def _cut_points(name: str, packets: list) -> list[int]:
 def test_engines_agree_on_captures_cut_at_the_start_or_the_end(tmp_path: Path, name: str) -> None:
     """DESIGN "What fills a row": steps, log_lines, exit_code (and every other column) count
     what was captured, in both engines: a capture that begins or ends in the middle of a
-    task gives the same table, but for the connection ids (Wireshark's stream numbers)."""
+    task gives the same table, but for the connection ids (Wireshark's stream numbers).
+    And the same messages: answers whose requests were not captured (decoded as far as
+    their bytes tell, and flagged), keep-alives before the first whole command, objects
+    named as known when each message was sent."""
     require("tshark")
     editcap = require("editcap")
     capture = ROOT / "captures" / name
@@ -472,10 +475,14 @@ def test_engines_agree_on_captures_cut_at_the_start_or_the_end(tmp_path: Path, n
         for end, kept in (("start", f"{at + 1}-{len(packets)}"), ("end", f"1-{at}")):
             cut = tmp_path / f"{end}{at}.pcap"
             subprocess.run([editcap, "-r", str(capture), str(cut), kept], check=True)
-            ours[cut.name] = _full_rows(
-                report.task_row(t) for t in jsdissect.analyze([cut]).task_records
+            result = jsdissect.analyze([cut])
+            messages = report.message_rows(result.channels, result.task_records)
+            ours[cut.name] = (
+                _full_rows(report.task_row(t) for t in result.task_records),
+                _comparable_messages(messages),
             )
-            theirs[cut.name] = _full_rows(wireshark.analyze([cut]).tasks)
+            engine = wireshark.analyze([cut])
+            theirs[cut.name] = (_full_rows(engine.tasks), _comparable_messages(engine.messages))
     assert theirs == ours
 
 
