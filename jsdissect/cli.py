@@ -18,6 +18,7 @@ from jsdissect.callbacks import AUTO_START_BYTES, MAX_WORKERS
 from jsdissect.capture import CaptureError, display_name
 from jsdissect.cluster import ClusterError
 from jsdissect.correlate import STATUSES, Channel
+from jsdissect.protocol import DecodeError
 
 if TYPE_CHECKING:
     from jsdissect.pipeline import Analysis
@@ -486,14 +487,13 @@ def messages(
     from jsdissect import report
 
     if opts["engine"] == "wireshark":
-        if errors_only:
-            raise click.UsageError(
-                "--errors needs jsdissect's own decoders (not --engine wireshark)"
-            )
         task_rows, found = _wireshark(captures, opts)
         _check_task(process_id, {r["process_id"] for r in task_rows}, captures)
         rows: Iterable[dict[str, Any]] = [
-            r for r in found if process_id is None or r["process_id"] == process_id
+            r
+            for r in found
+            if (process_id is None or r["process_id"] == process_id)
+            and (not errors_only or r["type"] == DecodeError.__name__)
         ]
         times: Iterable[int] = [r["time"] for r in rows]
     else:

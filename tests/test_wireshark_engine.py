@@ -250,6 +250,35 @@ def _cli_json(*args: str) -> list[dict]:
     return json.loads(out.stdout)
 
 
+def test_cli_errors_engine_wireshark(tmp_path: Path) -> None:
+    """`messages --engine wireshark --errors`: the decode errors among the plugin's
+    messages, nothing else, as JSON and as the terminal's error table (reason last)."""
+    require("tshark")
+    from crafted_captures import Capture, malformed_traffic
+
+    cap = Capture()
+    malformed_traffic(cap)
+    capture = str(cap.write(tmp_path / "malformed.pcap"))
+    every = _cli_json("messages", capture, "--engine", "wireshark")
+    errors = _cli_json("messages", capture, "--engine", "wireshark", "--errors")
+    assert errors == [r for r in every if r["type"] == "DecodeError"]
+    assert {r["channel"] for r in errors} == {"cmd", "api"}
+    assert all(r["reason"] for r in errors)
+    text = subprocess.run(
+        [sys.executable, "-m", "jsdissect", "messages", capture, "--engine", "wireshark"]
+        + ["--errors"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert text.returncode == 0, text.stderr
+    header, *lines = text.stdout.splitlines()
+    assert header.split() == ["time", "conn", "channel", "direction", "offset", "reason"]
+    assert [line.endswith(r["reason"]) for line, r in zip(lines, errors, strict=True)] == [
+        True
+    ] * len(errors)
+
+
 def test_cli_no_heuristics_reaches_the_plugin(tmp_path: Path) -> None:
     """--no-heuristics: a command channel on a port that is not a --scheduler-port is not
     decoded, with --engine wireshark as with the default engine."""
