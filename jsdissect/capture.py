@@ -1045,19 +1045,40 @@ def _pcapng_batches(r: _Reading) -> Iterator[Batch]:
         buf, pos = r.refill(buf, pos, corrupt), 0
 
 
-def cut_short(path: CapturePath) -> str:
-    """Why a capture's readable data ends before the file does (cut mid-packet, a corrupt
-    record, a broken compressed stream) as the warning the readers give, or "" for a whole file.
-    Reads every record header, decodes no packet: for a reader that cannot stop at the cut
-    by itself (tshark)."""
+class FileScan(NamedTuple):
+    """What the record headers of a capture file tell, no packet decoded."""
+
+    latest: int | None  # the latest time stamp of any packet, whatever a filter passes
+    cut: str  # why the readable data ends before the file does (the readers' warning), or ""
+
+
+def scan(path: CapturePath) -> FileScan:
+    """Walk every record header of a capture: for the end of a capture whose packets a BPF
+    filter mostly kept from Python (DESIGN Status: "the capture ended first"), and for a
+    reader that cannot stop at a cut by itself (tshark)."""
     info = _identify(path)
     r = _Reading(info, None, [])
+    latest = -1
     try:
-        for _batch in _pcap_batches(r) if info.fmt == "pcap" else _pcapng_batches(r):
-            pass
+        for _buf, records in _pcap_batches(r) if info.fmt == "pcap" else _pcapng_batches(r):
+            for record in records:
+                ts = record[0]
+                if latest < ts <= MAX_TIME_US:  # a corrupt time is skipped, as the readers do
+                    latest = ts
     finally:
         r.source.close()
-    return r.cut
+    return FileScan(latest if latest >= 0 else None, r.cut)
+
+
+def cut_short(path: CapturePath) -> str:
+    """Why a capture's readable data ends before the file does (cut mid-packet, a corrupt
+    record, a broken compressed stream) as the warning the readers give, or "" for a whole file."""
+    return scan(path).cut
+
+
+def capture_end(paths: Sequence[CapturePath]) -> int | None:
+    """The latest packet time of all the files (None: no packet at all)."""
+    return max((t for t in (scan(p).latest for p in paths) if t is not None), default=None)
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from jsdissect.capture import (
     display_name,
     extract_file,
     merged_extracts,
+    scan,
 )
 
 LOCAL = "local"
@@ -54,11 +55,19 @@ class DaskReader:
         engine: Engine,
         stats: CaptureStats,
     ) -> Iterator[Segment]:
-        names = [display_name(f) for f in files]
-        # The name as given for messages, the absolute file for a worker elsewhere.
-        sent = [Spooled(name, os.path.abspath(f)) for name, f in zip(names, files, strict=True)]
+        sent = _as_sent(files)
         futures = self._client.map(extract_file, sent, bpf=bpf, engine=engine, pure=False)
-        return merged_extracts(names, self._client.gather(futures), stats)
+        return merged_extracts([str(f) for f in sent], self._client.gather(futures), stats)
+
+    def capture_end(self, files: Sequence[CapturePath], /) -> int | None:
+        """The latest packet time of the files, each walked where it lies."""
+        scans = self._client.gather(self._client.map(scan, _as_sent(files), pure=False))
+        return max((s.latest for s in scans if s.latest is not None), default=None)
+
+
+def _as_sent(files: Sequence[CapturePath]) -> list[Spooled]:
+    """The name as given for messages, the absolute file for a worker elsewhere."""
+    return [Spooled(display_name(f), os.path.abspath(f)) for f in files]
 
 
 @contextlib.contextmanager

@@ -388,6 +388,25 @@ def _status(task: Task, capture_end: int | None) -> str:
     return "running"
 
 
+# Later than any capture: every 60 s window has closed.
+END_OF_TIME = 1 << 62
+
+
+def end_decides(tasks: Iterable[Task], channels: Iterable[Channel], capture_end: int) -> bool:
+    """Whether a row could change if the capture went on after `capture_end`: a task still
+    `running` (the capture ended first), one whose status a 60 s window still open decides,
+    or a lone SYN not yet given up on (ports report)."""
+    if any(t.status == "running" or t.status != _status(t, END_OF_TIME) for t in tasks):
+        return True
+    return any(
+        ch.conn.state == "syn-unanswered"
+        and ch.conn.syn_count == 1
+        and ch.conn.syn is not None
+        and _may_still_come(ch.conn.syn, capture_end)
+        for ch in channels
+    )
+
+
 def _unanswered(cb: Connection, capture_end: int | None) -> bool:
     """DESIGN Status 3: the callback SYN was retransmitted, or 60 s passed, with no sign of
     an answer. A SYN-ACK the capture lost is no missing answer: data in either direction,

@@ -22,12 +22,13 @@ from jsdissect.capture import (
     CaptureStats,
     Engine,
     Segment,
+    capture_end,
     display_name,
     read_segments,
     spool_problems,
     spooled,
 )
-from jsdissect.correlate import TASK_EVENTS, Channel, Task, correlate
+from jsdissect.correlate import TASK_EVENTS, Channel, Task, correlate, end_decides
 from jsdissect.protocol import Event
 from jsdissect.protocol import command as cmd
 from jsdissect.protocol import objserver as api
@@ -72,7 +73,7 @@ class Options:
 
 
 class SegmentReader(Protocol):
-    """Where segments come from: `capture.read_segments`, or `cluster.DaskReader`."""
+    """Where segments come from: `LocalReader`, or `cluster.DaskReader`."""
 
     def __call__(
         self,
@@ -83,6 +84,17 @@ class SegmentReader(Protocol):
         engine: Engine,
         stats: CaptureStats,
     ) -> Iterator[Segment]: ...
+
+    def capture_end(self, files: Sequence[CapturePath], /) -> int | None:
+        """The latest time of any packet of the files, whatever the filter passes."""
+        ...
+
+
+class LocalReader:
+    """The files read in this process."""
+
+    __call__ = staticmethod(read_segments)
+    capture_end = staticmethod(capture_end)
 
 
 @dataclass
@@ -161,7 +173,7 @@ def analyze(
 @contextlib.contextmanager
 def _reader(dask_scheduler: str | None) -> Iterator[SegmentReader]:
     if dask_scheduler is None:
-        yield read_segments
+        yield LocalReader()
         return
     from jsdissect.cluster import dask_reader
 
@@ -232,6 +244,13 @@ def _run(
         stats.warnings.append(steps.warning(names))
     end = latest if latest >= 0 else None
     tasks = correlate(dispatcher.channels, end)
+    if end is not None and end_decides(tasks, dispatcher.channels, end):
+        # The filter kept the other traffic from Python: the capture may go on after the
+        # last packet read here, and a 60 s window or a running task depends on how long.
+        last = reader.capture_end(files)
+        if last is not None and last > end:
+            end = last
+            tasks = correlate(dispatcher.channels, end)
     return Analysis(names, dispatcher.channels, tasks, stats, end, messages_kept=opts.messages)
 
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import jsencode as js
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import wrpcap
@@ -311,6 +311,28 @@ def heuristic_pickup(cap: Capture) -> list[Expected]:
         Expected(None, 59990, "partial", exit_code=0, steps=1, log_lines=0, convs=[cb]),
         Expected(pid, 59989, "callback-missing", steps=0, log_lines=0, kind="api", convs=[cmd]),
     ]
+
+
+def start_answered_then_other_traffic(cap: Capture, callback_syn: bool, other: str) -> None:
+    """A start answered, perhaps one callback SYN never answered, then two minutes of
+    nothing but `other` traffic ("tcp" or "udp"): the end of the capture, which a filter for
+    this protocol does not see, decides `callback-missing` (or `callback-unanswered`)."""
+    cmd = Conv(cap, (CONTROLLER_IP, 40000), (REMOTE_IP, 4455), isn=1000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59999))
+    cmd.send(SERVER, js.process_answer(answer_time(cap), "111"))
+    if callback_syn:
+        cap.advance(1 * S)
+        Conv(cap, (REMOTE_IP, 45000), (CONTROLLER_IP, 59999), isn=7000)._packet(CLIENT, "S")
+    for _ in range(3):
+        cap.advance(40 * S)
+        if other == "tcp":
+            web = Conv(cap, ("10.9.9.9", 51000), ("10.9.9.8", 80), isn=5)
+            web.send(CLIENT, b"GET / HTTP/1.1")
+        else:
+            packet = Ether() / IP(src="10.9.9.9", dst="10.9.9.8") / UDP(sport=5353, dport=53)
+            packet.time = Decimal(cap.now) / S
+            cap.packets.append(packet)
 
 
 def malformed_traffic(cap: Capture) -> None:

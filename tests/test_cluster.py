@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import require
 from conversations import command_chain
+from crafted_captures import Capture, start_answered_then_other_traffic
 
 import jsdissect
 from jsdissect import report
@@ -83,6 +84,22 @@ def test_later_reads_for_announced_ports_run_on_the_cluster_too(scheduler, tmp_p
     there = jsdissect.analyze(chain, dask_scheduler=scheduler)
     assert sum(ch.kind == "cmd" for ch in here.channels) == 3
     same_analysis(here, there)
+
+
+def test_the_end_of_the_capture_is_read_on_the_cluster_too(scheduler, tmp_path) -> None:
+    """The last file holds only other traffic: its end, read where it lies, closes the
+    task's 60 s window (callback-missing), as in a local read."""
+    start_answered_then_other_traffic(cap := Capture(), callback_syn=False, other="udp")
+    whole = cap.write(tmp_path / "whole.pcap")
+    editcap = require("editcap")
+    subprocess.run([editcap, "-c", "5", str(whole), str(tmp_path / "ring.pcap")], check=True)
+    files = sorted(tmp_path.glob("ring_*.pcap"))
+    assert len(files) == 2  # the task's five packets, then the other traffic
+    here = jsdissect.analyze(files)
+    there = jsdissect.analyze(files, dask_scheduler=scheduler)
+    same_analysis(here, there)
+    assert [t.status for t in there.task_records] == ["callback-missing"]
+    assert there.capture_end == here.capture_end == jsdissect.analyze(whole).capture_end
 
 
 def cli(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

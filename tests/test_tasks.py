@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 from conftest import require
+from crafted_captures import Capture, shell_task, start_answered_then_other_traffic
 from pcapfiles import move_port
+from scapy.utils import rdpcap
 from truth import load_truth, mismatches, oracle_times, pair_rows, tshark_packets
 
 import jsdissect
-from jsdissect import report
+from jsdissect import pipeline, report, wireshark
 from jsdissect.capture import read_segments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,3 +276,49 @@ def test_a_clock_step_back_is_reported_once_and_files_are_merged_without_one(
     # The capture ends at its latest time, not at its last packet's.
     assert result.capture_end == max(p.ts for p in read_segments(later, bpf="tcp"))
     assert not jsdissect.analyze([later, CAPTURES / "demo.pcap"]).stats.warnings
+
+
+# --- the end of the capture: its last packet, not the last one of this protocol ----------
+
+
+def _other_traffic_after(tmp_path: Path, callback_syn: bool, other: str) -> Path:
+    start_answered_then_other_traffic(cap := Capture(), callback_syn, other)
+    return cap.write(tmp_path / f"{callback_syn}-{other}.pcap")
+
+
+@pytest.mark.parametrize("other", ["tcp", "udp"])
+@pytest.mark.parametrize(
+    ("callback_syn", "status"), [(False, "callback-missing"), (True, "callback-unanswered")]
+)
+def test_a_capture_going_on_past_the_60_s_window_closes_it(
+    tmp_path: Path, other: str, callback_syn: bool, status: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DESIGN Status 4 (and 3): the capture ends with its last packet of any kind. The BPF
+    filter keeps other traffic from Python, so its end is read from the record headers, and
+    only when a row depends on it (counted here)."""
+    capture = _other_traffic_after(tmp_path, callback_syn, other)
+    last = max(int(p.time * 1_000_000) for p in rdpcap(str(capture)))
+    walks: list[int] = []
+    walk = pipeline.LocalReader.capture_end
+    counted = staticmethod(lambda files: walks.append(1) or walk(files))
+    monkeypatch.setattr(pipeline.LocalReader, "capture_end", counted)
+    for engine in ("libpcap", "python"):
+        result = jsdissect.analyze([capture], engine=engine)
+        assert [t.status for t in result.task_records] == [status], engine
+        assert result.capture_end == last
+    assert len(walks) == 2
+    complete = tmp_path / "complete.pcap"
+    shell_task(cap := Capture())
+    cap.write(complete)
+    assert [t.status for t in jsdissect.analyze([complete]).task_records] == ["completed"]
+    assert len(walks) == 2  # every row final: the end was not needed, nor read
+
+
+def test_engines_agree_on_the_end_of_a_capture_going_on_with_other_traffic(
+    tmp_path: Path,
+) -> None:
+    require("tshark")
+    for callback_syn, other in [(False, "udp"), (True, "tcp")]:
+        capture = _other_traffic_after(tmp_path, callback_syn, other)
+        ours = [t.status for t in jsdissect.analyze([capture]).task_records]
+        assert [r["status"] for r in wireshark.analyze([capture]).tasks] == ours

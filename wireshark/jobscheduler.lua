@@ -2806,10 +2806,11 @@ end
 ---------------------------------------------------------------------------------------------
 
 local function post_dissector(tvb, pinfo, tree)
+    local now = not pinfo.visited and frame_us(pinfo) or nil  -- first pass only
+    -- the capture ends with its last packet, whatever that carries
+    if now and (capture_end == nil or now > capture_end) then capture_end = now end
     if pinfo.port_type ~= PT_TCP then return end
-    if not pinfo.visited then
-        local now = frame_us(pinfo)
-        if capture_end == nil or now > capture_end then capture_end = now end
+    if now then
         track_tcp(tvb, pinfo, now)
         local c = frame_conn[pinfo.number]
         if c and c.channel == "api" and c.seg_frame == pinfo.number and c.seg_len then
