@@ -335,6 +335,24 @@ def start_answered_then_other_traffic(cap: Capture, callback_syn: bool, other: s
             cap.packets.append(packet)
 
 
+def picked_up_in_the_last_step(cap: Capture) -> int:
+    """A shell task's callback picked up during its only step (no handshake, no call to the
+    RMIS left): a log line, the step's answer, then the Release of the RMIS, answered, and
+    the controller's FIN. Returns the time of the Release answer: a normal end, `partial`."""
+    cb = Conv(cap, (REMOTE_IP, 45000), (CONTROLLER_IP, 59999), isn=7000)
+    log = js.invoke(
+        (0x327B23C6 << 32) | 3, 14, js.METHOD, [js.V(js.VT_I4, 0), js.bstr("[stdout] busy")]
+    )
+    cb.send(T, log)
+    cb.send(C, js.answer_value(js.V(js.VT_EMPTY)))
+    cb.send(T, js.answer_value(js.bstr(js.process_result(0, success=True))))
+    cb.send(C, js.release(rmis_id(1)))
+    answered = cap.now
+    cb.send(T, js.answer_empty())
+    cb.close(first=C)
+    return answered
+
+
 def malformed_traffic(cap: Capture) -> None:
     """Bytes that break every layout: the plugin must mark them, never fail (no Lua error)."""
     rng = random.Random(6)

@@ -741,6 +741,23 @@ def test_mid_stream_pickup_infers_sides_and_rmis() -> None:
     assert one(w.events, StepAnswered).result is True
 
 
+def test_mid_stream_pickup_during_the_last_step_still_ends_with_the_rmis_release() -> None:
+    """Picked up during a shell task's only step: no call to the RMIS is left to name it,
+    but the controller's Release names it (C releases nothing else, §5.2), and its answer
+    is the normal end (DESIGN Status 6). The task server's own Releases name nothing."""
+    w = Wire(controller_direction=None)
+    w.t(EX6_LOG)  # T calls spooler_log: T is the task server
+    w.c(EX6_ANSWER)
+    w.t(enc.release(0x327B23C6_00000009))  # C++ T releasing a proxy of C's object
+    w.c(enc.answer_empty())
+    w.t(EX7_EMPTY_ANSWER)  # the step's answer, its call not captured
+    w.c(EX7_RELEASE)
+    answer = w.t(EX7_EMPTY_ANSWER)
+    (released,) = w.of(ReleaseAnswered)
+    assert (released.object_id, released.start) == (RMIS_ID, answer["start"])
+    assert [r.object_name for r in w.of(Request) if r.command == "Release"] == [None, "RMIS"]
+
+
 def test_keep_alive_first_means_the_sender_is_the_task_server() -> None:
     w = Wire(controller_direction=None)
     w.send(C2T, EX7_KEEP_ALIVE, 1)  # directions swapped: the decoder must not care

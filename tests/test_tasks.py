@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 from conftest import require
-from crafted_captures import Capture, shell_task, start_answered_then_other_traffic
+from crafted_captures import (
+    Capture,
+    picked_up_in_the_last_step,
+    shell_task,
+    start_answered_then_other_traffic,
+)
 from pcapfiles import move_port
 from scapy.utils import rdpcap
 from truth import load_truth, mismatches, oracle_times, pair_rows, tshark_packets
@@ -322,3 +327,16 @@ def test_engines_agree_on_the_end_of_a_capture_going_on_with_other_traffic(
         capture = _other_traffic_after(tmp_path, callback_syn, other)
         ours = [t.status for t in jsdissect.analyze([capture]).task_records]
         assert [r["status"] for r in wireshark.analyze([capture]).tasks] == ours
+
+
+def test_a_callback_picked_up_in_its_last_step_ends_normally(tmp_path: Path) -> None:
+    """DESIGN "Cases at the edges": picked up mid-stream is `partial`, and the Release of
+    the RMIS (which only the controller's Release names then) is the normal end, not an
+    abort; the plugin gives the same row."""
+    answered = picked_up_in_the_last_step(cap := Capture())
+    capture = cap.write(tmp_path / "last_step.pcap")
+    (row,) = table(capture)
+    assert (row["status"], row["release_answered"], row["log_lines"]) == ("partial", answered, 1)
+    require("tshark")
+    (theirs,) = wireshark.analyze([capture]).tasks
+    assert (theirs["status"], theirs["release_answered"]) == ("partial", answered)

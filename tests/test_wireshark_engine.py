@@ -264,9 +264,9 @@ def test_cli_errors_engine_wireshark(tmp_path: Path) -> None:
     assert errors == [r for r in every if r["type"] == "DecodeError"]
     assert {r["channel"] for r in errors} == {"cmd", "api"}
     assert all(r["reason"] for r in errors)
+    args = ["messages", capture, "--engine", "wireshark", "--errors"]
     text = subprocess.run(
-        [sys.executable, "-m", "jsdissect", "messages", capture, "--engine", "wireshark"]
-        + ["--errors"],
+        [sys.executable, "-m", "jsdissect", *args],
         capture_output=True,
         text=True,
         timeout=300,

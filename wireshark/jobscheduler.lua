@@ -2253,8 +2253,10 @@ local function apply_request(conn, as, m)
     if m.wire then learn_exports(as, m.sender, m.wire) end
     local class = target_class(as, m)
     local name = m.method and m.method:lower()
-    -- picked up mid-stream: the object the controller calls by name is the RMIS (§6.1)
-    if as.rmis == nil and m.cls == 0x4F and m.cmd == 0x41 and m.sender == CONTROLLER then
+    -- picked up mid-stream: the object the controller calls by name is the RMIS (§6.1),
+    -- and so is the one it releases (the only Release it sends, §5.2)
+    if as.rmis == nil and m.cls == 0x4F and (m.cmd == 0x41 or m.cmd == 0x52)
+        and m.sender == CONTROLLER then
         as.rmis = m.objid
         local e = as.exports[TASK_SERVER][m.objid] or {}
         e.name = e.name or "RMIS"

@@ -1340,6 +1340,7 @@ class ObjServerDecoder:
             for value in (p.args, p.named):
                 self._record(d, value)
         rmis_call = self._rmis_call(d, p, target)
+        rmis_release = self._rmis_release(d, p, target)
         if rmis_call and p.complete and (p.method or "").lower() == LC_BEGIN:
             self._name_begin_objects(d, p.args)
         method = target.dispid_name(p.dispid) if p.command == INVOKE and target else p.method
@@ -1362,7 +1363,7 @@ class ObjServerDecoder:
         events: list[Event] = [request]
         if rmis_call:
             events += self._rmis_call_events(pending, frame)
-        elif p.command == RELEASE and self._rmis == (1 - d, p.object_id):
+        elif rmis_release:
             pending.lifecycle = LC_RELEASE
         elif p.command == KEEP_ALIVE:
             events.append(KeepAliveK(*self._where(d, frame)))
@@ -1527,6 +1528,16 @@ class ObjServerDecoder:
         if p.command != CALL or self._side(d) != CONTROLLER or target is None:
             return False
         if self._rmis is None:  # CreateInstance not captured: C only calls the RMIS by name
+            self._rmis = (1 - d, p.object_id or 0)
+            target.name, target.cls = target.name or RMIS, RMIS
+        return self._rmis == (1 - d, p.object_id)
+
+    def _rmis_release(self, d: int, p: _Parsed, target: _Obj | None) -> bool:
+        """The Release of the RMIS (§6.1 #9): the only object the controller releases (§5.2),
+        so its Release names the RMIS when the capture began after the last call to it."""
+        if p.command != RELEASE or self._side(d) != CONTROLLER:
+            return False
+        if self._rmis is None and target is not None:
             self._rmis = (1 - d, p.object_id or 0)
             target.name, target.cls = target.name or RMIS, RMIS
         return self._rmis == (1 - d, p.object_id)
