@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from jsdissect.correlate import CALLBACK_TIMEOUT_US, TIME_COLUMNS, Channel, Task
+from jsdissect.correlate import CALLBACK_TIMEOUT_US, Channel, Task
 from jsdissect.report import format_time
 from jsdissect.tcp import Connection
 
@@ -20,6 +20,10 @@ TOP_PORT = 59999  # PROTOCOL §2: Used_ports::bind_free_port counts down from he
 TIME_WAIT_US = 120_000_000  # DESIGN "Ports report": < 120 s apart may still be in TIME_WAIT
 GIVE_UP_US = CALLBACK_TIMEOUT_US  # a lone SYN younger than this at the end may be answered
 FAILED_CALLBACK = ("callback-unanswered", "callback-refused", "callback-missing")
+COMMAND_FAILURES = {  # what a failed connection to a scheduler port says about its path
+    "cmd-unanswered": "dropped (SYN unanswered: a firewall)",
+    "cmd-refused": "refused (RST: a firewall rejecting, or no scheduler listening)",
+}
 TIME_FIELDS = ("first", "last", "syn", "closed", "at")  # µs values written as ISO times
 
 
@@ -33,7 +37,7 @@ class PortUse:
     last: int | None  # callback closed, else when the controller gave up
     status: str
     syn: int | None  # callback SYN
-    closed: int | None  # close of an established callback connection (TIME_WAIT follows)
+    closed: int | None  # close of an accepted callback connection (TIME_WAIT may follow)
     source: str | None  # where the callback came from (behind NAT: not the remote)
 
 
@@ -43,7 +47,7 @@ class Reuse:
     port: int
     previous_process_id: str | None
     process_id: str | None
-    gap_ms: float  # previous callback connection closed → next SYN (else next start)
+    gap_ms: float  # previous callback connection closed → next start (else next SYN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +88,9 @@ def port_report(
     task still running then holds its port until then at least."""
     if capture_end is None:
         capture_end = max((ch.conn.last_ts for ch in channels), default=None)
+    capture_start = min((ch.conn.first_ts for ch in channels), default=None)
     uses = tuple(
-        _use(t, t.controller, t.callback_port, capture_end)
+        _use(t, t.controller, t.callback_port, capture_start, capture_end)
         for t in tasks
         if t.callback_port is not None and t.controller
     )
@@ -97,7 +102,7 @@ def port_report(
     }
     peaks = {c: _peak(us) for c, us in by_controller.items()}
     failures = _callback_failures(tasks) + _command_failures(channels, scheduler_ports, capture_end)
-    rules = _controller_rules(uses, ranges, peaks) + _remote_rules(tasks)
+    rules = _controller_rules(uses, ranges, peaks) + _remote_rules(tasks, failures)
     return PortReport(
         uses=uses,
         port_range=ranges,
@@ -108,24 +113,28 @@ def port_report(
     )
 
 
-def _use(task: Task, controller: str, port: int, capture_end: int | None) -> PortUse:
-    """The span the controller holds the port: bound before the start is sent, released
-    when the callback connection closes, or when the controller gives up waiting (§2); a
-    task still running when the capture ends holds it past the end."""
-    times = [getattr(task, c) for c in TIME_COLUMNS if getattr(task, c) is not None]
+def _use(
+    task: Task, controller: str, port: int, capture_start: int | None, capture_end: int | None
+) -> PortUse:
+    """The span the controller holds the port (PROTOCOL §2): bound before the start is
+    sent; released when the accepted callback connection closes, else when the controller
+    stops waiting for one (it gives up 60 s after the start, or closes the task first). A
+    port held when the capture begins or ends counts as held from or until then."""
+    cb = task.callback.conn if task.callback is not None else None
+    accepted = cb is not None and _accepted(cb)
     first = task.start_sent if task.start_sent is not None else task.callback_syn
+    if first is None and cb is not None:  # picked up mid-stream: held before the capture
+        first = capture_start if capture_start is not None else cb.first_ts
     last: int | None
-    if task.callback_established is not None and task.callback_closed is not None:
-        last = task.callback_closed
+    if task.start_failed:
+        last = task.start_answered
+    elif accepted:
+        last = task.callback_closed if task.callback_closed is not None else capture_end
     else:
-        last = task.close_sent
-    if first is None and times:
-        first = min(times)
-    if last is None and times:
-        last = max(times)
-    if task.status == "running" and capture_end is not None:
-        last = max(last, capture_end) if last is not None else capture_end
-    established = task.callback_established is not None
+        waits = [first + GIVE_UP_US if first is not None else None, task.close_sent]
+        last = min((t for t in waits if t is not None), default=None)
+        if last is not None and capture_end is not None and first is not None:
+            last = max(first, min(last, capture_end))
     return PortUse(
         controller=controller,
         port=port,
@@ -135,9 +144,18 @@ def _use(task: Task, controller: str, port: int, capture_end: int | None) -> Por
         last=last,
         status=task.status,
         syn=task.callback_syn,
-        closed=task.callback_closed if established else None,
+        closed=task.callback_closed if accepted else None,
         source=_callback_source(task),
     )
+
+
+def _accepted(cb: Connection) -> bool:
+    """The controller accepted the callback: a SYN-ACK, or bytes or a FIN from either side
+    (a handshake the capture did not see)."""
+    if cb.refused is not None:
+        return False
+    fin = cb.client_fin is not None or cb.server_fin is not None
+    return cb.established is not None or bool(cb.bytes_c2s or cb.bytes_s2c) or fin
 
 
 def host_port(ip: str, port: int | str) -> str:
@@ -181,7 +199,7 @@ def _reuses(uses: Sequence[PortUse], time_wait_us: int) -> list[Reuse]:
         # a refused or unanswered use in between leaves the earlier TIME_WAIT running.
         prev: tuple[int, PortUse] | None = None  # (when its connection closed, the use)
         for first, use in same:
-            again = use.syn if use.syn is not None else first
+            again = first  # bound again before the start is sent: TIME_WAIT would fail that
             if prev is not None:
                 closed, before = prev
                 if 0 <= again - closed < time_wait_us:
@@ -257,15 +275,24 @@ def _controller_rules(
     return rules
 
 
-def _remote_rules(tasks: Sequence[Task]) -> list[Rule]:
+def _remote_rules(tasks: Sequence[Task], failures: Sequence[Failure]) -> list[Rule]:
+    """The scheduler port of every remote, from the controllers that sent it commands and
+    from those whose connection to it failed (those most of all need the rule)."""
     sources: dict[str, set[str]] = defaultdict(set)
     for t in tasks:
         if t.remote and t.controller:
             sources[t.remote].add(t.controller)
+    blocked: dict[str, set[str]] = defaultdict(set)
+    for f in failures:
+        if f.what in COMMAND_FAILURES:
+            sources[f.target].add(f.source)
+            blocked[f.target].add(COMMAND_FAILURES[f.what])
     rules = []
     for remote, controllers in sorted(sources.items()):
         host, port = remote.rsplit(":", 1)
         reason = "the controllers send start_remote_task/close on the remote's scheduler port"
+        if blocked[remote]:
+            reason += "; connections to it were " + " and ".join(sorted(blocked[remote]))
         rules.append(Rule(host.strip("[]"), port, tuple(sorted(controllers)), reason))
     return rules
 

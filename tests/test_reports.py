@@ -415,12 +415,17 @@ def test_failed_command_connections_on_every_scheduler_port_seen(tmp_path: Path)
             (10 * patho.S + 500, 40013, 4455, "none", ()),
         ],
     )
-    failures = json.loads(_ports(path, "--json", "-").stdout)["failures"]
-    assert [(f["what"], f["target"]) for f in failures] == [
+    data = json.loads(_ports(path, "--json", "-").stdout)
+    assert [(f["what"], f["target"]) for f in data["failures"]] == [
         ("cmd-refused", "10.1.0.20:4446"),
         ("cmd-unanswered", "10.1.0.20:4446"),
         ("cmd-refused", "10.1.0.20:4455"),
     ]
+    # No task reached 4455: the failed connections alone ask for its rule.
+    rules = {(r["host"], r["ports"]): r for r in data["rules"]}
+    assert rules["10.1.0.20", "4455"]["sources"] == ["10.1.0.10"]
+    assert "refused" in rules["10.1.0.20", "4455"]["reason"]
+    assert "dropped" in rules["10.1.0.20", "4446"]["reason"]
 
 
 def test_terminal_times_carry_their_date_when_the_rows_span_days() -> None:
@@ -533,3 +538,110 @@ def test_message_rows_are_made_only_as_they_are_read(parallel_messages, monkeypa
     assert 1 <= len(described) <= len(parallel_messages.channels)
     total = 1 + sum(1 for _ in rows)
     assert len(described) == total > 10 * len(parallel_messages.channels)
+
+
+def _peak_of(path: Path) -> int:
+    (peak,) = json.loads(_ports(path, "--json", "-").stdout)["peak"].values()
+    return peak["tasks"]
+
+
+def test_a_port_whose_callback_failed_stays_held_until_the_controller_gives_up(
+    tmp_path: Path,
+) -> None:
+    """PROTOCOL §2: the controller keeps the port until it gives up, 60 s after the start.
+    A second task started meanwhile takes the next port: two held at once, also when the
+    capture ends before the 60 s."""
+    from pathological import BASE_TIME_US, S
+
+    for mode in ("refused", "unanswered"):
+        specs = [
+            (0, _task("1001", 1, callback_mode=mode)),
+            (10 * S, _task("1002", 2, callback_port=59998, keepalive_spaces=3)),
+        ]
+        cut = _played(tmp_path, f"failed_{mode}", specs, keep=(None, BASE_TIME_US + 30 * S))
+        assert _peak_of(cut) == 2, mode
+
+
+def test_callbacks_picked_up_mid_stream_hold_their_ports_and_leave_time_wait(
+    tmp_path: Path,
+) -> None:
+    """Tasks already running when the capture began hold their ports (peak), and one whose
+    callback closed leaves its port in TIME_WAIT for the next task that takes it."""
+    from pathological import BASE_TIME_US, S
+
+    specs = [
+        (0, _task("2001", 1, keepalive_spaces=3)),
+        (100_000, _task("2002", 2, callback_port=59998, keepalive_spaces=3)),
+        (100 * S, _task("2003", 3)),  # 2001's callback closed at about 91 s
+    ]
+    late = _played(tmp_path, "late", specs, keep=(BASE_TIME_US + 2 * S, None))
+    data = json.loads(_ports(late, "--json", "-").stdout)
+    assert {u["status"] for u in data["ports"] if u["port"] == 59998} == {"partial"}
+    (peak,) = data["peak"].values()
+    assert peak["tasks"] == 2
+    (reuse,) = data["time_wait_reuse"]
+    assert (reuse["port"], reuse["process_id"]) == (59999, "2003")
+
+
+def _one_task(cap, n: int, port: int, callback_delay: int = 0, close_answered: bool = True) -> int:
+    """A shell task on its own ports whose callback the controller closes (FIN, then the
+    task server's RST); returns when that close began."""
+    import jsencode as js
+    from crafted_captures import (
+        CLIENT,
+        CONTROLLER_IP,
+        REMOTE_IP,
+        SERVER,
+        C,
+        Conv,
+        T,
+        answer_time,
+        rmis_id,
+    )
+
+    cmd = Conv(cap, (CONTROLLER_IP, 40000 + n), (REMOTE_IP, 4455), isn=1000 * n)
+    cb = Conv(cap, (REMOTE_IP, 45000 + n), (CONTROLLER_IP, port), isn=1000 * n + 500)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(port, kind="process"))
+    cmd.send(SERVER, js.process_answer(answer_time(cap), str(n)))
+    cap.advance(callback_delay)
+    cb.handshake()
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis_id(n), True, "x")))
+    cb.send(C, js.release(rmis_id(n)))
+    cb.send(T, js.answer_empty())
+    closed = cap.now
+    cb.close(first=C)
+    cmd.send(CLIENT, js.remote_task_close(str(n)))
+    if close_answered:
+        cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    return closed
+
+
+def test_a_closed_callback_frees_its_port_before_the_close_is_answered(tmp_path: Path) -> None:
+    """The port is free once the callback connection closed (the next task takes it), even
+    while its task is still `running` for want of the close's answer: one held at a time."""
+    from crafted_captures import Capture, S
+
+    _one_task(cap := Capture(), 1, 59999, close_answered=False)
+    cap.advance(5 * S)
+    _one_task(cap, 2, 59999)
+    path = cap.write(tmp_path / "freed.pcap")
+    assert [t.status for t in jsdissect.analyze(path).task_records] == ["running", "completed"]
+    assert _peak_of(path) == 1
+
+
+def test_time_wait_counts_until_the_port_is_bound_again_not_until_the_callback(
+    tmp_path: Path,
+) -> None:
+    """The controller binds the port again before it sends the start: 119 s after the
+    previous close is within TIME_WAIT, though the slow callback comes 3 s later."""
+    from crafted_captures import Capture, S
+
+    closed = _one_task(cap := Capture(), 1, 59999)
+    cap.now = closed + 119 * S
+    _one_task(cap, 2, 59999, callback_delay=3 * S)
+    data = json.loads(_ports(cap.write(tmp_path / "rebound.pcap"), "--json", "-").stdout)
+    (reuse,) = data["time_wait_reuse"]
+    assert (reuse["previous_process_id"], reuse["process_id"]) == ("1", "2")
+    assert 119_000 <= reuse["gap_ms"] < 119_100
