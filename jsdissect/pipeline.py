@@ -58,7 +58,9 @@ MAX_UNCLASSIFIED_BYTES = 65536  # one side talks alone this long: not this proto
 # BPF payload tests (PROTOCOL §12), so heuristic detection stays in C.
 _TCP_PAYLOAD4 = "tcp[((tcp[12:1] & 0xf0) >> 2):4]"
 _TCP_PAYLOAD6 = "ip6[(40 + ((ip6[52:1] & 0xf0) >> 2)):4]"
-_PAYLOAD_WORDS = (0x3C3F786D, 0x3C72656D, 0x0000003B)  # "<?xm", "<rem", CreateInstance length
+# "<?xm", "<rem", " <re" (a keep-alive space sharing the close's segment, §3.7), and the
+# CreateInstance length
+_PAYLOAD_WORDS = (0x3C3F786D, 0x3C72656D, 0x203C7265, 0x0000003B)
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,7 +405,10 @@ class _Dispatcher:
         elif state.kind is None:
             state.pending.append((direction, offset, data, ts))
             state.pending_bytes += len(data)
-            state.head[direction] = (state.head[direction] + data)[:CLASSIFY_BYTES]
+            # Keep-alive spaces may come first (§3.7, picked up mid-stream): the head is
+            # what follows them, or the spaces would fill it before the command's prefix.
+            head = (state.head[direction] + data).lstrip(b" ")
+            state.head[direction] = head[:CLASSIFY_BYTES]
             give_up = state.pending_bytes > MAX_UNCLASSIFIED_BYTES
             kind = _classify(state.head, self.opts.heuristics, final=give_up)
             if kind is not None:

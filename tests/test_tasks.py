@@ -340,3 +340,34 @@ def test_a_callback_picked_up_in_its_last_step_ends_normally(tmp_path: Path) -> 
     require("tshark")
     (theirs,) = wireshark.analyze([capture]).tasks
     assert (theirs["status"], theirs["release_answered"]) == ("partial", answered)
+
+
+@pytest.mark.parametrize("space", ["own segment", "close's segment"])
+def test_keep_alive_spaces_do_not_hide_a_command_channel_on_another_port(
+    tmp_path: Path, space: str
+) -> None:
+    """§12: a command channel begins with `<remote_scheduler.` "possibly after spaces", and
+    picked up mid-stream it may begin with keep-alive spaces (§3.7), sent alone or sharing
+    the close's segment: found on a port that is no --scheduler-port all the same, by the
+    capture filter and by the first bytes, in both engines. Found in review."""
+    from crafted_captures import CONTROLLER_IP, REMOTE_IP, Conv, answer_time
+    from jsencode import ok_answer, remote_task_close
+
+    cap = Capture()
+    cmd = Conv(cap, (CONTROLLER_IP, 40000), (REMOTE_IP, 4446), isn=1000)  # no handshake
+    close = remote_task_close("84217301")
+    if space == "own segment":
+        for _ in range(3):
+            cmd.send(0, b" ")
+            cap.advance(30_000_000)
+        cmd.send(0, close)
+    else:
+        cmd.send(0, b" " + close)
+    cmd.send(1, ok_answer(answer_time(cap)))
+    capture = cap.write(tmp_path / "spaces.pcap")
+    (row,) = table(capture)
+    assert (row["process_id"], row["status"]) == ("84217301", "partial")
+    require("tshark")
+    assert [(r["process_id"], r["status"]) for r in wireshark.analyze([capture]).tasks] == [
+        ("84217301", "partial")
+    ]
