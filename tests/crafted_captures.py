@@ -353,6 +353,41 @@ def picked_up_in_the_last_step(cap: Capture) -> int:
     return answered
 
 
+def answers_past_requests_sent_meanwhile(cap: Capture, lose_log_answer: bool) -> None:
+    """A shell task whose step answer shares a segment with a K (§5.1): the controller
+    sends its Release before it answers the K, so each answer pairs with the most recent
+    request of the other side, not with the top of the stack (§5.2). `lose_log_answer`:
+    the controller's answer to the log call during the step is not captured."""
+    pid = "84217302"
+    cmd = Conv(cap, (CONTROLLER_IP, 40030), (REMOTE_IP, 4455), isn=15000)
+    cb = Conv(cap, (REMOTE_IP, 45030), (CONTROLLER_IP, 59970), isn=16000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59970, kind="process"))
+    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    cb.handshake()
+    rmis = rmis_id(3)
+    objects = js.BeginObjects(*[(0x327B23C6 << 32) | k for k in range(1, 5)])
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    cb.send(C, js.call(rmis, "begin", objects.args()))
+    cb.send(T, js.answer_value(js.V(js.VT_BOOL, True)))
+    cb.send(C, js.call(rmis, "step"))
+    log = [js.V(js.VT_I4, 0), js.bstr("[stdout] working")]
+    cb.send(T, js.invoke(objects.spooler_log, 14, js.METHOD, log))
+    cb.send(C, js.answer_value(js.V(js.VT_EMPTY)))
+    if lose_log_answer:
+        cap.packets.pop()  # its sequence numbers stay used: a gap
+    result = js.process_result(3, success=False, signal=9)
+    cb.send(T, js.answer_value(js.bstr(result)) + js.keep_alive())
+    cb.send(C, js.release(rmis))
+    cb.send(C, js.answer_empty())  # to the K, which it read while waiting
+    cb.send(T, js.answer_empty())  # to the Release
+    cb.close(first=C)
+    cmd.send(CLIENT, js.remote_task_close(pid))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+
+
 def malformed_traffic(cap: Capture) -> None:
     """Bytes that break every layout: the plugin must mark them, never fail (no Lua error)."""
     rng = random.Random(6)

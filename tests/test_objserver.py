@@ -1232,10 +1232,47 @@ def test_object_returned_by_an_answer_without_request_is_named_by_its_class() ->
 def test_answer_from_the_wrong_side() -> None:
     w = Wire()
     w.c(EX2_CREATE)
-    at = w.c(EX2_ANSWER)
-    assert_error(w.errors()[0], at["offset"], "side that sent the open request")
+    at = w.c(EX2_ANSWER)  # only C's own request is open: what it answers was not captured
+    assert_error(w.errors()[0], at["offset"], "answer with no open request")
     w.t(EX2_ANSWER)  # the open CreateInstance is still there
     assert w.of(Reply)[-1].request.command == "CreateInstance"
+
+
+def test_an_answer_pairs_past_a_request_its_sender_sent_meanwhile() -> None:
+    """§5.2: an answer answers the most recent open request of the *other* side. A K sent
+    just after the step's answer (one segment, §5.1) reaches the controller after it sent
+    its next call: it answers the K while it waits, and the Release is answered after."""
+    w = started_conversation()
+    w.t(EX3_ANSWER)
+    w.c(EX4_STEP)
+    w.t(EX4_ANSWER + EX7_KEEP_ALIVE)
+    w.c(EX7_RELEASE)
+    w.c(EX7_EMPTY_ANSWER)
+    at = w.t(EX7_EMPTY_ANSWER)
+    assert not w.errors()
+    replies = [(r.sender, r.request.command) for r in w.of(Reply)[-2:]]
+    assert replies == [("C", "KeepAlive"), ("T", "Release")]
+    assert one(w.events, ReleaseAnswered).start == at["start"]
+    w.t(EX7_KEEP_ALIVE)
+    assert w.of(Request)[-1].depth == 0  # nothing left open
+
+
+def test_a_lost_callback_answer_leaves_the_step_answer_paired() -> None:
+    """The controller's answer to a log call is not captured: the task server's answer to
+    the step still pairs with the step (the most recent request of the other side), and
+    its result reaches the row."""
+    w = started_conversation()
+    w.t(EX3_ANSWER)
+    w.c(EX4_STEP)
+    w.t(EX6_LOG)
+    w.events += w.decoder.gap(C2T, w.next[C2T], len(EX6_ANSWER), 5)
+    w.next[C2T] += len(EX6_ANSWER)
+    w.t(EX4_ANSWER)
+    assert one(w.events, StepAnswered).result is True
+    assert [e.reason for e in w.errors()] == [
+        f"gap of {len(EX6_ANSWER)} bytes at stream offset {w.next[C2T] - len(EX6_ANSWER)}:"
+        " frames lost"
+    ]
 
 
 def test_trailing_bytes_and_unknown_object_command() -> None:

@@ -601,3 +601,25 @@ def test_engines_leave_a_lost_answer_unpaired_when_the_next_command_is_lost_too(
     (ours,) = [report.task_row(t) for t in jsdissect.analyze([capture]).task_records]
     assert ours["start_answered"] is None and ours["close_answered"] is None
     assert _full_rows(wireshark.analyze([capture]).tasks) == _full_rows([ours])
+
+
+def test_engines_pair_answers_past_requests_their_sender_sent_meanwhile(tmp_path: Path) -> None:
+    """§5.2 in both engines: an answer pairs with the most recent request of the other
+    side, past a request its own sender sent meanwhile (a K crossing the controller's next
+    call), or whose answer the capture lost; the step's result reaches both rows."""
+    require("tshark")
+    from crafted_captures import Capture, answers_past_requests_sent_meanwhile
+
+    for lose in (False, True):
+        answers_past_requests_sent_meanwhile(cap := Capture(), lose_log_answer=lose)
+        capture = cap.write(tmp_path / f"crossing_{lose}.pcap")
+        result = jsdissect.analyze([capture])
+        (row,) = [report.task_row(t) for t in result.task_records]
+        assert (row["status"], row["exit_code"], row["signal"]) == ("completed", 3, 9)
+        assert row["release_answered"] is not None
+        theirs = wireshark.analyze([capture])
+        assert _full_rows(theirs.tasks) == _full_rows([row])
+        ours = report.message_rows(result.channels, result.task_records)
+        if not lose:  # (gaps are worded by each engine its own way)
+            assert not any(r["type"] == "DecodeError" for r in ours)
+            assert _comparable_messages(theirs.messages) == _comparable_messages(ours)

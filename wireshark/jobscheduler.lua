@@ -2181,13 +2181,15 @@ local function sender_of(conn, as, pinfo, src, sport, cls, cmd)
 end
 
 -- §5.2, §12: an answer answers the most recent unanswered request of the other side.
--- Requests above it on the stack lost their answers (not captured); with no request of
--- the other side pending, the request it answers was itself not captured.
+-- Requests of its own sender above it stay open: one sent while the other side's request
+-- was on its way (a K just after an answer, then the controller's next call, §5.1) is
+-- still answered; one whose answer the capture lost never is. With no request of the
+-- other side pending, the request it answers was itself not captured.
 local function pair_answer(as, m)
     for i = #as.stack, 1, -1 do
         local req = as.stack[i]
         if m.sender == nil or req.sender ~= m.sender then
-            for j = #as.stack, i, -1 do as.stack[j] = nil end
+            table.remove(as.stack, i)
             m.req, req.resp, m.depth = req, m, req.depth
             return
         end

@@ -1421,17 +1421,16 @@ class ObjServerDecoder:
         self._pending.append(pending)
 
     def _pop(self, d: int, errors: list[str]) -> _Pending | None:
-        if not self._pending:
-            errors.append("answer with no open request")
-            return None
-        top = self._pending[-1]
-        if top.direction == d:
-            errors.append(
-                "answer from the side that sent the open request"
-                f" ({top.request.command} at offset {top.request.offset})"
-            )
-            return None
-        return self._pending.pop()
+        """§5.2: an answer answers the most recent unanswered request the other side sent.
+        Requests of its own sender above that one stay open: one sent while the other
+        side's request was on its way (a K sent just after an answer, then the controller's
+        next call, §5.1) is still answered; one whose answer the capture lost never is."""
+        pending = self._pending
+        for i in range(len(pending) - 1, -1, -1):
+            if pending[i].direction != d:
+                return pending.pop(i)
+        errors.append("answer with no open request")
+        return None
 
     def _infer_controller(self, d: int, cls: int, command: str) -> None:
         if cls == MSG_SESSION and not self._created:
