@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import heapq
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -221,14 +221,21 @@ class _Half:
             self.last_new = ts
 
     def acked(self, ack_off: int, ts: int) -> None:
-        """The peer received everything below `ack_off`: what the capture missed there is a gap."""
+        """The peer received everything below `ack_off`. What the snaplen cut there, and
+        a hole before bytes already captured, is a gap: the capture missed it. A hole
+        with nothing captured after it yet may still come (files of several interfaces
+        merged, an ACK recorded before the data it acknowledges): it is declared once
+        later bytes wait behind it and are acknowledged, or at the end, as Wireshark does."""
         if self.fin is not None:
             if ack_off > self.fin:
                 self.fin_acked = True
             ack_off = min(ack_off, self.fin)  # the FIN's sequence number is not a byte
         if ack_off > self.next:
             self.known_end = max(self.known_end, ack_off)
-            self._fill_to(ack_off, ts)
+            waiting = bisect_left(self.starts, ack_off)  # pieces that begin below it
+            lost_to = max(self.cut_to, self.ends[waiting - 1] if waiting else 0)
+            if lost_to > self.next:
+                self._fill_to(min(ack_off, lost_to), ts)
 
     def flush(self, ts: int) -> None:
         """The connection is over: deliver what is buffered, declare every hole left."""

@@ -1146,6 +1146,29 @@ def test_streams_equal_tshark_follow(tmp_path: Path) -> None:
         assert res.conn.gaps == 0 and res.conn.retransmissions == 1
 
 
+def test_an_ack_recorded_before_the_data_it_acknowledges_loses_nothing(tmp_path: Path) -> None:
+    """Files of two interfaces merged: the server's ACK of two data segments is recorded
+    before them. Wireshark still follows every byte; the hole the ACK passed is no gap
+    while nothing captured waits behind it (found in review: the bytes were dropped as
+    retransmissions). A hole with bytes waiting behind it is still a gap at once."""
+    tshark = require("tshark")
+    conv = Conv()
+    segs = [*conv.handshake(), *conv.data(CLIENT_TO_SERVER, os.urandom(300))]
+    early_ack = conv.ack(SERVER_TO_CLIENT)._replace(ts=segs[3].ts - 1)
+    segs = [*segs[:3], early_ack, *segs[3:], *conv.data(SERVER_TO_CLIENT, b"ok"), *conv.close()]
+    path = tmp_path / "ack_first.pcap"
+    write_pcap(segs, path)
+    (res,) = collect(read_pcap(path))
+    assert res.c2s.data == tshark_follow(tshark, path, 1)[("10.0.0.1:40000", "10.0.0.2:4444")]
+    assert (res.conn.gaps, res.conn.retransmissions, res.c2s.gaps) == (0, 0, [])
+    # The first data segment never captured: the next ACK passes the bytes waiting after
+    # the hole (the server's answer acknowledges them all), and the hole is a gap then.
+    write_pcap([*segs[:4], *segs[5:]], path)
+    (res,) = collect(read_pcap(path))
+    answer = next(seg for seg in segs if seg.payload == b"ok")
+    assert res.c2s.gaps == [(0, 100, answer.ts)]
+
+
 # --- memory ----------------------------------------------------------------------------------
 
 
