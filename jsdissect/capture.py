@@ -81,6 +81,8 @@ class CaptureStats:
         self.warnings += file.warnings
         if file.truncated_packets:
             self.warnings.append(snaplen_warning(name, file.truncated_packets))
+        if file.fragments:
+            self.warnings.append(fragments_warning(name, file.fragments))
 
     def __reduce__(self) -> tuple[type[CaptureStats], tuple[Any, ...]]:
         # Dask workers send it back (Extract). Compiled, it would pickle its state as a
@@ -93,6 +95,13 @@ def snaplen_warning(name: str, count: int) -> str:
     return (
         f"{name}: {count} TCP segment(s) cut short by the capture's snap length; the"
         " messages they carried are incomplete (capture with -s 0)"
+    )
+
+
+def fragments_warning(name: str, count: int) -> str:
+    return (
+        f"{name}: {count} IP fragment(s) skipped; TCP carried in fragments is not"
+        " reassembled, so the messages in them are missing"
     )
 
 

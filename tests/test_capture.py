@@ -312,6 +312,11 @@ def test_not_tcp_and_fragments_are_counted_not_yielded(tmp_path, engine):
     stats = CaptureStats()
     assert read(path, engine=engine, stats=stats) == []
     assert (stats.packets, stats.fragments, stats.skipped, stats.segments) == (6, 4, 2, 0)
+    # Found in review: fragmented TCP was skipped in silence.
+    assert stats.warnings == [
+        f"{path}: 4 IP fragment(s) skipped; TCP carried in fragments"
+        + (" is not reassembled, so the messages in them are missing")
+    ]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
