@@ -67,6 +67,7 @@ class CaptureStats:
     fragments: int = 0  # IP fragments (skipped)
     # cut by the snap length: in the TCP payload, or in the headers (then also skipped)
     truncated_packets: int = 0
+    bad_times: int = 0  # time stamp beyond year 9999, which no table can show (also skipped)
     engine: str = ""  # "libpcap" or "python" (last file)
     warnings: list[str] = field(default_factory=list)  # e.g. "FILE: cut short after packet 12"
 
@@ -77,12 +78,17 @@ class CaptureStats:
         self.skipped += file.skipped
         self.fragments += file.fragments
         self.truncated_packets += file.truncated_packets
+        self.bad_times += file.bad_times
         self.engine = file.engine or self.engine
         self.warnings += file.warnings
         if file.truncated_packets:
             self.warnings.append(snaplen_warning(name, file.truncated_packets))
         if file.fragments:
             self.warnings.append(fragments_warning(name, file.fragments))
+        if file.bad_times:
+            self.warnings.append(
+                f"{name}: {file.bad_times} packet(s) with a time stamp beyond year 9999 skipped"
+            )
 
     def __reduce__(self) -> tuple[type[CaptureStats], tuple[Any, ...]]:
         # Dask workers send it back (Extract). Compiled, it would pickle its state as a
@@ -1159,10 +1165,7 @@ def _python_segments(
     finally:
         counts.flush(stats)
         r.source.close()
-        if bad_times:
-            stats.warnings.append(
-                f"{info.path}: {bad_times} packet(s) with a time stamp beyond year 9999 skipped"
-            )
+        stats.bad_times += bad_times
 
 
 LibpcapBatches = Iterator[tuple[bytes, Iterable[tuple[int, ...]]]]
@@ -1179,14 +1182,19 @@ def _libpcap_segments(
     packets handed over."""
     counts = _Counts()
     # Per-packet counting in local variables (the hot loop), added up once per batch.
-    packets = truncated = 0
+    packets = truncated = bad_times = 0
     try:
         for buf, meta in batches:
             segments: list[Segment] = []
             for sec, usec, start, caplen in meta:
                 packets += 1
+                ts = sec * 1_000_000 + usec
+                if ts > MAX_TIME_US:  # a corrupt time stamp: skip, as the python engine does
+                    counts.skipped += 1
+                    bad_times += 1
+                    continue
                 try:
-                    result = decoder(buf, start, start + caplen, sec * 1_000_000 + usec)
+                    result = decoder(buf, start, start + caplen, ts)
                 except (struct.error, IndexError):  # a gap in the bounds checks: skip it
                     result = _SKIP
                 if type(result) is Segment:
@@ -1207,6 +1215,7 @@ def _libpcap_segments(
         counts.add(packets, 0, truncated)
         delivered[0] += packets
         counts.flush(stats)
+        stats.bad_times += bad_times
 
 
 class _LibpcapUnusable(Exception):

@@ -1229,8 +1229,25 @@ def test_pcapng_time_stamp_beyond_year_9999_is_not_an_internal_error(tmp_path):
     path = write(tmp_path / "year148164.pcapng", pcapng_with_one_packet(0x40064C2E))
     result = jsdissect.analyze([path], engine="python")
     exercise(result)
-    assert result.stats.skipped == 1
+    assert (result.stats.skipped, result.stats.bad_times) == (1, 1)
     assert any("year 9999" in w and "year148164" in w for w in result.stats.warnings)
+
+
+def test_libpcap_time_stamp_beyond_year_9999_is_skipped_too():
+    """Found by the analyze fuzzer again: libpcap read one packet at a time (after a block
+    it rejects) hands on 64-bit seconds, and a mutated pcapng time resolution made a task
+    start in year 58870, which the CSV writer refused. Skipped as the python engine does."""
+    from jsdissect.capture import MAX_TIME_US, _libpcap_segments, _link_ethernet
+
+    packet = PACKETS[0]
+    late = MAX_TIME_US // 1_000_000 + 1
+    stats = CaptureStats()
+    batches = [(packet, [(late, 0, 0, len(packet)), (1_795_613_814, 5, 0, len(packet))])]
+    segments = [
+        s for batch in _libpcap_segments(_link_ethernet, batches, stats, [0]) for s in batch
+    ]
+    assert [s.ts for s in segments] == [1_795_613_814_000_005]
+    assert (stats.bad_times, stats.skipped, stats.packets) == (1, 1, 2)
 
 
 def test_construct_with_a_five_thousand_digit_task_id_keeps_the_call():
