@@ -165,7 +165,7 @@ class _Half:
         self.pieces: list[tuple[bytes, int]] = []  # (data, ts first captured)
         self.buffered = 0
         self.known_end = 0  # highest offset known to exist: captured, cut by snaplen, ACKed
-        self.cut_to = 0  # bytes up to here, after the delivered ones, were cut by snaplen
+        self.cut_to = 0  # the end of the latest segment the snaplen cut: what it cut never comes
         self.fin: int | None = None  # offset the FIN occupies
         self.fin_acked = False
         self.seen = False
@@ -426,7 +426,7 @@ class _Conn:
                 half.known_end = end
             if payload:
                 half.add_data(off, payload, ts)
-            if missing and half.next == end - missing:
+            if missing and end > half.cut_to:
                 half.cut_to = end  # on the wire, cut from the capture: never coming again
             if flags & FIN:
                 self._fin(d, half, end, ts)
