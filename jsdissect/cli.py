@@ -29,11 +29,26 @@ EXIT_BAD_INPUT = 2
 CAPTURES = click.argument("captures", nargs=-1, required=True, metavar="CAPTURE...")
 
 
+def _file_name(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An output given as "" (`--json "$OUT"` with OUT unset) is refused, not ignored."""
+    if value == "":
+        raise click.BadParameter("an empty file name", param=param)
+    return value
+
+
 CSV_OPTION = click.option(
-    "--csv", "csv_path", metavar="FILE", help="Write CSV to FILE ('-' = stdout)."
+    "--csv",
+    "csv_path",
+    metavar="FILE",
+    callback=_file_name,
+    help="Write CSV to FILE ('-' = stdout).",
 )
 JSON_OPTION = click.option(
-    "--json", "json_path", metavar="FILE", help="Write JSON to FILE ('-' = stdout)."
+    "--json",
+    "json_path",
+    metavar="FILE",
+    callback=_file_name,
+    help="Write JSON to FILE ('-' = stdout).",
 )
 
 
@@ -41,6 +56,7 @@ PARQUET_OPTION = click.option(
     "--parquet",
     "parquet_path",
     metavar="FILE",
+    callback=_file_name,
     help="Write Parquet to FILE, typed as the DataFrames are (pip install 'jsdissect[parquet]').",
 )
 OUTPUT_OPTIONS = ("csv_path", "json_path", "parquet_path")
@@ -229,7 +245,8 @@ def _check_outputs(captures: Sequence[str], opts: dict[str, Any]) -> None:
         raise click.UsageError("only one of --csv, --json and --parquet can write to stdout")
     if parquet_path == "-" and sys.stdout is not None and sys.stdout.isatty():
         raise click.UsageError("Parquet is binary: not written to a terminal (give a file)")
-    files = [os.path.abspath(p) for p in (csv_path, json_path, parquet_path) if p and p != "-"]
+    # The same file under two names (a symbolic link) is the same file.
+    files = [os.path.realpath(p) for p in (csv_path, json_path, parquet_path) if p and p != "-"]
     if len(set(files)) < len(files):
         raise click.UsageError("two of --csv, --json and --parquet name the same file")
     if parquet_path:
@@ -432,7 +449,8 @@ def tasks(
             )
         shown = list(dict.fromkeys(shown))  # a column named twice is shown once
     if opts["engine"] == "wireshark":
-        rows, decode_errors = _wireshark(captures, opts)[0], 0
+        rows, found = _wireshark(captures, opts)
+        decode_errors = sum(r["type"] == DecodeError.__name__ for r in found)
         explained = True  # by tshark's warnings, or the lack of them: no hint of ours
     else:
         result = _analyze(captures, opts)
@@ -546,11 +564,13 @@ def summary(captures: tuple[str, ...], slowest: int, **opts: Any) -> None:
 
     result = _analyze(captures, opts)
     rows = [report.task_row(t) for t in result.task_records]
-    if _writes_tables(opts):
-        _emit(report.phase_distribution(rows), report.DISTRIBUTION_COLUMNS, opts, ())
-        return
-    click.echo(report.summary_text(rows, slowest), nl=False)
-    click.echo(report.task_summary(rows, result.decode_errors))
+    to_stdout = False
+    if _writes_tables(opts):  # the distribution; the slowest tasks still show, as with `tasks`
+        to_stdout = _emit(report.phase_distribution(rows), report.DISTRIBUTION_COLUMNS, opts, ())
+        if opts["quiet"]:
+            return
+    click.echo(report.summary_text(rows, slowest), nl=False, err=to_stdout)
+    click.echo(report.task_summary(rows, result.decode_errors), err=to_stdout)
 
 
 @main.command(
@@ -613,6 +633,7 @@ def ports(captures: tuple[str, ...], time_wait: float, **opts: Any) -> None:
     "--output",
     required=True,
     metavar="FILE",
+    callback=_file_name,
     help="Picture to write: .png or .svg (matplotlib), .html (interactive, plotly).",
 )
 @_guarded

@@ -95,6 +95,6 @@ def dask_reader(scheduler: str) -> Iterator[DaskReader]:
             address = scheduler
         try:
             client = stack.enter_context(Client(address, timeout=CONNECT_TIMEOUT))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: no address Dask can take
             raise ClusterError(f"Dask scheduler {scheduler}: cannot connect ({exc})") from None
         yield DaskReader(client)

@@ -295,13 +295,6 @@ def write(tasks: Sequence[Task], path: str) -> None:
     if suffix not in (".png", ".svg"):
         raise ValueError(f"{path}: use a .png, .svg or .html file name")
     fig = figure(tasks)
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp{suffix}")
-    try:
-        fig.savefig(tmp, format=suffix[1:])
-        tmp.replace(target)
-    except OSError as exc:
-        exc.filename, exc.filename2 = path, None  # name the file asked for, not the temporary
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
+    # As every output: through a symbolic link, into a named pipe (found in review: a
+    # rename of our own replaced both).
+    write_output(path, lambda out: fig.savefig(out, format=suffix[1:]), binary=True)

@@ -356,13 +356,14 @@ def _closed() -> None:
 
 
 def read_task_table(path: Path) -> list[dict[str, Any]]:
-    """The plugin's CSV back into task rows (times in µs, as `report.task_row` gives)."""
+    """The plugin's CSV back into task rows (times in µs, as `report.task_row` gives).
+    ValueError when it lacks even its header line: the plugin failed before writing it."""
     types = {c.name: c.type for c in TASK_COLUMNS}
     with path.open(newline="", encoding="utf-8") as f:
-        return [
-            {name: _value(row.get(name, ""), types[name]) for name in types}
-            for row in csv.DictReader(f)
-        ]
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            raise ValueError("no header line: the plugin failed (run tshark to see its error)")
+        return [{name: _value(row.get(name, ""), types[name]) for name in types} for row in reader]
 
 
 def _value(text: str, type_: str) -> Any:

@@ -454,3 +454,41 @@ def test_parquet_without_pyarrow_fails_before_the_analysis(tmp_path: Path) -> No
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr == "jsdissect: --parquet needs pyarrow: pip install 'jsdissect[parquet]'\n"
     assert not list(tmp_path.iterdir())
+
+
+def test_output_names_that_are_empty_or_the_same_file_are_refused(tmp_path: Path) -> None:
+    """Found in review: `--json "$OUT"` with OUT unset wrote nothing and said nothing, and
+    a symbolic link let --csv and --json write one file (the second won)."""
+    demo = str(CAPTURES / "demo.pcap")
+    for option in ("--csv", "--json", "--parquet"):
+        out = run("tasks", demo, option, "")
+        assert out.returncode == 2 and "empty file name" in out.stderr, option
+    out = run("timeline", demo, "-o", "")
+    assert out.returncode == 2 and "empty file name" in out.stderr
+    (tmp_path / "link.out").symlink_to(tmp_path / "same.out")
+    out = run(
+        "tasks", demo, "--csv", str(tmp_path / "same.out"), "--json", str(tmp_path / "link.out")
+    )
+    assert out.returncode == 2 and "the same file" in out.stderr
+    assert not (tmp_path / "same.out").exists()
+
+
+def test_a_dask_address_dask_cannot_take_is_bad_input() -> None:
+    pytest.importorskip("distributed")
+    for address in ("bogus", "http://x:1"):
+        out = run("tasks", str(CAPTURES / "demo.pcap"), "--dask-scheduler", address)
+        assert out.returncode == 2, (address, out.stderr)
+        (line,) = out.stderr.strip().splitlines()
+        assert line.startswith(f"jsdissect: Dask scheduler {address}: cannot connect")
+
+
+def test_summary_writing_a_table_still_shows_the_slowest_tasks(tmp_path: Path) -> None:
+    """Found in review: with --csv FILE, `summary` printed nothing, --slowest included."""
+    demo = str(CAPTURES / "demo.pcap")
+    out = run("summary", demo, "--slowest", "2", "--csv", str(tmp_path / "phases.csv"))
+    assert out.returncode == 0, out.stderr
+    assert "Slowest" in out.stdout and "task(s):" in out.stdout.splitlines()[-1]
+    assert "phase" in (tmp_path / "phases.csv").read_text().splitlines()[0]
+    piped = run("summary", demo, "--csv", "-")
+    assert piped.stdout.startswith("remote,") and "Slowest" in piped.stderr
+    assert run("summary", demo, "--csv", str(tmp_path / "q.csv"), "-q").stdout == ""

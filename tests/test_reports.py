@@ -229,6 +229,28 @@ def test_timeline_html_and_bad_extension(tmp_path: Path) -> None:
     assert bad.returncode == 2 and not (tmp_path / "t.jpg").exists()
 
 
+def test_timeline_pictures_go_through_links_and_into_named_pipes(tmp_path: Path) -> None:
+    """Found in review: .png and .svg replaced a symbolic link, or a named pipe, with a
+    file of their own; they are written as every other output is."""
+    import os
+    import threading
+
+    target = tmp_path / "real.svg"
+    link = tmp_path / "link.svg"
+    link.symlink_to(target)
+    assert cli("timeline", str(CAPTURES / "demo.pcap"), "-o", str(link)).returncode == 0
+    assert link.is_symlink() and target.read_text().lstrip().startswith("<?xml")
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()))
+    reader.start()
+    out = cli("timeline", str(CAPTURES / "demo.pcap"), "-o", str(pipe))
+    reader.join(timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert got and got[0].startswith(b"\x89PNG") and pipe.is_fifo()
+
+
 def test_summary_distribution_per_remote() -> None:
     rows = [report.task_row(t) for t in jsdissect.analyze([CAPTURES / "demo.pcap"]).task_records]
     dist = {(d["remote"], d["phase"]): d for d in report.phase_distribution(rows)}

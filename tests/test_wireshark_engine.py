@@ -623,3 +623,48 @@ def test_engines_pair_answers_past_requests_their_sender_sent_meanwhile(tmp_path
         if not lose:  # (gaps are worded by each engine its own way)
             assert not any(r["type"] == "DecodeError" for r in ours)
             assert _comparable_messages(theirs.messages) == _comparable_messages(ours)
+
+
+def test_engine_survives_numbers_past_2_53_and_counts_its_decode_errors(tmp_path: Path) -> None:
+    """Found in review: a pid of 20 digits stopped the plugin writing its task table (a Lua
+    error), and the engine took the empty file for a capture without tasks. The pid is
+    written as sent; a table without its header is the plugin's failure, said so; and
+    `tasks` counts the plugin's decode errors in its summary line."""
+    require("tshark")
+    import jsencode as js
+    from crafted_captures import (
+        CONTROLLER_IP,
+        REMOTE_IP,
+        Capture,
+        Conv,
+        answer_time,
+        malformed_traffic,
+    )
+
+    cmd = Conv(cap := Capture(), (CONTROLLER_IP, 40000), (REMOTE_IP, 4455), isn=1000)
+    cmd.handshake()
+    cmd.send(0, js.start_remote_task(59999))
+    cmd.send(1, js.process_answer(answer_time(cap), "111", pid=99999999999999999999))
+    big = cap.write(tmp_path / "bigpid.pcap")
+    (theirs,) = wireshark.analyze([big]).tasks
+    assert (
+        theirs["pid"]
+        == 99999999999999999999
+        == report.task_row(jsdissect.analyze([big]).task_records[0])["pid"]
+    )
+    empty = tmp_path / "table.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="no header line"):
+        wireshark.read_task_table(empty)
+    malformed_traffic(bad := Capture())
+    capture = str(bad.write(tmp_path / "malformed.pcap"))
+    out = subprocess.run(
+        [sys.executable, "-m", "jsdissect", "tasks", capture, "--engine", "wireshark"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = sum(r["type"] == "DecodeError" for r in wireshark.analyze([capture]).messages)
+    assert errors and out.stdout.rstrip().endswith(
+        f"{errors} decode error(s): see 'jsdissect messages --errors'"
+    )

@@ -1115,7 +1115,8 @@ local function apply_cmd_answer(conn, pinfo, parts, began, done)
             t.start_failed = true
         elseif parts.name == "process" then
             t.process_id = parts.attrs.process_id
-            t.pid = tonumber(parts.attrs.pid or "")
+            -- the digits as sent (written as they are: a pid past 2^53 stays exact)
+            t.pid = (parts.attrs.pid or ""):match("^%s*([+-]?%d+)%s*$")
         end
     elseif req.name == CLOSE then
         t.close_answered = done
@@ -3050,7 +3051,11 @@ local function cell(name, v)
     if v == nil then return "" end
     if IS_TIME[name] then return iso_us(v) end
     if DURATIONS[name] or name == "total_ms" then return ms_text(v) end
-    if type(v) == "number" then return string.format("%d", v) end
+    if type(v) == "number" then
+        -- a double is exact up to 2^53; past it the capture's digits are not known here
+        if v ~= math.floor(v) or math.abs(v) >= 2^53 then return "" end
+        return string.format("%d", v)
+    end
     return tostring(v)
 end
 
