@@ -67,9 +67,11 @@ class CaptureStats:
     fragments: int = 0  # IP fragments (skipped)
     # cut by the snap length: in the TCP payload, or in the headers (then also skipped)
     truncated_packets: int = 0
-    bad_times: int = 0  # time stamp beyond year 9999, which no table can show (also skipped)
     engine: str = ""  # "libpcap" or "python" (last file)
     warnings: list[str] = field(default_factory=list)  # e.g. "FILE: cut short after packet 12"
+    # Time stamp beyond year 9999, which no table can show (also counted as skipped). Last:
+    # the fields before it keep their positions.
+    bad_times: int = 0
 
     def absorb(self, file: CaptureStats, name: str) -> None:
         """Add what reading one file saw (`name`: as warnings call it)."""
@@ -515,7 +517,8 @@ def _python_filter(bpf: str, linktype: int, file_order: str, path: str) -> Packe
     except pcapy.PcapError as exc:
         if _rejects_all(exc):
             return lambda buf, off, end: False
-        raise CaptureError(f"{path}: filter {bpf!r} on link type {linktype}: {exc}") from None
+        # The filter is jsdissect's own and long: its text would bury the reason.
+        raise CaptureError(f"{path}: link type {linktype} cannot be filtered ({exc})") from None
     run = program.filter
     if linktype in (LT_NULL, LT_LOOP):
         rewrite = (

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from jsdissect.report import Column
 
 EXIT_BAD_INPUT = 2
+MAX_NAMED = 10  # unknown names an error lists before it counts the rest
 
 CAPTURES = click.argument("captures", nargs=-1, required=True, metavar="CAPTURE...")
 
@@ -118,7 +119,7 @@ def _common(func: Callable | None = None, *, wireshark: bool = False) -> Any:
             "-q",
             "--quiet",
             is_flag=True,
-            help="No progress or summary on stderr (warnings about the input still show).",
+            help="No progress, and no summary after a table (warnings about the input still show).",
         ),
     ]
     for option in reversed(options):
@@ -444,8 +445,11 @@ def tasks(
         unknown = sorted(set(shown) - {c.name for c in report.TASK_COLUMNS})
         if unknown:
             known = ", ".join(c.name for c in report.TASK_COLUMNS)
+            named = ", ".join(unknown[:MAX_NAMED])  # one readable line, whatever was given
+            if len(unknown) > MAX_NAMED:
+                named += f" and {len(unknown) - MAX_NAMED} more"
             raise click.BadParameter(
-                f"unknown column(s): {', '.join(unknown)} (known: {known})", param_hint="--columns"
+                f"unknown column(s): {named} (known: {known})", param_hint="--columns"
             )
         shown = list(dict.fromkeys(shown))  # a column named twice is shown once
     if opts["engine"] == "wireshark":

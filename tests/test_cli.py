@@ -492,3 +492,19 @@ def test_summary_writing_a_table_still_shows_the_slowest_tasks(tmp_path: Path) -
     piped = run("summary", demo, "--csv", "-")
     assert piped.stdout.startswith("remote,") and "Slowest" in piped.stderr
     assert run("summary", demo, "--csv", str(tmp_path / "q.csv"), "-q").stdout == ""
+
+
+def test_errors_stay_one_readable_line(tmp_path: Path) -> None:
+    """Found in review: 8,000 unknown column names made a 71 KB error line, and a link
+    type libpcap cannot filter quoted jsdissect's whole capture filter."""
+    demo = str(CAPTURES / "demo.pcap")
+    names = ",".join(f"nope{i}" for i in range(8000))
+    out = run("tasks", demo, "--columns", names)
+    assert out.returncode == 2 and "and 7990 more" in out.stderr and len(out.stderr) < 2000
+    from pcapfiles import pcap_file
+
+    odd = tmp_path / "user0.pcap"
+    odd.write_bytes(pcap_file(147, [(1_772_442_902_000_000_000, b"\x00" * 60, 60)]))
+    out = run("tasks", str(odd), "--engine", "python")
+    (line,) = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(line) < 300, line
