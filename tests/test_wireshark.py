@@ -1014,3 +1014,53 @@ def test_task_table_agrees_with_jsdissect(
         if ours != theirs:
             disagreements[capture.name] = {"plugin": ours, "jsdissect": theirs}
     assert disagreements == {}
+
+
+def test_http_on_a_command_port_is_left_to_wireshark_and_plain_commands_are_commands(
+    tmp_path: Path,
+) -> None:
+    """Found in review: §3.3, a connection whose first request begins with A-Z is HTTP (the
+    web interface on the scheduler's port), which the plugin took for malformed commands
+    and hid from Wireshark's HTTP dissector; and §3.1, a command without `<`
+    (`show_state`) is `<show_state/>`, not a malformed command."""
+    from crafted_captures import CONTROLLER_IP, REMOTE_IP, Capture, Conv
+
+    cap = Capture()
+    web = Conv(cap, (CONTROLLER_IP, 41001), (REMOTE_IP, 4444), isn=3000)
+    web.handshake()
+    body = b"<show_state/>"
+    web.send(0, b"POST /jobscheduler/engine/command HTTP/1.1\r\nHost: r\r\n")
+    web.send(0, b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    web.send(
+        1, b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 10\r\n\r\n<spooler/>"
+    )
+    web.close()
+    plain = Conv(cap, (CONTROLLER_IP, 41000), (REMOTE_IP, 4455), isn=4000)
+    plain.handshake()
+    plain.send(0, b"show_state\n")
+    plain.send(1, b'<?xml version="1.0"?><spooler><answer time="t"><state/></answer></spooler>\0')
+    plain.close()
+    capture = cap.write(tmp_path / "http_and_plain.pcap")
+    fields = ("http.request.method", "http.response.code", "jobscheduler.command")
+    columns = [arg for f in (*fields, "_ws.expert.message") for arg in ("-e", f)]
+    out = subprocess.run(
+        [*tshark_base(capture), "-2", "-T", "fields", *columns],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    rows = [line.split("\t") for line in out.stdout.splitlines() if line.strip()]
+    assert [r[0] for r in rows if r[0]] == ["POST"] and [r[1] for r in rows if r[1]] == ["200"]
+    assert [r[2] for r in rows if r[2]] == ["show_state"]
+    assert not any("XML element" in r[3] for r in rows)
+
+
+def test_a_task_table_file_that_cannot_be_written_is_said_so(tmp_path: Path) -> None:
+    """Found in review: the plugin swallowed the error and tshark ended as if it had
+    written the table."""
+    where = tmp_path / "no such dir" / "tasks.csv"
+    args = [*tshark_base(ROOT / "captures" / "one_shell.pcap"), "-2", "-q"]
+    args += ["-o", f"jobscheduler.task_table_file:{where}"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert f"task table not written: {where}" in out.stderr

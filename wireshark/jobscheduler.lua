@@ -907,6 +907,9 @@ end
 -- The command element: §3.4 wrappers <spooler><command>…</command></spooler> and
 -- <commands> hold the real command.
 local function command_element(doc)
+    -- §3.1: a command without any `<` (`show_state`) is taken as `<show_state/>`
+    local plain = not doc:find("<", 1, true) and doc:match("^[%s%z]*([%a_][%w_.:-]*)[%s%z]*$")
+    if plain then return { name = plain, attrs = {}, order = {} } end
     local els = elements(doc, 4)
     local i = 1
     while els[i] and (els[i].name == "spooler" or els[i].name == "command"
@@ -1329,6 +1332,16 @@ local function dissect_cmd(tvb, pinfo, tree)
     local cs = cmd_state(conn)
     cs.server = cs.server or cmd_server(conn, tvb, src, pinfo.src_port, dst, pinfo.dst_port)
     local from_client = not is_endpoint(cs.server, src, pinfo.src_port)
+    if cs.http == nil and first_pass and from_client then
+        -- §3.3: a connection whose first request begins with A-Z is HTTP (the web interface
+        -- on the scheduler's port): Wireshark's own HTTP dissector shows it, not this one
+        -- (the handshake seen and no client byte before this frame: its first request)
+        local dir = direction(pinfo)
+        local at_start = conn.syn_seq ~= nil and not (conn.next_seq and conn.next_seq[dir])
+        cs.http = at_start and tvb:raw(0, math.min(len, 16)):match("^[\r\n]*[A-Z]") ~= nil
+            or false
+    end
+    if cs.http then return 0 end
     local now = frame_us(pinfo)
     local dir = direction(pinfo)
     local cont
@@ -3115,10 +3128,12 @@ local table_listener
 local function write_task_table()
     local path = p_cmd.prefs.task_table_file
     if path and path ~= "" then
-        local f = io.open(path, "w")
+        local f, err = io.open(path, "w")
         if f then
             f:write(task_table_csv())
             f:close()
+        else  -- said, not swallowed: nobody would know why the table is missing
+            io.stderr:write("jobscheduler.lua: task table not written: " .. tostring(err) .. "\n")
         end
     elseif p_cmd.prefs.task_table then
         io.stdout:write(task_table_csv())
