@@ -606,7 +606,7 @@ def ports(captures: tuple[str, ...], time_wait: float, **opts: Any) -> None:
     from jsdissect import ports as port_report
     from jsdissect.report import write_output
 
-    result = _analyze(captures, opts)
+    result = _analyze(captures, opts, ports_end=True)
     scheduler_ports = opts["scheduler_ports"] or (4444, 4455)
     rep = port_report.port_report(
         result.task_records,

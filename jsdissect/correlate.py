@@ -392,13 +392,18 @@ def _status(task: Task, capture_end: int | None) -> str:
 END_OF_TIME = 1 << 62
 
 
-def end_decides(tasks: Iterable[Task], channels: Iterable[Channel], capture_end: int) -> bool:
-    """Whether a row could change if the capture went on after `capture_end`: a task still
-    `running` (the capture ended first), one whose status a 60 s window still open decides,
-    or a lone SYN not yet given up on (ports report)."""
-    if any(t.status == "running" or t.status != _status(t, END_OF_TIME) for t in tasks):
+def end_decides(
+    tasks: Iterable[Task], channels: Iterable[Channel], capture_end: int, ports: bool = False
+) -> bool:
+    """Whether a status could change if the capture went on after `capture_end` (a 60 s
+    window still open there). `ports`: or a ports report's row, where a task still
+    `running` holds its port until the end, and a lone SYN may yet be answered."""
+    tasks = list(tasks)
+    if any(t.status != _status(t, END_OF_TIME) for t in tasks):
         return True
-    return any(
+    if not ports:
+        return False
+    return any(t.status == "running" for t in tasks) or any(
         ch.conn.state == "syn-unanswered"
         and ch.conn.syn_count == 1
         and ch.conn.syn is not None

@@ -72,6 +72,8 @@ class Options:
     # Keep every decoded message; False keeps what task rows and task logs are built from,
     # so memory follows the open connections, not the capture (DESIGN "Scale").
     messages: bool = True
+    # Find the capture's end also when only a ports report's row depends on it (see _run).
+    ports_end: bool = False
 
 
 class SegmentReader(Protocol):
@@ -150,6 +152,7 @@ def analyze(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     dask_scheduler: str | None = None,
+    ports_end: bool = False,
 ) -> Analysis:
     """Analyze capture files (or one) as one timeline. Raises capture.CaptureError for
     unusable input.
@@ -161,8 +164,11 @@ def analyze(
     callback traffic were seen). The results are the same whatever the number.
     `dask_scheduler`: read each file as a task on this Dask scheduler ("local": a cluster
     of this machine's cores); None reads here (see `cluster`). Raises
-    cluster.ClusterError when Dask is missing or the scheduler cannot be reached."""
-    opts = Options(tuple(scheduler_ports), engine, heuristics, all_tcp, messages)
+    cluster.ClusterError when Dask is missing or the scheduler cannot be reached.
+    `capture_end` is the capture's last packet when a status depends on it (a 60 s window
+    still open), else the last packet the filter passed; `ports_end`: also when a ports
+    report's row does (a task still running holds its port until the end)."""
+    opts = Options(tuple(scheduler_ports), engine, heuristics, all_tcp, messages, ports_end)
     if isinstance(paths, (str, os.PathLike)):  # one capture, not its name's characters
         paths = [paths]
     with spooled(paths) as files, _reader(dask_scheduler) as reader:
@@ -246,9 +252,11 @@ def _run(
         stats.warnings.append(steps.warning(names))
     end = latest if latest >= 0 else None
     tasks = correlate(dispatcher.channels, end)
-    if end is not None and end_decides(tasks, dispatcher.channels, end):
+    if end is not None and end_decides(tasks, dispatcher.channels, end, opts.ports_end):
         # The filter kept the other traffic from Python: the capture may go on after the
-        # last packet read here, and a 60 s window or a running task depends on how long.
+        # last packet read here, and a 60 s window (or a port still held) depends on how
+        # long. Walking the record headers costs about what reading the file took: it is
+        # done only then.
         last = reader.capture_end(files)
         if last is not None and last > end:
             end = last

@@ -324,6 +324,12 @@ def start_answered_then_other_traffic(cap: Capture, callback_syn: bool, other: s
     if callback_syn:
         cap.advance(1 * S)
         Conv(cap, (REMOTE_IP, 45000), (CONTROLLER_IP, 59999), isn=7000)._packet(CLIENT, "S")
+    other_traffic(cap, other)
+
+
+def other_traffic(cap: Capture, other: str) -> None:
+    """Two minutes of nothing but unrelated `other` traffic ("tcp" or "udp"), a packet
+    every 40 s: what a capture filter for this protocol never passes."""
     for _ in range(3):
         cap.advance(40 * S)
         if other == "tcp":

@@ -10,6 +10,8 @@ import pytest
 from conftest import require
 from crafted_captures import (
     Capture,
+    S,
+    other_traffic,
     picked_up_in_the_last_step,
     shell_task,
     start_answered_then_other_traffic,
@@ -317,6 +319,19 @@ def test_a_capture_going_on_past_the_60_s_window_closes_it(
     cap.write(complete)
     assert [t.status for t in jsdissect.analyze([complete]).task_records] == ["completed"]
     assert len(walks) == 2  # every row final: the end was not needed, nor read
+    # Cut mid-task (its callback accepted, then only other traffic): `running` however long
+    # the capture goes on; only the ports report, where its port is held until the end,
+    # reads the end.
+    shell_task(cap := Capture())
+    cap.packets = cap.packets[
+        : 1 + next(i for i, p in enumerate(cap.packets) if b"step" in bytes(p))
+    ]
+    other_traffic(cap, other)
+    cut = cap.write(tmp_path / "cut.pcap")
+    assert [t.status for t in jsdissect.analyze([cut]).task_records] == ["running"]
+    assert len(walks) == 2
+    assert jsdissect.analyze([cut], ports_end=True).capture_end == int(cap.packets[-1].time * S)
+    assert len(walks) == 3
 
 
 def test_engines_agree_on_the_end_of_a_capture_going_on_with_other_traffic(
