@@ -69,7 +69,9 @@ MIN_TSHARK_RATIO = 50.0
 MIN_DENSE_TASKS_PER_S = 5_000.0
 MIN_PYTHON_PACKETS_PER_S = 150_000.0
 MAX_BIG_RSS_MB = 300.0
-MAX_BIG_TIME_RATIO = 11.0
+# "the 5 GB run takes ≤ 11× the 480 MB run": 5.6% over the size ratio, applied to the size
+# ratio of the captures generated here.
+BIG_TIME_SLACK = 11.0 / (5_000 / 480)
 
 
 # --- readers ----------------------------------------------------------------------------
@@ -178,8 +180,8 @@ class Result:
     # workers), one per round: less noisy than the wall time on a shared machine, and what
     # bounds the rate on a given number of cores.
     cpus: list[float] = field(default_factory=list)
-    rss_kb: int = 0  # peak over the rounds
-    tasks_found: int | None = None
+    rss_kb: int | None = 0  # peak over the rounds (None: not measured, GNU time missing)
+    tasks_found: int | None = None  # the fewest over the rounds
 
     @property
     def wall(self) -> float:
@@ -205,7 +207,7 @@ GNU_TIME = Path("/usr/bin/time")
 
 def run_once(
     argv: list[str], out: Path, env: dict[str, str] | None = None
-) -> tuple[float, float, int]:
+) -> tuple[float, float, int | None]:
     """Run a reader; its wall time, CPU time and its own peak RSS (KB)."""
     err, rss_file = out.with_suffix(".stderr"), out.with_suffix(".rss")
     timed = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv] if GNU_TIME.exists() else argv
@@ -223,12 +225,14 @@ def run_once(
         raise ReaderFailed(f"{' '.join(argv)} exited {proc.returncode}:\n{tail}")
     if GNU_TIME.exists():
         return wall, cpu, int(rss_file.read_text().split()[-1])
-    return wall, cpu, usage.ru_maxrss  # Linux: kilobytes
+    # wait4's peak of a child forked from this process counts this process's pages before
+    # the exec: no measure of the reader at all.
+    return wall, cpu, None
 
 
 def measure(
     capture: generate.Generated, reader: Reader, work: Path, env: dict[str, str]
-) -> tuple[float, float, int, int | None]:
+) -> tuple[float, float, int | None, int | None]:
     """One run: wall time, CPU time, peak RSS (KB) and the number of tasks in the reader's
     output."""
     out = work / f"{capture.spec.name}.{reader.name.replace(' ', '_')}.out"
@@ -254,20 +258,27 @@ def warm_up(captures: list[generate.Generated], found: list[Reader], out: Path, 
 def run_all(
     captures: list[generate.Generated], found: list[Reader], rounds: int, work: Path, env: dict
 ) -> list[Result]:
-    """Every reader on every capture; within a round the readers run one after the other,
-    so noise on the machine spreads over all of them alike."""
+    """Every reader on every capture, round after round: a round runs every reader on
+    every capture, so noise on the machine (its speed changes by the minute here) spreads
+    over all of them alike, and ratios across captures (big against mixed) compare runs
+    made close together."""
     results: dict[tuple[str, str], Result] = {}
-    for capture in captures:
-        usable = [r for r in found if r.multi_file or len(capture.paths) == 1]
-        for _ in range(rounds):
+    for _ in range(rounds):
+        for capture in captures:
+            usable = [r for r in found if r.multi_file or len(capture.paths) == 1]
             for reader in usable:
                 wall, cpu, rss, tasks = measure(capture, reader, work, env)
                 key = (capture.spec.name, reader.name)
                 result = results.setdefault(key, Result(capture.spec.name, reader.name))
                 result.walls.append(wall)
                 result.cpus.append(cpu)
-                result.rss_kb = max(result.rss_kb, rss)
-                result.tasks_found = tasks
+                if rss is None or result.rss_kb is None:
+                    result.rss_kb = None
+                else:
+                    result.rss_kb = max(result.rss_kb, rss)
+                if tasks is not None:  # a round that found fewer tasks is not hidden
+                    fewest = result.tasks_found
+                    result.tasks_found = tasks if fewest is None else min(fewest, tasks)
     return list(results.values())
 
 
@@ -335,11 +346,12 @@ def targets(results: list[Result], captures: dict[str, generate.Generated]) -> l
         )
     dense = _find(results, "dense", "jsdissect")
     if dense:
-        rate = captures["dense"].tasks / dense.wall
-        out.append(
-            Target("dense: jsdissect tasks/s", rate, "≥ 5,000", rate >= MIN_DENSE_TASKS_PER_S)
-        )
-    # The fallback where libpcap is missing is judged where nothing is compiled either.
+        rate = (dense.tasks_found or 0) / dense.wall  # only the tasks it found count
+        every = dense.tasks_found == captures["dense"].tasks
+        met = rate >= MIN_DENSE_TASKS_PER_S and every
+        out.append(Target("dense: jsdissect tasks/s", rate, "≥ 5,000, all found", met))
+    # jsdissect's own reader (--engine python: Python reads the records, libpcap's compiled
+    # filter still picks them), judged where nothing is compiled either.
     python = _find(results, "mixed", "jsdissect python uncompiled")
     if python:
         rate = captures["mixed"].packets / python.wall
@@ -347,13 +359,15 @@ def targets(results: list[Result], captures: dict[str, generate.Generated]) -> l
         out.append(Target("mixed: python engine, uncompiled, packets/s", rate, "≥ 150,000", met))
     big = _find(results, "big", "jsdissect")
     if big:
-        rss = big.rss_kb / 1024
-        out.append(Target("big: jsdissect peak RSS MB", rss, "< 300", rss < MAX_BIG_RSS_MB))
+        rss = None if big.rss_kb is None else big.rss_kb / 1024
+        met = None if rss is None else rss < MAX_BIG_RSS_MB
+        out.append(Target("big: jsdissect peak RSS MB", rss, "< 300", met))
         if js:
             ratio = big.wall / js.wall
             size = captures["big"].bytes / captures["mixed"].bytes
-            goal = f"≤ 11× ({size:.1f}× the bytes)"
-            out.append(Target("big: wall / mixed wall", ratio, goal, ratio <= MAX_BIG_TIME_RATIO))
+            limit = BIG_TIME_SLACK * size
+            goal = f"≤ {limit:.1f}× ({size:.1f}× the bytes, as 11× is for 5 GB / 480 MB)"
+            out.append(Target("big: wall / mixed wall", ratio, goal, ratio <= limit))
     return out
 
 
@@ -371,12 +385,13 @@ def table(results: list[Result], captures: dict[str, generate.Generated]) -> str
         cap = captures[r.capture]
         found = "" if r.tasks_found is None else f"{r.tasks_found:,} / {cap.tasks:,}"
         # Only a reader that builds the task table has a task rate.
-        rate = "" if r.tasks_found is None else _rate(cap.tasks / r.wall)
-        per_task = "" if r.tasks_found is None else f"{1000 * r.cpu / cap.tasks:.3f}"
+        rate = "" if r.tasks_found is None else _rate(r.tasks_found / r.wall)
+        per_task = "" if not r.tasks_found else f"{1000 * r.cpu / r.tasks_found:.3f}"
+        rss = "n/a" if r.rss_kb is None else f"{r.rss_kb / 1024:,.0f}"
         lines.append(
             f"| {r.capture} | {r.reader} | {r.wall:.3f} | {r.cpu:.2f} "
             f"| {_rate(cap.packets / r.wall)} | {cap.bytes / 1e6 / r.wall:,.1f} | {rate} "
-            f"| {per_task} | {r.rss_kb / 1024:,.0f} | {found} |"
+            f"| {per_task} | {rss} | {found} |"
         )
     return "\n".join(lines)
 
@@ -406,9 +421,10 @@ def targets_table(found: list[Target]) -> str:
 def report(
     results: list[Result], captures: dict[str, generate.Generated], rounds: int, judged: bool
 ) -> tuple[str, dict]:
-    """The tables; the targets only when `judged` (a smoke run is all start-up)."""
+    """The tables, and the targets: printed only when `judged` (a smoke run is all
+    start-up), always worked out (in the JSON, so that a smoke run exercises them)."""
     info = machine()
-    found = targets(results, captures) if judged else []
+    found = targets(results, captures)
     verdict = targets_table(found) if judged else "Targets are judged at --size full or big."
     text = "\n\n".join(
         [
@@ -426,6 +442,7 @@ def report(
         "captures": {name: asdict(cap) for name, cap in captures.items()},
         "results": [asdict(r) | {"wall": r.wall, "cpu": r.cpu} for r in results],
         "targets": [asdict(t) for t in found],
+        "judged": judged,
     }
     return text + "\n", data
 
