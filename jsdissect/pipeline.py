@@ -46,6 +46,11 @@ CALLBACK_RANGE = (59000, 59999)
 # command channels announce. More only follows a chain of announcements a real controller
 # does not make, and would make the work grow with the chain (issue 9: time stays linear).
 MAX_READS = 3
+# Past this many ports the filter reads all TCP instead: libpcap's compile time grows with
+# the square of the terms (1,000 ports took 18 s, 2,000 failed), and so many ports mean
+# channels whose roles a capture without their handshakes could not tell (found in review).
+MAX_FILTER_PORTS = 64
+READ_ALL = "tcp"
 
 # PROTOCOL §12: how each channel begins.
 CMD_PREFIXES = (b"<?xml", b"<remote_scheduler.")
@@ -207,8 +212,8 @@ def _reads(
                 result = _run(files, names, opts, extra_ports, 0, progress, reader)
                 result.stats.warnings.append(f"{lost}; decoded again in one process")
         missing = _ports_outside_filter(result.channels, opts, extra_ports)
-        if not missing or opts.all_tcp:
-            return result
+        if not missing or opts.all_tcp or capture_filter(opts, extra_ports) == READ_ALL:
+            return result  # (all TCP was read: nothing more to find)
         extra_ports |= missing
     ports = ", ".join(map(str, sorted(missing)))
     files_read = ", ".join(names)
@@ -231,10 +236,12 @@ def _run(
     decoding = _callback_decoding(workers, keep_all=opts.messages)
     try:
         dispatcher = _Dispatcher(opts, decoding)
-        reassembler = Reassembler(dispatcher)
+        # Listening ports known before the read: where the roles of a connection picked up
+        # mid-stream lie (the command port, a callback port announced outside the range).
+        reassembler = Reassembler(dispatcher, frozenset(opts.scheduler_ports) | extra_ports)
         latest = -1  # the capture's end: its latest time, whatever the order
         steps = _ClockSteps()
-        bpf = "tcp" if opts.all_tcp else capture_filter(opts, extra_ports)
+        bpf = READ_ALL if opts.all_tcp else capture_filter(opts, extra_ports)
         for n, seg in enumerate(reader(files, bpf=bpf, engine=opts.engine, stats=stats)):
             reassembler.add(seg)
             ts = seg[0]  # seg.ts: a NamedTuple's field by name costs a descriptor call
@@ -325,6 +332,8 @@ def capture_filter(opts: Options, extra_ports: AbstractSet[int] = frozenset()) -
     """One BPF filter for the command ports, the callback range, extra ports learned in an
     earlier pass, and (heuristics) first payloads that begin like this protocol."""
     ports = sorted(set(opts.scheduler_ports) | set(extra_ports))
+    if len(ports) > MAX_FILTER_PORTS:
+        return READ_ALL
     terms = [f"port {p}" for p in ports]
     terms.append(f"portrange {CALLBACK_RANGE[0]}-{CALLBACK_RANGE[1]}")
     if opts.heuristics:
@@ -392,7 +401,11 @@ class _Dispatcher:
         state = _ConnState(client, server, handshake)
         if server.port in self.scheduler_ports:
             self._decide(conn_id, state, "cmd")
-        elif (server.ip, server.port) in self.expected:
+        elif (server.ip, server.port) in self.expected or (
+            # without its handshake the roles are guessed (the higher port the client's):
+            # the controller's callback port is high, so the guess is often wrong
+            not handshake and (client.ip, client.port) in self.expected
+        ):
             self._decide(conn_id, state, "api")
         self.open[conn_id] = state
 
@@ -474,7 +487,11 @@ class _Dispatcher:
         """A command channel's events: keep them, and learn the callbacks they announce."""
         for ev in events:
             if isinstance(ev, cmd.StartRemoteTask) and ev.tcp_port is not None:
-                self.expected.add((ev.ip_address or state.client.ip, ev.tcp_port))
+                # The callback may go to the announced address or to the controller's as
+                # the remote saw it (§2, address translation): both are expected.
+                self.expected.add((state.client.ip, ev.tcp_port))
+                if ev.ip_address:
+                    self.expected.add((ev.ip_address, ev.tcp_port))
         if self.opts.messages:
             state.events.extend(events)
         else:

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import heapq
 from bisect import bisect_left, bisect_right
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -670,8 +671,11 @@ def _may_reopen(entry: _Closed, seg: Segment, pure_syn: bool) -> bool:
 class Reassembler:
     """Feed segments in capture order with `add`; call `finish` at the end of the capture."""
 
-    def __init__(self, sink: StreamSink) -> None:
+    def __init__(self, sink: StreamSink, server_ports: AbstractSet[int] = frozenset()) -> None:
+        """`server_ports`: ports known to listen (a scheduler's command port): without its
+        handshake, a connection with one of them at one end has its server there."""
         self.sink = sink
+        self.server_ports = server_ports
         self._conns: dict[_Key, _Conn] = {}
         self._recent: dict[_Key, _Closed] = {}  # recently closed 4-tuples
         self._recent_expiry: list[tuple[int, int, _Key]] = []  # heap: (expiry, serial, key)
@@ -756,6 +760,8 @@ class Reassembler:
         handshake = bool(seg.flags & SYN)
         if handshake:
             client, server = (dst, src) if seg.flags & ACK else (src, dst)
+        elif (src.port in self.server_ports) != (dst.port in self.server_ports):
+            client, server = (dst, src) if src.port in self.server_ports else (src, dst)
         else:
             # No handshake: the client's port is usually the ephemeral (higher) one.
             client, server = (src, dst) if src.port >= dst.port else (dst, src)

@@ -394,6 +394,37 @@ def answers_past_requests_sent_meanwhile(cap: Capture, lose_log_answer: bool) ->
     cmd.close()
 
 
+def numbered_task(
+    cap: Capture, n: int, cmd_port: int = 4455, start: bytes | None = None
+) -> dict[str, int]:
+    """A short complete shell task on ports of its own (`n`), its command channel to
+    `cmd_port`, its start as given (default: to 59999); where its command SYN, callback
+    SYN and first callback frame are in `cap.packets`, to drop them."""
+    pid = f"9{n:05d}"
+    cmd = Conv(cap, (CONTROLLER_IP, 40000 + n), (REMOTE_IP, cmd_port), isn=1000 + n * 100_000)
+    cb = Conv(cap, (REMOTE_IP, 45000 + n), (CONTROLLER_IP, 59999), isn=7000 + n * 100_000)
+    marks = {"cmd_syn": len(cap.packets)}
+    cmd.handshake()
+    cmd.send(CLIENT, start or js.start_remote_task(59999, kind="process"))
+    cap.advance(20 * MS)
+    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    marks["cb_syn"] = len(cap.packets)
+    cb.handshake()
+    rmis = rmis_id(n)
+    marks["cb_first"] = len(cap.packets)
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    cb.send(C, js.call(rmis, "step"))
+    cb.send(T, js.answer_value(js.bstr(js.process_result(0, success=True))))
+    cb.send(C, js.release(rmis))
+    cb.send(T, js.answer_empty())
+    cb.close(first=C)
+    cmd.send(CLIENT, js.remote_task_close(pid))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    return marks
+
+
 def malformed_traffic(cap: Capture) -> None:
     """Bytes that break every layout: the plugin must mark them, never fail (no Lua error)."""
     rng = random.Random(6)

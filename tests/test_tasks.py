@@ -11,6 +11,7 @@ from conftest import require
 from crafted_captures import (
     Capture,
     S,
+    numbered_task,
     other_traffic,
     picked_up_in_the_last_step,
     shell_task,
@@ -386,3 +387,59 @@ def test_keep_alive_spaces_do_not_hide_a_command_channel_on_another_port(
     assert [(r["process_id"], r["status"]) for r in wireshark.analyze([capture]).tasks] == [
         ("84217301", "partial")
     ]
+
+
+PROLOG = b'<?xml version="1.0" encoding="ISO-8859-1"?>'
+ELSEWHERE = b'<remote_scheduler.start_remote_task tcp_port="59999" ip_address="10.9.9.9"/>'
+
+
+@pytest.mark.parametrize("heuristics", [True, False])
+@pytest.mark.parametrize(
+    ("case", "cmd_port", "start", "lost"),
+    [
+        ("callback without its handshake", 4455, None, ("cb_syn", "cb_syn+1", "cb_first")),
+        ("start naming another address", 4455, PROLOG + ELSEWHERE, ("cb_first",)),
+        ("command port above the client's", 50000, None, ("cmd_syn", "cmd_syn+1")),
+    ],
+)
+def test_connections_picked_up_mid_stream_are_known_by_their_ports(
+    tmp_path: Path, heuristics: bool, case: str, cmd_port: int, start: bytes | None, lost: tuple
+) -> None:
+    """Found in review: without its handshake a connection's roles were guessed from the
+    higher port, and a callback announced by the start (to the controller, whatever
+    address the start names, §2) or a command channel on a --scheduler-port above the
+    controller's ephemeral ports was missed when its first bytes were not captured
+    either (or with heuristics off)."""
+    cap = Capture()
+    marks = numbered_task(cap, 1, cmd_port=cmd_port, start=start)
+    drop = {marks[m.split("+")[0]] + (1 if "+" in m else 0) for m in lost}
+    cap.packets = [p for i, p in enumerate(cap.packets) if i not in drop]
+    capture = cap.write(tmp_path / "picked_up.pcap")
+    result = jsdissect.analyze([capture], scheduler_ports=(4455, cmd_port), heuristics=heuristics)
+    assert [(t.process_id, t.status) for t in result.task_records] == [("900001", "completed")]
+
+
+def test_many_command_channels_found_by_content_take_two_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a remote's command port above the controllers' ephemeral ports,
+    found by its first bytes (no --scheduler-port), was read without its handshakes, so
+    every connection's ephemeral port went into the next filter: 2,000 tasks made a filter
+    libpcap could not compile. Past MAX_FILTER_PORTS ports all TCP is read, once."""
+    cap = Capture()
+    for n in range(1, pipeline.MAX_FILTER_PORTS + 10):
+        numbered_task(cap, n, cmd_port=50000)
+        cap.advance(100_000)
+    capture = cap.write(tmp_path / "port50000.pcap")
+    filters: list[str | None] = []
+    read = pipeline.LocalReader.__call__
+
+    def counted(files, *, bpf, engine, stats):  # type: ignore[no-untyped-def]
+        filters.append(bpf)
+        return read(files, bpf=bpf, engine=engine, stats=stats)
+
+    monkeypatch.setattr(pipeline.LocalReader, "__call__", staticmethod(counted))
+    result = jsdissect.analyze([capture])
+    assert {t.status for t in result.task_records} == {"completed"}
+    assert len(result.task_records) == pipeline.MAX_FILTER_PORTS + 9
+    assert len(filters) == 2 and filters[1] == pipeline.READ_ALL
