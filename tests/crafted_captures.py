@@ -249,13 +249,29 @@ def start_failed(cap: Capture) -> Expected:
     )
 
 
+def _start_answered(
+    cap: Capture,
+    pid: str,
+    ports: tuple[int, int, int],
+    isn: int,
+    cmd_port: int = 4455,
+    start: bytes | None = None,
+) -> tuple[Conv, Conv]:
+    """A task's command connection up to the start's answer, and its callback connection
+    not opened yet; `ports`: the controller's client port, the task server's source port
+    and the callback port."""
+    client_port, source_port, callback_port = ports
+    cmd = Conv(cap, (CONTROLLER_IP, client_port), (REMOTE_IP, cmd_port), isn=isn)
+    cb = Conv(cap, (REMOTE_IP, source_port), (CONTROLLER_IP, callback_port), isn=isn + 5000)
+    cmd.handshake()
+    cmd.send(CLIENT, start or js.start_remote_task(callback_port, kind="process"))
+    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    return cmd, cb
+
+
 def refused_callback(cap: Capture) -> Expected:
     pid = "500003"
-    cmd = Conv(cap, (CONTROLLER_IP, 40003), (REMOTE_IP, 4455), isn=4000)
-    cb = Conv(cap, (REMOTE_IP, 45003), (CONTROLLER_IP, 59996), isn=9000)
-    cmd.handshake()
-    cmd.send(CLIENT, js.start_remote_task(59996, kind="process"))
-    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    cmd, cb = _start_answered(cap, pid, (40003, 45003, 59996), isn=4000)
     cb.refused()
     cap.advance(61 * S)
     cmd.send(CLIENT, js.remote_task_close(pid))
@@ -365,11 +381,7 @@ def answers_past_requests_sent_meanwhile(cap: Capture, lose_log_answer: bool) ->
     request of the other side, not with the top of the stack (§5.2). `lose_log_answer`:
     the controller's answer to the log call during the step is not captured."""
     pid = "84217302"
-    cmd = Conv(cap, (CONTROLLER_IP, 40030), (REMOTE_IP, 4455), isn=15000)
-    cb = Conv(cap, (REMOTE_IP, 45030), (CONTROLLER_IP, 59970), isn=16000)
-    cmd.handshake()
-    cmd.send(CLIENT, js.start_remote_task(59970, kind="process"))
-    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    cmd, cb = _start_answered(cap, pid, (40030, 45030, 59970), isn=15000)
     cb.handshake()
     rmis = rmis_id(3)
     objects = js.BeginObjects(*[(0x327B23C6 << 32) | k for k in range(1, 5)])
@@ -401,13 +413,9 @@ def numbered_task(
     `cmd_port`, its start as given (default: to 59999); where its command SYN, callback
     SYN and first callback frame are in `cap.packets`, to drop them."""
     pid = f"9{n:05d}"
-    cmd = Conv(cap, (CONTROLLER_IP, 40000 + n), (REMOTE_IP, cmd_port), isn=1000 + n * 100_000)
-    cb = Conv(cap, (REMOTE_IP, 45000 + n), (CONTROLLER_IP, 59999), isn=7000 + n * 100_000)
     marks = {"cmd_syn": len(cap.packets)}
-    cmd.handshake()
-    cmd.send(CLIENT, start or js.start_remote_task(59999, kind="process"))
-    cap.advance(20 * MS)
-    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    ports = (40000 + n, 45000 + n, 59999)
+    cmd, cb = _start_answered(cap, pid, ports, 1000 + n * 100_000, cmd_port, start)
     marks["cb_syn"] = len(cap.packets)
     cb.handshake()
     rmis = rmis_id(n)
