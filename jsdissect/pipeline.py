@@ -330,7 +330,8 @@ def _no_cyclic_gc() -> Iterator[None]:
 
 def capture_filter(opts: Options, extra_ports: AbstractSet[int] = frozenset()) -> str:
     """One BPF filter for the command ports, the callback range, extra ports learned in an
-    earlier pass, and (heuristics) first payloads that begin like this protocol."""
+    earlier pass, and (heuristics) first payloads that begin like this protocol; all TCP
+    past MAX_FILTER_PORTS ports."""
     ports = sorted(set(opts.scheduler_ports) | set(extra_ports))
     if len(ports) > MAX_FILTER_PORTS:
         return READ_ALL
