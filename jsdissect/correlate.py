@@ -418,11 +418,18 @@ def _unanswered(cb: Connection, capture_end: int | None) -> bool:
     or a FIN from the controller, means the connection was accepted. A single SYN the
     capture ended less than 60 s after may still be answered ("Cases at the edges"): the
     later rules decide, which without a kill, a reset or the close answered is `running`."""
-    if cb.syn is None or cb.synack is not None:
-        return False
-    if cb.bytes_c2s or cb.bytes_s2c or cb.server_fin is not None:
+    if cb.syn is None or callback_accepted(cb):
         return False
     return cb.syn_count > 1 or not _may_still_come(cb.syn, capture_end)
+
+
+def callback_accepted(cb: Connection) -> bool:
+    """The controller accepted the callback connection: a SYN-ACK, or (one the capture
+    lost, or a handshake it never saw) data in either direction or a FIN."""
+    if cb.refused is not None:
+        return False
+    fin = cb.client_fin is not None or cb.server_fin is not None
+    return cb.synack is not None or bool(cb.bytes_c2s or cb.bytes_s2c) or fin
 
 
 def _may_still_come(since: int, capture_end: int | None) -> bool:

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from jsdissect.correlate import CALLBACK_TIMEOUT_US, Channel, Task
+from jsdissect.correlate import CALLBACK_TIMEOUT_US, Channel, Task, callback_accepted
 from jsdissect.report import format_time
 from jsdissect.tcp import Connection
 
@@ -121,7 +121,7 @@ def _use(
     stops waiting for one (it gives up 60 s after the start, or closes the task first). A
     port held when the capture begins or ends counts as held from or until then."""
     cb = task.callback.conn if task.callback is not None else None
-    accepted = cb is not None and _accepted(cb)
+    accepted = cb is not None and callback_accepted(cb)
     first = task.start_sent if task.start_sent is not None else task.callback_syn
     if first is None and cb is not None:  # picked up mid-stream: held before the capture
         first = capture_start if capture_start is not None else cb.first_ts
@@ -147,15 +147,6 @@ def _use(
         closed=task.callback_closed if accepted else None,
         source=_callback_source(task),
     )
-
-
-def _accepted(cb: Connection) -> bool:
-    """The controller accepted the callback: a SYN-ACK, or bytes or a FIN from either side
-    (a handshake the capture did not see)."""
-    if cb.refused is not None:
-        return False
-    fin = cb.client_fin is not None or cb.server_fin is not None
-    return cb.established is not None or bool(cb.bytes_c2s or cb.bytes_s2c) or fin
 
 
 def host_port(ip: str, port: int | str) -> str:
