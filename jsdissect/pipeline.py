@@ -50,7 +50,11 @@ MAX_READS = 3
 # the square of the terms (1,000 ports took 18 s, 2,000 failed), and so many ports mean
 # channels whose roles a capture without their handshakes could not tell (found in review).
 MAX_FILTER_PORTS = 64
-READ_ALL = "tcp"
+# libpcap's `tcp` and `port` look only at IPv6's first Next Header: TCP behind extension
+# headers (hop-by-hop, destination options, routing, AH) would be dropped in C. Such packets
+# are rare, so all of them go to Python, which walks the chain (capture._ipv6).
+IPV6_EXT_TCP = "(ip6 and ip6[6] != 6 and ip6 protochain 6)"
+READ_ALL = f"tcp or {IPV6_EXT_TCP}"
 
 # PROTOCOL §12: how each channel begins.
 CMD_PREFIXES = (b"<?xml", b"<remote_scheduler.")
@@ -330,8 +334,8 @@ def _no_cyclic_gc() -> Iterator[None]:
 
 def capture_filter(opts: Options, extra_ports: AbstractSet[int] = frozenset()) -> str:
     """One BPF filter for the command ports, the callback range, extra ports learned in an
-    earlier pass, and (heuristics) first payloads that begin like this protocol; all TCP
-    past MAX_FILTER_PORTS ports."""
+    earlier pass, and (heuristics) first payloads that begin like this protocol, plus all
+    TCP behind IPv6 extension headers; all TCP past MAX_FILTER_PORTS ports."""
     ports = sorted(set(opts.scheduler_ports) | set(extra_ports))
     if len(ports) > MAX_FILTER_PORTS:
         return READ_ALL
@@ -340,7 +344,7 @@ def capture_filter(opts: Options, extra_ports: AbstractSet[int] = frozenset()) -
     if opts.heuristics:
         terms += [f"(ip and {_TCP_PAYLOAD4} = {w:#010x})" for w in _PAYLOAD_WORDS]
         terms += [f"(ip6 and ip6[6] = 6 and {_TCP_PAYLOAD6} = {w:#010x})" for w in _PAYLOAD_WORDS]
-    return "tcp and (" + " or ".join(terms) + ")"
+    return f"(tcp and ({' or '.join(terms)})) or {IPV6_EXT_TCP}"
 
 
 def _ports_outside_filter(channels: list[Channel], opts: Options, extra: set[int]) -> set[int]:
