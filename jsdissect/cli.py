@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import gc
 import os
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 EXIT_BAD_INPUT = 2
 MAX_NAMED = 10  # unknown names an error lists before it counts the rest
+STDOUT_NAME = "standard output"
 
 CAPTURES = click.argument("captures", nargs=-1, required=True, metavar="CAPTURE...")
 
@@ -138,6 +140,21 @@ class _Stopped(KeyboardInterrupt):
 
 def _stop_on(signum: int, _frame: object) -> None:
     raise _Stopped(signum)
+
+
+def _out(text: str, nl: bool = True, err: bool = False) -> None:
+    """Print a result (to stderr when `err`). With standard output closed (`>&-`), Python
+    has no sys.stdout and click would print nothing; and a write error should name where it
+    went wrong: both are errors naming standard output."""
+    if not err and sys.stdout is None:
+        raise OSError(errno.EBADF, "closed", STDOUT_NAME)
+    try:
+        click.echo(text, nl=nl, err=err)
+    except BrokenPipeError:
+        raise  # `| head`: handled by _guarded
+    except OSError as exc:
+        exc.filename = exc.filename or ("standard error" if err else STDOUT_NAME)
+        raise
 
 
 def _guarded(func: Callable) -> Callable:
@@ -331,7 +348,7 @@ def _emit(
     if not to_stdout and not _writes_tables(opts):
         by_name = {c.name: c for c in columns}
         chosen = [by_name[name] for name in shown if name in by_name]
-        click.echo(report.to_text(list(rows), chosen), nl=False)
+        _out(report.to_text(list(rows), chosen), nl=False)
     return to_stdout
 
 
@@ -465,10 +482,10 @@ def tasks(
         rows = [r for r in rows if r["status"] in statuses]
     to_stdout = _emit(rows, report.TASK_COLUMNS, opts, shown)
     if not opts["quiet"]:
-        click.echo("\n" + report.summary_text(rows), err=to_stdout, nl=False)
-        click.echo(report.task_summary(rows, decode_errors), err=to_stdout)
+        _out("\n" + report.summary_text(rows), err=to_stdout, nl=False)
+        _out(report.task_summary(rows, decode_errors), err=to_stdout)
         if not explained:
-            click.echo(_nothing_found(opts), err=to_stdout)
+            _out(_nothing_found(opts), err=to_stdout)
 
 
 def _nothing_found(opts: dict[str, Any]) -> str:
@@ -527,11 +544,11 @@ def messages(
         _emit(rows, report.MESSAGE_COLUMNS, opts, ())
         return
     if errors_only:
-        click.echo(report.error_table(list(rows)), nl=False)
+        _out(report.error_table(list(rows)), nl=False)
         return
     dated = report.spans_days(times)
     for row in rows:
-        click.echo(report.message_line(row, dated))
+        _out(report.message_line(row, dated))
 
 
 def _check_task(process_id: str | None, known: set[str | None], captures: Sequence[str]) -> None:
@@ -573,8 +590,8 @@ def summary(captures: tuple[str, ...], slowest: int, **opts: Any) -> None:
         to_stdout = _emit(report.phase_distribution(rows), report.DISTRIBUTION_COLUMNS, opts, ())
         if opts["quiet"]:
             return
-    click.echo(report.summary_text(rows, slowest), nl=False, err=to_stdout)
-    click.echo(report.task_summary(rows, result.decode_errors), err=to_stdout)
+    _out(report.summary_text(rows, slowest), nl=False, err=to_stdout)
+    _out(report.task_summary(rows, result.decode_errors), err=to_stdout)
 
 
 @main.command(
@@ -619,7 +636,7 @@ def ports(captures: tuple[str, ...], time_wait: float, **opts: Any) -> None:
         data = port_report.to_json(rep)
         write_output(opts["json_path"], lambda out: json.dump(data, out, indent=1))
     if opts["json_path"] != "-":
-        click.echo(port_report.to_text(rep), nl=False)
+        _out(port_report.to_text(rep), nl=False)
 
 
 @main.command(
@@ -688,6 +705,6 @@ def log(captures: tuple[str, ...], process_id: str | None, all_tasks: bool, **op
     for task in chosen:
         if all_tasks:
             name = task.process_id or task.callback_conn or "?"
-            click.echo(f"== task {name} ({task.job or 'job unknown'}, {task.status}) ==")
+            _out(f"== task {name} ({task.job or 'job unknown'}, {task.status}) ==")
         for line in report.task_log(task):
-            click.echo(line)
+            _out(line)

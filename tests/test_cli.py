@@ -300,15 +300,35 @@ def test_closed_standard_streams(capture: Path) -> None:
         timeout=120,
     )
     assert quiet.returncode == 0 and quiet.stdout.startswith("process_id")
-    blind = subprocess.run(
-        [*args, "--json", "-"],
-        stdout=None,
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: os.close(1),
-        text=True,
-        timeout=120,
-    )
-    assert blind.returncode == 2 and "standard output is closed" in blind.stderr
+    for extra in (["--json", "-"], [], ["-q"]):  # a CSV/JSON output, the table, quietly
+        blind = subprocess.run(
+            [*args, *extra],
+            stdout=None,
+            stderr=subprocess.PIPE,
+            preexec_fn=lambda: os.close(1),
+            text=True,
+            timeout=120,
+        )
+        assert blind.returncode == 2, extra
+        assert "standard output" in blind.stderr and "closed" in blind.stderr, extra
+    with open(os.devnull, "w") as devnull:  # closed, but not written to: no error
+        to_files = subprocess.run(
+            [*args, "-q", "--csv", devnull.name], stdout=None, preexec_fn=lambda: os.close(1)
+        )
+    assert to_files.returncode == 0
+
+
+def test_a_full_standard_output_is_named(capture: Path) -> None:
+    with open("/dev/full", "w") as full:
+        run = subprocess.run(
+            [sys.executable, "-m", "jsdissect", "summary", str(capture)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert run.returncode == 2
+    assert run.stderr == "jsdissect: standard output: No space left on device\n"
 
 
 def test_a_ring_buffer_of_more_files_than_the_open_file_limit(
