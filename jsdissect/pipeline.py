@@ -244,7 +244,7 @@ def _run(
         # mid-stream lie (the command port, a callback port announced outside the range).
         reassembler = Reassembler(dispatcher, frozenset(opts.scheduler_ports) | extra_ports)
         latest = -1  # the capture's end: its latest time, whatever the order
-        steps = _ClockSteps()
+        steps = ClockSteps()
         bpf = READ_ALL if opts.all_tcp else capture_filter(opts, extra_ports)
         for n, seg in enumerate(reader(files, bpf=bpf, engine=opts.engine, stats=stats)):
             reassembler.add(seg)
@@ -281,14 +281,22 @@ CLOCK_STEP_US = 1_000_000
 
 
 @dataclass(slots=True)
-class _ClockSteps:
+class ClockSteps:
     """Packets timed over CLOCK_STEP_US before the latest time seen; a step is a run of
-    them, or a further step back within a run."""
+    them, or a further step back within a run. `_run` follows the latest time itself (it
+    is the capture's end), and calls `add` for a packet behind it; `see` does both."""
 
     count: int = 0  # steps
     first: int = 0  # the time the first step went back to
     largest: int = 0  # µs behind the latest time
     _last: tuple[int, int] = (-2, 0)  # (packet index, time) of the last packet behind
+    latest: int = -1  # the latest time `see` was given
+
+    def see(self, n: int, ts: int) -> None:
+        if ts >= self.latest:
+            self.latest = ts
+        elif self.latest - ts > CLOCK_STEP_US:
+            self.add(n, ts, self.latest)
 
     def add(self, n: int, ts: int, latest: int) -> None:
         last_n, last_ts = self._last

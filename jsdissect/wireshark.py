@@ -39,7 +39,7 @@ from jsdissect.capture import (
     snaplen_warning,
     spooled,
 )
-from jsdissect.pipeline import Options, capture_filter
+from jsdissect.pipeline import ClockSteps, Options, capture_filter
 from jsdissect.protocol import DecodeError, Event
 from jsdissect.protocol import command as cmd
 from jsdissect.protocol import objserver as api
@@ -197,19 +197,29 @@ class _Direction:
 
 
 def tcp_order(
-    capture: str, stats: CaptureStats | None = None, bpf: str = "tcp"
+    capture: str,
+    stats: CaptureStats | None = None,
+    bpf: str = "tcp",
+    steps: ClockSteps | None = None,
 ) -> tuple[bool, bool]:
     """(reordered, lossy): whether bytes of some TCP direction of the capture came after
     later bytes, and whether bytes of one were never captured while later bytes were (a
-    lost segment, a packet cut by the snaplen).
+    lost segment, a packet cut by the snaplen). `steps`, when given, counts the clock
+    steps of the same segments (read once for both).
 
     Wireshark reassembles reordered segments only with tcp.reassemble_out_of_order, and
     with it a direction stops at a hole that is never filled: every later byte waits for
     the missing one (wireshark/README.md). So the preference is for captures that need
     it and can bear it."""
     flows: dict[tuple[str, int, str, int], _Direction] = {}
-    reordered = lossy = False
-    for seg in read_segments([capture], bpf=bpf, stats=stats):
+    reordered = lossy = decided = False
+    for n, seg in enumerate(read_segments([capture], bpf=bpf, stats=stats)):
+        if steps is not None:
+            steps.see(n, seg.ts)
+        if decided:  # too many holes to follow: lossy
+            if steps is None:
+                break
+            continue  # only the clock is still watched
         key = (seg.src, seg.sport, seg.dst, seg.dport)
         seq = seg.seq
         if seg.flags & SYN:
@@ -236,7 +246,8 @@ def tcp_order(
             d.holes.append((max(captured, d.next), start + size))
         d.next = max(d.next, start + size)
         if len(d.holes) > MAX_HOLES:
-            return reordered, True
+            lossy = decided = True
+            flows.clear()  # memory: the holes are not needed any more
     return reordered, lossy or any(d.holes for d in flows.values())
 
 
@@ -271,7 +282,10 @@ def analyze(
         # Judged on what the default engine reads (JobScheduler's ports and first bytes):
         # a hole in unrelated traffic must not take reassembly from a reordered channel.
         options = Options(tuple(scheduler_ports), heuristics=heuristics)
-        reordered, lossy = tcp_order(capture, read, capture_filter(options, set()))
+        steps = ClockSteps()
+        reordered, lossy = tcp_order(capture, read, capture_filter(options, set()), steps)
+        if steps.count:
+            warnings.append(steps.warning([names]))
         if read.truncated_packets:
             warnings.append(snaplen_warning(names, read.truncated_packets))
         if reordered and lossy:

@@ -340,6 +340,17 @@ def test_engine_messages_read_like_the_default_engines(tmp_path: Path, name: str
     assert all(r["offset"] is None for r in theirs)
 
 
+def test_engine_warns_about_a_clock_step_like_the_other_engines(tmp_path: Path) -> None:
+    later = tmp_path / "later.pcap"
+    stepped = tmp_path / "stepped.pcap"
+    demo = str(ROOT / "captures" / "demo.pcap")
+    subprocess.run([require("editcap"), "-t", "3600", demo, str(later)], check=True)
+    subprocess.run([require("mergecap"), "-a", "-w", str(stepped), str(later), demo], check=True)
+    ours = jsdissect.analyze(stepped).stats.warnings
+    assert len(ours) == 1 and "capture time went back" in ours[0]
+    assert wireshark.analyze([stepped]).warnings == ours
+
+
 def test_engine_warns_about_a_snap_length_like_the_other_engines(tmp_path: Path) -> None:
     cut = tmp_path / "s200.pcap"
     demo = ROOT / "captures" / "demo.pcap"
