@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import tracemalloc
 from pathlib import Path
 
@@ -79,8 +80,24 @@ def test_the_peers_ran_and_the_targets_are_worked_out(smoke_run: dict) -> None:
         "dense: jsdissect tasks/s",
         "mixed: python engine, uncompiled, packets/s",
     ]
+    assert all(r["tree_kb"] > 0 for r in smoke_run["results"])  # every reader sampled
     assert smoke_run["judged"] is False
     assert all(t["value"] > 0 for t in smoke_run["targets"])
+
+
+def test_the_memory_of_all_processes_counts_every_worker() -> None:
+    """A reader and the worker it forks each fill 40 MB of their own: the largest process
+    holds 40, all processes together 80 (what GNU time's peak alone would hide)."""
+    from bench import run_once
+
+    held = (
+        "import os, time; pid = os.fork(); b = bytearray(40 << 20); "
+        "b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5); pid and os.waitpid(pid, 0)"
+    )
+    out = Path(tempfile.mkdtemp()) / "memory.out"
+    _wall, _cpu, rss_kb, tree_kb = run_once([sys.executable, "-c", held], out)
+    assert rss_kb is None or 40 << 10 < rss_kb < 70 << 10
+    assert tree_kb > 85 << 10  # 2 × 40 MB of their own, and the interpreter's
 
 
 @pytest.mark.parametrize("capture", ["mixed", "dense"])
