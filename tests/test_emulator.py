@@ -159,9 +159,17 @@ def test_remote_answers_unknown_command_with_scheduler_105() -> None:
     assert answer_intent(answer[:-1])[:2] == ("error", "SCHEDULER-105")
 
 
-def test_remote_answers_kill_with_ok() -> None:
-    answer = _ask_remote("127.0.0.114", enc.remote_task_kill("12345"))
-    assert answer_intent(answer[:-1]) == ("ok",)
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        (enc.remote_task_kill("12345"), "EMULATOR-1"),  # §9: a process_id it never started
+        (enc.remote_task_close("12345"), "EMULATOR-1"),
+        (enc.remote_task_kill("12345", "SIGKILL"), "EMULATOR-2"),  # §3.6.2: SIGTERM only
+    ],
+)
+def test_remote_answers_kill_or_close_of_no_task_with_an_error(command: bytes, code: str) -> None:
+    answer = _ask_remote("127.0.0.114", command)
+    assert answer_intent(answer[:-1])[:2] == ("error", code)
 
 
 # --- live: emulate, capture, decode ----------------------------------------------------------
@@ -315,6 +323,53 @@ def test_committed_truth_follows_the_schema(name: str) -> None:
     validate_truth(truth)
     assert truth["scenario"] == CAPTURES[name].name
     assert len(truth["tasks"]) == len(CAPTURES[name].tasks)
+
+
+def ports_announced_while_held(truth: dict[str, Any]) -> list[tuple[int, int]]:
+    """(holder, task) pairs where a task announced a callback port its controller had
+    registered for another task still live. §2: a port is held from its bind (before the
+    command connection) until the callback connection closes, or until the task ends
+    without one; bind_free_port skips the held ones (§7.2: unique among live tasks)."""
+    tasks, events = truth["tasks"], [tuple(e) for e in truth["events"]]
+    accepted = {key for key, name in events if name == "callback_closed"}
+    held: dict[tuple[str, int], int] = {}  # (controller, port) → holding task
+    found = []
+    for key, name in events:
+        place = (tasks[key]["controller"], tasks[key]["callback_port"])
+        if name == "cmd_connected":
+            if place in held:
+                found.append((held[place], key))
+            held[place] = key
+        released = "callback_closed" if key in accepted else "cmd_closed"
+        if name == released and held.get(place) == key:
+            del held[place]
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(CAPTURES))
+def test_committed_captures_never_give_a_held_port_to_another_task(name: str) -> None:
+    truth = json.loads((DEFAULT_OUT / name).with_suffix(".truth.json").read_text())
+    assert ports_announced_while_held(truth) == []
+
+
+PORT_COMES_BACK = Scenario(
+    name="port_comes_back",
+    description="A's port is free once its callback closes, although its command channel"
+    " lingers; B takes it, and C, starting while B runs, must not.",
+    tasks=(
+        TaskSpec(kind="shell", delays=Delays(spawn=0.02, callback=0.02, step=0.05, close=0.6)),
+        TaskSpec(steps=3, start_at=0.3, delays=Delays(spawn=0.02, callback=0.02, step=0.4)),
+        TaskSpec(kind="shell", start_at=1.0, delays=Delays(step=0.05)),
+    ),
+    remotes=(("127.0.0.151", 4455),),
+    controllers=("127.0.0.152",),
+)
+
+
+def test_a_callback_port_goes_to_one_live_task_at_a_time() -> None:
+    truth = emulator.run_scenario(PORT_COMES_BACK, timeout=60).truth()
+    assert [t["callback_port"] for t in truth["tasks"]] == [59999, 59999, 59998]
+    assert ports_announced_while_held(truth) == []
 
 
 def test_twenty_preset_is_ready_for_the_task_table_check() -> None:

@@ -676,7 +676,7 @@ def test_answer_cut_by_the_snaplen_is_lost_and_the_next_keeps_its_command(
         [require("editcap"), "-s", "200", str(CAPTURES / "demo.pcap"), str(cut)], check=True
     )
     want = _answered_by_tshark(cut)
-    assert want["0"] == {"start_answered": "", "close_answered": "2026-11-25T13:37:07.954131Z"}
+    assert want["0"]["start_answered"] == "" and want["0"]["close_answered"]
     run = plugin_run(cut)
     assert run.lua_errors == []
     got = {
@@ -684,7 +684,9 @@ def test_answer_cut_by_the_snaplen_is_lost_and_the_next_keeps_its_command(
     }
     assert got == want
     first = next(r for r in run.table if r["cmd_conn"] == "0")
-    assert (first["spawn_ms"], first["close_ms"], first["status"]) == ("", "51.098", "completed")
+    whole = next(r for r in plugin_run(CAPTURES / "demo.pcap").table if r["cmd_conn"] == "0")
+    assert (first["spawn_ms"], first["status"]) == ("", "completed")
+    assert first["close_ms"] == whole["close_ms"] != ""  # the close answers were kept
 
 
 @pytest.mark.parametrize("lost", [0, 1, 2], ids=["head lost", "middle lost", "end lost"])

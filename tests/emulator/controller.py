@@ -161,9 +161,16 @@ class Controller:
         self, ip: str, scenario: Scenario, recorder: Recorder, firewall: Firewall | None
     ) -> None:
         self.ip, self.scenario, self.recorder, self.firewall = ip, scenario, recorder, firewall
-        self._ports: set[int] = set()
+        self._ports: dict[int, int] = {}  # callback port → the task (key) registered on it
 
-    def _bind_free_port(self) -> tuple[socket.socket, int]:
+    def _release(self, port: int, key: int) -> None:
+        """§2: a port is free again when its callback connection closes, or when its task
+        ends without one: released once, and only by the task it was registered for (a
+        later task may hold it by then)."""
+        if self._ports.get(port) == key:
+            del self._ports[port]
+
+    def _bind_free_port(self, key: int) -> tuple[socket.socket, int]:
         """§2 bind_free_port: from the top downwards, skipping our live tasks' ports."""
         for port in range(self.scenario.top_port, 1024, -1):
             if port in self._ports:
@@ -178,12 +185,12 @@ class Controller:
                 sock.close()
                 continue
             sock.setblocking(False)
-            self._ports.add(port)
+            self._ports[port] = key
             return sock, port
         raise RuntimeError(f"{self.ip}: no free callback port")
 
     async def run_task(self, rec: TaskRecord, spec: TaskSpec) -> None:
-        listen_sock, port = self._bind_free_port()
+        listen_sock, port = self._bind_free_port(rec.key)
         rec.callback_port = port
         firewall = self.firewall if spec.failure == "callback_dropped" else None
         try:
@@ -202,7 +209,7 @@ class Controller:
             listen_sock.close()
             if firewall is not None:
                 await firewall.allow(self.ip, port)
-            self._ports.discard(port)
+            self._release(port, rec.key)
 
     async def _connect(self, rec: TaskRecord) -> Channel:
         ip, port = self.scenario.remote_of(rec.key)
@@ -247,7 +254,7 @@ class Controller:
             self.recorder.event(rec.key, "callback_lost")
         finally:
             await self._close_callback(session)
-            self._ports.discard(port)
+            self._release(port, rec.key)
             self.recorder.event(rec.key, "callback_closed")
         if killer is not None:
             if not rec.killed:

@@ -17,6 +17,15 @@ from .taskserver import TaskServer
 from .wire import XmlEndFinder, command_intents
 
 START_ERROR = ("SCHEDULER-121", "Remote execution is not allowed: security level 'all' required")
+# §9 (an unknown process_id, from get_task_process) and §3.6.2 (a signal other than
+# SIGTERM) say these are errors but name no code: the codes are the emulator's own, so
+# that nothing tested depends on them.
+UNKNOWN_PROCESS = ("EMULATOR-1", "Unknown process_id")
+UNKNOWN_SIGNAL = ("EMULATOR-2", "Only SIGTERM can be sent")
+
+
+async def _send_error(channel: Channel, code: str, text: str) -> None:
+    await channel.send(enc.error_answer(answer_time(), code, text), ("error", code, text))
 
 
 def answer_time() -> str:
@@ -92,13 +101,15 @@ class RemoteScheduler:
             await self._close(channel, command[1], command[2])
         elif command[0] == "kill":
             process = self._processes.get(command[1])
-            if process is not None:
+            if command[2] != "SIGTERM":
+                await _send_error(channel, *UNKNOWN_SIGNAL)
+            elif process is None:
+                await _send_error(channel, *UNKNOWN_PROCESS)
+            else:
                 await process.kill()  # SIGTERM: our task servers end at once
-            await channel.send(enc.ok_answer(answer_time()), ("ok",))
+                await channel.send(enc.ok_answer(answer_time()), ("ok",))
         else:
-            text = f"Unknown command: <{command[1]}>"
-            raw = enc.error_answer(answer_time(), "SCHEDULER-105", text)
-            await channel.send(raw, ("error", "SCHEDULER-105", text))
+            await _send_error(channel, "SCHEDULER-105", f"Unknown command: <{command[1]}>")
 
     async def _start(
         self, channel: Channel, tcp_port: int, kind: str | None, started: list[str]
@@ -109,8 +120,7 @@ class RemoteScheduler:
         spec = self.scenario.tasks[key]
         await asyncio.sleep(spec.delays.spawn)
         if spec.failure == "start_error":
-            raw = enc.error_answer(answer_time(), *START_ERROR)
-            await channel.send(raw, ("error", *START_ERROR))
+            await _send_error(channel, *START_ERROR)
             self.recorder.event(key, "start_error")
             return
         process_id = str(self._next_process_id)
@@ -140,10 +150,12 @@ class RemoteScheduler:
     async def _close(self, channel: Channel, process_id: str, kill: bool) -> None:
         """§3.6.3: kill first if asked, wait for T's end, delete temp files, then answer."""
         process = self._processes.pop(process_id, None)
-        if process is not None:
-            if kill:
-                await process.kill()
-                self.recorder.event(process.key, "task_killed")
-            await process.wait()
-            await asyncio.sleep(self.scenario.tasks[process.key].delays.close)
+        if process is None:
+            await _send_error(channel, *UNKNOWN_PROCESS)
+            return
+        if kill:
+            await process.kill()
+            self.recorder.event(process.key, "task_killed")
+        await process.wait()
+        await asyncio.sleep(self.scenario.tasks[process.key].delays.close)
         await channel.send(enc.ok_answer(answer_time()), ("ok",))
