@@ -272,7 +272,8 @@ def _take(
     remote_ip = remote.rsplit(":", 1)[0].strip("[]")
     lo = bisect.bisect_left(entries, (start,))
     eligible = []
-    for when, _port, i, ch in entries[lo:]:
+    for k in range(lo, len(entries)):  # (not entries[lo:]: a copy per task is quadratic)
+        when, _port, i, ch = entries[k]
         if when > end:
             break
         if i in taken:

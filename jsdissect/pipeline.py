@@ -488,13 +488,23 @@ class _Dispatcher:
         elif kind == "api":
             state.callback_key = self._callbacks_opened
             self._callbacks_opened += 1
-            # The controller accepted the callback (§2): it is the server when we saw the SYN.
-            controller = SERVER_TO_CLIENT if state.handshake else None
+            controller = self._controller_side(state)
             state.callback = self.callbacks.open(state.callback_key, conn_id, controller)
         pending, state.pending = state.pending, []
         for direction, offset, data, ts in pending:
             if data:
                 self._feed(conn_id, state, direction, offset, data, ts)
+
+    def _controller_side(self, state: _ConnState) -> int | None:
+        """The direction the controller sends in, when known before the first request. The
+        controller accepted the callback (§2): it is the server when we saw the SYN; picked
+        up mid-stream, the side on the endpoint a start announced (the tcp layer's roles
+        are a guess then)."""
+        if state.handshake or (state.server.ip, state.server.port) in self.expected:
+            return SERVER_TO_CLIENT
+        if (state.client.ip, state.client.port) in self.expected:
+            return CLIENT_TO_SERVER
+        return None
 
     def _collect(self, state: _ConnState, events: list[Event]) -> None:
         """A command channel's events: keep them, and learn the callbacks they announce."""

@@ -358,6 +358,52 @@ def test_a_callback_picked_up_in_its_last_step_ends_normally(tmp_path: Path) -> 
     assert (theirs["status"], theirs["release_answered"]) == ("partial", answered)
 
 
+def test_a_callback_picked_up_mid_stream_is_matched_on_the_announced_port(
+    tmp_path: Path,
+) -> None:
+    """Its handshake lost, a callback's roles are the tcp layer's guess, which takes the
+    controller's high port for the client's; when the first frames captured are answers,
+    the decoder cannot tell the sides apart either. The endpoint the start announced tells
+    which side is the controller, so the callback is the task's, on port 59999, and not a
+    second row on the task server's port. Found in review."""
+    from crafted_captures import (
+        CLIENT,
+        CONTROLLER_IP,
+        REMOTE_IP,
+        SERVER,
+        C,
+        Conv,
+        T,
+        _start_answered,
+        answer_time,
+        rmis_id,
+    )
+    from jsencode import (
+        answer_empty,
+        answer_value,
+        bstr,
+        ok_answer,
+        process_result,
+        release,
+        remote_task_close,
+    )
+
+    cmd, _ = _start_answered(cap := Capture(), "700002", (40000, 45000, 59999), isn=1000)
+    cap.advance(10 * S)
+    cb = Conv(cap, (REMOTE_IP, 45000), (CONTROLLER_IP, 59999), isn=7000)  # no handshake
+    cb.send(T, answer_value(bstr(process_result(0, success=True))))  # the step's answer
+    cb.send(C, release(rmis_id(1)))
+    cb.send(T, answer_empty())
+    cb.close(first=C)
+    cmd.send(CLIENT, remote_task_close("700002"))
+    cmd.send(SERVER, ok_answer(answer_time(cap)))
+    cmd.close()
+    (row,) = table(cap.write(tmp_path / "picked_up.pcap"))
+    ports = (row["process_id"], row["callback_port"], row["callback_src_port"])
+    assert ports == ("700002", 59999, 45000)
+    assert row["callback_conn"] and row["status"] == "completed"
+
+
 @pytest.mark.parametrize("space", ["own segment", "close's segment"])
 def test_keep_alive_spaces_do_not_hide_a_command_channel_on_another_port(
     tmp_path: Path, space: str
