@@ -704,7 +704,6 @@ def log(captures: tuple[str, ...], process_id: str | None, all_tasks: bool, **op
         _fail(f"{which} in {_names(captures)}", 1)
     for task in chosen:
         if all_tasks:
-            name = task.process_id or task.callback_conn or "?"
-            _out(f"== task {name} ({task.job or 'job unknown'}, {task.status}) ==")
+            _out(report.task_heading(task))
         for line in report.task_log(task):
             _out(line)

@@ -580,6 +580,23 @@ def to_text(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
 
 MAX_CELL = 48  # long error texts would push every row off the screen; CSV/JSON keep all
 
+# Text from the wire on a terminal: control characters (C0, DEL, C1) would move the cursor,
+# recolour the screen or set the window title, and line breaks split a row; bidirectional
+# overrides reorder what is shown. They are shown escaped, as tshark does; CSV/JSON keep
+# the text as it was.
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_UNPRINTABLE = [*range(0x20), *range(0x7F, 0xA0)]
+_REORDERING = [0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_ESCAPES = str.maketrans(
+    {chr(c): _NAMED_ESCAPES.get(chr(c), f"\\x{c:02x}") for c in _UNPRINTABLE}
+    | {chr(c): f"\\u{c:04x}" for c in _REORDERING}
+)
+
+
+def printable(text: str) -> str:
+    """`text` safe to show on a terminal: one line, no control sequences (see _ESCAPES)."""
+    return text.translate(_ESCAPES)
+
 
 def spans_days(times: Iterable[int | None]) -> bool:
     """Do these times (µs, None for missing) fall on more than one UTC day?"""
@@ -608,14 +625,15 @@ def _display(value: Any, type_: str, dated: bool = False) -> str:
         return _clock(value, dated)
     if type_ == DURATION:
         return f"{value:.3f}"
-    text = str(value)
+    text = printable(str(value))
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
 def message_line(row: dict[str, Any], dated: bool = False) -> str:
     """The terminal form of one message row (`dated`: rows span more than one day)."""
     when = clock(row["time"], dated)
-    return f"{when}  {row['conn']}  {row['channel']:<3}  {row['direction']}  {row['summary']}"
+    line = f"{row['conn']}  {row['channel']:<3}  {row['direction']}  {row['summary']}"
+    return f"{when}  {printable(line)}"
 
 
 ERROR_SHOWN = ("time", "conn", "channel", "direction", "offset")
@@ -626,7 +644,7 @@ def error_table(rows: Sequence[dict[str, Any]]) -> str:
     direction, stream offset) and its reason, which is never cut short like other cells."""
     columns = [c for c in MESSAGE_COLUMNS if c.name in ERROR_SHOWN]
     lines = to_text(rows, columns).splitlines()
-    reasons = ["reason", *(r["reason"] for r in rows)]
+    reasons = ["reason", *(printable(r["reason"]) for r in rows)]
     return "".join(f"{line}  {reason}\n" for line, reason in zip(lines, reasons, strict=True))
 
 
@@ -711,18 +729,25 @@ LOG_LEVELS |= {-4: "debug4", -3: "debug3", -2: "debug2", -1: "debug1"}
 LOG_LEVELS |= {0: "info", 1: "warn", 2: "error"}  # PROTOCOL §6.5
 
 
+def task_heading(task: Task) -> str:
+    """The line above each task's log in `log --all` (printable)."""
+    name = task.process_id or task.callback_conn or "?"
+    return printable(f"== task {name} ({task.job or 'job unknown'}, {task.status}) ==")
+
+
 def task_log(task: Task) -> list[str]:
-    """The lines a task forwarded over spooler_log, then its exit code and error."""
+    """The lines a task forwarded over spooler_log, then its exit code and error, for a
+    terminal (printable)."""
     lines = []
     events = task.callback.events if task.callback is not None else ()
     for ev in events:
         if isinstance(ev, api.LogLine):
             level = LOG_LEVELS.get(ev.level, ev.method) if ev.level is not None else ev.method
-            lines.append(f"{format_time(ev.start)}  {level:<6}  {ev.text}")
+            lines.append(f"{format_time(ev.start)}  {level:<6}  {printable(ev.text)}")
     if task.exit_code is not None:
         signal = f" signal {task.signal}" if task.signal is not None else ""
         lines.append(f"exit code {task.exit_code}{signal}")
     if task.error:
-        lines.append(f"error {task.error}")
+        lines.append(f"error {printable(task.error)}")
     lines.append(f"status {task.status}")
     return lines

@@ -195,6 +195,36 @@ def test_terminal_table_right_aligns_numbers_and_blanks_missing() -> None:
     assert first.index("115.701") + len("115.701") == header.index("startup_ms") + len("startup_ms")
 
 
+HOSTILE = "/f/\x1b[31mRED\x1b[0m\r\nnext\x07\u202etxt"  # colour, a line break, BEL, RTL override
+
+
+def test_text_from_the_wire_is_escaped_on_the_terminal_and_kept_in_csv_and_json() -> None:
+    """Found in review: a job name or error text could recolour the screen, set the window
+    title or split a row; tshark shows such characters escaped, and so do we."""
+    row = report.task_row(full_task()) | {"job": HOSTILE, "error": "E\n\x1b]0;title\x07"}
+    cols = [c for c in report.TASK_COLUMNS if c.name in ("process_id", "job", "error")]
+    text = report.to_text([row], cols)
+    assert text.count("\n") == 2 and not any(c in text for c in "\x1b\x07\r\u202e")
+    assert "/f/\\x1b[31mRED\\x1b[0m\\r\\nnext\\x07\\u202etxt" in text
+    csv_text = io.StringIO()
+    report.write_csv([row], cols, csv_text)
+    assert HOSTILE in csv_text.getvalue()  # (quoted by the csv module, not escaped)
+    json_text = io.StringIO()
+    report.write_json([row], cols, json_text)
+    assert json.loads(json_text.getvalue())[0]["job"] == HOSTILE
+
+
+def test_task_log_and_message_lines_are_escaped_too() -> None:
+    task = full_task()
+    task.error = "E\r\x1b[2J"
+    assert report.task_log(task)[-2] == "error E\\r\\x1b[2J"
+    task.job = HOSTILE
+    assert "\x1b" not in report.task_heading(task) and "\\r\\n" in report.task_heading(task)
+    row = {"time": 0, "conn": "C1", "channel": "api", "direction": "a → b", "summary": HOSTILE}
+    line = report.message_line(row)
+    assert line.isprintable() and line.endswith("\\x07\\u202etxt") and "a → b" in line
+
+
 def test_json_text_is_that_of_json_dump_with_indent_1() -> None:
     """write_json builds the text from the C encoder's rows (speed); it must stay exactly
     json.dump(..., indent=1, ensure_ascii=False): quotes, newlines, non-ASCII, floats."""
