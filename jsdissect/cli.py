@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import gc
+import io
 import os
 import signal
 import sys
@@ -225,6 +226,11 @@ def main() -> None:
     callback channel (task process → controller), ties them together per task, and
     reports where the time went and what failed.
     """
+    for stream in (sys.stdout, sys.stderr):
+        # Text for people in a locale that cannot encode "→" or a name from the wire:
+        # shown escaped rather than failing (data on stdout is UTF-8: report.write_output).
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
 
 
 class _Progress:

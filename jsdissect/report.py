@@ -514,9 +514,7 @@ def write_output(path: str, render: Callable[[Any], object], binary: bool = Fals
     if path == "-":
         if sys.stdout is None:
             raise OSError(errno.EBADF, "standard output is closed", "-")
-        stream = sys.stdout.buffer if binary else sys.stdout
-        render(stream)
-        stream.flush()
+        _write_stdout(render, binary)
         return
     if _written_in_place(path):
         try:
@@ -542,6 +540,28 @@ def write_output(path: str, render: Callable[[Any], object], binary: bool = Fals
         if isinstance(exc, OSError):
             exc.filename, exc.filename2 = path, None
         raise
+
+
+def _write_stdout(render: Callable[[Any], object], binary: bool) -> None:
+    """Data on stdout is the bytes a file would get: UTF-8 with the writer's own line ends,
+    whatever the locale's encoding (cp1252 on a Windows redirect, latin-1 somewhere)."""
+    stdout = sys.stdout
+    buffer = getattr(stdout, "buffer", None)
+    if buffer is None:  # a text-only stream put in its place (an embedding program)
+        render(stdout)
+        stdout.flush()
+        return
+    stdout.flush()  # what was printed before comes first
+    if binary:
+        render(buffer)
+        buffer.flush()
+        return
+    stream = io.TextIOWrapper(buffer, encoding="utf-8", newline="")
+    try:
+        render(stream)
+        stream.flush()
+    finally:
+        stream.detach()  # stdout's buffer stays open
 
 
 def _opened(file: str | int, binary: bool) -> IO[Any]:

@@ -318,6 +318,28 @@ def test_closed_standard_streams(capture: Path) -> None:
     assert to_files.returncode == 0
 
 
+def test_a_locale_that_cannot_encode_the_text_neither_fails_nor_changes_the_data(
+    tmp_path: Path,
+) -> None:
+    """Found in review: in a latin-1 locale (or cp1252, a Windows redirect) the "→" of
+    message lines failed with an internal error, and `--csv -` wrote other bytes than
+    `--csv FILE`. Text for people is shown escaped; data is UTF-8 wherever it goes."""
+    demo = str(CAPTURES / "demo.pcap")
+    env = os.environ | {"PYTHONIOENCODING": "iso-8859-1"}
+
+    def latin1(*args: str) -> subprocess.CompletedProcess[bytes]:
+        command = [sys.executable, "-m", "jsdissect", *args]
+        return subprocess.run(command, capture_output=True, env=env, timeout=120)
+
+    lines = latin1("messages", demo)
+    assert lines.returncode == 0 and b"\\u2192" in lines.stdout
+    on_stdout = latin1("messages", demo, "--csv", "-")
+    in_file = tmp_path / "messages.csv"
+    assert latin1("messages", demo, "--csv", str(in_file)).returncode == 0
+    assert on_stdout.returncode == 0 and on_stdout.stdout == in_file.read_bytes()
+    assert "→".encode() in on_stdout.stdout
+
+
 def test_a_full_standard_output_is_named(capture: Path) -> None:
     with open("/dev/full", "w") as full:
         run = subprocess.run(
