@@ -679,3 +679,28 @@ def test_engine_survives_numbers_past_2_53_and_counts_its_decode_errors(tmp_path
     assert errors and out.stdout.rstrip().endswith(
         f"{errors} decode error(s): see 'jsdissect messages --errors'"
     )
+
+
+def test_engines_normalise_whitespace_in_attribute_values_alike(tmp_path: Path) -> None:
+    """Found in review: XML 1.0 §3.3.3 makes each literal TAB, CR or LF in an attribute
+    value a space (§2.11 first makes a CRLF, or a lone CR, one LF), while a character
+    reference (&#10;) keeps the character it names. The default engine (expat) does so;
+    the plugin kept the raw newline of an <ERROR text> in the task table's `error`."""
+    require("tshark")
+    import jsencode as js
+    from crafted_captures import CLIENT, CONTROLLER_IP, REMOTE_IP, SERVER, Capture, Conv
+
+    cap = Capture()
+    cmd = Conv(cap, (CONTROLLER_IP, 40000), (REMOTE_IP, 4455), isn=1000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59999, kind="process"))
+    text = "a\nb\r\nc\rd\r\re\tf&#10;g&#13;&#10;h&#9;i\r&#10;j"
+    error = f'<ERROR class="Xc" code="SCHEDULER-\n717" text="{text}"/>'
+    cmd.send(SERVER, js.answer_doc("2026-03-02T09:15:02.020Z", error))
+    cmd.close()
+    capture = cap.write(tmp_path / "newlines.pcap")
+    (ours,) = [report.task_row(t) for t in jsdissect.analyze([capture]).task_records]
+    (theirs,) = wireshark.analyze([capture]).tasks
+    assert ours["error"] == "SCHEDULER- 717 a b c d  e f\ng\r\nh\ti \nj"
+    assert theirs["error"] == ours["error"]
+    assert _full_rows([theirs]) == _full_rows([ours])

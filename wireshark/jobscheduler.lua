@@ -777,10 +777,12 @@ local function xml_unescape(s)
     end))
 end
 
+-- XML 1.0 §2.11 then §3.3.3, as expat does: a literal CRLF (or lone CR) is first one LF,
+-- then each literal TAB, CR, LF becomes a space; a reference (&#10;) keeps its character.
 local function parse_attrs(s)
     local attrs, order = {}, {}
     for k, _, v in s:gmatch("([%w_%.:%-]+)%s*=%s*([\"'])(.-)%2") do
-        attrs[k] = xml_unescape(v)
+        attrs[k] = xml_unescape((v:gsub("\r\n", " "):gsub("[\t\r\n]", " ")))
         order[#order + 1] = k
     end
     return attrs, order
