@@ -218,8 +218,11 @@ def _rectangles(spans: Sequence[tuple[int, int, int]], origin: int) -> np.ndarra
 
 
 def _label_rows(ax: Axes, rows: Sequence[Bar]) -> None:
+    # Labels come from the wire (process ids, remotes): drawn as text, never as matplotlib
+    # mathtext, which `$…$` in one would start (and fail on, found in review).
     if len(rows) <= MAX_OWN_ROWS:
-        ax.set_yticks([b.row for b in rows], [b.row_name for b in rows], fontsize="small")
+        labels = [b.row_name for b in rows]
+        ax.set_yticks([b.row for b in rows], labels, fontsize="small", parse_math=False)
     else:  # the rows are shared: label the groups instead
         ax.set_yticks([])
     groups: dict[str, tuple[int, int]] = {}
@@ -236,6 +239,7 @@ def _label_rows(ax: Axes, rows: Sequence[Bar]) -> None:
             textcoords="offset points",
             fontsize="small",
             va="center",
+            parse_math=False,
         )
 
 

@@ -298,7 +298,7 @@ def to_json(rep: PortReport) -> dict:
         "ports": [times(asdict(u)) for u in rep.uses],
         "range": {c: {"low": lo, "high": hi} for c, (lo, hi) in rep.port_range.items()},
         "peak": {
-            c: {"tasks": n, "at": format_time(at) if at else None}
+            c: {"tasks": n, "at": format_time(at) if at is not None else None}
             for c, (n, at) in rep.peak.items()
         },
         "time_wait_reuse": [asdict(r) for r in rep.reuses],
@@ -312,7 +312,7 @@ def to_text(rep: PortReport) -> str:
     for controller, (low, high) in sorted(rep.port_range.items()):
         n, at = rep.peak[controller]
         used = sorted({u.port for u in rep.uses if u.controller == controller}, reverse=True)
-        when = f" at {format_time(at)}" if at else ""
+        when = f" at {format_time(at)}" if at is not None else ""
         lines.append(
             f"  {controller}: {len(used)} port(s) {low}-{high}, peak {n} in parallel{when}"
         )
@@ -322,7 +322,7 @@ def to_text(rep: PortReport) -> str:
     lines.append("")
     lines.append("Failed connections:" + ("" if rep.failures else " none"))
     for f in rep.failures:
-        when = format_time(f.at) if f.at else "?"
+        when = format_time(f.at) if f.at is not None else "?"
         task = f" task {f.process_id}" if f.process_id else ""
         lines.append(f"  {when}  {f.what:<20} {f.source} → {f.target}{task}")
     if any(f.what in ("callback-unanswered", "callback-refused") for f in rep.failures):

@@ -18,7 +18,7 @@ from truth import load_truth
 
 import jsdissect
 from jsdissect import plot, report
-from jsdissect.correlate import Task
+from jsdissect.correlate import Task, correlate
 from jsdissect.pipeline import Analysis
 from jsdissect.ports import port_report
 
@@ -207,6 +207,20 @@ def test_timeline_draws_a_collection_per_phase_whatever_the_task_count() -> None
     assert np.isclose(marks.get_xdata()[0], (tasks[5].begin_answered - origin) / 1e6)
 
 
+def test_timeline_labels_from_the_wire_are_drawn_as_text(tmp_path: Path) -> None:
+    """A process id or remote with `$…$` started matplotlib's mathtext, which failed on
+    `\\frac{1}` (and would have set `$a$` in italics). Found in review."""
+    task = dataclasses.replace(
+        synthetic_task("$a$:4444", 0, 0, [500, 500, 500]), process_id="$\\frac{1}$"
+    )
+    figure = plot.figure([task])
+    figure.savefig(tmp_path / "t.png")
+    figure.savefig(tmp_path / "t.svg")
+    ax = figure.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["$\\frac{1}$"]
+    assert "$a$:4444" in [t.get_text() for t in ax.texts]
+
+
 def test_an_empty_timeline_names_no_first_event() -> None:
     ax = plot.figure([]).axes[0]
     assert ax.get_xlabel() == "seconds since the first task event"
@@ -293,6 +307,22 @@ def test_time_wait_reuse_needs_a_closed_callback_and_rules_name_the_real_source(
     assert rep.reuses == ()  # task 1 never had a connection on the port: no TIME_WAIT
     (rule,) = [r for r in rep.rules if r.host == C_IP]
     assert set(rule.sources) == {nat_source, R_IP}
+
+
+def test_a_time_of_zero_is_shown_as_a_time_in_the_ports_report() -> None:
+    """1970-01-01T00:00:00Z is a time like any other (a capture rebased to 0 by editcap),
+    not a missing one. Found in review."""
+    from channels import S, command
+
+    from jsdissect import ports
+
+    chans = [command("A", 40001, 0, 59999, "1")]  # its callback never came
+    rep = port_report(correlate(chans, 200 * S), chans, (4455,))
+    epoch = "1970-01-01T00:00:00.000000Z"
+    assert [p["at"] for p in ports.to_json(rep)["peak"].values()] == [epoch]
+    assert [f["at"] for f in ports.to_json(rep)["failures"]] == [epoch]
+    text = ports.to_text(rep)
+    assert f"peak 1 in parallel at {epoch}" in text and f"  {epoch}  callback-missing" in text
 
 
 def test_a_missing_callback_to_an_unannounced_port_names_the_port_unknown() -> None:
