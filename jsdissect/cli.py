@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import gc
@@ -347,7 +348,7 @@ def _emit(
         if path:
             report.write_output(path, functools.partial(writer, rows, columns))
             to_stdout |= path == "-"
-    if opts["parquet_path"]:
+    if opts.get("parquet_path"):  # (not every command writes Parquet)
         render = functools.partial(report.write_parquet, rows, columns)
         report.write_output(opts["parquet_path"], render, binary=True)
         to_stdout |= opts["parquet_path"] == "-"
@@ -611,6 +612,7 @@ def summary(captures: tuple[str, ...], slowest: int, **opts: Any) -> None:
 )
 @CAPTURES
 @_common
+@CSV_OPTION
 @JSON_OPTION
 @click.option(
     "--time-wait",
@@ -623,11 +625,13 @@ def summary(captures: tuple[str, ...], slowest: int, **opts: Any) -> None:
 @_guarded
 def ports(captures: tuple[str, ...], time_wait: float, **opts: Any) -> None:
     """Callback ports used, the peak of parallel tasks, ports reused within TIME_WAIT,
-    failed callbacks and command connections, and the firewall rules to write."""
+    failed callbacks and command connections, and the firewall rules to write. --json
+    writes all of it; --csv one row per port use (a task's callback port, from when it
+    was held to when it was free again)."""
     import json
 
     from jsdissect import ports as port_report
-    from jsdissect.report import write_output
+    from jsdissect.report import write_csv, write_output
 
     result = _analyze(captures, opts, ports_end=True)
     scheduler_ports = opts["scheduler_ports"] or (4444, 4455)
@@ -638,10 +642,14 @@ def ports(captures: tuple[str, ...], time_wait: float, **opts: Any) -> None:
         int(time_wait * 1e6),
         capture_end=result.capture_end,
     )
+    if opts["csv_path"]:
+        uses = [dataclasses.asdict(u) for u in rep.uses]
+        render = functools.partial(write_csv, uses, port_report.USE_COLUMNS)
+        write_output(opts["csv_path"], render)
     if opts["json_path"]:
         data = port_report.to_json(rep)
         write_output(opts["json_path"], lambda out: json.dump(data, out, indent=1))
-    if opts["json_path"] != "-":
+    if "-" not in (opts["csv_path"], opts["json_path"]):
         _out(port_report.to_text(rep), nl=False)
 
 
@@ -693,12 +701,15 @@ def timeline(captures: tuple[str, ...], output: str, **opts: Any) -> None:
 )
 @CAPTURES
 @_common
+@CSV_OPTION
+@JSON_OPTION
 @click.option("--process-id", help="The task whose log to print.")
 @click.option("--all", "all_tasks", is_flag=True, help="Every task, with a header per task.")
 @_guarded
 def log(captures: tuple[str, ...], process_id: str | None, all_tasks: bool, **opts: Any) -> None:
     """The log lines a task forwarded over spooler_log (with times and levels), its exit
-    code and errors."""
+    code and errors. --csv/--json write one row per log line (process_id, callback_conn,
+    time, level, text) instead."""
     from jsdissect import report
 
     if bool(process_id) == all_tasks:
@@ -708,6 +719,9 @@ def log(captures: tuple[str, ...], process_id: str | None, all_tasks: bool, **op
     if not chosen:
         which = "no task" if all_tasks else f"no task with process_id {process_id}"
         _fail(f"{which} in {_names(captures)}", 1)
+    if _writes_tables(opts):
+        _emit(report.log_rows(chosen), report.LOG_COLUMNS, opts, ())
+        return
     for task in chosen:
         if all_tasks:
             _out(report.task_heading(task))

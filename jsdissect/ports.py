@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from jsdissect.correlate import CALLBACK_TIMEOUT_US, Channel, Task, callback_accepted
-from jsdissect.report import format_time
+from jsdissect.report import INTEGER, TEXT, TIME, Column, format_time
 from jsdissect.tcp import Connection
 
 TOP_PORT = 59999  # PROTOCOL §2: Used_ports::bind_free_port counts down from here
@@ -39,6 +39,13 @@ class PortUse:
     syn: int | None  # callback SYN
     closed: int | None  # close of an accepted callback connection (TIME_WAIT may follow)
     source: str | None  # where the callback came from (behind NAT: not the remote)
+
+
+# `ports --csv`: one row per port use, PortUse's fields in order (times as in the task table).
+USE_COLUMNS = tuple(
+    Column(name, TIME if name in TIME_FIELDS else INTEGER if name == "port" else TEXT)
+    for name in PortUse.__dataclass_fields__
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -755,15 +755,45 @@ def task_heading(task: Task) -> str:
     return printable(f"== task {name} ({task.job or 'job unknown'}, {task.status}) ==")
 
 
+# `log --csv/--json`: one row per line a task forwarded (its exit code and status are
+# task table columns).
+LOG_COLUMNS: tuple[Column, ...] = (
+    *_cols("process_id callback_conn", TEXT),
+    *_cols("time", TIME),
+    *_cols("level text", TEXT),
+)
+
+
+def _log_lines(task: Task) -> Iterator[api.LogLine]:
+    events = task.callback.events if task.callback is not None else ()
+    return (ev for ev in events if isinstance(ev, api.LogLine))
+
+
+def _level(line: api.LogLine) -> str:
+    return LOG_LEVELS.get(line.level, line.method) if line.level is not None else line.method
+
+
+def log_rows(tasks: Iterable[Task]) -> list[dict[str, Any]]:
+    """The rows of LOG_COLUMNS: the tasks' log lines, as forwarded."""
+    return [
+        {
+            "process_id": task.process_id,
+            "callback_conn": task.callback_conn,
+            "time": line.start,
+            "level": _level(line),
+            "text": line.text,
+        }
+        for task in tasks
+        for line in _log_lines(task)
+    ]
+
+
 def task_log(task: Task) -> list[str]:
     """The lines a task forwarded over spooler_log, then its exit code and error, for a
     terminal (printable)."""
-    lines = []
-    events = task.callback.events if task.callback is not None else ()
-    for ev in events:
-        if isinstance(ev, api.LogLine):
-            level = LOG_LEVELS.get(ev.level, ev.method) if ev.level is not None else ev.method
-            lines.append(f"{format_time(ev.start)}  {level:<6}  {printable(ev.text)}")
+    lines = [
+        f"{format_time(ev.start)}  {_level(ev):<6}  {printable(ev.text)}" for ev in _log_lines(task)
+    ]
     if task.exit_code is not None:
         signal = f" signal {task.signal}" if task.signal is not None else ""
         lines.append(f"exit code {task.exit_code}{signal}")

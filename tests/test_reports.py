@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import itertools
 import json
@@ -95,6 +96,29 @@ def test_log_prints_exactly_the_lines_the_task_sent() -> None:
             assert [(report.LOG_LEVELS[lv], text) for lv, text in task["log"]] == [
                 (rest[:6].strip(), rest[8:]) for rest in lines
             ], (name, task["process_id"])
+
+
+def test_log_csv_and_json_hold_every_line_every_task_sent(tmp_path: Path) -> None:
+    """DESIGN: every command takes --csv FILE / --json FILE the same way."""
+    for name in ("one_api.pcapng", "demo.pcap"):
+        truth = load_truth(CAPTURES / name)
+        sent = {
+            t["process_id"]: [(report.LOG_LEVELS[lv], text) for lv, text in t["log"]]
+            for t in truth["tasks"]
+            if t["log"]
+        }
+        table = tmp_path / f"{name}.csv"
+        out = cli("log", str(CAPTURES / name), "--all", "--json", "-", "--csv", str(table))
+        assert out.returncode == 0, out.stderr
+        rows = json.loads(out.stdout)
+        got: dict[str, list[tuple[str, str]]] = {}
+        for row in rows:
+            got.setdefault(row["process_id"], []).append((row["level"], row["text"]))
+        assert got == sent, name
+        with table.open(newline="", encoding="utf-8") as f:
+            assert list(csv.DictReader(f)) == [
+                {k: "" if v is None else str(v) for k, v in row.items()} for row in rows
+            ]
 
 
 def test_log_of_an_unknown_task_says_so() -> None:
@@ -387,6 +411,23 @@ def _played(
 
 def _ports(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return cli("ports", str(path), "-q", *args)
+
+
+def test_ports_csv_has_a_row_per_port_use_as_the_json_lists_them(tmp_path: Path) -> None:
+    """DESIGN: every command takes --csv FILE / --json FILE the same way."""
+    table = tmp_path / "ports.csv"
+    out = _ports(CAPTURES / "demo.pcap", "--csv", str(table), "--json", "-")
+    assert out.returncode == 0, out.stderr
+    listed = json.loads(out.stdout)["ports"]
+    with table.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    truth = load_truth(CAPTURES / "demo.pcap")["tasks"]
+    assert {(r["process_id"], int(r["port"])) for r in rows} == {
+        (t["process_id"], t["callback_port"]) for t in truth
+    }
+    assert rows == [{k: "" if v is None else str(v) for k, v in use.items()} for use in listed]
+    both = _ports(CAPTURES / "demo.pcap", "--csv", "-", "--json", "-")
+    assert both.returncode == 2 and "only one of" in both.stderr
 
 
 def _task(process_id: str, n: int, **spec: object):
