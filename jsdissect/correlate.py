@@ -446,15 +446,37 @@ def _callback_overdue(task: Task, sent: int, capture_end: int | None) -> bool:
 
 
 def _aborted(task: Task, cb: Connection | None) -> bool:
-    """A connection ended before the answer that ends it normally (DESIGN Status 6)."""
+    """A connection ended before the answer that ends it normally (DESIGN Status 6): the
+    task server answers the Release, the remote scheduler the close."""
+    task_server = task.callback.remote if task.callback is not None else None
     cmd_conn = task.cmd.conn if task.cmd is not None else None
-    return _ended_before(cb, task.release_answered) or _ended_before(cmd_conn, task.close_answered)
+    remote_scheduler = cmd_conn.server if cmd_conn is not None else None
+    return _ended_before(cb, task.release_answered, task_server) or _ended_before(
+        cmd_conn, task.close_answered, remote_scheduler
+    )
 
 
-def _ended_before(conn: Connection | None, normal_end: int | None) -> bool:
+def _ended_before(
+    conn: Connection | None, normal_end: int | None, answerer: Endpoint | None
+) -> bool:
     if conn is None or conn.closed is None:
         return False
-    return normal_end is None or conn.closed < normal_end
+    if normal_end is None or conn.closed >= normal_end:
+        return normal_end is None
+    # A FIN from the side that sent the answer follows the answer in its stream: captured
+    # first, the answer was retransmitted, and the end was normal (found in review).
+    return not _closed_by_fin_of(conn, answerer)
+
+
+def _closed_by_fin_of(conn: Connection, side: Endpoint | None) -> bool:
+    """The connection's first close was a FIN from `side` (not an RST)."""
+    if side == conn.client:
+        fin = conn.client_fin
+    elif side == conn.server:
+        fin = conn.server_fin
+    else:
+        return False
+    return fin == conn.closed and (conn.rst is None or conn.rst > fin)
 
 
 def _sort_key(task: Task) -> tuple[int, str]:

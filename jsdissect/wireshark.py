@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from jsdissect.capture import (
+    FIN,
     SYN,
     CaptureError,
     CapturePath,
@@ -228,7 +229,9 @@ def tcp_order(
             if old is None or old.base != seq:
                 lossy = lossy or bool(old and old.holes)  # a new connection on the 4-tuple
                 flows[key] = _Direction(seq)
-        size = len(seg.payload) + seg.missing
+        # A FIN takes a sequence number: bytes captured after it (their first copy lost,
+        # then retransmitted) are out of order too.
+        size = len(seg.payload) + seg.missing + (1 if seg.flags & FIN else 0)
         if size == 0:
             continue
         d = flows.get(key)

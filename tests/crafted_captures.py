@@ -357,6 +357,51 @@ def other_traffic(cap: Capture, other: str) -> None:
             cap.packets.append(packet)
 
 
+def answer_overtaken_by_fin(conv: Conv, side: int, answer: bytes, delay: int) -> int:
+    """`side` sends its last answer and closes at once; the answer's segment is lost on its
+    way, so its FIN is captured first and the answer, retransmitted, `delay` µs later. The
+    other side closes after it. Returns the retransmission's time."""
+    conv.send(side, answer)
+    lost = conv.cap.packets.pop()
+    conv._packet(side, "FA")
+    conv.seq[side] += 1
+    conv.cap.advance(delay)
+    lost.time = Decimal(conv.cap.now) / S
+    conv.cap.packets.append(lost)
+    answered = conv.cap.now
+    conv.cap.advance(100)
+    conv._packet(1 - side, "FA")
+    conv.seq[1 - side] += 1
+    conv._packet(side, "A")
+    return answered
+
+
+def ends_overtaken(cap: Capture, late: str) -> int:
+    """A task whose Release answer (`late` "release") or close answer ("close") is captured
+    after the FIN that follows it (see answer_overtaken_by_fin): a normal end all the same.
+    Returns when the late answer was captured."""
+    pid = "700005"
+    cmd, cb = _start_answered(cap, pid, (40000, 45000, 59999), isn=1000)
+    cb.handshake()
+    rmis = rmis_id(1)
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "RemoteModuleInstanceServer")))
+    cb.send(C, js.call(rmis, "step"))
+    cb.send(T, js.answer_value(js.V(js.VT_BOOL, False)))
+    cb.send(C, js.release(rmis))
+    if late == "release":
+        answered = answer_overtaken_by_fin(cb, T, js.answer_empty(), 200 * MS)
+    else:
+        cb.send(T, js.answer_empty())
+        cb.close(first=T)
+    cmd.send(CLIENT, js.remote_task_close(pid))
+    if late == "close":
+        return answer_overtaken_by_fin(cmd, SERVER, js.ok_answer(answer_time(cap)), 200 * MS)
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    return answered
+
+
 def picked_up_in_the_last_step(cap: Capture) -> int:
     """A shell task's callback picked up during its only step (no handshake, no call to the
     RMIS left): a log line, the step's answer, then the Release of the RMIS, answered, and

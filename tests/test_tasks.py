@@ -358,6 +358,25 @@ def test_a_callback_picked_up_in_its_last_step_ends_normally(tmp_path: Path) -> 
     assert (theirs["status"], theirs["release_answered"]) == ("partial", answered)
 
 
+@pytest.mark.parametrize("late", ["release", "close"])
+def test_an_answer_captured_after_the_fin_behind_it_is_a_normal_end(
+    tmp_path: Path, late: str
+) -> None:
+    """DESIGN Status 6 is about the connection ending before the answer: a FIN from the side
+    that answered follows the answer in its stream, so when it is captured first the answer
+    was retransmitted, and the task ended normally, in both engines. Found in review."""
+    from crafted_captures import ends_overtaken
+
+    answered = ends_overtaken(cap := Capture(), late)
+    capture = cap.write(tmp_path / f"{late}.pcap")
+    (row,) = table(capture)
+    assert (row["status"], row[f"{late}_answered"]) == ("completed", answered)
+    assert row["callback_closed"] < row["release_answered"] or late == "close"
+    require("tshark")
+    (theirs,) = wireshark.analyze([capture]).tasks
+    assert (theirs["status"], theirs[f"{late}_answered"]) == ("completed", answered)
+
+
 def test_a_callback_picked_up_mid_stream_is_matched_on_the_announced_port(
     tmp_path: Path,
 ) -> None:

@@ -709,6 +709,7 @@ local function track_tcp(tvb, pinfo, now)
     if fin and from_server then conn.server_fin = true end
     if (fin or rst) and conn.closed == nil then
         conn.closed = now
+        conn.closed_by_fin = (fin and not rst) and { addr = src, port = sport } or nil
         -- a connection that never carried this protocol need not be remembered
         if conn.channel == nil and not ports_match and conns[key] == conn then
             conns[key] = nil
@@ -973,9 +974,15 @@ local function status_of(t)
         end
     end
     if t.killed then return "killed" end
+    -- A FIN from the side that sent the ending answer follows the answer in its stream:
+    -- captured first, the answer was retransmitted, and the end was normal.
     local function ended_before(conn, normal_end)
         if conn == nil or conn.closed == nil then return false end
-        return normal_end == nil or conn.closed < normal_end
+        if normal_end == nil or conn.closed >= normal_end then return normal_end == nil end
+        local fin, controller = conn.closed_by_fin, conn.api and conn.api.controller
+        if fin == nil then return true end
+        if conn.cmd then return not is_endpoint(conn.cmd.server, fin.addr, fin.port) end
+        return controller == nil or is_endpoint(controller, fin.addr, fin.port)
     end
     if ended_before(cb, t.release_answered) or ended_before(t.cmd, t.close_answered) then
         return "aborted"
