@@ -476,7 +476,7 @@ def _closed_by_fin_of(conn: Connection, side: Endpoint | None) -> bool:
         fin = conn.server_fin
     else:
         return False
-    return fin == conn.closed and (conn.rst is None or conn.rst > fin)
+    return fin is not None and fin == conn.closed and (conn.rst is None or conn.rst > fin)
 
 
 def _sort_key(task: Task) -> tuple[int, str]:
