@@ -89,6 +89,9 @@ class Task:
     start_failed: bool = False
     expected_ip: str | None = None
     window_end: int | None = None
+    # A callback picked up mid-stream had its SYN before it was first seen, and a live one
+    # was accepted within 60 s: it may be first seen until the port's next owner (below).
+    midstream_end: int | None = None
     cmd: Channel | None = None
     callback: Channel | None = None
     errors: list[tuple[int, str]] = field(default_factory=list)
@@ -224,10 +227,10 @@ def _set_windows(tasks: list[Task]) -> None:
         same_port.sort(key=lambda e: e[0])
         for (sent, task), later in zip(same_port, [*same_port[1:], None], strict=True):
             assert task.cmd is not None  # a start is only ever seen on a command connection
-            ends = [sent + CALLBACK_TIMEOUT_US]
-            ends += [c for c in (task.cmd.conn.closed,) if c is not None]
+            ends = [c for c in (task.cmd.conn.closed,) if c is not None]
             ends += [later[0]] if later is not None else []
-            task.window_end = min(ends)
+            task.midstream_end = min(ends, default=END_OF_TIME)
+            task.window_end = min(sent + CALLBACK_TIMEOUT_US, task.midstream_end)
 
 
 def _candidate_time(ch: Channel) -> int:
@@ -242,10 +245,13 @@ def _match_callbacks(tasks: list[Task], channels: list[Channel]) -> list[Channel
     """Greedy in start order: each task takes the earliest free SYN in its window; a task
     with none at its controller IP takes one to its port from its remote's IP (NAT)."""
     candidates = [ch for ch in channels if ch.kind == "api" or (ch.kind == "" and _no_data(ch))]
+    # By port: callbacks whose SYN was captured, and (few) those picked up mid-stream.
     by_port: dict[int, list[tuple[int, int, int, Channel]]] = defaultdict(list)
+    midstream: dict[int, list[tuple[int, int, int, Channel]]] = defaultdict(list)
     for i, ch in enumerate(candidates):
-        by_port[_callback_target(ch).port].append((_candidate_time(ch), _source(ch).port, i, ch))
-    for entries in by_port.values():
+        entry = (_candidate_time(ch), _source(ch).port, i, ch)
+        (by_port if ch.conn.syn is not None else midstream)[_callback_target(ch).port].append(entry)
+    for entries in (*by_port.values(), *midstream.values()):
         entries.sort(key=lambda e: e[:3])  # nearest in time, then port order (DESIGN)
     taken: set[int] = set()
     waiting = sorted(
@@ -254,7 +260,8 @@ def _match_callbacks(tasks: list[Task], channels: list[Channel]) -> list[Channel
     for exact in (True, False):
         for task in waiting:
             if task.callback is None and task.callback_port is not None:
-                _take(task, by_port.get(task.callback_port, []), taken, exact)
+                port = task.callback_port
+                _take(task, by_port.get(port, []), midstream.get(port, []), taken, exact)
     return [ch for i, ch in enumerate(candidates) if i not in taken and ch.kind == "api"]
 
 
@@ -263,24 +270,22 @@ def _no_data(ch: Channel) -> bool:
 
 
 def _take(
-    task: Task, entries: list[tuple[int, int, int, Channel]], taken: set[int], exact: bool
+    task: Task,
+    entries: list[tuple[int, int, int, Channel]],
+    midstream: list[tuple[int, int, int, Channel]],
+    taken: set[int],
+    exact: bool,
 ) -> None:
+    """The earliest free callback in the task's window: by its SYN, else (none captured)
+    one picked up mid-stream before the port's next owner."""
     # A task waits with a window only when its start was seen, on a command connection:
     # when the start was sent and to which remote are known.
     start, end, remote = task.start_sent, task.window_end, task.remote
     assert start is not None and end is not None and remote is not None
-    remote_ip = remote.rsplit(":", 1)[0].strip("[]")
-    lo = bisect.bisect_left(entries, (start,))
-    eligible = []
-    for k in range(lo, len(entries)):  # (not entries[lo:]: a copy per task is quadratic)
-        when, _port, i, ch = entries[k]
-        if when > end:
-            break
-        if i in taken:
-            continue
-        target = _callback_target(ch)
-        if (exact and target.ip == task.expected_ip) or (not exact and _source(ch).ip == remote_ip):
-            eligible.append((i, ch))
+    assert task.midstream_end is not None
+    eligible = _eligible(task, entries, start, end, taken, exact)
+    if not eligible:
+        eligible = _eligible(task, midstream, start, task.midstream_end, taken, exact)
     if not eligible:
         return
     i, ch = eligible[0]
@@ -294,6 +299,29 @@ def _take(
         task.note_list.append(
             f"callback to {target} instead of {task.expected_ip}: address translation"
         )
+
+
+def _eligible(
+    task: Task,
+    entries: list[tuple[int, int, int, Channel]],
+    start: int,
+    end: int,
+    taken: set[int],
+    exact: bool,
+) -> list[tuple[int, Channel]]:
+    remote_ip = (task.remote or "").rsplit(":", 1)[0].strip("[]")
+    lo = bisect.bisect_left(entries, (start,))
+    eligible = []
+    for k in range(lo, len(entries)):  # (not entries[lo:]: a copy per task is quadratic)
+        when, _port, i, ch = entries[k]
+        if when > end:
+            break
+        if i in taken:
+            continue
+        target = _callback_target(ch)
+        if (exact and target.ip == task.expected_ip) or (not exact and _source(ch).ip == remote_ip):
+            eligible.append((i, ch))
+    return eligible
 
 
 # --- callback channel ---------------------------------------------------------------------

@@ -377,6 +377,28 @@ def test_an_answer_captured_after_the_fin_behind_it_is_a_normal_end(
     assert (theirs["status"], theirs[f"{late}_answered"]) == ("completed", answered)
 
 
+@pytest.mark.parametrize("after_s", [10, 300])
+def test_a_callback_picked_up_mid_stream_is_its_tasks_while_the_port_is(
+    tmp_path: Path, after_s: int
+) -> None:
+    """Its SYN not captured (a busy host dropped it), a callback first seen 5 minutes after
+    the start was still accepted within 60 s (the controller gives up then): while the
+    command connection is open and no later start took the port (§7.2), it is the task's
+    callback, not a second row beside a `callback-missing` one. Found in review."""
+    from crafted_captures import CLIENT, SERVER, _start_answered, answer_time
+    from jsencode import ok_answer, remote_task_close
+
+    cmd, _ = _start_answered(cap := Capture(), "700001", (40000, 45000, 59999), isn=1000)
+    cap.advance(after_s * S)
+    picked_up_in_the_last_step(cap)  # 45000 → 59999, no handshake, one log line
+    cmd.send(CLIENT, remote_task_close("700001"))
+    cmd.send(SERVER, ok_answer(answer_time(cap)))
+    cmd.close()
+    (row,) = table(cap.write(tmp_path / "late_pickup.pcap"))
+    assert (row["process_id"], row["callback_port"], row["log_lines"]) == ("700001", 59999, 1)
+    assert row["callback_conn"] and row["status"] == "completed"
+
+
 def test_a_callback_picked_up_mid_stream_is_matched_on_the_announced_port(
     tmp_path: Path,
 ) -> None:
