@@ -129,7 +129,9 @@ def correlate(channels: Iterable[Channel], capture_end: int | None) -> list[Task
     tasks = [t for ch in channels if ch.kind == "cmd" for t in _tasks_of_command(ch)]
     _set_windows(tasks)
     unmatched = _match_callbacks(tasks, channels)
-    tasks += [_partial_from_callback(ch) for ch in unmatched if ch.kind == "api"]
+    partial = [_partial_from_callback(ch) for ch in unmatched if ch.kind == "api"]
+    _note_late_callbacks(tasks, partial)
+    tasks += partial
     for task in tasks:
         if task.callback is not None:
             _fill_from_callback(task, task.callback)
@@ -330,6 +332,31 @@ def _eligible(
 def _partial_from_callback(ch: Channel) -> Task:
     target = _callback_target(ch)
     return Task(controller=target.ip, callback_port=target.port, callback=ch)
+
+
+def _note_late_callbacks(tasks: list[Task], partial: list[Task]) -> None:
+    """A callback SYN past a task's window (a slow start: the controller gave up, Z-REMOTE-
+    118) stays a row of its own (DESIGN Matching), but both rows say so, so that the task's
+    `callback-missing` reads as "too late", not as "never came"."""
+    waiting: dict[tuple[str | None, int | None], list[tuple[int, Task]]] = defaultdict(list)
+    for task in tasks:
+        if task.callback is None and task.start_sent is not None and not task.start_failed:
+            waiting[(task.expected_ip, task.callback_port)].append((task.start_sent, task))
+    for starts in waiting.values():
+        starts.sort(key=lambda e: e[0])
+    for row in partial:
+        syn = row.callback.conn.syn if row.callback is not None else None
+        starts = waiting.get((row.controller, row.callback_port), [])
+        before = bisect.bisect_left(starts, (syn,)) if syn is not None else 0
+        if not before:
+            continue
+        sent, task = starts[before - 1]
+        assert syn is not None and row.callback is not None and task.window_end is not None
+        if syn <= task.window_end:
+            continue  # in the window, yet not taken: another task's, or not this one's
+        late = f"{(syn - sent) / 1e6:.3f} s after the start"
+        task.note_list.append(f"callback {row.callback.conn.id} came {late}: too late")
+        row.note_list.append(f"too late for task {task.process_id or task.cmd_conn} ({late})")
 
 
 def _source(ch: Channel) -> Endpoint:

@@ -399,6 +399,35 @@ def test_a_callback_picked_up_mid_stream_is_its_tasks_while_the_port_is(
     assert row["callback_conn"] and row["status"] == "completed"
 
 
+@pytest.mark.parametrize("late_s", [59, 61])
+def test_a_callback_past_its_window_is_told_as_too_late_on_both_rows(
+    tmp_path: Path, late_s: int
+) -> None:
+    """A slow remote's callback SYN comes after the controller gave up (Z-REMOTE-118, the
+    listener gone: RST). DESIGN keeps it a row of its own; both rows say how late it came,
+    so `callback-missing` does not read as "never attempted". Found in review."""
+    from crafted_captures import CLIENT, SERVER, _start_answered, answer_time
+    from jsencode import ok_answer, remote_task_close
+
+    cmd, cb = _start_answered(cap := Capture(), "700004", (40000, 45000, 59999), isn=1000)
+    cap.advance(late_s * S)
+    cb.refused()
+    cmd.send(CLIENT, remote_task_close("700004"))
+    cmd.send(SERVER, ok_answer(answer_time(cap)))
+    cmd.close()
+    rows = table(cap.write(tmp_path / "late.pcap"))
+    if late_s < 60:  # in its window: the task's own refused callback, one row
+        (row,) = rows
+        assert row["status"] == "callback-refused" and not row["notes"]
+        return
+    task, late = rows
+    assert (task["status"], late["status"]) == ("callback-missing", "callback-refused")
+    assert (
+        task["notes"] == f"callback {late['callback_conn']} came 61.000 s after the start: too late"
+    )
+    assert late["notes"] == "too late for task 700004 (61.000 s after the start)"
+
+
 def test_a_callback_picked_up_mid_stream_is_matched_on_the_announced_port(
     tmp_path: Path,
 ) -> None:
