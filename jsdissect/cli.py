@@ -31,14 +31,25 @@ EXIT_BAD_INPUT = 2
 MAX_NAMED = 10  # unknown names an error lists before it counts the rest
 STDOUT_NAME = "standard output"
 
-CAPTURES = click.argument("captures", nargs=-1, required=True, metavar="CAPTURE...")
-
-
 def _file_name(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """An output given as "" (`--json "$OUT"` with OUT unset) is refused, not ignored."""
     if value == "":
         raise click.BadParameter("an empty file name", param=param)
     return value
+
+
+def _capture_names(
+    _ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    """A capture given as "" (a variable left unset) is refused with a clear message."""
+    if "" in value:
+        raise click.BadParameter("an empty file name", param=param)
+    return value
+
+
+CAPTURES = click.argument(
+    "captures", nargs=-1, required=True, metavar="CAPTURE...", callback=_capture_names
+)
 
 
 CSV_OPTION = click.option(

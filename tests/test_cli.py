@@ -507,6 +507,8 @@ def test_output_names_that_are_empty_or_the_same_file_are_refused(tmp_path: Path
         assert out.returncode == 2 and "empty file name" in out.stderr, option
     out = run("timeline", demo, "-o", "")
     assert out.returncode == 2 and "empty file name" in out.stderr
+    out = run("connections", demo, "")  # a capture named by an unset variable
+    assert out.returncode == 2 and "CAPTURE...': an empty file name" in out.stderr
     (tmp_path / "link.out").symlink_to(tmp_path / "same.out")
     out = run(
         "tasks", demo, "--csv", str(tmp_path / "same.out"), "--json", str(tmp_path / "link.out")
