@@ -31,6 +31,7 @@ EXIT_BAD_INPUT = 2
 MAX_NAMED = 10  # unknown names an error lists before it counts the rest
 STDOUT_NAME = "standard output"
 
+
 def _file_name(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """An output given as "" (`--json "$OUT"` with OUT unset) is refused, not ignored."""
     if value == "":
