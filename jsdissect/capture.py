@@ -24,7 +24,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from itertools import chain
 from pathlib import Path
-from typing import IO, Any, Literal, NamedTuple
+from typing import IO, Any, Final, Literal, NamedTuple
 
 from jsdissect.compressed import Codec, Stream, codec_of_file
 
@@ -69,9 +69,10 @@ class CaptureStats:
     truncated_packets: int = 0
     engine: str = ""  # "libpcap" or "python" (last file)
     warnings: list[str] = field(default_factory=list)  # e.g. "FILE: cut short after packet 12"
-    # Time stamp beyond year 9999, which no table can show (also counted as skipped). Last:
-    # the fields before it keep their positions.
-    bad_times: int = 0
+    # Packets skipped for their time stamp (also counted as skipped). Last: the fields
+    # before them keep their positions.
+    bad_times: int = 0  # beyond year 9999, which no table can show
+    early_times: int = 0  # before 1970 (see MAX_TIME_US)
 
     def absorb(self, file: CaptureStats, name: str) -> None:
         """Add what reading one file saw (`name`: as warnings call it)."""
@@ -81,6 +82,7 @@ class CaptureStats:
         self.fragments += file.fragments
         self.truncated_packets += file.truncated_packets
         self.bad_times += file.bad_times
+        self.early_times += file.early_times
         self.engine = file.engine or self.engine
         self.warnings += file.warnings
         if file.truncated_packets:
@@ -90,6 +92,10 @@ class CaptureStats:
         if file.bad_times:
             self.warnings.append(
                 f"{name}: {file.bad_times} packet(s) with a time stamp beyond year 9999 skipped"
+            )
+        if file.early_times:
+            self.warnings.append(
+                f"{name}: {file.early_times} packet(s) with a time stamp before 1970 skipped"
             )
 
     def __reduce__(self) -> tuple[type[CaptureStats], tuple[Any, ...]]:
@@ -172,7 +178,17 @@ HOST_ORDER = "<" if sys.byteorder == "little" else ">"
 
 # Decoder results that are not a Segment.
 _SKIP, _FRAG, _CUT = 0, 1, 2  # decoders' results other than a Segment; _CUT: by the snaplen
-MAX_TIME_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z: what a time can print
+# 9999-12-31T23:59:59.999999Z: what a time can print. Final: compiled, the hot loops compare
+# with a constant, not a module global looked up per packet.
+MAX_TIME_US: Final = 253_402_300_799_999_999
+# Packets timed beyond it are skipped, and so are those before 1970 (a pcapng's negative
+# if_tsoffset): they would print, but the pipeline takes -1 for "no packet yet" (the
+# capture's end, a clock step back).
+# pcapy-ng's batches pack a packet's seconds into 32 unsigned bits (next_batch: four native
+# uint32 per packet, sec usec offset caplen), though libpcap's own are 64-bit and signed:
+# only a time in 1970..2106 comes through whole. A pcap record's always does (32 unsigned
+# bits in the file); a pcapng one's (64-bit ticks plus a signed if_tsoffset) may not.
+BATCH_TIME_LIMIT_US = (1 << 32) * 1_000_000
 
 Decoder = Callable[[bytes, int, int, int], "Segment | int"]
 PacketFilter = Callable[[bytes, int, int], bool]
@@ -952,6 +968,8 @@ class _Section:
         self.pb = struct.Struct(order + "HHIIII").unpack_from
         self.opt = struct.Struct(order + "HH").unpack_from
         self.i64 = struct.Struct(order + "q").unpack_from
+        # a block's type and length, and an EPB's interface and time stamp's high word
+        self.head = struct.Struct(order + "IIII").unpack_from
         self.interfaces: list[_Interface] = []
 
     def add_interface(self, r: _Reading, buf: bytes, start: int, end: int) -> None:
@@ -1063,6 +1081,86 @@ def _pcapng_batches(r: _Reading) -> Iterator[Batch]:
         buf, pos = r.refill(buf, pos, corrupt), 0
 
 
+def _batch_times_whole(info: _FileInfo) -> bool:
+    """Whether libpcap's batches carry every packet time of the file whole (see
+    BATCH_TIME_LIMIT_US). A pcapng whose interfaces (those before its first packet) have
+    no if_tsoffset cannot go before 1970, and goes past 2106 only with a time stamp no
+    capture tool writes (a corrupt one): it is read in batches. With an offset, its block
+    headers are walked to know, which adds a fifth to reading it (500,000 packets); walking
+    every pcapng would add that to the mixed capture's read (issue 8), and reading it one
+    packet at a time 70%."""
+    if info.fmt == "pcap":
+        return True
+    r = _Reading(info, None, [])
+    try:
+        return _pcapng_times_within(r, 0, BATCH_TIME_LIMIT_US, plain_is_whole=True)
+    finally:
+        r.source.close()
+
+
+def _pcapng_times_within(r: _Reading, low: int, high: int, plain_is_whole: bool) -> bool:
+    """Whether every packet's time (µs) is in [low, high), as far as the data can be read.
+    An EPB is judged by its header alone: its time stamp against its interface's range,
+    mostly by the high word alone. `plain_is_whole`: True at the first packet when no
+    interface so far has an if_tsoffset (see _batch_times_whole)."""
+    buf = r.source.read_at_least(PCAPNG_MIN_SHB_LEN)
+    section = _Section(_section_order(buf, 0) or ">")
+    head = section.head
+    # Per interface of the section: [first, stop) ticks, and the high words strictly
+    # between which a time stamp is surely in that range.
+    ranges: list[tuple[int, int]] = []
+    surely: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while buf:
+            size = len(buf)
+            while pos + 20 <= size:
+                btype, total, ifid, high_ticks = head(buf, pos)
+                if btype == BT_SHB:
+                    order = _section_order(buf, pos)
+                    if order is None:
+                        raise _Corrupt("bad section header")
+                    section, ranges, surely = _Section(order), [], []
+                    head = section.head
+                    total = section.u32(buf, pos + 4)[0]
+                if not 12 <= total <= MAX_BLOCK_LEN:
+                    raise _Corrupt("corrupt block length")
+                if pos + total > size:
+                    break
+                if plain_is_whole and btype in (BT_EPB, BT_PB, BT_SPB):
+                    return True  # (no offset: else the flag was cleared below)
+                if btype == BT_EPB:
+                    above, below = surely[ifid]
+                    if not above < high_ticks < below:
+                        first, stop = ranges[ifid]
+                        ticks = high_ticks << 32 | section.u32(buf, pos + 16)[0]
+                        if not first <= ticks < stop:
+                            return False
+                elif btype == BT_IDB:
+                    section.add_interface(r, buf, pos + 8, pos + total - 4)
+                    plain_is_whole &= section.interfaces[-1].offset_us == 0
+                    first, stop = _ticks_within(section.interfaces[-1], low, high)
+                    ranges.append((first, stop))
+                    surely.append((first >> 32, (stop - 1) >> 32))
+                elif btype in (BT_PB, BT_SPB):
+                    ts = section.packet(btype, buf, pos + 8, pos + total - 4)[0]
+                    if not low <= ts < high:
+                        return False
+                pos += total
+            buf, pos = r.refill(buf, pos, ""), 0
+    except (_Corrupt, IndexError):  # IndexError: an EPB of an undefined interface
+        pass  # corrupt: the readers end here too, and so does the walk
+    return True
+
+
+def _ticks_within(iface: _Interface, low: int, high: int) -> tuple[int, int]:
+    """[first, stop): the time stamps, in the interface's ticks, of the times in [low, high)
+    µs. A time is ticks * mul // div + offset_us (`_Section.packet`), solved for ticks."""
+    first = -((iface.offset_us - low) * iface.div // iface.mul)
+    stop = -((iface.offset_us - high) * iface.div // iface.mul)
+    return first, stop
+
+
 class FileScan(NamedTuple):
     """What the record headers of a capture file tell, no packet decoded."""
 
@@ -1076,7 +1174,7 @@ def scan(path: CapturePath) -> FileScan:
     reader that cannot stop at a cut by itself (tshark)."""
     info = _identify(path)
     r = _Reading(info, None, [])
-    latest = -1
+    latest = -1  # and so no time before 1970, as the readers skip them
     try:
         for _buf, records in _pcap_batches(r) if info.fmt == "pcap" else _pcapng_batches(r):
             for record in records:
@@ -1134,22 +1232,25 @@ def _python_segments(
     stats.engine = "python"
     r = _Reading(info, bpf, stats.warnings)
     counts = _Counts()
-    passed = bad_times = 0
+    passed = bad_times = early_times = 0
     try:
         batches = _pcap_batches(r) if info.fmt == "pcap" else _pcapng_batches(r)
         for buf, records in batches:
             segments: list[Segment] = []
             for ts, start, end, decoder, filt in records:
-                if not 0 <= ts <= MAX_TIME_US:  # a corrupt time stamp: skip, don't crash later
-                    counts.skipped += 1
-                    bad_times += 1
-                    continue
                 if filt is not None and not filt(buf, start, end):
                     continue
                 passed += 1
                 if passed <= skip:
                     continue
                 counts.packets += 1
+                if not 0 <= ts <= MAX_TIME_US:  # see MAX_TIME_US: skip, don't crash later
+                    counts.skipped += 1
+                    if ts < 0:
+                        early_times += 1
+                    else:
+                        bad_times += 1
+                    continue
                 try:
                     result = decoder(buf, start, end, ts)
                 except (struct.error, IndexError):  # a gap in the bounds checks: skip it
@@ -1169,6 +1270,7 @@ def _python_segments(
         counts.flush(stats)
         r.source.close()
         stats.bad_times += bad_times
+        stats.early_times += early_times
 
 
 LibpcapBatches = Iterator[tuple[bytes, Iterable[tuple[int, ...]]]]
@@ -1185,16 +1287,19 @@ def _libpcap_segments(
     packets handed over."""
     counts = _Counts()
     # Per-packet counting in local variables (the hot loop), added up once per batch.
-    packets = truncated = bad_times = 0
+    packets = truncated = bad_times = early_times = 0
     try:
         for buf, meta in batches:
             segments: list[Segment] = []
             for sec, usec, start, caplen in meta:
                 packets += 1
                 ts = sec * 1_000_000 + usec
-                if ts > MAX_TIME_US:  # a corrupt time stamp: skip, as the python engine does
+                if not 0 <= ts <= MAX_TIME_US:  # skipped as the python engine does
                     counts.skipped += 1
-                    bad_times += 1
+                    if ts < 0:
+                        early_times += 1
+                    else:
+                        bad_times += 1
                     continue
                 try:
                     result = decoder(buf, start, start + caplen, ts)
@@ -1219,6 +1324,7 @@ def _libpcap_segments(
         delivered[0] += packets
         counts.flush(stats)
         stats.bad_times += bad_times
+        stats.early_times += early_times
 
 
 class _LibpcapUnusable(Exception):
@@ -1247,14 +1353,15 @@ def _libpcap_open(path: str, bpf: str | None) -> tuple[Any, int]:
     return reader, dlt
 
 
-def _libpcap_batches(reader: Any) -> LibpcapBatches:
-    """Batches (buffer, [(sec, usec, offset, caplen)]) from libpcap.
+def _libpcap_batches(reader: Any, fmt: str) -> LibpcapBatches:
+    """Batches (buffer, [(sec, usec, offset, caplen)]) from libpcap; sec in 32 bits (see
+    BATCH_TIME_LIMIT_US). `fmt`: the file's, "pcap" or "pcapng".
 
     next_batch (pcapy-ng ≥ 2) crosses into Python once per batch, not once per packet;
     it was measured faster than next() and loop()/dispatch() callbacks.
     """
     if not hasattr(reader, "next_batch"):
-        yield from _libpcap_singles(reader)
+        yield from _libpcap_singles(reader, fmt)
         return
     while True:
         buf, meta = reader.next_batch(LIBPCAP_BATCH)
@@ -1263,14 +1370,18 @@ def _libpcap_batches(reader: Any) -> LibpcapBatches:
         yield buf, struct.iter_unpack("=IIII", meta)
 
 
-def _libpcap_singles(reader: Any) -> LibpcapBatches:
-    """One packet per batch: after a batch failed, to get the good packets before the fault."""
+def _libpcap_singles(reader: Any, fmt: str) -> LibpcapBatches:
+    """One packet per batch: after a batch failed, to get the good packets before the fault,
+    and for a pcapng file whose times the batches cannot carry (`_batch_times_whole`)."""
+    # libpcap 1.9 takes a pcap record's seconds, unsigned 32 bits, for signed: 2038..2106
+    # would come out as 1901..1969. A pcapng file's come whole (64 bits, signed).
+    seconds = 0xFFFFFFFF if fmt == "pcap" else -1
     while True:
         hdr, data = reader.next()
         if hdr is None:
             return
         sec, usec = hdr.getts()
-        yield data, ((sec, usec, 0, len(data)),)
+        yield data, ((sec & seconds, usec, 0, len(data)),)
 
 
 def _libpcap_skip(reader: Any, count: int) -> None:
@@ -1290,15 +1401,16 @@ def _libpcap_skip(reader: Any, count: int) -> None:
 def _libpcap_read(
     reader: Any,
     decoder: Decoder,
-    batches: Callable[[Any], LibpcapBatches],
+    batches: LibpcapBatches,
     stats: CaptureStats,
     delivered: list[int],
 ) -> Generator[list[Segment], None, str]:
-    """Segments from an open reader, which it closes; returns libpcap's error, if any."""
+    """Segments of the batches of an open reader, which it closes; returns libpcap's error,
+    if any."""
     pcapy = _pcapy()
     with contextlib.closing(reader):
         try:
-            yield from _libpcap_segments(decoder, batches(reader), stats, delivered)
+            yield from _libpcap_segments(decoder, batches, stats, delivered)
         except pcapy.PcapError as exc:
             return str(exc)
     return ""
@@ -1322,14 +1434,19 @@ def _libpcap_file(
         decoder = _unsupported_link
         stats.warnings.append(_unsupported_warning(info.path, dlt))
     delivered = [0]
-    problem = yield from _libpcap_read(reader, decoder, _libpcap_batches, stats, delivered)
+    if _batch_times_whole(info):
+        batches = _libpcap_batches(reader, info.fmt)
+    else:
+        batches = _libpcap_singles(reader, info.fmt)
+    problem = yield from _libpcap_read(reader, decoder, batches, stats, delivered)
     if not problem:
         return
     # A batch failed part-way (a file cut short, a block libpcap rejects), losing the good
     # packets before the fault in that batch: read them again one at a time.
     reader, _dlt = _libpcap_open(info.source, bpf)
     _libpcap_skip(reader, delivered[0])
-    yield from _libpcap_read(reader, decoder, _libpcap_singles, stats, delivered)
+    singles = _libpcap_singles(reader, info.fmt)
+    yield from _libpcap_read(reader, decoder, singles, stats, delivered)
     if engine == "auto" and "truncated" not in problem:
         # Not the end of the data but something libpcap 1.9 rejects (pcapng interfaces of
         # different link types, say): Python reads on from where libpcap stopped.

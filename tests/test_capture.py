@@ -43,6 +43,7 @@ from jsdissect.capture import (
     ACK,
     CHUNK,
     DECODERS,
+    MAX_TIME_US,
     PSH,
     SYN,
     CaptureError,
@@ -947,6 +948,100 @@ def test_damaged_files_never_raise_anything_but_capture_error(tmp_path, ips, eng
 
 
 # ---------------------------------------------------------------------------------------
+# Times outside 1970..2106: 64-bit pcapng time stamps, a signed if_tsoffset
+# ---------------------------------------------------------------------------------------
+
+Y2200_S = 7_258_118_400  # 2200-01-01T00:00:00Z
+Y2500_S = 16_725_225_600  # 2500-01-01T00:00:00Z (in ns still within 64 bits)
+# Per packet of `cases`: (interface, time in µs). Interfaces: µs; ns; µs counted from 2200.
+FAR_TIMES = [
+    (0, (2**32 - 1) * 10**6 + 999_999),  # 2106-02-07T06:28:15.999999Z: 32-bit seconds' last
+    (0, 2**32 * 10**6),  # a µs later
+    (1, Y2200_S * 10**6 + 123_456),
+    (2, Y2200_S * 10**6 + 5),
+    (0, MAX_TIME_US),  # 9999-12-31T23:59:59.999999Z, the last time a table can show
+    (1, Y2500_S * 10**6 + 1),
+    (0, 123_456_789_012_345_678),  # in year 5882
+    (0, MAX_TIME_US + 1),  # skipped, with a warning
+]
+NOT_TCP_TO_BPF = (5, 6)  # BPF's `tcp` does not look past IPv6 extension headers
+
+
+def pcapng_far(frames: list[Frame]) -> bytes:
+    blocks = [ng_shb("<"), ng_idb("<", 1), ng_idb("<", 1, tsresol=9)]
+    blocks.append(ng_idb("<", 1, tsoffset=Y2200_S))
+    for (iface, us), (_ts, data, wirelen) in zip(FAR_TIMES, frames, strict=True):
+        count = (us, us * 1000 + 999, us - Y2200_S * 10**6)[iface]  # (the 999 ns: truncated)
+        blocks.append(ng_epb("<", iface, count, data, wirelen))
+    return b"".join(blocks)
+
+
+@pytest.mark.parametrize("bpf", [None, "tcp"])
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_pcapng_times_past_2106_are_exact(tmp_path, cases, ips, engine, bpf):
+    """pcapy-ng's batches carry seconds in 32 bits: libpcap's 2200 came out as 2106 or
+    before. Beyond year 9999 a packet is still skipped, with its warning."""
+    path = tmp_path / "far.pcapng"
+    path.write_bytes(pcapng_far(link_frames("ethernet", ips)))
+    want = [s._replace(ts=us) for s, (_i, us) in zip(expected(cases), FAR_TIMES, strict=True)]
+    if bpf:
+        want = [s for i, s in enumerate(want) if i not in NOT_TCP_TO_BPF]
+    stats = CaptureStats()
+    assert read(path, engine=engine, bpf=bpf, stats=stats) == want[:-1]
+    assert (stats.bad_times, stats.skipped) == (1, 1)
+    assert (stats.packets, stats.engine) == (
+        len(want),
+        "python" if engine == "python" else "libpcap",
+    )
+    assert stats.warnings == [f"{path}: 1 packet(s) with a time stamp beyond year 9999 skipped"]
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_pcapng_times_before_1970_are_skipped_with_their_warning(tmp_path, cases, ips, engine):
+    """A negative if_tsoffset: a time before 1970 (which libpcap's batches wrapped to 2106)
+    is skipped, as the pipeline takes -1 for "no time yet". The times after are exact: on
+    the µs interface from 1969-12-31T23:58:20Z, and 2026 on the ns one 10^9 s back."""
+    blocks = [
+        ng_shb("<"),
+        ng_idb("<", 1, tsoffset=-100),
+        ng_idb("<", 1, tsresol=9, tsoffset=-(10**9)),
+    ]
+    frames = link_frames("ethernet", ips)
+    for i, (ts, data, wirelen) in enumerate(frames):
+        if i < 5:  # -100 s, -70 s, ..., 20 s
+            blocks.append(ng_epb("<", 0, i * 30 * 10**6 + 7, data, wirelen))
+        else:
+            blocks.append(ng_epb("<", 1, ts + 10**18, data, wirelen))
+    path = tmp_path / "neg.pcapng"
+    path.write_bytes(b"".join(blocks))
+    want = expected(cases)
+    want[4] = want[4]._replace(ts=20 * 10**6 + 7)
+    stats = CaptureStats()
+    assert read(path, engine=engine, stats=stats) == want[4:]
+    assert (stats.early_times, stats.bad_times, stats.skipped, stats.packets) == (4, 0, 4, 8)
+    assert stats.warnings == [f"{path}: 4 packet(s) with a time stamp before 1970 skipped"]
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_pcap_seconds_past_2038_stay_unsigned_when_libpcap_reads_one_at_a_time(
+    tmp_path, cases, ips, engine
+):
+    """A pcap record's seconds are 32 unsigned bits; libpcap 1.9 reads them as signed, which
+    its batches hide but a packet read alone (after a batch failed: the file is cut short)
+    does not: 2038..2106 came out as 1901..1969."""
+    later = (2**32 - 8 - T0_NS // 10**9) * 10**9  # all past 2038, the last in 2106
+    frames = [(ts + later, data, wirelen) for ts, data, wirelen in link_frames("ethernet", ips)]
+    path = tmp_path / "y2106.pcap"
+    path.write_bytes(pcap_file(1, frames)[:-30])  # cut inside the last packet
+    want = [s._replace(ts=s.ts + later // 1000) for s in expected(cases)]
+    assert want[0].ts > 2**31 * 10**6
+    stats = CaptureStats()
+    assert read(path, engine=engine, stats=stats) == want[:-1]
+    [warning] = stats.warnings
+    assert warning.startswith(f"{path}: cut short after packet 7 ("), warning
+
+
+# ---------------------------------------------------------------------------------------
 # An outside oracle
 # ---------------------------------------------------------------------------------------
 
@@ -969,6 +1064,24 @@ def test_tshark_sees_the_same_times_sequence_numbers_and_lengths(corpus):
     ours = [(s.ts, s.seq, len(s.payload) + s.missing) for s in read(path)]
     assert len(ours) == 8
     assert ours == theirs
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tshark_sees_the_same_times_past_2106(tmp_path, ips, engine):
+    path = tmp_path / "far.pcapng"
+    path.write_bytes(pcapng_far(link_frames("ethernet", ips)))
+    out = subprocess.run(
+        [require("tshark"), "-r", str(path), "-T", "fields", "-e", "frame.time_epoch"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    theirs = []
+    for epoch in out.splitlines():
+        sec, _, frac = epoch.partition(".")
+        theirs.append(int(sec) * 10**6 + int(frac.ljust(9, "0")[:6]))
+    assert len(theirs) == len(FAR_TIMES)
+    assert [s.ts for s in read(path, engine=engine)] == theirs[:-1]  # the last: past 9999
 
 
 def test_a_snap_length_inside_the_tcp_header_is_reported_per_file(tmp_path: Path) -> None:
