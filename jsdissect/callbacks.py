@@ -169,7 +169,11 @@ class InlineDecoding:
 
 
 def spare_cpus() -> int:
-    """CPUs this process may use besides the one it runs on (at most MAX_WORKERS)."""
+    """CPUs this process may use besides the one it runs on (at most MAX_WORKERS); none
+    in a daemonic process (a multiprocessing pool's, a Dask task's), which may not start
+    processes of its own."""
+    if multiprocessing.current_process().daemon:
+        return 0
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -199,7 +203,9 @@ class WorkerDecoding:
                 self._start_worker(context, keep_all, forked=start_method == "fork")
         except BaseException as exc:
             self.stop()
-            if isinstance(exc, OSError):  # no process or no pipe to be had
+            # No process or no pipe to be had; or this process is a daemon, which
+            # multiprocessing refuses children with an AssertionError.
+            if isinstance(exc, (OSError, AssertionError)):
                 raise WorkerLost(f"could not start a decoding worker process ({exc!r})") from None
             raise
         self._batches: list[list[tuple]] = [[] for _ in range(workers)]

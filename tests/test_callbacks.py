@@ -273,3 +273,28 @@ def test_cli_jobs_out_of_range_is_a_usage_error() -> None:
     out = cli("tasks", "--jobs", str(callbacks.MAX_WORKERS + 1), "x.pcap")
     assert out.returncode == 2
     assert "--jobs" in out.stderr and "Traceback" not in out.stderr
+
+
+def _analyzed_in_a_pool_worker(workers: int | None) -> tuple[int, list[str], int]:
+    result = jsdissect.analyze(ROOT / "captures" / "demo.pcap", workers=workers)
+    return len(result.task_records), result.stats.warnings, callbacks.spare_cpus()
+
+
+@pytest.mark.parametrize("workers", [None, 1])
+def test_analyze_in_a_daemonic_process_decodes_in_that_process(workers: int | None) -> None:
+    """Found in review: in a multiprocessing pool's worker (or a Dask task) a capture with
+    enough callback traffic to start a decoding worker failed with "daemonic processes are
+    not allowed to have children". Asked for none, it starts none; asked for one, it
+    decodes in its own process, and says why."""
+    import multiprocessing
+
+    tasks = len(jsdissect.analyze(ROOT / "captures" / "demo.pcap", workers=0).task_records)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        found, warnings, spare = pool.apply(_analyzed_in_a_pool_worker, (workers,))
+    assert found == tasks and spare == 0  # (AutoDecoding starts one per spare CPU)
+    if workers is None:
+        assert warnings == []
+    else:
+        (warning,) = warnings
+        assert "could not start a decoding worker process" in warning
+        assert warning.endswith("decoded again in one process")
