@@ -14,6 +14,7 @@ here until the merge, so memory follows the filtered traffic, not the open conne
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -21,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from jsdissect.capture import (
+    CaptureError,
     CapturePath,
     CaptureStats,
     Engine,
@@ -33,7 +35,7 @@ from jsdissect.capture import (
 )
 
 LOCAL = "local"
-CONNECT_TIMEOUT = "10s"  # a scheduler that does not answer: a clear error, not a hang
+CONNECT_TIMEOUT_S = 10  # a scheduler that does not answer: a clear error, not a hang
 
 
 class ClusterError(Exception):
@@ -57,17 +59,58 @@ class DaskReader:
     ) -> Iterator[Segment]:
         sent = _as_sent(files)
         futures = self._client.map(extract_file, sent, bpf=bpf, engine=engine, pure=False)
-        return merged_extracts([str(f) for f in sent], self._client.gather(futures), stats)
+        return merged_extracts([str(f) for f in sent], self._gathered(futures, files), stats)
 
     def capture_end(self, files: Sequence[CapturePath], /) -> int | None:
         """The latest packet time of the files, each walked where it lies."""
-        scans = self._client.gather(self._client.map(scan, _as_sent(files), pure=False))
+        scans = self._gathered(self._client.map(scan, _as_sent(files), pure=False), files)
         return max((s.latest for s in scans if s.latest is not None), default=None)
+
+    def _gathered(self, futures: list[Any], files: Sequence[CapturePath]) -> list[Any]:
+        """The tasks' results. Every file was found readable here before it was sent: a
+        worker that cannot read one says so as a worker (a stream was saved in this
+        machine's temporary folder); workers that died (killed, out of memory) are the
+        cluster's failure, told in one line."""
+        from distributed import KilledWorker
+        from distributed.comm import CommClosedError
+
+        try:
+            return list(self._client.gather(futures))
+        except CaptureError as exc:
+            where = " (as a Dask worker sees it"
+            if any(isinstance(f, Spooled) for f in files):
+                where += "; a stream is saved in this machine's temporary folder"
+            raise CaptureError(f"{exc}{where})") from None
+        except (KilledWorker, CommClosedError) as exc:
+            raise ClusterError(f"Dask workers failed: {type(exc).__name__}: {exc}") from None
 
 
 def _as_sent(files: Sequence[CapturePath]) -> list[Spooled]:
     """The name as given for messages, the absolute file for a worker elsewhere."""
     return [Spooled(display_name(f), os.path.abspath(f)) for f in files]
+
+
+def _probe(address: str) -> None:
+    """Reach the scheduler and complete Dask's handshake within CONNECT_TIMEOUT_S. Dask's
+    own timeout covers the connection, not the handshake: a port that accepts and says
+    nothing (the dashboard's, an easy mistake) would hang the client for ever."""
+    from distributed.comm import connect
+
+    async def reach() -> None:
+        comm = await connect(address, timeout=CONNECT_TIMEOUT_S)
+        await comm.close()
+
+    asyncio.run(asyncio.wait_for(reach(), CONNECT_TIMEOUT_S))
+
+
+def _connect_error(scheduler: str, exc: BaseException) -> ClusterError:
+    if isinstance(exc, TimeoutError):
+        reason = f"no Dask handshake within {CONNECT_TIMEOUT_S} s"
+    elif str(exc):
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    else:
+        reason = type(exc).__name__
+    return ClusterError(f"Dask scheduler {scheduler}: cannot connect ({reason})")
 
 
 @contextlib.contextmanager
@@ -94,7 +137,9 @@ def dask_reader(scheduler: str) -> Iterator[DaskReader]:
         else:
             address = scheduler
         try:
-            client = stack.enter_context(Client(address, timeout=CONNECT_TIMEOUT))
-        except (OSError, ValueError) as exc:  # ValueError: no address Dask can take
-            raise ClusterError(f"Dask scheduler {scheduler}: cannot connect ({exc})") from None
+            if scheduler != LOCAL:
+                _probe(address)
+            client = stack.enter_context(Client(address, timeout=f"{CONNECT_TIMEOUT_S}s"))
+        except Exception as exc:  # anything: what answered is no Dask scheduler we can use
+            raise _connect_error(scheduler, exc) from None
         yield DaskReader(client)

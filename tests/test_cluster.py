@@ -6,6 +6,7 @@ TCP like a scheduler elsewhere would be.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import socket
 import subprocess
@@ -140,6 +141,37 @@ def test_scheduler_that_does_not_answer_is_one_line_naming_it() -> None:
         address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     line = one_line(cli("tasks", DEMO, "--dask-scheduler", address))
     assert line.startswith(f"jsdissect: Dask scheduler {address}: cannot connect")
+
+
+@pytest.mark.parametrize("answer", [None, b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4])
+def test_a_port_that_is_no_scheduler_is_one_line_naming_it(answer: bytes | None) -> None:
+    """Found in review: a port that accepts and says nothing (a scheduler's dashboard port,
+    an easy mistake) hung for ever in Dask's handshake; one that answers other bytes gave
+    an internal error (MemoryError, from a length read in them)."""
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                held.append(conn)  # kept open, silent
+                if answer is not None:
+                    conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        line = one_line(cli("tasks", DEMO, "--dask-scheduler", address))
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    assert line.startswith(f"jsdissect: Dask scheduler {address}: cannot connect (")
+    if answer is None:
+        assert line.endswith("(no Dask handshake within 10 s)")
 
 
 def test_without_dask_the_option_says_what_to_install() -> None:
