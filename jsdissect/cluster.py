@@ -18,6 +18,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
+import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -90,6 +93,21 @@ def _as_sent(files: Sequence[CapturePath]) -> list[Spooled]:
     return [Spooled(display_name(f), os.path.abspath(f)) for f in files]
 
 
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """SIGINT ignored while the local cluster's processes start, so that they ignore it
+    too: a Ctrl-C at the terminal reaches the whole process group, and each worker would
+    print its own traceback (found in review). This process's handler is put back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # (signals can only be set from the main thread)
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def _probe(address: str) -> None:
     """Reach the scheduler and complete Dask's handshake within CONNECT_TIMEOUT_S. Dask's
     own timeout covers the connection, not the handshake: a port that accepts and says
@@ -118,6 +136,7 @@ def dask_reader(scheduler: str) -> Iterator[DaskReader]:
     """A reader on the scheduler at `scheduler` ("local": a new cluster of this machine),
     for the time of the block."""
     try:
+        import dask
         from dask.distributed import Client, LocalCluster
     except ImportError:
         raise ClusterError("--dask-scheduler needs Dask: pip install 'jsdissect[dask]'") from None
@@ -125,14 +144,18 @@ def dask_reader(scheduler: str) -> Iterator[DaskReader]:
         if scheduler == LOCAL:
             # Decoding holds the GIL: one process per core. The dashboard's HTTP server on a
             # free port, not 8787 with a warning when that is taken; only errors logged.
-            cluster = stack.enter_context(
-                LocalCluster(
+            # Its scratch space (lock files) in a folder of ours, removed afterwards.
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="jsdissect-"))
+            stack.enter_context(dask.config.set({"temporary-directory": scratch}))
+            with _interrupts_ignored():  # inherited: Ctrl-C stops jsdissect, which stops them
+                local = LocalCluster(
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=":0",
                     silence_logs=logging.ERROR,
+                    local_directory=scratch,
                 )
-            )
+            cluster = stack.enter_context(local)
             address = cluster.scheduler_address
         else:
             address = scheduler

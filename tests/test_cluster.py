@@ -174,6 +174,21 @@ def test_a_port_that_is_no_scheduler_is_one_line_naming_it(answer: bytes | None)
         assert line.endswith("(no Dask handshake within 10 s)")
 
 
+def test_a_local_cluster_leaves_nothing_in_the_temporary_folder(tmp_path) -> None:
+    """Found in review: Dask's scratch space (lock files) stayed in $TMPDIR after each run."""
+    import os
+
+    env = os.environ | {"TMPDIR": str(tmp_path)}
+    run = subprocess.run(
+        [sys.executable, "-m", "jsdissect", "tasks", str(DEMO), "-q", "--dask-scheduler", "local"],
+        capture_output=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_without_dask_the_option_says_what_to_install() -> None:
     blocked = "import sys; sys.modules['distributed'] = None; from jsdissect.cli import main; "
     out = subprocess.run(
