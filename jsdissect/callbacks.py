@@ -23,7 +23,9 @@ import multiprocessing
 import os
 import pickle
 import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection as Pipe
@@ -148,6 +150,14 @@ class InlineDecoding:
     def results(self) -> dict[int, Result]:
         for key in list(self._open):  # not closed: the capture ended first
             self.close(key)
+        return self.results_closed()
+
+    def closed(self) -> int:
+        """Connections closed whose results were not taken yet."""
+        return len(self._done)
+
+    def results_closed(self) -> dict[int, Result]:
+        """The results of the connections closed so far, handed over once."""
         done, self._done = self._done, {}
         return done
 
@@ -198,6 +208,7 @@ class WorkerDecoding:
         sys.stderr.flush()
         self._pipes: list[Pipe] = []
         self._procs: list[multiprocessing.process.BaseProcess] = []
+        self._receivers: list[_Receiver] = []
         try:
             for _ in range(workers):
                 self._start_worker(context, keep_all, forked=start_method == "fork")
@@ -224,6 +235,7 @@ class WorkerDecoding:
         with _stop_signals_blocked():  # the child sets its handlers before one is delivered
             proc.start()
         theirs.close()
+        self._receivers.append(_Receiver(ours))
 
     # A connection always goes to the same worker: the one its key names, so the keys the
     # pipeline numbers connections by take turns.
@@ -245,9 +257,8 @@ class WorkerDecoding:
             self._send(index)
             self._call(self._pipes[index].send_bytes, b"")  # the end of the operations
         done: dict[int, Result] = {}
-        for pipe in self._pipes:
-            for chunk in self._chunks(pipe):
-                done.update(chunk)
+        for receiver in self._receivers:
+            done.update(receiver.wait())
         self.stop()
         return done
 
@@ -255,7 +266,10 @@ class WorkerDecoding:
         """Close the pipes: each worker sees the end of its input and ends; one still busy
         after STOP_WAIT seconds is killed. Also when interrupted while waiting."""
         pipes, procs = self._pipes, [p for p in self._procs if p.pid is not None]
-        self._pipes, self._procs = [], []
+        receivers = self._receivers
+        self._pipes, self._procs, self._receivers = [], [], []
+        for receiver in receivers:
+            receiver.end()  # wakes its thread (still reading when stopped early)
         for pipe in pipes:
             pipe.close()
         try:
@@ -283,19 +297,49 @@ class WorkerDecoding:
         self._batches[index] = []
         self._batch_bytes[index] = 0
 
-    def _chunks(self, pipe: Pipe) -> Iterator[dict[int, Result]]:
-        while True:
-            payload = self._call(pipe.recv_bytes)
-            if not payload:
-                return
-            yield pickle.loads(payload)
-
     @staticmethod
     def _call(fn: Callable[..., T], *args: Any) -> T:
         try:
             return fn(*args)
         except (OSError, EOFError) as exc:  # BrokenPipeError, a worker killed, …
             raise WorkerLost(f"a decoding worker process was lost ({exc!r})") from None
+
+
+class _Receiver:
+    """Takes a worker's results as they come (the worker sends them as connections close,
+    so that they are held in one process, not two), on a thread of its own: a worker
+    blocked sending results while this process is blocked sending it bytes would wait
+    for ever."""
+
+    def __init__(self, pipe: Pipe) -> None:
+        self._pipe = pipe
+        self._done: dict[int, Result] = {}
+        self._lost: BaseException | None = None
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        try:
+            while payload := self._pipe.recv_bytes():
+                self._done.update(pickle.loads(payload))
+        except (OSError, EOFError) as exc:  # the worker died, or stop() ended the pipe
+            self._lost = exc
+
+    def wait(self) -> dict[int, Result]:
+        """Every result, once the worker sent its last one."""
+        self._thread.join()
+        if self._lost is not None:
+            raise WorkerLost(f"a decoding worker process was lost ({self._lost!r})")
+        return self._done
+
+    def end(self) -> None:
+        """Stop reading: shut the socket down (closing the descriptor under a thread that
+        reads it would not wake it), and wait for the thread."""
+        with contextlib.suppress(OSError):  # (a closed pipe; not a socket off Linux)
+            sock = socket.socket(fileno=os.dup(self._pipe.fileno()))
+            with sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(STOP_WAIT)  # (a daemon thread: it cannot keep the process alive)
 
 
 class AutoDecoding:
@@ -375,6 +419,8 @@ def _worker_main(pipe: Pipe, keep_all: bool, inherited: tuple[Pipe, ...] = ()) -
     try:
         while payload := pipe.recv_bytes():
             decoding.apply(pickle.loads(payload))
+            if decoding.closed() >= RESULT_CHUNK:  # sent on: memory in one process only
+                pipe.send_bytes(pickle.dumps(decoding.results_closed(), pickle.HIGHEST_PROTOCOL))
         results = list(decoding.results().items())
         for start in range(0, len(results), RESULT_CHUNK):
             chunk = dict(results[start : start + RESULT_CHUNK])

@@ -114,6 +114,28 @@ def test_worker_decoding_raises_worker_lost_when_killed() -> None:
     decoding.stop()
 
 
+def test_a_worker_sends_results_back_as_its_connections_close() -> None:
+    """Found in review: a worker held every result until the end, so at the peak both
+    processes held them all (dense `messages`: 513 MB over both against 290 MB in one).
+    Results of closed connections now come back while bytes still go out."""
+    decoding = callbacks.WorkerDecoding(1, keep_all=True)
+    try:
+        for key in range(callbacks.RESULT_CHUNK):
+            decoding.open(key, f"C{key}", None)
+            decoding.close(key)
+        decoding._send(0)
+        decoding.open(10**6, "still-open", None)
+        decoding._send(0)  # the worker sends what closed once it took this batch in
+        receiver = decoding._receivers[0]
+        deadline = time.monotonic() + 60  # a bound on waiting, not on speed
+        while len(receiver._done) < callbacks.RESULT_CHUNK and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(receiver._done) == list(range(callbacks.RESULT_CHUNK))
+        assert set(decoding.results()) == {*range(callbacks.RESULT_CHUNK), 10**6}
+    finally:
+        decoding.stop()
+
+
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_workers_end_by_themselves_when_their_input_ends(start_method: str) -> None:
     """A run that stops early (an unreadable file, Ctrl-C) closes the pipes without asking
