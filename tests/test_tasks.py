@@ -394,9 +394,17 @@ def test_a_callback_picked_up_mid_stream_is_its_tasks_while_the_port_is(
     cmd.send(CLIENT, remote_task_close("700001"))
     cmd.send(SERVER, ok_answer(answer_time(cap)))
     cmd.close()
-    (row,) = table(cap.write(tmp_path / "late_pickup.pcap"))
+    capture = cap.write(tmp_path / "late_pickup.pcap")
+    (row,) = table(capture)
     assert (row["process_id"], row["callback_port"], row["log_lines"]) == ("700001", 59999, 1)
     assert row["callback_conn"] and row["status"] == "completed"
+    require("tshark")
+    (theirs,) = wireshark.analyze([capture]).tasks
+    assert (theirs["process_id"], theirs["log_lines"], theirs["status"]) == (
+        "700001",
+        1,
+        "completed",
+    )
 
 
 @pytest.mark.parametrize("late_s", [59, 61])
@@ -468,10 +476,18 @@ def test_a_callback_picked_up_mid_stream_is_matched_on_the_announced_port(
     cmd.send(CLIENT, remote_task_close("700002"))
     cmd.send(SERVER, ok_answer(answer_time(cap)))
     cmd.close()
-    (row,) = table(cap.write(tmp_path / "picked_up.pcap"))
+    capture = cap.write(tmp_path / "picked_up.pcap")
+    (row,) = table(capture)
     ports = (row["process_id"], row["callback_port"], row["callback_src_port"])
     assert ports == ("700002", 59999, 45000)
     assert row["callback_conn"] and row["status"] == "completed"
+    require("tshark")
+    (theirs,) = wireshark.analyze([capture]).tasks
+    assert (theirs["callback_port"], theirs["callback_src_port"], theirs["status"]) == (
+        59999,
+        45000,
+        "completed",
+    )
 
 
 @pytest.mark.parametrize("space", ["own segment", "close's segment"])

@@ -541,7 +541,9 @@ local function match_callback(conn, controller_ip, port, source_ip, when)
             local free = t.callback == nil or (pass == 1 and waits_for_exact(t))
             if free and t.start_seen and not t.start_failed
                 and t.callback_port == port and t.start_sent <= when then
-                local window_end = t.start_sent + CALLBACK_TIMEOUT_US
+                -- picked up mid-stream, its SYN came before: a live one was accepted within
+                -- 60 s, so it is the task's until the port's next start (as jsdissect)
+                local window_end = conn.syn and t.start_sent + CALLBACK_TIMEOUT_US or math.huge
                 if t.window_end and t.window_end < window_end then window_end = t.window_end end
                 local cmd_closed = t.cmd and t.cmd.closed
                 if when <= window_end and (cmd_closed == nil or when <= cmd_closed)
