@@ -73,6 +73,7 @@ class CaptureStats:
     # before them keep their positions.
     bad_times: int = 0  # beyond year 9999, which no table can show
     early_times: int = 0  # before 1970 (see MAX_TIME_US)
+    encapsulated: int = 0  # in MPLS or PPPoE (also counted as skipped)
 
     def absorb(self, file: CaptureStats, name: str) -> None:
         """Add what reading one file saw (`name`: as warnings call it)."""
@@ -83,6 +84,7 @@ class CaptureStats:
         self.truncated_packets += file.truncated_packets
         self.bad_times += file.bad_times
         self.early_times += file.early_times
+        self.encapsulated += file.encapsulated
         self.engine = file.engine or self.engine
         self.warnings += file.warnings
         if file.truncated_packets:
@@ -96,6 +98,11 @@ class CaptureStats:
         if file.early_times:
             self.warnings.append(
                 f"{name}: {file.early_times} packet(s) with a time stamp before 1970 skipped"
+            )
+        if file.encapsulated:
+            self.warnings.append(
+                f"{name}: {file.encapsulated} packet(s) of an unsupported encapsulation"
+                " (MPLS/PPPoE) skipped"
             )
 
     def __reduce__(self) -> tuple[type[CaptureStats], tuple[Any, ...]]:
@@ -129,7 +136,13 @@ LT_NULL, LT_ETHERNET, LT_RAW, LT_LOOP, LT_LINUX_SLL = 0, 1, 101, 108, 113
 LT_RAW_BSD, LT_RAW_OPENBSD, LT_IPV4, LT_IPV6, LT_LINUX_SLL2 = 12, 14, 228, 229, 276
 
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
+NO_MACS = bytes(12)  # an Ethernet header's addresses, for a frame rebuilt to be filtered
+# Linux cooked v1/v2: where the protocol (an EtherType) is, and the header's length
+SLL_PROTOCOL_AT = {LT_LINUX_SLL: 14, LT_LINUX_SLL2: 0}
+SLL_HEADER_LEN = {LT_LINUX_SLL: 16, LT_LINUX_SLL2: 20}
 VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad, old QinQ
+# MPLS unicast and multicast, PPPoE session: IP inside that is not decoded, but counted
+ENCAPSULATIONS = (0x8847, 0x8848, 0x8864)
 AF_INET_BSD, AF_INET6_BSD = 2, (24, 28, 30)  # NetBSD/OpenBSD, FreeBSD, Darwin
 IPPROTO_TCP = 6
 IPV6_EXT_GENERIC = (0, 43, 60)  # hop-by-hop, routing, destination options: (len+1)*8 bytes
@@ -170,14 +183,19 @@ BYTE_ORDER_MAGIC = 0x1A2B3C4D
 BT_SHB, BT_IDB, BT_PB, BT_SPB, BT_EPB = 0x0A0D0D0A, 1, 2, 3, 6
 OPT_END, IF_TSRESOL, IF_TSOFFSET = 0, 9, 14
 PCAPNG_MIN_SHB_LEN = 28
-MAX_BLOCK_LEN = 16 * 1024 * 1024  # larger means a corrupt length field, not a real block
+# A packet or interface block longer means a corrupt length field, not a real block (other
+# blocks longer than a chunk are read past, see _read_past).
+MAX_BLOCK_LEN = 16 * 1024 * 1024
 
 CHUNK = 1 << 20
 LIBPCAP_BATCH = 1024
 HOST_ORDER = "<" if sys.byteorder == "little" else ">"
 
-# Decoder results that are not a Segment.
-_SKIP, _FRAG, _CUT = 0, 1, 2  # decoders' results other than a Segment; _CUT: by the snaplen
+# Decoder results that are not a Segment; _CUT: by the snaplen, _ENCAP: see ENCAPSULATIONS.
+# A negative result, ~offset: an IP header at that offset whose length field is 0 (see
+# _unsized_ip); the engine decodes it again knowing the frame's length on the wire.
+_SKIP, _FRAG, _CUT, _ENCAP = 0, 1, 2, 3
+
 # 9999-12-31T23:59:59.999999Z: what a time can print. Final: compiled, the hot loops compare
 # with a constant, not a module global looked up per packet.
 MAX_TIME_US: Final = 253_402_300_799_999_999
@@ -282,7 +300,9 @@ def _tcp_segment(
     )
 
 
-def _ipv4(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
+def _ipv4(buf: bytes, off: int, end: int, ts: int, wire_end: int = -1) -> Segment | int:
+    """`wire_end`: where the frame ended on the wire, for a total length of 0 (-1: not
+    known yet, see _unsized_ip)."""
     if off + 20 > end:
         return _SKIP
     vihl, total, frag, proto, src, dst = IPV4_HDR.unpack_from(buf, off)
@@ -294,7 +314,9 @@ def _ipv4(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
         return _SKIP
     hlen = (vihl & 0x0F) << 2
     if total == 0:  # segmentation offload: the length is left for the NIC to fill in
-        total = end - off
+        if wire_end < 0:
+            return ~off
+        total = (wire_end if wire_end > end else end) - off
     if hlen < 20 or total < hlen:
         return _SKIP
     # The wire length comes from the IP header, never the frame: Ethernet pads short frames.
@@ -310,14 +332,19 @@ def _ipv4(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
     )
 
 
-def _ipv6(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
+def _ipv6(buf: bytes, off: int, end: int, ts: int, wire_end: int = -1) -> Segment | int:
+    """`wire_end`: as for _ipv4."""
     if off + 40 > end:
         return _SKIP
     vtf, plen, nxt, src, dst = IPV6_HDR.unpack_from(buf, off)
     if vtf >> 28 != 6:
         return _SKIP
-    # Payload length 0: a jumbogram or segmentation offload; take what was captured.
-    ip_end = off + 40 + plen if plen else end
+    if plen:
+        ip_end = off + 40 + plen
+    elif wire_end < 0:  # a jumbogram or segmentation offload: as long as the frame
+        return ~off
+    else:
+        ip_end = wire_end if wire_end > end else end
     cap_end = ip_end if ip_end < end else end
     pos = off + 40
     while nxt != IPPROTO_TCP:
@@ -345,6 +372,24 @@ def _ipv6(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
     )
 
 
+def _unsized_ip(buf: bytes, off: int, end: int, ts: int, wire_end: int) -> Segment | int:
+    """The IP packet at `off` whose length field is 0, its length what its frame had on
+    the wire (`wire_end`: where the frame would end in buf). Segmentation offload leaves
+    the length to the NIC; a capture on the sending host sees 0, and a snap length may
+    have cut the packet: the length captured would hide that."""
+    if buf[off] >> 4 == 4:
+        return _ipv4(buf, off, end, ts, wire_end)
+    return _ipv6(buf, off, end, ts, wire_end)
+
+
+def _resized(buf: bytes, off: int, end: int, ts: int, wire_end: int) -> Segment | int:
+    """_unsized_ip, for the engines."""
+    try:
+        return _unsized_ip(buf, off, end, ts, wire_end)
+    except (struct.error, IndexError):  # as for any decoder
+        return _SKIP
+
+
 def _ethertype(buf: bytes, off: int, end: int, ts: int, etype: int) -> Segment | int:
     """Dispatch on an EtherType, stepping over any VLAN tags first."""
     while etype in VLAN_TPIDS:
@@ -356,6 +401,8 @@ def _ethertype(buf: bytes, off: int, end: int, ts: int, etype: int) -> Segment |
         return _ipv4(buf, off, end, ts)
     if etype == ETH_IPV6:
         return _ipv6(buf, off, end, ts)
+    if etype in ENCAPSULATIONS:
+        return _ENCAP
     return _SKIP
 
 
@@ -463,14 +510,58 @@ def _pcapy() -> Any:
 
 
 def _filter_for_linktype(bpf: str, linktype: int) -> str:
-    """The user's filter, widened on Ethernet to frames with one or two VLAN tags.
+    """The user's filter, widened on Ethernet to frames with one or two VLAN tags, and on
+    Linux cooked captures to every tagged frame (see `_tags_filtered`); on both, to the
+    frames of an encapsulation not decoded, to count them (ENCAPSULATIONS).
 
     libpcap's `vlan` keyword shifts the offsets of everything compiled after it, so the
     tagged alternatives are nested (not listed side by side) to test each depth once.
     """
+    if linktype in SLL_PROTOCOL_AT:
+        at = SLL_PROTOCOL_AT[linktype]
+        passed = (*VLAN_TPIDS, *ENCAPSULATIONS)
+        return " or ".join([f"({bpf})", *(f"link[{at}:2] = {proto:#06x}" for proto in passed)])
     if linktype != LT_ETHERNET:
         return bpf
-    return f"({bpf}) or (vlan and (({bpf}) or (vlan and ({bpf}))))"
+    bpf = " or ".join([f"({bpf})", *(f"ether proto {proto:#06x}" for proto in ENCAPSULATIONS)])
+    return f"{bpf} or (vlan and ({bpf} or (vlan and ({bpf}))))"
+
+
+def _decoder(linktype: int, bpf: str | None) -> Decoder | None:
+    """The decoder of a link type (None: not supported) under a filter."""
+    decoder = DECODERS.get(linktype)
+    if decoder is not None and bpf and linktype in SLL_PROTOCOL_AT:
+        return _tags_filtered(decoder, linktype, bpf)
+    return decoder
+
+
+def _tags_filtered(decoder: Decoder, linktype: int, bpf: str) -> Decoder:
+    """A Linux cooked capture's decoder that applies the filter to the VLAN-tagged frames.
+
+    libpcap's `vlan` keyword does not work on cooked captures, so its filter passes them
+    all (`_filter_for_linktype`); here each is tested as the Ethernet frame of the same tags
+    and packet would be, with the filter as compiled for Ethernet: the same segments as
+    from the untagged frames, in both engines."""
+    pcapy = _pcapy()
+    try:
+        program = pcapy.compile(LT_ETHERNET, 65535, _filter_for_linktype(bpf, LT_ETHERNET), 1, 0)
+        run = program.filter
+    except pcapy.PcapError:  # (it compiled for Ethernet in _check_filter) rejects all
+        run = _rejects_frame
+    at, body = SLL_PROTOCOL_AT[linktype], SLL_HEADER_LEN[linktype]
+
+    def decode(buf: bytes, off: int, end: int, ts: int) -> Segment | int:
+        if off + body <= end and (buf[off + at] << 8 | buf[off + at + 1]) in VLAN_TPIDS:
+            frame = NO_MACS + buf[off + at : off + at + 2] + buf[off + body : end]
+            if not run(frame):
+                return _SKIP
+        return decoder(buf, off, end, ts)
+
+    return decode
+
+
+def _rejects_frame(frame: bytes) -> int:
+    return 0
 
 
 def _rejects_all(exc: Exception) -> bool:
@@ -521,6 +612,20 @@ def _family_as_compiled(family_order: str, program_order: str) -> Callable[[byte
     return rewrite
 
 
+def _unsupported_filter(bpf: str, linktype: int, file_order: str, path: str) -> PacketFilter:
+    """The filter of a link type without a decoder: its packets are skipped anyway, and
+    counted as libpcap hands them over. libpcap cannot compile a filter for many such types
+    (USB, NFLOG, 802.11): then, as for the libpcap engine, none is handed over."""
+    try:
+        return _python_filter(bpf, linktype, file_order, path)
+    except CaptureError:
+        return _reject_all
+
+
+def _reject_all(buf: bytes, off: int, end: int) -> bool:
+    return False
+
+
 def _python_filter(bpf: str, linktype: int, file_order: str, path: str) -> PacketFilter:
     """A filter that rejects exactly the packets libpcap's BPF would reject for this file."""
     pcapy = _pcapy()
@@ -532,7 +637,7 @@ def _python_filter(bpf: str, linktype: int, file_order: str, path: str) -> Packe
         )
     except pcapy.PcapError as exc:
         if _rejects_all(exc):
-            return lambda buf, off, end: False
+            return _reject_all
         # The filter is jsdissect's own and long: its text would bury the reason.
         raise CaptureError(f"{path}: link type {linktype} cannot be filtered ({exc})") from None
     run = program.filter
@@ -711,7 +816,7 @@ def _spool(path: CapturePath, made: list[str]) -> Spooled:
     made.append(file)
     try:
         with os.fdopen(fd, "wb") as out, _open_pipe(path, name) as source:
-            problem = _copy(source, out, name)
+            problem = _copy(source, out, name, file)
     except OSError as exc:  # writing, or the last flush: _copy keeps the read errors
         raise CaptureError(f"{name}: {_no_copy(exc)}") from None
     return Spooled(name, file, problem)
@@ -728,9 +833,12 @@ def _open_pipe(path: CapturePath, name: str) -> IO[bytes]:
         raise CaptureError(f"{name}: {_os_problem(exc)}") from None
 
 
-def _copy(source: IO[bytes], out: IO[bytes], name: str) -> str:
-    """Copy to the end of the stream. A read error ends it early: returned, for a warning
-    (what came before is kept); a write error is raised."""
+def _copy(source: IO[bytes], out: IO[bytes], name: str, file: str) -> str:
+    """Copy to the end of the stream into `out`, the file `file`. A read error ends it
+    early: returned, for a warning (what came before is kept); a write error is raised, and
+    so is a CaptureError as soon as the first bytes show it is not a capture."""
+    size = 0
+    check_at = PCAPNG_MIN_SHB_LEN  # the size of the copy at which to look at it (next)
     while True:
         try:
             chunk = source.read(SPOOL_CHUNK)
@@ -742,6 +850,37 @@ def _copy(source: IO[bytes], out: IO[bytes], name: str) -> str:
         if not chunk:
             return ""
         out.write(chunk)
+        size += len(chunk)
+        if 0 < check_at <= size:
+            out.flush()
+            check_at = _check_spooled(name, file, size)
+
+
+# A compressed stream's first decompressed bytes may need a whole block (bzip2: 900 KB, lz4's
+# legacy format: 8 MB compressed): looked for at sizes doubling up to this, then left to
+# the check of the whole copy.
+SPOOL_CHECK_LIMIT = 64 * SPOOL_CHUNK
+
+
+def _check_spooled(name: str, file: str, size: int) -> int:
+    """Look at the first `size` bytes of a pipe's copy: a CaptureError if they are not a
+    capture's beginning (text: `tcpdump` without `-w -`), not to copy a stream of GBs for
+    nothing; the size at which to look again when they do not tell yet, 0 when they did."""
+    with open(file, "rb") as f:
+        head = f.read(PCAPNG_MIN_SHB_LEN)
+        codec = codec_of_file(f, head)
+    if codec is None:
+        _capture_format(name, head, None)
+        return 0
+    reader = _ChunkReader(_FileInfo(name, "", codec, file))
+    try:
+        data = reader.read_at_least(4)  # its end is likely cut: a problem, and what came before
+    finally:
+        reader.close()
+    if len(data) >= 4:
+        _capture_format(name, data, codec)
+        return 0
+    return size * 2 if size < SPOOL_CHECK_LIMIT else 0
 
 
 def _no_copy(exc: OSError) -> str:
@@ -769,20 +908,26 @@ def _identify(given: CapturePath) -> _FileInfo:
             raise CaptureError(f"{path}: unreadable {codec.name} data ({reader.cause})")
         if not head:
             raise CaptureError(f"{path}: empty {codec.name} file")
-    magic = head[:4]
-    if magic in PCAP_MAGICS:
-        fmt, need = "pcap", PCAP_FILE_HDR_LEN
-    elif magic == PCAPNG_MAGIC:
-        fmt, need = "pcapng", PCAPNG_MIN_SHB_LEN
-    else:
-        what = f"{codec.name}-compressed file is not" if codec else "not"
-        number = int.from_bytes(magic.ljust(4, b"\0"), "big")
-        raise CaptureError(f"{path}: {what} a pcap or pcapng file (magic 0x{number:08x})")
+    fmt = _capture_format(path, head, codec)
+    need = PCAP_FILE_HDR_LEN if fmt == "pcap" else PCAPNG_MIN_SHB_LEN
     if len(head) < need:
         raise CaptureError(f"{path}: cut short in the {fmt} file header")
     if fmt == "pcapng" and _section_order(head, 0) is None:
         raise CaptureError(f"{path}: bad pcapng section header (byte-order magic)")
     return _FileInfo(path, fmt, codec, source)
+
+
+def _capture_format(path: str, head: bytes, codec: Codec | None) -> str:
+    """The format ("pcap" or "pcapng") by the magic that begins `head`, decompressed; a
+    CaptureError if it is neither."""
+    magic = head[:4]
+    if magic in PCAP_MAGICS:
+        return "pcap"
+    if magic == PCAPNG_MAGIC:
+        return "pcapng"
+    what = f"{codec.name}-compressed file is not" if codec else "not"
+    number = int.from_bytes(magic.ljust(4, b"\0"), "big")
+    raise CaptureError(f"{path}: {what} a pcap or pcapng file (magic 0x{number:08x})")
 
 
 class _ChunkReader:
@@ -801,20 +946,20 @@ class _ChunkReader:
         self.problem = ""  # why the data ended early, if it did
         self.cause = ""  # the error that ended it
 
-    def read(self) -> bytes:
+    def read(self, size: int = CHUNK) -> bytes:
         if self.problem:
             return b""
         try:
-            return self._read(CHUNK)
+            return self._read(size)
         except self._errors as exc:
             self.cause = str(exc) or type(exc).__name__
             broken = f"{self.codec.name} data broken: " if self.codec else ""
             self.problem = broken + self.cause
             return b""
 
-    def read_at_least(self, size: int) -> bytes:
-        data = self.read()
-        while len(data) < size and (more := self.read()):
+    def read_at_least(self, size: int, chunk: int = CHUNK) -> bytes:
+        data = self.read(chunk)
+        while len(data) < size and (more := self.read(chunk)):
             data += more
         return data
 
@@ -866,7 +1011,8 @@ def decompress(path: CapturePath, out: Path) -> None:
 # Pure-Python readers: batches of records (ts, start, end, decoder, filter) in a buffer
 # ---------------------------------------------------------------------------------------
 
-Record = tuple[int, int, int, Decoder, "PacketFilter | None"]
+# (ts, start, end, length on the wire, decoder, filter)
+Record = tuple[int, int, int, int, Decoder, "PacketFilter | None"]
 Batch = tuple[bytes, list[Record]]
 
 
@@ -890,11 +1036,15 @@ class _Reading:
         """Decoder and filter for a link type in a file (section) of byte order `order`."""
         key = (linktype, order)
         if key not in self._links:
-            decoder = DECODERS.get(linktype)
+            decoder = _decoder(linktype, self.bpf)
+            filt = None
             if decoder is None:
                 decoder = _unsupported_link
                 self.warnings.append(_unsupported_warning(self.info.path, linktype))
-            filt = _python_filter(self.bpf, linktype, order, self.info.path) if self.bpf else None
+                if self.bpf:
+                    filt = _unsupported_filter(self.bpf, linktype, order, self.info.path)
+            elif self.bpf:
+                filt = _python_filter(self.bpf, linktype, order, self.info.path)
             self._links[key] = (decoder, filt)
         return self._links[key]
 
@@ -931,7 +1081,7 @@ def _pcap_batches(r: _Reading) -> Iterator[Batch]:
         records: list[Record] = []
         size, corrupt = len(buf), ""
         while pos + rec_len <= size:
-            sec, frac, caplen, _wirelen = rec_hdr(buf, pos)
+            sec, frac, caplen, wirelen = rec_hdr(buf, pos)
             if caplen > MAX_SNAPLEN:
                 corrupt = f"corrupt record at byte {offset + pos}: captured length {caplen}"
                 break
@@ -939,7 +1089,7 @@ def _pcap_batches(r: _Reading) -> Iterator[Batch]:
             if start + caplen > size:
                 break
             ts = sec * 1_000_000 + (frac // 1000 if nano else frac)
-            records.append((ts, start, start + min(caplen, snaplen), decoder, filt))
+            records.append((ts, start, start + min(caplen, snaplen), wirelen, decoder, filt))
             pos = start + caplen
         r.packets += len(records)
         if records:
@@ -1000,9 +1150,9 @@ class _Section:
         if start + 20 > end:
             raise _Corrupt("packet block too short")
         if btype == BT_EPB:
-            ifid, hi, lo, caplen, _wirelen = self.epb(buf, start)
+            ifid, hi, lo, caplen, wirelen = self.epb(buf, start)
         else:
-            ifid, _drops, hi, lo, caplen, _wirelen = self.pb(buf, start)
+            ifid, _drops, hi, lo, caplen, wirelen = self.pb(buf, start)
         if ifid >= len(self.interfaces):
             raise _Corrupt(f"packet of undefined interface {ifid}")
         data = start + 20
@@ -1010,7 +1160,7 @@ class _Section:
             raise _Corrupt(f"captured length {caplen} beyond its block")
         iface = self.interfaces[ifid]
         ts = ((hi << 32) | lo) * iface.mul // iface.div + iface.offset_us
-        return ts, data, data + caplen, iface.decoder, iface.filt
+        return ts, data, data + caplen, wirelen, iface.decoder, iface.filt
 
     def _simple_packet(self, buf: bytes, start: int, end: int) -> Record:
         # An SPB belongs to interface 0 and has no time stamp: like libpcap, report time 0
@@ -1018,10 +1168,11 @@ class _Section:
         if start + 4 > end or not self.interfaces:
             raise _Corrupt("simple packet block without an interface")
         iface = self.interfaces[0]
-        caplen = min(self.u32(buf, start)[0], iface.snaplen)
+        wirelen = self.u32(buf, start)[0]
+        caplen = min(wirelen, iface.snaplen)
         if start + 4 + caplen > end:
             raise _Corrupt(f"captured length {caplen} beyond its block")
-        return iface.offset_us, start + 4, start + 4 + caplen, iface.decoder, iface.filt
+        return iface.offset_us, start + 4, start + 4 + caplen, wirelen, iface.decoder, iface.filt
 
 
 def _section_order(buf: bytes, pos: int) -> str | None:
@@ -1052,10 +1203,11 @@ def _pcapng_batches(r: _Reading) -> Iterator[Batch]:
         raise CaptureError(f"{r.info.path}: cut short in the pcapng file header")
     section = _Section(_section_order(buf, 0) or ">")
     packet_blocks = (BT_EPB, BT_SPB, BT_PB)
+    read_blocks = (BT_EPB, BT_SPB, BT_PB, BT_IDB, BT_SHB)
     pos, offset = 0, 0  # offset: where buf starts in the file
     while buf:
         records: list[Record] = []
-        size, corrupt = len(buf), ""
+        size, corrupt, passing = len(buf), "", 0
         try:
             while pos + 12 <= size:
                 btype = section.u32(buf, pos)[0]
@@ -1064,6 +1216,10 @@ def _pcapng_batches(r: _Reading) -> Iterator[Batch]:
                     if order is None:
                         raise _Corrupt("bad section header")
                     section = _Section(order)
+                elif btype not in read_blocks and pos + section.u32(buf, pos + 4)[0] > size:
+                    passing = _passed_length(section, buf, pos)
+                    if passing:
+                        break
                 total = _block_length(section, buf, pos)
                 if not total:
                     break
@@ -1078,7 +1234,40 @@ def _pcapng_batches(r: _Reading) -> Iterator[Batch]:
         if records:
             yield buf, records
         offset += pos
+        if passing:
+            buf, tail = _read_past(r, buf, pos, passing)
+            pos = 0
+            if len(tail) < 4:
+                corrupt = f"a block of {passing} bytes cut short at byte {offset}"
+            elif section.u32(tail)[0] != passing:
+                corrupt = f"block lengths disagree at byte {offset}"
+            else:
+                offset += passing
+                if buf:
+                    continue  # read what follows it
         buf, pos = r.refill(buf, pos, corrupt), 0
+
+
+def _passed_length(section: _Section, buf: bytes, pos: int) -> int:
+    """The length of the block at buf[pos], not one of a packet or an interface and not all
+    in buf yet, when it is too long to hold (the readers read past it); else 0."""
+    total = section.u32(buf, pos + 4)[0]
+    return total if total > CHUNK and not total % 4 else 0
+
+
+def _read_past(r: _Reading, buf: bytes, pos: int, length: int) -> tuple[bytes, bytes]:
+    """Read past the block of `length` bytes at buf[pos], a chunk at a time (a Name
+    Resolution or Decryption Secrets block, a custom one, may be longer than a packet
+    block can be): what follows it, and its last 4 bytes (fewer: the data ended first)."""
+    end = pos + length  # in buf, then in each chunk read
+    tail = b""
+    while end > len(buf):
+        end -= len(buf)
+        tail = (tail + buf[-4:])[-4:]
+        buf = r.source.read()
+        if not buf:
+            return b"", b""
+    return buf[end:], (tail + buf[:end])[-4:]
 
 
 def _batch_times_whole(info: _FileInfo) -> bool:
@@ -1205,10 +1394,20 @@ def capture_end(paths: Sequence[CapturePath]) -> int | None:
 class _Counts:
     """Counters of one file, added to CaptureStats after every batch."""
 
-    __slots__ = ("fragments", "packets", "segments", "skipped", "truncated")
+    __slots__ = ("encapsulated", "fragments", "packets", "segments", "skipped", "truncated")
 
     def __init__(self) -> None:
         self.packets = self.segments = self.skipped = self.fragments = self.truncated = 0
+        self.encapsulated = 0
+
+    def not_segment(self, result: int) -> None:
+        """Count a decoder's result other than a Segment."""
+        if result == _FRAG:
+            self.fragments += 1
+        else:
+            self.skipped += 1
+            self.truncated += result == _CUT
+            self.encapsulated += result == _ENCAP
 
     def add(self, packets: int, segments: int, truncated: int) -> None:
         self.packets += packets
@@ -1221,7 +1420,9 @@ class _Counts:
         stats.skipped += self.skipped
         stats.fragments += self.fragments
         stats.truncated_packets += self.truncated
+        stats.encapsulated += self.encapsulated
         self.packets = self.segments = self.skipped = self.fragments = self.truncated = 0
+        self.encapsulated = 0
 
 
 def _python_segments(
@@ -1237,7 +1438,7 @@ def _python_segments(
         batches = _pcap_batches(r) if info.fmt == "pcap" else _pcapng_batches(r)
         for buf, records in batches:
             segments: list[Segment] = []
-            for ts, start, end, decoder, filt in records:
+            for ts, start, end, wirelen, decoder, filt in records:
                 if filt is not None and not filt(buf, start, end):
                     continue
                 passed += 1
@@ -1255,15 +1456,15 @@ def _python_segments(
                     result = decoder(buf, start, end, ts)
                 except (struct.error, IndexError):  # a gap in the bounds checks: skip it
                     result = _SKIP
-                if type(result) is Segment:
-                    counts.segments += 1
-                    counts.truncated += result[10] > 0  # missing
-                    segments.append(result)
-                elif result == _FRAG:
-                    counts.fragments += 1
-                else:
-                    counts.skipped += 1
-                    counts.truncated += result == _CUT
+                if type(result) is not Segment:
+                    if isinstance(result, int) and result < 0:
+                        result = _resized(buf, ~result, end, ts, start + wirelen)
+                    if isinstance(result, int):
+                        counts.not_segment(result)
+                        continue
+                counts.segments += 1
+                counts.truncated += result[10] > 0  # missing
+                segments.append(result)
             counts.flush(stats)
             yield segments
     finally:
@@ -1281,10 +1482,15 @@ SegmentBatches = Generator[list[Segment], None, None]
 
 
 def _libpcap_segments(
-    decoder: Decoder, batches: LibpcapBatches, stats: CaptureStats, delivered: list[int]
+    decoder: Decoder,
+    batches: LibpcapBatches,
+    stats: CaptureStats,
+    delivered: list[int],
+    wire: _WireLengths | None = None,
 ) -> SegmentBatches:
     """Decode libpcap's packets, a list of segments per batch; delivered[0] counts the
-    packets handed over."""
+    packets handed over. `wire`: their lengths on the wire, when one is needed (None: take
+    the captured length)."""
     counts = _Counts()
     # Per-packet counting in local variables (the hot loop), added up once per batch.
     packets = truncated = bad_times = early_times = 0
@@ -1305,15 +1511,16 @@ def _libpcap_segments(
                     result = decoder(buf, start, start + caplen, ts)
                 except (struct.error, IndexError):  # a gap in the bounds checks: skip it
                     result = _SKIP
-                if type(result) is Segment:
-                    segments.append(result)
-                    if result[10]:  # missing
-                        truncated += 1
-                elif result == _FRAG:
-                    counts.fragments += 1
-                else:
-                    counts.skipped += 1
-                    truncated += result == _CUT
+                if type(result) is not Segment:
+                    if isinstance(result, int) and result < 0:
+                        wirelen = wire.length(delivered[0] + packets - 1) if wire else caplen
+                        result = _resized(buf, ~result, start + caplen, ts, start + wirelen)
+                    if isinstance(result, int):
+                        counts.not_segment(result)
+                        continue
+                segments.append(result)
+                if result[10]:  # missing
+                    truncated += 1
             counts.add(packets, len(segments), truncated)
             delivered[0] += packets
             packets = truncated = 0
@@ -1325,6 +1532,33 @@ def _libpcap_segments(
         counts.flush(stats)
         stats.bad_times += bad_times
         stats.early_times += early_times
+
+
+class _WireLengths:
+    """The lengths on the wire of the packets of a file that libpcap hands over (under a
+    filter): its batches leave them out (see next_batch), and only an IP packet without a
+    length needs one (_unsized_ip). A second reader of the file, opened at the first need,
+    kept in step: reading past packets in C costs about what libpcap's read of them did."""
+
+    def __init__(self, source: str, bpf: str | None) -> None:
+        self._source = source
+        self._bpf = bpf
+        self._reader: Any = None
+        self._next = 0  # the index of the packet the reader gives next
+
+    def length(self, index: int) -> int:
+        """The length on the wire of the packet `index` (from 0) libpcap hands over; the
+        indexes asked for only grow."""
+        if self._reader is None:
+            self._reader, _dlt = _libpcap_open(self._source, self._bpf)
+        _libpcap_skip(self._reader, index - self._next)
+        hdr, _data = self._reader.next()
+        self._next = index + 1
+        return -1 if hdr is None else int(hdr.getlen())  # -1: the captured length, then
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
 
 
 class _LibpcapUnusable(Exception):
@@ -1347,7 +1581,8 @@ def _libpcap_open(path: str, bpf: str | None) -> tuple[Any, int]:
             reader.setfilter(_filter_for_linktype(bpf, dlt))
         except pcapy.PcapError as exc:
             reader.close()
-            if _rejects_all(exc):
+            # A link type without a decoder is skipped whole anyway (see _unsupported_filter).
+            if _rejects_all(exc) or dlt not in DECODERS:
                 return None, dlt
             raise _LibpcapUnusable(f"libpcap cannot filter link type {dlt}: {exc}") from None
     return reader, dlt
@@ -1404,13 +1639,14 @@ def _libpcap_read(
     batches: LibpcapBatches,
     stats: CaptureStats,
     delivered: list[int],
+    wire: _WireLengths,
 ) -> Generator[list[Segment], None, str]:
     """Segments of the batches of an open reader, which it closes; returns libpcap's error,
     if any."""
     pcapy = _pcapy()
     with contextlib.closing(reader):
         try:
-            yield from _libpcap_segments(decoder, batches, stats, delivered)
+            yield from _libpcap_segments(decoder, batches, stats, delivered, wire)
         except pcapy.PcapError as exc:
             return str(exc)
     return ""
@@ -1427,26 +1663,30 @@ def _libpcap_file(
         yield from _python_segments(info, bpf, stats)
         return
     stats.engine = "libpcap"
-    if reader is None:
-        return
-    decoder = DECODERS.get(dlt)
+    decoder = _decoder(dlt, bpf)
     if decoder is None:
         decoder = _unsupported_link
         stats.warnings.append(_unsupported_warning(info.path, dlt))
-    delivered = [0]
-    if _batch_times_whole(info):
-        batches = _libpcap_batches(reader, info.fmt)
-    else:
-        batches = _libpcap_singles(reader, info.fmt)
-    problem = yield from _libpcap_read(reader, decoder, batches, stats, delivered)
-    if not problem:
+    if reader is None:
         return
-    # A batch failed part-way (a file cut short, a block libpcap rejects), losing the good
-    # packets before the fault in that batch: read them again one at a time.
-    reader, _dlt = _libpcap_open(info.source, bpf)
-    _libpcap_skip(reader, delivered[0])
-    singles = _libpcap_singles(reader, info.fmt)
-    yield from _libpcap_read(reader, decoder, singles, stats, delivered)
+    wire = _WireLengths(info.source, bpf)
+    try:
+        delivered = [0]
+        if _batch_times_whole(info):
+            batches = _libpcap_batches(reader, info.fmt)
+        else:
+            batches = _libpcap_singles(reader, info.fmt)
+        problem = yield from _libpcap_read(reader, decoder, batches, stats, delivered, wire)
+        if not problem:
+            return
+        # A batch failed part-way (a file cut short, a block libpcap rejects), losing the
+        # good packets before the fault in that batch: read them again one at a time.
+        reader, _dlt = _libpcap_open(info.source, bpf)
+        _libpcap_skip(reader, delivered[0])
+        singles = _libpcap_singles(reader, info.fmt)
+        yield from _libpcap_read(reader, decoder, singles, stats, delivered, wire)
+    finally:
+        wire.close()
     if engine == "auto" and "truncated" not in problem:
         # Not the end of the data but something libpcap 1.9 rejects (pcapng interfaces of
         # different link types, say): Python reads on from where libpcap stopped.
@@ -1513,11 +1753,33 @@ def read_segments(
     if bpf:
         _check_filter(bpf)
     # Check every file up front, so a bad one fails before any work is done.
-    infos = [_identify(p) for p in paths]
+    infos = _distinct([_identify(p) for p in paths], stats.warnings)
     stats.files += len(infos)
     if len(infos) == 1:
         return _OneByOne(_file_segments(infos[0], bpf, engine, stats))
     return _merged(infos, bpf, engine, stats)
+
+
+def _distinct(infos: list[_FileInfo], warnings: list[str]) -> list[_FileInfo]:
+    """The files, each once: one given twice (by a symlink, overlapping globs) would give
+    every packet twice, taken for retransmissions. (A pipe given twice is refused before.)"""
+    seen: dict[tuple[int, int], str] = {}
+    distinct: list[_FileInfo] = []
+    for info in infos:
+        try:
+            st = os.stat(info.source)
+        except OSError:  # gone since it was identified: reading it says so
+            distinct.append(info)
+            continue
+        first = seen.get((st.st_dev, st.st_ino))
+        if first is None:
+            seen[st.st_dev, st.st_ino] = info.path
+            distinct.append(info)
+        elif first == info.path:
+            warnings.append(f"{first}: given more than once: read once")
+        else:
+            warnings.append(f"{first} and {info.path} are the same file: read once")
+    return distinct
 
 
 class _OneByOne(Iterator[Segment]):
@@ -1541,17 +1803,103 @@ class _OneByOne(Iterator[Segment]):
 
 def _merged(
     infos: list[_FileInfo], bpf: str | None, engine: Engine, stats: CaptureStats
-) -> Iterator[Segment]:
-    # The merge keeps every file open at once: a ring buffer of thousands of files needs
-    # more descriptors than the usual soft limit of 1,024.
+) -> Generator[Segment, None, None]:
+    """The segments of all files in the order of (ts, file index, packet index), which is
+    unique: the merge is stable and deterministic, as heapq.merge of them all would be.
+
+    A file is opened only when the merge reaches the time of its first packet, and closed
+    at its end: memory follows the files that overlap in time, not the number of files (a
+    ring buffer of thousands). Until then its first segment cannot be due, in a file written
+    in time order: none comes before its first packet."""
+    # Files that overlap in time are open at once: all of them, at worst (see FDS_PER_FILE).
     _allow_open_files(FDS_PER_FILE * len(infos) + FDS_SPARE)
-    keyed = [
-        _keyed(i, _OneByOne(_file_segments(info, bpf, engine, stats)))
-        for i, info in enumerate(infos)
-    ]
-    # (ts, file index, packet index) is unique, so the merge is stable and deterministic.
-    for _ts, _i, _n, seg in heapq.merge(*keyed):
-        yield seg
+    # (first time, index) of the files not opened yet, the next one to open last.
+    waiting = sorted(((_first_time(info), i) for i, info in enumerate(infos)), reverse=True)
+    # Per open file: [ts, index, packet number, segment, next segment, the file's reading]
+    heap: list[list[Any]] = []
+    due, due_index = waiting[-1] if waiting else (MAX_TIME_US + 1, 0)
+    try:
+        while heap or waiting:
+            if heap:
+                top = heap[0]
+                ts = top[0]
+                if ts < due or (ts == due and top[1] < due_index):
+                    yield top[3]
+                    try:
+                        seg = top[4]()
+                    except StopIteration:
+                        heapq.heappop(heap)
+                        continue
+                    top[0] = seg[0]
+                    top[2] += 1
+                    top[3] = seg
+                    heapq.heapreplace(heap, top)
+                    continue
+            _first, i = waiting.pop()
+            due, due_index = waiting[-1] if waiting else (MAX_TIME_US + 1, 0)
+            reading = _OneByOne(_file_segments(infos[i], bpf, engine, stats))
+            segments = iter(reading).__next__
+            try:
+                seg = segments()
+            except StopIteration:
+                continue
+            heapq.heappush(heap, [seg[0], i, 0, seg, segments, reading])
+    finally:
+        for entry in heap:  # the files not at their end yet
+            entry[5].close()
+
+
+FIRST_TIME_READ = 1 << 16  # what is read of a file for its first packet's time, at a time
+FIRST_TIME_SPAN = 4 * CHUNK  # how far into a pcapng it is looked for, past other blocks
+
+
+def _first_time(info: _FileInfo) -> int:
+    """The time (µs) of a file's first packet record, or -1 (before any packet) when it is
+    not within the first few blocks or not a time the readers keep."""
+    r = _Reading(info, None, [])
+    try:
+        ts = _pcap_first_time(r) if info.fmt == "pcap" else _pcapng_first_time(r)
+    except (_Corrupt, struct.error, IndexError):
+        return -1
+    finally:
+        r.source.close()
+    return ts if 0 <= ts <= MAX_TIME_US else -1
+
+
+def _pcap_first_time(r: _Reading) -> int:
+    buf = r.source.read_at_least(PCAP_FILE_HDR_LEN + 24, FIRST_TIME_READ)
+    order, nano, rec_len = PCAP_MAGICS[buf[:4]]
+    if len(buf) < PCAP_FILE_HDR_LEN + rec_len:
+        return -1
+    sec, frac = struct.unpack_from(order + "II", buf, PCAP_FILE_HDR_LEN)
+    return sec * 1_000_000 + (frac // 1000 if nano else frac)
+
+
+def _pcapng_first_time(r: _Reading) -> int:
+    buf = r.source.read_at_least(PCAPNG_MIN_SHB_LEN, FIRST_TIME_READ)
+    section = _Section(_section_order(buf, 0) or ">")
+    pos = 0
+    while len(buf) <= FIRST_TIME_SPAN:
+        while pos + 12 <= len(buf):
+            btype = section.u32(buf, pos)[0]
+            if btype == BT_SHB:
+                order = _section_order(buf, pos)
+                if order is None:
+                    return -1
+                section = _Section(order)
+            total = _block_length(section, buf, pos)
+            if not total:
+                break
+            if btype in (BT_EPB, BT_PB, BT_SPB):
+                return section.packet(btype, buf, pos + 8, pos + total - 4)[0]
+            if btype == BT_IDB:
+                section.add_interface(r, buf, pos + 8, pos + total - 4)
+            pos += total
+        more = r.source.read(FIRST_TIME_READ)
+        if not more:
+            break
+        buf += more
+    return -1
 
 
 def _allow_open_files(needed: int) -> None:

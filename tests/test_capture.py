@@ -11,11 +11,14 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import heapq
 import io
 import lzma
 import os
+import random
 import struct
 import subprocess
+import tracemalloc
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -272,6 +275,22 @@ LINKS: dict[str, tuple[int, Callable[[Packet], bytes]]] = {  # name → (link ty
     "qinq9100": (1, lambda ip: bytes(Ether(type=0x9100, **MACS) / Dot1Q(vlan=7) / Dot1Q() / ip)),
     "sll": (113, lambda ip: bytes(CookedLinux(lladdrtype=1, lladdrlen=6, src=SLL_ADDR) / ip)),
     "sll2": (276, lambda ip: bytes(CookedLinuxV2(ifindex=3, lladdrlen=6, src=SLL_ADDR) / ip)),
+    # `tcpdump -i any` on a VLAN trunk: libpcap puts the tag back in front of the packet
+    "sll_dot1q": (
+        113,
+        lambda ip: bytes(
+            CookedLinux(lladdrtype=1, lladdrlen=6, src=SLL_ADDR) / Dot1Q(vlan=10) / ip
+        ),
+    ),
+    "sll2_qinq": (
+        276,
+        lambda ip: bytes(
+            CookedLinuxV2(proto=0x88A8, ifindex=3, lladdrlen=6, src=SLL_ADDR)
+            / Dot1AD(vlan=100)
+            / Dot1Q(vlan=10)
+            / ip
+        ),
+    ),
     "null": (0, lambda ip: struct.pack("<I", bsd_family(ip, 30)) + bytes(ip)),  # Darwin
     "null_be": (0, lambda ip: struct.pack(">I", bsd_family(ip, 24)) + bytes(ip)),  # NetBSD
     "loop": (108, lambda ip: struct.pack(">I", bsd_family(ip, 28)) + bytes(ip)),  # FreeBSD
@@ -411,6 +430,47 @@ def test_ipv4_total_length_zero_from_segmentation_offload(tmp_path, engine):
     assert (len(got.payload), got.missing) == (3000, 0)
 
 
+@pytest.mark.parametrize("bpf", [None, "tcp"])
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_ip_length_zero_cut_by_the_snap_length_takes_the_length_on_the_wire(tmp_path, engine, bpf):
+    """Segmentation offload leaves the IP length 0; a snap length then cut the packet, and
+    the length captured would hide that: the record's length on the wire tells."""
+
+    def offloaded(ip: Packet, at: slice, payload: int) -> bytes:
+        frame = bytearray(bytes(Ether(**MACS) / ip / TCP(sport=1, dport=2) / (b"t" * payload)))
+        frame[at] = b"\0\0"  # IPv4 total length, IPv6 payload length
+        return bytes(frame)
+
+    v4, v6 = slice(16, 18), slice(18, 20)
+    udp = bytes(Ether(**MACS) / IP(src=A4, dst=B4) / UDP() / (b"u" * 300))
+    frames = [
+        offloaded(IP(src=A4, dst=B4), v4, 100),  # whole
+        udp,
+        offloaded(IP(src=A4, dst=B4), v4, 3000),
+        offloaded(IPv6(src=A6, dst=B6), v6, 5000),
+        offloaded(IP(src=A4, dst=B4), v4, 40),  # whole, with the 3000 before it cut
+    ]
+    cut = [(T0_NS + i * STEP_NS, f[:200], len(f)) for i, f in enumerate(frames)]
+    pcap, pcapng = tmp_path / "tso.pcap", tmp_path / "tso.pcapng"
+    pcap.write_bytes(pcap_file(1, cut, snaplen=200))
+    pcapng.write_bytes(
+        b"".join(
+            [ng_shb("<"), ng_idb("<", 1, snaplen=200)]
+            + [ng_epb("<", 0, ticks(ts, None), d, n) for ts, d, n in cut]
+        )
+    )
+    for path in (pcap, pcapng):
+        stats = CaptureStats()
+        got = read(path, engine=engine, bpf=bpf, stats=stats)
+        assert [(len(s.payload), s.missing) for s in got] == [
+            (100, 0),
+            (200 - 54, 3000 - (200 - 54)),
+            (200 - 74, 5000 - (200 - 74)),
+            (40, 0),
+        ], path
+        assert stats.truncated_packets == 2
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_unsupported_link_type_is_skipped_with_a_warning(tmp_path, ips, engine):
     path = tmp_path / "wifi.pcap"
@@ -419,6 +479,77 @@ def test_unsupported_link_type_is_skipped_with_a_warning(tmp_path, ips, engine):
     assert read(path, engine=engine, stats=stats) == []
     assert stats.skipped == len(ips)
     assert stats.warnings == [f"{path}: link type 105 not supported, its packets skipped"]
+
+
+@pytest.mark.parametrize("bpf", [None, "tcp", "tcp port 4455"])
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_mpls_and_pppoe_are_counted_and_warned_about_once_per_file(tmp_path, ips, engine, bpf):
+    """Their TCP is not decoded; the person learns it was there, whatever the filter."""
+    mpls = struct.pack(">I", (100 << 12) | (1 << 8) | 64)  # label 100, bottom of stack
+
+    def pppoe(ip: bytes) -> bytes:
+        return struct.pack(">BBHH", 0x11, 0, 1, len(ip) + 2) + b"\0\x21" + ip  # PPP: IPv4
+
+    eth = link_frames("ethernet", ips[:2])  # two IPv4 segments, decoded
+    frames = [
+        *eth,
+        *[(ts, d[:12] + b"\x88\x47" + mpls + d[14:], n + 4) for ts, d, n in eth],
+        *[(ts, d[:12] + b"\x88\x64" + pppoe(d[14:]), n + 8) for ts, d, n in eth],
+        *[(ts, d[:12] + b"\x81\0\0\x0a\x88\x48" + mpls + d[14:], n + 8) for ts, d, n in eth],
+    ]
+    sll = CookedLinux(lladdrtype=1, lladdrlen=6, src=SLL_ADDR, proto=0x8847)
+    files = {
+        tmp_path / "eth.pcap": pcap_file(1, frames),
+        tmp_path / "sll.pcap": pcap_file(113, [(T0_NS, bytes(sll / mpls / ips[0]), 99)]),
+    }
+    for path, data in files.items():
+        path.write_bytes(data)
+    stats = CaptureStats()
+    got = read(list(files), engine=engine, bpf=bpf, stats=stats)
+    assert [s.seq for s in got] == [1000, 5000]
+    assert sorted(stats.warnings) == [
+        f"{tmp_path / 'eth.pcap'}: 6 packet(s) of an unsupported encapsulation (MPLS/PPPoE)"
+        " skipped",
+        f"{tmp_path / 'sll.pcap'}: 1 packet(s) of an unsupported encapsulation (MPLS/PPPoE)"
+        " skipped",
+    ]
+    assert (stats.encapsulated, stats.skipped) == (7, 7)
+
+
+# Link types libpcap compiles no filter for: USB, NFLOG, USER0, 802.11 (`protochain`).
+UNFILTERABLE = (249, 239, 147, 105)
+
+
+@pytest.mark.parametrize("linktype", UNFILTERABLE)
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_unsupported_link_type_that_libpcap_cannot_filter_is_skipped(
+    tmp_path, ips, engine, linktype
+):
+    path = tmp_path / "usb.pcap"
+    path.write_bytes(pcap_file(linktype, link_frames("raw", ips)))
+    stats = CaptureStats()
+    assert read(path, engine=engine, bpf="tcp", stats=stats) == []
+    assert stats.warnings == [f"{path}: link type {linktype} not supported, its packets skipped"]
+
+
+@pytest.mark.parametrize("linktype", UNFILTERABLE)
+@pytest.mark.parametrize("engine", ["python", "auto"])
+def test_pcapng_interface_that_libpcap_cannot_filter_leaves_the_others_read(
+    tmp_path, ips, engine, linktype
+):
+    eth = link_frames("ethernet", ips)
+    blocks = [ng_shb("<"), ng_idb("<", 1), ng_idb("<", linktype)]
+    blocks.append(ng_epb("<", 1, ticks(eth[0][0], None), b"\0" * 40, 40))
+    blocks += [ng_epb("<", 0, ticks(ts, None), data, n) for ts, data, n in eth]
+    path = tmp_path / "mixed.pcapng"
+    path.write_bytes(b"".join(blocks))
+    plain = tmp_path / "eth.pcap"
+    plain.write_bytes(pcap_file(1, eth))
+    for bpf in (None, "tcp"):
+        stats = CaptureStats()
+        assert read(path, engine=engine, bpf=bpf, stats=stats) == read(plain, bpf=bpf), bpf
+        warning = f"{path}: link type {linktype} not supported, its packets skipped"
+        assert stats.warnings == [warning]
 
 
 # ---------------------------------------------------------------------------------------
@@ -536,9 +667,11 @@ def test_filter_reaches_into_vlan_and_qinq(corpus, bpf):
     untagged = read(corpus["pcap_us_le-ethernet"], engine="python", bpf=bpf)
     assert len(untagged) >= 3  # (BPF's `tcp` does not look past IPv6 extension headers)
     assert {":" in s.src for s in untagged} == {True, False}  # IPv4 and IPv6
-    for link in ("dot1q", "qinq", "qinq9100"):
-        for engine in ENGINES:
-            assert read(corpus[f"pcap_us_le-{link}"], engine=engine, bpf=bpf) == untagged
+    for link in ("dot1q", "qinq", "qinq9100", "sll", "sll_dot1q", "sll2_qinq"):
+        for engine in [*ENGINES, "auto"]:
+            for container in ("pcap_us_le", "pcapng_le"):
+                got = read(corpus[f"{container}-{link}"], engine=engine, bpf=bpf)
+                assert got == untagged, (link, engine, container)
 
 
 def test_filtered_packets_never_reach_python(corpus):
@@ -667,6 +800,84 @@ def test_files_merge_into_one_timeline(tmp_path, cases, ips, engine):
     assert [s.seq for s in read([d, c], engine=engine)] == [5000, 1000, 1000, 5000]
 
 
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_the_same_file_given_twice_is_read_once_with_a_warning(tmp_path, cases, ips, engine):
+    """By a symlink, a hard link, the same name twice (overlapping globs): else every
+    packet came twice, taken for a retransmission."""
+    path = tmp_path / "a.pcap"
+    path.write_bytes(pcap_file(1, link_frames("ethernet", ips)))
+    other = tmp_path / "b.pcap"
+    other.write_bytes(pcap_file(1, link_frames("ethernet", ips[:1])))
+    (tmp_path / "link.pcap").symlink_to(path)
+    os.link(path, tmp_path / "hard.pcap")
+    given = [path, other, tmp_path / "link.pcap", path, tmp_path / "hard.pcap"]
+    stats = CaptureStats()
+    got = read(given, engine=engine, stats=stats)
+    assert got == read([path, other], engine=engine)
+    assert stats.files == 2
+    assert stats.warnings == [
+        f"{path} and {tmp_path / 'link.pcap'} are the same file: read once",
+        f"{path}: given more than once: read once",
+        f"{path} and {tmp_path / 'hard.pcap'} are the same file: read once",
+    ]
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_a_ring_buffer_of_many_files_is_read_a_file_or_two_at_a_time(tmp_path, ips, engine):
+    """Memory follows the files that overlap in time, not the number of files."""
+    frames = link_frames("ethernet", ips)
+    paths = []
+    for i in range(40):  # one after another in time, as tcpdump -C/-G writes them
+        data = pcap_file(1, [(ts + i * 10 * STEP_NS, d, n) for ts, d, n in frames])
+        path = tmp_path / f"ring{i:02d}.pcap"
+        if i % 10 == 7:  # libpcap reads a decompressed copy
+            path, data = path.with_suffix(".pcap.gz"), gzip.compress(data)
+        path.write_bytes(data)
+        paths.append(path)
+    before = open_descriptors()
+    most = 0
+    segments = 0
+    for _ in read_segments(paths[::-1], engine=engine, bpf="tcp"):
+        most = max(most, open_descriptors() - before)
+        segments += 1
+    assert segments > 30 * 3
+    assert most <= 2
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_merging_files_opened_late_gives_the_order_of_a_merge_of_all(tmp_path, ips, engine):
+    """Files overlapping in time, equal times across files and within one, a file whose
+    first packet is no segment, an empty one: the order of (time, file, packet)."""
+    rng = random.Random(7)
+    tcp_frames = link_frames("ethernet", ips)
+    udp = bytes(Ether(**MACS) / IP(src=A4, dst=B4) / UDP(sport=53, dport=53) / b"dns")
+    paths = []
+    for i in range(12):
+        times = sorted(T0_NS + rng.randrange(20) * STEP_NS for _ in range(rng.randrange(6)))
+        frames = [(ts, *rng.choice(tcp_frames)[1:]) for ts in times]
+        if i % 4 == 1:  # the first packet is not TCP
+            frames.insert(0, (T0_NS + rng.randrange(20) * STEP_NS, udp, len(udp)))
+            frames.sort(key=lambda f: f[0])
+        path = tmp_path / f"f{i}.{'pcapng' if i % 3 else 'pcap'}"
+        if i % 3:
+            blocks = [ng_shb("<"), ng_idb("<", 1, tsresol=9)]
+            blocks += [ng_epb("<", 0, ticks(ts, 9), d, n) for ts, d, n in frames]
+            path.write_bytes(b"".join(blocks))
+        else:
+            path.write_bytes(pcap_file(1, frames))
+        paths.append(path)
+    alone = [read(p, engine=engine) for p in paths]
+    keyed = [[(s.ts, i, n, s) for n, s in enumerate(segs)] for i, segs in enumerate(alone)]
+    want = [s for *_, s in heapq.merge(*keyed)]
+    assert len(want) > 20
+    assert read(paths, engine=engine) == want
+
+
 def test_gzip_copy_for_libpcap_is_removed_even_when_reading_stops_early(tmp_path, ips, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
     os.mkdir(tmp_path / "tmp")
@@ -767,6 +978,56 @@ def test_corrupt_block_length_keeps_the_blocks_before(tmp_path, cases, ips, engi
     assert read(path, engine=engine, stats=stats) == expected(cases)[:5]
     [warning] = stats.warnings
     assert warning.startswith(f"{path}: cut short after packet 5 ("), warning
+
+
+def pcapng_with_a_big_block(frames: list[Frame], size: int) -> tuple[bytes, int]:
+    """The frames with a custom block of `size` bytes of content (longer than any packet
+    block: a Name Resolution or Decryption Secrets block may be) after the first half;
+    and the offset of that block."""
+    half = len(frames) // 2
+    head = [ng_shb("<"), ng_idb("<", 1)] + [
+        ng_epb("<", 0, ticks(t, None), d, n) for t, d, n in frames[:half]
+    ]
+    big = ng_block("<", 0x40000BAD, struct.pack("<I", 32473) + b"x" * size)
+    tail = [ng_epb("<", 0, ticks(t, None), d, n) for t, d, n in frames[half:]]
+    return b"".join([*head, big, *tail]), len(b"".join(head))
+
+
+@pytest.mark.parametrize("engine", ["python", "auto"])
+def test_a_block_longer_than_any_packet_block_is_read_past(tmp_path, cases, ips, engine):
+    """libpcap stops at a block over 16 MB; the python engine reads past it, keeping at
+    most a chunk of it at a time (auto reads on with it from where libpcap stopped)."""
+    data, _at = pcapng_with_a_big_block(link_frames("ethernet", ips), 20 << 20)
+    path = tmp_path / "big.pcapng"
+    path.write_bytes(data)
+    del data
+    stats = CaptureStats()
+    tracemalloc.start()
+    try:
+        got = read(path, engine=engine, stats=stats)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (got, stats.warnings) == (expected(cases), [])
+    assert peak < 8 * CHUNK  # (the block is 20)
+
+
+def test_a_big_block_cut_short_or_with_lengths_that_disagree_ends_the_data(tmp_path, cases, ips):
+    data, at = pcapng_with_a_big_block(link_frames("ethernet", ips), 3 * CHUNK)
+    length = struct.unpack_from("<I", data, at + 4)[0]
+    cut, bad = tmp_path / "cut.pcapng", tmp_path / "bad.pcapng"
+    cut.write_bytes(data[: at + 2 * CHUNK])
+    end = at + length  # its last 4 bytes repeat its length
+    bad.write_bytes(data[: end - 4] + struct.pack("<I", length + 4) + data[end:])
+    half = len(ips) // 2
+    problems = {
+        cut: f"a block of {length} bytes cut short at byte {at}",
+        bad: f"block lengths disagree at byte {at}",
+    }
+    for path, problem in problems.items():
+        stats = CaptureStats()
+        assert read(path, engine="python", stats=stats) == expected(cases)[:half]
+        assert stats.warnings == [f"{path}: cut short after packet {half} ({problem})"]
 
 
 @pytest.mark.parametrize("engine", [*ENGINES, "auto"])

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -151,6 +152,41 @@ def test_bad_stdin_is_one_line_and_status_2(
     status, _out, err = run("tasks", *args, data=data, tmpdir=tmp_path / "tmp")
     assert status == 2 and one_line(err).startswith(f"jsdissect: {says}"), err
     assert not list((tmp_path / "tmp").iterdir())
+
+
+def gzip_unfinished(data: bytes) -> bytes:
+    """The start of a gzip stream still being written (`tcpdump | gzip`): flushed, not ended."""
+    packer = zlib.compressobj(wbits=31)
+    return packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH)
+
+
+@pytest.mark.parametrize(
+    ("encode", "says"),
+    [(bytes, "not a pcap or pcapng file"), (gzip_unfinished, "gzip-compressed file is not a")],
+    ids=["plain", "gzip"],
+)
+def test_a_stream_that_is_no_capture_is_refused_before_its_end(
+    tmp_path: Path, encode: Callable[[bytes], bytes], says: str
+) -> None:
+    # Found in review: `tcpdump -i eth0 | jsdissect tasks -` (no `-w -`) was saved to a
+    # temporary file until the disk was full, before its first bytes were looked at.
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    env = {**os.environ, "TMPDIR": str(spool)}
+    proc = subprocess.Popen(
+        [*JSDISSECT, "tasks", "-"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        proc.stdin.write(encode(b"15:22:01.123 IP a.b > c.d: Flags [P.], length 10\n" * 2000))
+        proc.stdin.flush()  # and the stream stays open
+        status = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+        proc.stdin.close()
+    line = one_line(proc.stderr.read().decode())
+    assert status == 2 and line.startswith(f"jsdissect: <stdin>: {says}"), line
+    assert not list(spool.iterdir())
 
 
 def test_the_same_named_pipe_twice_is_refused_without_waiting(tmp_path: Path) -> None:
