@@ -1338,7 +1338,7 @@ def _pcapng_times_within(r: _Reading, low: int, high: int, plain_is_whole: bool)
                 pos += total
             buf, pos = r.refill(buf, pos, ""), 0
     except (_Corrupt, IndexError):  # IndexError: an EPB of an undefined interface
-        pass  # corrupt: the readers end here too, and so does the walk
+        return True  # corrupt: the readers end here too, and so does the walk
     return True
 
 
@@ -1394,11 +1394,29 @@ def capture_end(paths: Sequence[CapturePath]) -> int | None:
 class _Counts:
     """Counters of one file, added to CaptureStats after every batch."""
 
-    __slots__ = ("encapsulated", "fragments", "packets", "segments", "skipped", "truncated")
+    __slots__ = (
+        "bad_times",
+        "early_times",
+        "encapsulated",
+        "fragments",
+        "packets",
+        "segments",
+        "skipped",
+        "truncated",
+    )
 
     def __init__(self) -> None:
         self.packets = self.segments = self.skipped = self.fragments = self.truncated = 0
         self.encapsulated = 0
+        self.bad_times = self.early_times = 0  # whole file: added to CaptureStats at its end
+
+    def bad_time(self, ts: int) -> None:
+        """Count a packet skipped for its time (outside 0..MAX_TIME_US)."""
+        self.skipped += 1
+        if ts < 0:
+            self.early_times += 1
+        else:
+            self.bad_times += 1
 
     def not_segment(self, result: int) -> None:
         """Count a decoder's result other than a Segment."""
@@ -1433,7 +1451,7 @@ def _python_segments(
     stats.engine = "python"
     r = _Reading(info, bpf, stats.warnings)
     counts = _Counts()
-    passed = bad_times = early_times = 0
+    passed = 0
     try:
         batches = _pcap_batches(r) if info.fmt == "pcap" else _pcapng_batches(r)
         for buf, records in batches:
@@ -1446,11 +1464,7 @@ def _python_segments(
                     continue
                 counts.packets += 1
                 if not 0 <= ts <= MAX_TIME_US:  # see MAX_TIME_US: skip, don't crash later
-                    counts.skipped += 1
-                    if ts < 0:
-                        early_times += 1
-                    else:
-                        bad_times += 1
+                    counts.bad_time(ts)
                     continue
                 try:
                     result = decoder(buf, start, end, ts)
@@ -1470,8 +1484,8 @@ def _python_segments(
     finally:
         counts.flush(stats)
         r.source.close()
-        stats.bad_times += bad_times
-        stats.early_times += early_times
+        stats.bad_times += counts.bad_times
+        stats.early_times += counts.early_times
 
 
 LibpcapBatches = Iterator[tuple[bytes, Iterable[tuple[int, ...]]]]
@@ -1493,7 +1507,7 @@ def _libpcap_segments(
     the captured length)."""
     counts = _Counts()
     # Per-packet counting in local variables (the hot loop), added up once per batch.
-    packets = truncated = bad_times = early_times = 0
+    packets = truncated = 0
     try:
         for buf, meta in batches:
             segments: list[Segment] = []
@@ -1501,11 +1515,7 @@ def _libpcap_segments(
                 packets += 1
                 ts = sec * 1_000_000 + usec
                 if not 0 <= ts <= MAX_TIME_US:  # skipped as the python engine does
-                    counts.skipped += 1
-                    if ts < 0:
-                        early_times += 1
-                    else:
-                        bad_times += 1
+                    counts.bad_time(ts)
                     continue
                 try:
                     result = decoder(buf, start, start + caplen, ts)
@@ -1530,8 +1540,8 @@ def _libpcap_segments(
         counts.add(packets, 0, truncated)
         delivered[0] += packets
         counts.flush(stats)
-        stats.bad_times += bad_times
-        stats.early_times += early_times
+        stats.bad_times += counts.bad_times
+        stats.early_times += counts.early_times
 
 
 class _WireLengths:
