@@ -1307,21 +1307,29 @@ def test_pcap_seconds_past_2038_stay_unsigned_when_libpcap_reads_one_at_a_time(
 # ---------------------------------------------------------------------------------------
 
 
-def test_tshark_sees_the_same_times_sequence_numbers_and_lengths(corpus):
-    tshark = require("tshark")
-    path = corpus["pcapng_le-ethernet"]
-    fields = ["-e", "frame.time_epoch", "-e", "tcp.seq_raw", "-e", "tcp.len"]
+def tshark_fields(path: Path, *fields: str) -> list[list[str]]:
+    """tshark's values of `fields`, a row per packet."""
     out = subprocess.run(
-        [tshark, "-r", str(path), "-T", "fields", *fields],
+        [require("tshark"), "-r", str(path), "-T", "fields", *(f"-e{f}" for f in fields)],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    theirs = []
-    for line in out.splitlines():
-        epoch, seq, length = line.split("\t")
-        sec, _, frac = epoch.partition(".")
-        theirs.append((int(sec) * 10**6 + int(frac.ljust(9, "0")[:6]), int(seq), int(length)))
+    return [line.split("\t") for line in out.splitlines()]
+
+
+def epoch_us(epoch: str) -> int:
+    """tshark's frame.time_epoch in µs, truncated as the readers truncate."""
+    sec, _, frac = epoch.partition(".")
+    return int(sec) * 10**6 + int(frac.ljust(9, "0")[:6])
+
+
+def test_tshark_sees_the_same_times_sequence_numbers_and_lengths(corpus):
+    path = corpus["pcapng_le-ethernet"]
+    theirs = [
+        (epoch_us(epoch), int(seq), int(length))
+        for epoch, seq, length in tshark_fields(path, "frame.time_epoch", "tcp.seq_raw", "tcp.len")
+    ]
     ours = [(s.ts, s.seq, len(s.payload) + s.missing) for s in read(path)]
     assert len(ours) == 8
     assert ours == theirs
@@ -1331,16 +1339,7 @@ def test_tshark_sees_the_same_times_sequence_numbers_and_lengths(corpus):
 def test_tshark_sees_the_same_times_past_2106(tmp_path, ips, engine):
     path = tmp_path / "far.pcapng"
     path.write_bytes(pcapng_far(link_frames("ethernet", ips)))
-    out = subprocess.run(
-        [require("tshark"), "-r", str(path), "-T", "fields", "-e", "frame.time_epoch"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    theirs = []
-    for epoch in out.splitlines():
-        sec, _, frac = epoch.partition(".")
-        theirs.append(int(sec) * 10**6 + int(frac.ljust(9, "0")[:6]))
+    theirs = [epoch_us(epoch) for (epoch,) in tshark_fields(path, "frame.time_epoch")]
     assert len(theirs) == len(FAR_TIMES)
     assert [s.ts for s in read(path, engine=engine)] == theirs[:-1]  # the last: past 9999
 
