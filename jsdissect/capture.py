@@ -769,41 +769,43 @@ def _check_stdin(mode: int) -> None:
 
 
 @contextlib.contextmanager
-def spooled(paths: Iterable[CapturePath]) -> Iterator[list[CapturePath]]:
+def spooled(paths: Iterable[CapturePath], warnings: list[str]) -> Iterator[list[CapturePath]]:
     """The paths, with "-" (stdin) and named pipes (`<(zcat x.pcap.gz)`) saved to temporary
     files for the time of the block: the analysis reads a capture more than once (a second
     pass for ports learned late), and a pipe can be read only once. Every path handed on
     is checked to be a capture: the files first, so a typo fails before a long stream is
-    waited for, then each copy."""
+    waited for, then each copy. A file given twice is handed on once, and a stream that
+    broke off is kept up to the break: both with a warning in `warnings`."""
     paths = list(paths)
     pipes = [_pipe_identity(p) for p in paths]
     seen: set[tuple[int, int]] = set()
-    for path, pipe in zip(paths, pipes, strict=True):
+    files: dict[int, _FileInfo] = {}  # by the path's place in `paths`
+    for i, (path, pipe) in enumerate(zip(paths, pipes, strict=True)):
         if pipe is None:
-            _identify(path)
+            files[i] = _identify(path)
         elif pipe in seen:  # `- -`, `f f`, `- /dev/stdin`: the second would read nothing
             name = display_name(path)
             raise CaptureError(f"{name}: given more than once; a pipe can be read only once")
         else:
             seen.add(pipe)
+    once = {id(info) for info in _distinct(list(files.values()), warnings)}
     made: list[str] = []
     try:
         out: list[CapturePath] = []
-        for path, pipe in zip(paths, pipes, strict=True):
+        for i, (path, pipe) in enumerate(zip(paths, pipes, strict=True)):
             if pipe is not None:
                 path = _spool(path, made)
                 _identify(path)  # every path handed on is a capture, checked once
+                if path.problem:
+                    warnings.append(path.problem)
+            elif id(files[i]) not in once:
+                continue
             out.append(path)
         yield out
     finally:
         for file in made:
             with contextlib.suppress(OSError):
                 os.unlink(file)
-
-
-def spool_problems(files: Iterable[CapturePath]) -> list[str]:
-    """Warnings for the pipes whose stream broke off (what came before was read)."""
-    return [f.problem for f in files if isinstance(f, Spooled) and f.problem]
 
 
 def _spool(path: CapturePath, made: list[str]) -> Spooled:

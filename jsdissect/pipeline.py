@@ -25,7 +25,6 @@ from jsdissect.capture import (
     capture_end,
     display_name,
     read_segments,
-    spool_problems,
     spooled,
 )
 from jsdissect.correlate import TASK_EVENTS, Channel, Task, correlate, end_decides
@@ -182,10 +181,11 @@ def analyze(
     opts = Options(tuple(scheduler_ports), engine, heuristics, all_tcp, messages, ports_end)
     if isinstance(paths, (str, os.PathLike)):  # one capture, not its name's characters
         paths = [paths]
-    with spooled(paths) as files, _reader(dask_scheduler) as reader:
+    about_input: list[str] = []
+    with spooled(paths, about_input) as files, _reader(dask_scheduler) as reader:
         # "-" and named pipes were saved to files: a capture may be read more than once
         result = _reads(files, opts, workers, progress, reader)
-    result.stats.warnings[:0] = spool_problems(files)
+    result.stats.warnings[:0] = about_input
     return result
 
 

@@ -150,7 +150,7 @@ def _one_file(
     """tshark reads one file: several (a ring buffer) are merged by time with mergecap."""
     # "-" and named pipes saved to files; all checked with the other engines' one-line
     # errors before tshark runs.
-    with spooled(paths) as given:
+    with spooled(paths, warnings) as given:
         aliases.update((os.fspath(p), str(p)) for p in given if isinstance(p, Spooled))
         files = [
             _readable_part(p, tmp / f"part{i}.pcapng", warnings, aliases)

@@ -77,6 +77,16 @@ def test_ring_buffer_read_on_the_cluster_is_the_local_analysis(scheduler, ring) 
     assert warning.startswith(f"{ring[-1]}: cut short")
 
 
+def test_a_file_given_twice_is_read_once_on_the_cluster_too(scheduler, ring) -> None:
+    # Found in review: each worker read its copy, every packet came twice.
+    given = [*ring, ring[0]]
+    here = jsdissect.analyze(given)
+    there = jsdissect.analyze(given, dask_scheduler=scheduler)
+    same_analysis(here, there)
+    assert len(there.task_records) == 10
+    assert f"{ring[0]}: given more than once: read once" in there.stats.warnings
+
+
 def test_later_reads_for_announced_ports_run_on_the_cluster_too(scheduler, tmp_path) -> None:
     # Each command of the chain is seen only by a read that takes the port the one before
     # announced: three reads, each of them on the cluster.

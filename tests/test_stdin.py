@@ -110,15 +110,19 @@ def test_stdin_cut_short_is_read_up_to_the_cut_and_named(tmp_path: Path) -> None
     assert err.startswith("jsdissect: warning: <stdin>: cut short after packet 51 (")
 
 
-def test_a_stream_that_breaks_off_keeps_what_came_before(tmp_path: Path) -> None:
-    # Found in review: a read error (a connection reset) threw the whole stream away.
+@pytest.mark.parametrize("engine", ["auto", "wireshark"])
+def test_a_stream_that_breaks_off_keeps_what_came_before(tmp_path: Path, engine: str) -> None:
+    # Found in review: a read error (a connection reset) threw the whole stream away; and
+    # the wireshark engine kept what came before without saying the stream broke off.
+    if engine == "wireshark":
+        require("tshark")
     part = DEMO.read_bytes()[:40_000]
     listener = socket.create_server(("127.0.0.1", 0))
     sender = socket.create_connection(listener.getsockname())
     receiver, _ = listener.accept()
     with listener, sender, receiver:
         proc = subprocess.Popen(
-            [*JSDISSECT, "tasks", "-", "--csv", "-"],
+            [*JSDISSECT, "tasks", "-", "--csv", "-", "--engine", engine],
             stdin=receiver,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -130,7 +134,7 @@ def test_a_stream_that_breaks_off_keeps_what_came_before(tmp_path: Path) -> None
         out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert b"jsdissect: warning: <stdin>: the stream broke off (" in err
-    assert out.decode() == run("tasks", "-", "--csv", "-", data=part)[1]
+    assert out.decode() == run("tasks", "-", "--csv", "-", "--engine", engine, data=part)[1]
 
 
 # --- refused in one line, at once, leaving nothing behind ------------------------------------

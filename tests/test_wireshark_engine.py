@@ -107,6 +107,20 @@ def test_engine_reports_a_mergecap_failure_in_one_plain_line(tmp_path: Path) -> 
     assert line.startswith("jsdissect: mergecap") and "odd.pcap" in line and "9999" in line
 
 
+def test_engine_reads_a_file_given_twice_once_like_the_other_engines(tmp_path: Path) -> None:
+    # Found in review: mergecap merged the file with itself, every packet twice.
+    require("tshark")
+    capture = ROOT / "captures" / "demo.pcap"
+    (tmp_path / "link.pcap").symlink_to(capture)
+    given = [capture, tmp_path / "link.pcap"]
+    ours = jsdissect.analyze(given, engine="python")
+    (expected,) = ours.stats.warnings
+    assert expected == f"{capture} and {tmp_path / 'link.pcap'} are the same file: read once"
+    result = wireshark.analyze(given)
+    assert result.warnings == [expected]
+    assert _full_rows(result.tasks) == _full_rows(wireshark.analyze([capture]).tasks)
+
+
 def _rows(rows: list[dict]) -> list[tuple[str, ...]]:
     return sorted(tuple(str(r[k]) for k in KEYS) for r in rows)
 
