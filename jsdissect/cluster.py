@@ -39,6 +39,11 @@ from jsdissect.capture import (
 
 LOCAL = "local"
 CONNECT_TIMEOUT_S = 10  # a scheduler that does not answer: a clear error, not a hang
+# A log level above every level: no log line at all. A local cluster is jsdissect's own,
+# and what goes wrong there comes back through `gather` and is told in one line; its logs
+# while it is torn down by a Ctrl-C were hundreds of MB of tracebacks (a worker's result
+# cut off mid-send).
+SILENT = logging.CRITICAL + 1
 
 
 class ClusterError(Exception):
@@ -91,6 +96,27 @@ class DaskReader:
 def _as_sent(files: Sequence[CapturePath]) -> list[Spooled]:
     """The name as given for messages, the absolute file for a worker elsewhere."""
     return [Spooled(display_name(f), os.path.abspath(f)) for f in files]
+
+
+@contextlib.contextmanager
+def _worker_logs_off() -> Iterator[None]:
+    """The local cluster's worker processes started with Dask's loggers off. (Its own
+    silence_logs sets the handlers' level only while a worker runs: while it closes, as
+    after a Ctrl-C, they logged a cut-off result's repr, hundreds of MB.) A spawned
+    worker reads Dask's configuration from the environment it starts with."""
+    loggers = ("distributed", "distributed.client", "distributed.gc")
+    before = os.environ.get(_DASK_LOGGING)
+    os.environ[_DASK_LOGGING] = repr(dict.fromkeys(loggers, SILENT))
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[_DASK_LOGGING]
+        else:
+            os.environ[_DASK_LOGGING] = before
+
+
+_DASK_LOGGING = "DASK_LOGGING"  # Dask's "logging" setting, as an environment variable
 
 
 @contextlib.contextmanager
@@ -147,12 +173,13 @@ def dask_reader(scheduler: str) -> Iterator[DaskReader]:
             # Its scratch space (lock files) in a folder of ours, removed afterwards.
             scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="jsdissect-"))
             stack.enter_context(dask.config.set({"temporary-directory": scratch}))
-            with _interrupts_ignored():  # inherited: Ctrl-C stops jsdissect, which stops them
+            # inherited: Ctrl-C stops jsdissect, which stops them
+            with _interrupts_ignored(), _worker_logs_off():
                 local = LocalCluster(
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=":0",
-                    silence_logs=logging.ERROR,
+                    silence_logs=SILENT,
                     local_directory=scratch,
                 )
             cluster = stack.enter_context(local)
@@ -165,4 +192,17 @@ def dask_reader(scheduler: str) -> Iterator[DaskReader]:
             client = stack.enter_context(Client(address, timeout=f"{CONNECT_TIMEOUT_S}s"))
         except Exception as exc:  # anything: what answered is no Dask scheduler we can use
             raise _connect_error(scheduler, exc) from None
-        yield DaskReader(client)
+        with _quiet_when_interrupted():
+            yield DaskReader(client)
+
+
+@contextlib.contextmanager
+def _quiet_when_interrupted() -> Iterator[None]:
+    """Dask's client and asyncio log, in this process, the tasks a Ctrl-C cut off ("Task
+    exception was never retrieved") while the cluster is torn down: quiet then."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        for name in ("distributed", "asyncio"):
+            logging.getLogger(name).setLevel(SILENT)
+        raise

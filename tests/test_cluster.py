@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import logging
 import socket
 import subprocess
 import sys
@@ -197,6 +198,44 @@ def test_a_local_cluster_leaves_nothing_in_the_temporary_folder(tmp_path) -> Non
     )
     assert run.returncode == 0, run.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _dask_log_levels() -> dict[str, int]:
+    import logging
+
+    names = ("distributed", "distributed.worker", "distributed.comm.utils", "distributed.client")
+    return {name: logging.getLogger(name).getEffectiveLevel() for name in names}
+
+
+def test_a_local_clusters_workers_log_nothing_even_while_they_close() -> None:
+    """Found in review: a Ctrl-C while a worker sent its result printed hundreds of MB of
+    Dask's tracebacks, the result's repr among them (its handlers' level, set by
+    silence_logs, is put back while the worker closes): its loggers are off instead."""
+    import os
+
+    from jsdissect import cluster
+
+    before = os.environ.get("DASK_LOGGING")
+    with cluster.dask_reader(cluster.LOCAL) as reader:
+        levels = reader._client.run(_dask_log_levels)
+    assert levels and all(
+        level > logging.CRITICAL for worker in levels.values() for level in worker.values()
+    ), levels
+    assert os.environ.get("DASK_LOGGING") == before  # this process's environment as it was
+
+
+def test_an_interrupted_read_silences_dask_in_this_process_too() -> None:
+    from jsdissect import cluster
+
+    loggers = [logging.getLogger(name) for name in ("distributed", "asyncio")]
+    levels = [log.level for log in loggers]
+    try:
+        with pytest.raises(KeyboardInterrupt), cluster.dask_reader(cluster.LOCAL):
+            raise KeyboardInterrupt
+        assert all(log.level > logging.CRITICAL for log in loggers)
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
 
 
 def test_without_dask_the_option_says_what_to_install() -> None:
