@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import require, require_root
 from conversations import command_chain
 from crafted_captures import Capture, start_answered_then_other_traffic
 
@@ -144,6 +144,35 @@ def test_bad_file_read_by_a_worker_is_one_line_naming_it(scheduler, tmp_path) ->
     text.write_text("not a capture\n")
     line = one_line(cli("tasks", DEMO, text, "--dask-scheduler", scheduler))
     assert line == f"jsdissect: {text}: not a pcap or pcapng file (magic 0x6e6f7420)"
+
+
+@contextlib.contextmanager
+def _worker_without(folder: Path) -> Iterator[str]:
+    """A scheduler whose one worker runs where `folder` is empty (a tmpfs over it, in a
+    mount namespace of its own): a worker on a machine that does not share the files."""
+    require_root()
+    unshare = require("unshare")
+    with distributed.LocalCluster(n_workers=0, dashboard_address=":0") as cluster:
+        hide = f'mount -t tmpfs none {folder} && exec "$@"'
+        worker = [sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address]
+        args = [unshare, "--mount", "--propagation", "private", "sh", "-c", hide, "sh"]
+        proc = subprocess.Popen([*args, *worker, "--nthreads", "1", "--no-nanny"])
+        try:
+            with distributed.Client(cluster.scheduler_address) as client:
+                client.wait_for_workers(1, timeout=120)
+            yield cluster.scheduler_address
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+def test_a_file_the_worker_does_not_see_is_one_line_saying_so(tmp_path) -> None:
+    capture = tmp_path / "here" / "demo.pcap"
+    capture.parent.mkdir()
+    capture.write_bytes(DEMO.read_bytes())
+    with _worker_without(capture.parent) as address:
+        line = one_line(cli("tasks", capture, "--dask-scheduler", address))
+    assert line == f"jsdissect: {capture}: no such file (as a Dask worker sees it)"
 
 
 def test_scheduler_that_does_not_answer_is_one_line_naming_it() -> None:
