@@ -601,6 +601,49 @@ def test_engines_name_the_other_candidate_callback(tmp_path: Path) -> None:
     assert _full_rows([ours | {"notes": ""}]) == _full_rows([theirs | {"notes": ""}])
 
 
+def _late_callback_named(rows: list[dict]) -> list[dict]:
+    """The rows, with the id of the callback that has a row of its own (the engines' ids
+    differ) as a name in every row's notes."""
+    named = [r | {"notes": r["notes"] or ""} for r in rows]
+    for late in (r for r in rows if r["process_id"] is None):
+        word = re.compile(rf"\b{re.escape(str(late['callback_conn']))}\b")
+        named = [r | {"notes": word.sub("<callback>", r["notes"])} for r in named]
+    return named
+
+
+@pytest.mark.parametrize("late_s", [59, 61])
+def test_engines_tell_a_callback_past_its_window_as_too_late_on_both_rows(
+    tmp_path: Path, late_s: int
+) -> None:
+    """DESIGN "Matching": a slow remote's callback SYN after its task's window (the
+    controller gave up, Z-REMOTE-118, its listener gone: RST) is a row of its own, and both
+    rows say how late it came, in both engines (each naming the callback by its own
+    connection id). In the window it is the task's own refused callback, one row. The
+    plugin told neither row, and gave the refused callback no row."""
+    require("tshark")
+    from crafted_captures import CLIENT, SERVER, Capture, S, _start_answered, answer_time
+    from jsencode import ok_answer, remote_task_close
+
+    cmd, cb = _start_answered(cap := Capture(), "700004", (40000, 45000, 59999), isn=1000)
+    cap.advance(late_s * S)
+    cb.refused()
+    cmd.send(CLIENT, remote_task_close("700004"))
+    cmd.send(SERVER, ok_answer(answer_time(cap)))
+    cmd.close()
+    capture = cap.write(tmp_path / "late.pcap")
+    ours = _late_callback_named(
+        [report.task_row(t) for t in jsdissect.analyze([capture]).task_records]
+    )
+    theirs = _late_callback_named(wireshark.analyze([capture]).tasks)
+    assert len(ours) == (1 if late_s < 60 else 2)
+    if late_s > 60:
+        assert sorted(r["notes"] for r in ours) == [
+            "callback <callback> came 61.000 s after the start: too late",
+            "too late for task 700004 (61.000 s after the start)",
+        ]
+    assert _full_rows(theirs) == _full_rows(ours)
+
+
 def test_engines_leave_a_lost_answer_unpaired_when_the_next_command_is_lost_too(
     tmp_path: Path,
 ) -> None:

@@ -2920,7 +2920,8 @@ do
     -- DESIGN "Matching" as the default engine notes it: a task that had more than one callback
     -- to choose from (in its window, to its controller address and port, or to its port from
     -- its remote, not taken by an earlier task) says which others. Known once the whole file
-    -- was read: every task waits in start order, all first for the exact address.
+    -- was read: every task waits in start order, all first for the exact address. Gives
+    -- the notes (a list per task) and the window end of every task that waited.
     local function candidate_notes()
         local notes, taken, waiting = {}, {}, {}
         for _, t in ipairs(tasks) do
@@ -2932,11 +2933,17 @@ do
         end)
         -- each window ends at the next start for the same controller address and port, as
         -- the default engine sets them all (the dissection ended only the open ones)
-        local next_start, last_of = {}, {}
+        local next_start, last_of, window_end = {}, {}, {}
         for _, t in ipairs(waiting) do
             local target = tostring(t.expected_ip) .. "|" .. tostring(t.callback_port)
             if last_of[target] then next_start[last_of[target]] = t.start_sent end
             last_of[target] = t
+        end
+        for _, t in ipairs(waiting) do
+            local ends = t.start_sent + CALLBACK_TIMEOUT_US
+            if next_start[t] and next_start[t] < ends then ends = next_start[t] end
+            if t.cmd and t.cmd.closed and t.cmd.closed < ends then ends = t.cmd.closed end
+            window_end[t] = ends
         end
         local entries = {}
         for _, c in ipairs(candidates) do
@@ -2956,16 +2963,10 @@ do
             for _, t in ipairs(waiting) do
                 local cb = t.callback
                 if cb and not taken[cb] and (pass == 1) == not t.translated then
-                    local window_end = t.start_sent + CALLBACK_TIMEOUT_US
-                    if next_start[t] and next_start[t] < window_end then
-                        window_end = next_start[t]
-                    end
-                    if t.cmd and t.cmd.closed and t.cmd.closed < window_end then
-                        window_end = t.cmd.closed
-                    end
                     local eligible = {}
                     for _, e in ipairs(entries) do
-                        if e.when >= t.start_sent and e.when <= window_end and not taken[e.conn]
+                        if e.when >= t.start_sent and e.when <= window_end[t]
+                            and not taken[e.conn]
                             and e.target.port == t.callback_port
                             and ((pass == 1 and e.target.addr == t.expected_ip)
                                 or (pass == 2 and e.source.addr == remote_ip(t))) then
@@ -2975,17 +2976,17 @@ do
                     if #eligible > 1 and eligible[1] == cb then
                         local others = {}
                         for i = 2, #eligible do others[i - 1] = tostring(eligible[i].stream) end
-                        notes[t] = "earliest of " .. #eligible .. " candidate callbacks (also "
-                            .. table.concat(others, ", ") .. ")"
+                        notes[t] = { "earliest of " .. #eligible
+                            .. " candidate callbacks (also " .. table.concat(others, ", ") .. ")" }
                     end
                     taken[cb] = true
                 end
             end
         end
-        return notes
+        return notes, window_end
     end
 
-    local function task_row(t, candidate_note)
+    local function task_row(t, matching_notes)
         local cb, cmd = t.callback, t.cmd
         local r = {
             process_id = t.process_id, pid = t.pid, job = t.job, task_id = t.task_id,
@@ -3045,7 +3046,8 @@ do
             if best == nil or e.when < best.when then best = e end
         end
         if best then r.error = best.text end
-        local notes = { candidate_note }  -- first, as the default engine gives it
+        local notes = {}  -- the matching's first, as the default engine gives them
+        for _, note in ipairs(matching_notes or {}) do notes[#notes + 1] = note end
         for _, note in ipairs(t.notes) do notes[#notes + 1] = note end
         if #notes > 0 then r.notes = table.concat(notes, "; ") end
         r.sort_time = first or 0
@@ -3054,9 +3056,79 @@ do
     end
 
     function task_rows()
+        -- A connection to an address and port a start announced before its SYN, that
+        -- carried nothing and no task took (refused, unanswered, too late): a partial row of
+        -- its own, as the default engine gives it. Made here, not kept: the table is drawn
+        -- more than once.
+        local all, announced = {}, {}
+        for i, t in ipairs(tasks) do
+            all[i] = t
+            if t.start_seen and t.callback_port then
+                for _, addr in ipairs({ t.controller, t.expected_ip }) do
+                    local key = addr .. "|" .. t.callback_port
+                    if announced[key] == nil or t.start_sent < announced[key] then
+                        announced[key] = t.start_sent
+                    end
+                end
+            end
+        end
+        for _, c in ipairs(candidates) do
+            local since = c.server and announced[c.server.addr .. "|" .. c.server.port]
+            if c.task == nil and c.channel == nil and c.syn ~= nil and not c.carried
+                and since ~= nil and since <= c.syn then
+                all[#all + 1] = { controller = c.server.addr, callback_port = c.server.port,
+                    callback = c, errors = {}, notes = {} }
+            end
+        end
+        local notes, window_end = candidate_notes()
+
+        -- DESIGN "Matching" keeps a callback whose SYN came past its task's window a row of
+        -- its own (a slow start: the controller gave up, Z-REMOTE-118); as the default engine
+        -- does, both rows say so, so that `callback-missing` does not read as "never came".
+        -- The task is the nearest earlier start, without a callback, for the same address
+        -- and port.
+        local function note_late_callbacks()
+            local waiting = {}
+            for _, t in ipairs(tasks) do
+                if t.callback == nil and window_end[t] then
+                    local key = tostring(t.expected_ip) .. "|" .. tostring(t.callback_port)
+                    waiting[key] = waiting[key] or {}
+                    waiting[key][#waiting[key] + 1] = t
+                end
+            end
+            local function add(t, note)
+                notes[t] = notes[t] or {}
+                notes[t][#notes[t] + 1] = note
+            end
+            for _, row in ipairs(all) do
+                local cb = row.callback
+                if row.cmd == nil and cb and cb.syn then
+                    -- the row's controller and port, as task_row gives them
+                    local c = row.guessed and cb.api and cb.api.controller
+                    local key = tostring(c and c.addr or row.controller) .. "|"
+                        .. tostring(c and c.port or row.callback_port)
+                    local task
+                    for _, t in ipairs(waiting[key] or {}) do
+                        if t.start_sent < cb.syn
+                            and (task == nil or t.start_sent >= task.start_sent) then
+                            task = t
+                        end
+                    end
+                    if task and cb.syn > window_end[task] then
+                        local late = string.format("%.3f s after the start",
+                            (exact_time(cb.syn) - exact_time(task.start_sent)) / 1e6)
+                        add(task, "callback " .. tostring(cb.stream) .. " came " .. late
+                            .. ": too late")
+                        add(row, "too late for task "
+                            .. tostring(task.process_id or task.cmd.stream) .. " (" .. late .. ")")
+                    end
+                end
+            end
+        end
+        note_late_callbacks()
+
         local rows = {}
-        local notes = candidate_notes()
-        for i, t in ipairs(tasks) do rows[i] = task_row(t, notes[t]) end
+        for i, t in ipairs(all) do rows[i] = task_row(t, notes[t]) end
         table.sort(rows, function(a, b)
             if a.sort_time ~= b.sort_time then return a.sort_time < b.sort_time end
             return a.sort_conn < b.sort_conn
