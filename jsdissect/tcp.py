@@ -38,8 +38,8 @@ class Connection:
     client: Endpoint  # the SYN sender; without a SYN, a guess (the higher port)
     server: Endpoint
     handshake_seen: bool  # False: picked up mid-stream, roles guessed
-    first_ts: int  # first packet, µs
-    last_ts: int  # last packet, µs
+    first_ts: int  # its earliest packet, µs
+    last_ts: int  # its latest packet, µs
     syn: int | None  # first SYN (retransmissions do not move it)
     syn_count: int  # SYNs sent by the client (>1: retransmitted)
     synack: int | None  # first SYN-ACK
@@ -397,7 +397,12 @@ class _Conn:
         first_from_side = not half.seen
         half.seen = True
         self.packets += 1
-        self.last_ts = ts
+        # The earliest and the latest time, whatever the order: several capture queues
+        # interleave a few µs out of order (the id stays on the first packet captured).
+        if ts > self.last_ts:
+            self.last_ts = ts
+        elif ts < self.first_ts:
+            self.first_ts = ts
         if flags & SYN:
             self._syn(seg, d, half)
         elif half.base is None and (payload or missing or flags & FIN):
@@ -632,6 +637,7 @@ class _Closed(NamedTuple):
     syn_client: Endpoint
     syn_seq: int | None
     ends: tuple[_SideEnd, _SideEnd]
+    evicted: bool  # handed on at MAX_OPEN while it was live, not ended by its hosts
 
 
 def _may_be_a_straggler(ends: tuple[_SideEnd, _SideEnd], seg: Segment) -> bool:
@@ -665,7 +671,9 @@ def _may_reopen(entry: _Closed, seg: Segment, pure_syn: bool) -> bool:
         return not (entry.syn_seq == seg.seq and entry.syn_client == (seg.src, seg.sport))
     if seg.flags & RST or not (seg.payload or seg.flags & SYN):
         return False  # nothing to start a connection with: a reset, an ACK
-    return not _may_be_a_straggler(entry.ends, seg)
+    # Data of a connection handed on while it was live goes on where it left off: picked
+    # up again (mid-stream), not dropped as a straggler of an end that never came.
+    return entry.evicted or not _may_be_a_straggler(entry.ends, seg)
 
 
 class Reassembler:
@@ -715,7 +723,9 @@ class Reassembler:
                 if not _may_reopen(entry, seg, pure_syn):
                     return
                 del self._recent[key]
-            conn = self._open(key, seg, entry.ends if entry is not None else None)
+            # (an evicted connection had no end: nothing of it is a straggler to tell apart)
+            previous = entry.ends if entry is not None and not entry.evicted else None
+            conn = self._open(key, seg, previous)
         elif conn.previous is not None and conn.is_of_previous(seg):
             return
         conn.add(seg, CLIENT_TO_SERVER if a == conn.client else SERVER_TO_CLIENT)
@@ -778,14 +788,15 @@ class Reassembler:
         keeps the cost per connection logarithmic."""
         idle = sorted(self._conns.values(), key=lambda c: (c.last_ts, c.serial))
         for conn in idle[: max(1, MAX_OPEN // 10)]:
-            self._close(conn)
+            self._close(conn, evicted=True)
 
-    def _close(self, conn: _Conn, now: int | None = None) -> None:
+    def _close(self, conn: _Conn, now: int | None = None, evicted: bool = False) -> None:
         """Hand the connection on; its 4-tuple is remembered for RECENT_US from `now`
         (capture time when the close was decided, after its last packet)."""
         del self._conns[conn.key]
         self.sink.on_close(conn.finish())
-        self._recent[conn.key] = _Closed(conn.serial, conn.client, conn.syn_seq, conn.ends())
+        ends = conn.ends()
+        self._recent[conn.key] = _Closed(conn.serial, conn.client, conn.syn_seq, ends, evicted)
         since = conn.last_ts if now is None else max(now, conn.last_ts)
         heapq.heappush(self._recent_expiry, (since + RECENT_US, conn.serial, conn.key))
         while len(self._recent) > MAX_RECENT:

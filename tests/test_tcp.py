@@ -30,6 +30,7 @@ from jsdissect.tcp import (
     Connection,
     Endpoint,
     Reassembler,
+    connection_id,
 )
 
 T0 = 1_772_442_902_000_000  # 2026-03-02T09:15:02Z in µs
@@ -1208,6 +1209,87 @@ def test_memory_follows_open_connections_not_capture_size() -> None:
     assert most_open == 1
     # Closed 4-tuples are remembered for 60 s of capture time: 6000 at 10 ms apart.
     assert most_remembered <= 6_001
+
+
+def test_a_live_connection_handed_on_at_the_bound_keeps_what_it_sends_later(monkeypatch) -> None:
+    """Found in review: a command connection idle through a SYN flood was handed on, and
+    what it sent afterwards was dropped as stragglers of an end that never came (60 s of
+    its traffic lost without a gap). It is picked up again, mid-stream."""
+    monkeypatch.setattr(tcp, "MAX_OPEN", 20)
+    got: dict[str, list[bytes]] = {}
+    closed: list[Connection] = []
+
+    class Sink:
+        def on_open(self, conn_id, *args) -> None:
+            got[conn_id] = [b"", b""]
+
+        def on_data(self, conn_id, direction, offset, data, ts) -> None:
+            got[conn_id][direction] += data
+
+        def on_gap(self, *args) -> None:
+            raise AssertionError("no byte was lost")
+
+        def on_close(self, conn: Connection) -> None:
+            closed.append(conn)
+
+    def seg(ts, src, dst, seq, ack, flags, payload=b""):
+        return Segment(ts, *src, *dst, seq, ack, flags, 65535, payload, 0, None, None)
+
+    c, s = ("10.0.0.1", 40000), ("10.0.0.2", 4444)
+    r = Reassembler(Sink())
+    for p in (
+        seg(0, c, s, 1000, 0, 0x02),
+        seg(10, s, c, 5000, 1001, 0x12),
+        seg(20, c, s, 1001, 5001, 0x10),
+        seg(30, c, s, 1001, 5001, 0x18, b"<first/>"),
+        seg(40, s, c, 5001, 1009, 0x18, b"ok\0"),
+    ):
+        r.add(p)
+    for i in range(25):  # spoofed SYNs, 1 ms apart: the bound is passed
+        r.add(seg(1000 + i * 1000, (f"10.9.0.{i}", 1024 + i), s, 77, 0, 0x02))
+    r.add(seg(100_000, c, s, 1009, 5004, 0x18, b"<second/>"))
+    r.add(seg(100_100, s, c, 5004, 1018, 0x18, b"ok2\0"))
+    r.add(seg(100_200, c, s, 1018, 5008, 0x10))  # its ACK: no connection of its own
+    r.finish()
+    ours = [conn for conn in closed if {conn.client, conn.server} == {c, s}]
+    assert [(conn.state, got[conn.id]) for conn in ours] == [
+        ("open", [b"<first/>", b"ok\0"]),
+        ("midstream", [b"<second/>", b"ok2\0"]),
+    ]
+    assert ours[1].packets == 3
+
+
+def test_a_connections_first_and_last_packet_are_its_earliest_and_latest() -> None:
+    """Found in review: taken in capture order, a packet stamped 10 µs early (capture
+    queues interleave) made the first packet later than the SYN, and a duration negative."""
+    closed: list[Connection] = []
+
+    class Sink:
+        def on_open(self, *args) -> None:
+            pass
+
+        def on_data(self, *args) -> None:
+            pass
+
+        def on_gap(self, *args) -> None:
+            pass
+
+        def on_close(self, conn: Connection) -> None:
+            closed.append(conn)
+
+    c, s = ("10.0.0.1", 40000), ("10.0.0.2", 4444)
+    r = Reassembler(Sink())
+    for ts, src, dst, seq, ack, flags in (
+        (110, c, s, 1000, 0, 0x02),
+        (100, s, c, 5000, 1001, 0x12),  # each direction on its own capture queue
+        (130, c, s, 1001, 5001, 0x11),
+        (125, s, c, 5001, 1002, 0x11),
+    ):
+        r.add(Segment(ts, *src, *dst, seq, ack, flags, 65535, b"", 0, None, None))
+    r.finish()
+    (conn,) = closed
+    assert (conn.first_ts, conn.last_ts) == (100, 130)
+    assert conn.id == connection_id(110, conn.client, conn.server)  # named by its first
 
 
 def test_open_connections_are_bounded_by_handing_on_the_idle_ones(monkeypatch) -> None:
