@@ -27,15 +27,12 @@ from pathlib import Path
 from typing import IO, Any, Final, Literal, NamedTuple
 
 from jsdissect.compressed import Codec, Stream, codec_of_file
+from jsdissect.errors import CaptureError
 
 Engine = Literal["auto", "libpcap", "python"]
 
 # TCP flag bits (RFC 9293 §3.1)
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
-
-
-class CaptureError(Exception):
-    """A capture file that cannot be read at all (missing, not a capture, unsupported)."""
 
 
 class Segment(NamedTuple):

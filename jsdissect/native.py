@@ -38,7 +38,7 @@ COMPILED = (
 )
 # Modules the compiled ones use that stay Python: mypyc compiled against their types (and
 # checks them at run time), so an edit there makes the compiled modules stale too.
-COMPILED_AGAINST = ("compressed.py", "protocol/__init__.py", "report.py")
+COMPILED_AGAINST = ("compressed.py", "errors.py", "protocol/__init__.py", "report.py")
 # Written by the build beside the compiled modules: source_digests() as they were built.
 BUILD_RECORD = "_native_build.json"
 PURE_ENV = "JSDISSECT_PURE"

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import copyreg
 import gzip
 import heapq
 import io
 import lzma
 import os
+import pickle
 import random
 import struct
 import subprocess
@@ -1372,3 +1374,20 @@ def test_jobscheduler_filters_pass_tcp_behind_ipv6_extension_headers(corpus, eng
         unfiltered = read(path, engine="python")
         assert len(by_tcp) < len(unfiltered) or name == "lt228", name  # (IPv4 only)
         assert read(path, engine=engine, bpf=bpf) == unfiltered, name
+
+
+def test_a_capture_error_crosses_a_process_boundary_as_itself(tmp_path) -> None:
+    """A Dask worker sends it back pickled through tblib, which reads the exception's
+    __dict__. Found by the cluster tests: compiled, it had none, and the client got an
+    internal error instead of the one-line message."""
+    pickling_support = pytest.importorskip("tblib.pickling_support")  # Dask's
+    with pytest.raises(CaptureError) as raised:
+        read_segments([tmp_path / "missing.pcap"])
+    sent = io.BytesIO()
+    pickler = pickle.Pickler(sent)
+    pickler.dispatch_table = copyreg.dispatch_table | {
+        CaptureError: pickling_support.pickle_exception
+    }
+    pickler.dump(raised.value)
+    again = pickle.loads(sent.getvalue())
+    assert type(again) is CaptureError and str(again) == str(raised.value)
