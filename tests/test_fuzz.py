@@ -1032,14 +1032,25 @@ def test_other_counts_near_2_31_are_refused(what: str, body: bytes | None):
     assert counts["reads"] < 60
 
 
-@pytest.mark.parametrize(
-    "length", [2**31 - 1, 2**31, 2**32 - 1, api.MESSAGE_SIZE_MAXIMUM + 1, api.MAX_MESSAGE_SIZE]
-)
-def test_frame_length_beyond_the_limit_allocates_nothing(length: int):
+@pytest.mark.parametrize("length", [api.MAX_MESSAGE_SIZE + 1, 2**31 - 1, 2**31, 2**32 - 1])
+def test_frame_length_beyond_what_any_peer_accepts_allocates_nothing(length: int):
     with peak_memory() as peak:
         events = feed_all(api.ObjServerDecoder(CONN), [(0, frame(b"O" + bytes(20), length))])
     (reason,) = errors_of(events)
-    assert "exceeds the limit" in reason and peak[0] < 1 << 20
+    assert "framing lost" in reason and peak[0] < 1 << 20
+
+
+@pytest.mark.parametrize("length", [api.MESSAGE_SIZE_MAXIMUM + 1, api.MAX_MESSAGE_SIZE])
+def test_frame_length_beyond_our_bound_is_read_past_holding_nothing(length: int):
+    """C++ peers accept frames up to 1 GB (§5.1): one over our 100 MB bound is read past,
+    not held, and framing goes on after it."""
+    with peak_memory() as peak:
+        events = feed_all(
+            api.ObjServerDecoder(CONN),
+            [(0, frame(b"O" + bytes(1000), length)), (0, bytes(1 << 18))],
+        )
+    (reason,) = errors_of(events)
+    assert "connection ended inside a frame" in reason and peak[0] < 1 << 20
 
 
 def test_frame_claiming_a_hundred_megabytes_holds_only_what_arrived():

@@ -16,6 +16,7 @@ import tracemalloc
 from typing import Any
 
 import jsencode as enc
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -1344,10 +1345,56 @@ def test_gap_not_followed_by_a_frame_header_stops_the_direction() -> None:
     events += w.decoder.feed(T2C, offset + 7, EX3_ANSWER[5:], 61)
     assert_error(events[-1], offset + 7, "no frame header after the gap", "framing lost")
     assert w.decoder.feed(T2C, offset + 7 + len(EX3_ANSWER) - 5, EX3_ANSWER, 62) == []
-    # an offset jump inside a frame is a gap over its header: framing is lost
+    # an offset jump inside a frame's length prefix: where the next frame starts is lost
     w2 = Wire()
-    events = w2.decoder.feed(C2T, 0, EX2_CREATE[:10], 1) + w2.decoder.feed(C2T, 100, b"\0" * 8, 2)
+    events = w2.decoder.feed(C2T, 0, EX2_CREATE[:3], 1) + w2.decoder.feed(C2T, 100, b"\0" * 8, 2)
     assert_error(next(e for e in events if isinstance(e, DecodeError)), 0, "framing lost")
+
+
+@pytest.mark.parametrize("cut", [1, 4, 5, 12, 13])
+def test_the_frame_after_a_gap_is_taken_wherever_the_segments_break(cut: int) -> None:
+    """§5.1: a decoder must not rely on segment boundaries. Found in review: the check
+    after a gap looked at the first piece only, and one shorter than a frame's head (5
+    bytes, 14 for an `O` request) stopped the direction."""
+    w = started_conversation()
+    offset = w.next[T2C]
+    events = w.decoder.gap(T2C, offset, 7, 60)
+    events += w.decoder.feed(T2C, offset + 7, EX3_ANSWER[:cut], 61)
+    events += w.decoder.feed(T2C, offset + 7 + cut, EX3_ANSWER[cut:], 62)
+    assert_error(events[0], offset, "gap of 7 bytes", "frames lost")
+    (reply,) = [e for e in events if isinstance(e, Reply)]
+    assert (reply.offset, reply.start, reply.end) == (offset + 7, 61, 62)
+    assert one(events, BeginAnswered).started is True
+
+
+def test_a_gap_from_inside_a_frame_past_its_end_loses_only_the_frames_it_covers() -> None:
+    """The frame's length says where the next frame starts: a gap over its tail and whole
+    frames after it resumes like a gap between frames. Found in review: it stopped the
+    direction for good."""
+    w = started_conversation()
+    offset = w.next[T2C]
+    keep_alive = bytes.fromhex("000000014b")
+    events = w.decoder.feed(T2C, offset, keep_alive[:4], 60)  # its length, not its class
+    events += w.decoder.gap(T2C, offset + 4, 1 + len(keep_alive), 61)  # and one more
+    events += w.decoder.feed(T2C, offset + 10, EX3_ANSWER, 62)
+    assert_error(events[0], offset, "1 bytes of the frame were not captured")
+    assert_error(events[1], offset + 5, "gap of 5 bytes", "frames lost")
+    assert [type(e) for e in events[2:3]] == [Reply]
+    assert one(events, BeginAnswered).started is True
+
+
+def test_a_frame_over_the_decoders_bound_is_read_past_and_framing_goes_on() -> None:
+    """§5.1: C++ peers accept frames up to 1 GB; the decoder's bound (100 MB by default)
+    only keeps it from holding one. Found in review: one over it stopped the direction."""
+    bound = max(map(len, (EX2_CREATE, EX2_ANSWER, EX3_BEGIN, EX3_ANSWER)))
+    w = started_conversation(max_frame=bound)
+    offset = w.next[T2C]
+    big = struct.pack(">I", bound + 1) + b"A" + bytes(bound)
+    events = w.decoder.feed(T2C, offset, big[:50], 60)
+    events += w.decoder.feed(T2C, offset + 50, big[50:] + EX3_ANSWER, 61)
+    reason = f"frame of {bound + 1} bytes over the limit {bound}"
+    assert_error(events[0], offset, reason, "not decoded")
+    assert one(events, BeginAnswered).started is True
 
 
 def test_close_inside_a_frame() -> None:

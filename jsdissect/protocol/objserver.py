@@ -813,12 +813,14 @@ class _Stream:
     expected: int | None = None  # next stream offset
     dead: bool = False
     resync: bool = False  # after a gap between frames: the next piece must start a frame
+    held: list[tuple[int, bytes, int]] = field(default_factory=list)  # (offset, data, ts)
     head: bytearray = field(default_factory=bytearray)
     frame: _Frame | None = None
     length: int | None = None
     pieces: list[bytes] = field(default_factory=list)  # joined only when complete
     have: int = 0
     missing: int = 0  # payload bytes lost in gaps; pieces then hold only the prefix
+    oversize: bool = False  # longer than the decoder's bound: read past, pieces not kept
 
     def reset(self) -> None:
         self.head.clear()
@@ -827,16 +829,26 @@ class _Stream:
         self.pieces = []
         self.have = 0
         self.missing = 0
+        self.oversize = False
 
 
-def _looks_like_frame(data: bytes) -> bool:
-    """§12 mid-stream heuristic: a sane length, a known class, for `O` a known command."""
-    if len(data) < 5:
-        return False
+def _frame_head(data: bytes, final: bool) -> bool | None:
+    """§12 mid-stream heuristic: a sane length, a known class, for `O` a known command.
+    None: too few bytes to tell yet; `final`: no more will come, judge by what is there
+    (an `O` cut before its command byte passes on its length and class)."""
+    if len(data) < LENGTH_PREFIX.size + 1:
+        return False if final else None
     length = LENGTH_PREFIX.unpack_from(data)[0]
-    if not 0 < length < 1 << 30 or data[4] not in REQUEST_CLASSES | ANSWER_CLASSES:
+    if not 0 < length <= MAX_MESSAGE_SIZE or data[4] not in REQUEST_CLASSES | ANSWER_CLASSES:
         return False
-    return data[4] != MSG_OBJECT or (len(data) >= 14 and data[13] in OBJECT_COMMANDS)
+    if data[4] != MSG_OBJECT:
+        return True
+    if len(data) < _OBJECT_COMMAND_AT + 1:
+        return True if final else None
+    return data[_OBJECT_COMMAND_AT] in OBJECT_COMMANDS
+
+
+_OBJECT_COMMAND_AT = 13  # §5.9: length (4), class `O`, object id (8), then the command
 
 
 @dataclass(slots=True)
@@ -1149,6 +1161,8 @@ class ObjServerDecoder:
             return out
         self._closed = True
         for direction, st in enumerate(self._streams):
+            if st.held:  # after a gap, too few bytes to tell by more: told by what is there
+                self._judge_held(direction, st, True, out)
             if st.dead or st.frame is None:
                 continue
             have = len(st.head) if st.length is None else LENGTH_PREFIX.size + st.have
@@ -1182,14 +1196,38 @@ class ObjServerDecoder:
             offset = st.expected
         if st.dead:
             return
+        if not data:  # all of it fed already
+            return
         data = bytes(data)
         st.expected = offset + len(data)
         if st.resync:
-            st.resync = False
-            if not _looks_like_frame(data):
-                frame = _Frame(offset, ts, ts)
-                self._die(d, st, frame, "no frame header after the gap: framing lost", out)
-                return
+            # Held until its first bytes tell whether a frame starts there: a segment
+            # boundary may fall anywhere in a frame's head (§5.1).
+            st.held.append((offset, data, ts))
+            self._judge_held(d, st, False, out)
+            return
+        self._frame(d, st, data, offset, ts, out)
+
+    def _judge_held(self, d: int, st: _Stream, final: bool, out: list[Event]) -> None:
+        """After a gap between frames: frame the held pieces once their head looks like a
+        frame's; framing is lost when it does not. `final`: no more bytes follow them (a
+        gap, the end), so judge by what is there."""
+        verdict = _frame_head(b"".join(piece for _, piece, _ in st.held), final)
+        if verdict is None:
+            return
+        held, st.held, st.resync = st.held, [], False
+        if not verdict:
+            offset, _, ts = held[0]
+            reason = "no frame header after the gap: framing lost"
+            self._die(d, st, _Frame(offset, ts, ts), reason, out)
+            return
+        for offset, data, ts in held:
+            self._frame(d, st, data, offset, ts, out)
+
+    def _frame(
+        self, d: int, st: _Stream, data: bytes, offset: int, ts: int, out: list[Event]
+    ) -> None:
+        """Split a piece of the stream into frames, decoding each as it completes."""
         pos, size = 0, len(data)
         while pos < size and not st.dead:
             if st.frame is None and pos + LENGTH_PREFIX.size <= size:
@@ -1227,7 +1265,7 @@ class ObjServerDecoder:
                 self._check_length(d, st, out)
             return pos + take
         take = min(st.length - st.have, len(data) - pos)
-        if not st.missing:
+        if not st.missing and not st.oversize:
             st.pieces.append(data[pos : pos + take])
         st.have += take
         if st.have == st.length:
@@ -1239,10 +1277,12 @@ class ObjServerDecoder:
         if length == 0:
             reason = "frame length 0: a payload holds at least its message class"
             self._die(d, st, st.frame, reason, out)
-        elif length > self.max_frame:
-            reason = f"frame length {length} exceeds the limit {self.max_frame}"
+        elif length > MAX_MESSAGE_SIZE:  # more than any peer accepts: no frame length
+            reason = f"frame length {length} exceeds {MAX_MESSAGE_SIZE}: framing lost"
             self._die(d, st, st.frame, reason, out)
         else:
+            # Above our bound (not above C++'s): read past, not held; framing goes on.
+            st.oversize = length > self.max_frame
             st.length = length
 
     def _gap(self, d: int, offset: int, size: int, ts: int, out: list[Event]) -> None:
@@ -1259,14 +1299,22 @@ class ObjServerDecoder:
             size += offset - st.expected
         offset = st.expected
         st.expected = offset + size
-        if st.length is not None and size <= st.length - st.have:
+        if st.held:  # bytes between two gaps, too few to tell by more: told by what is there
+            self._judge_held(d, st, True, out)
+            if st.dead:
+                return
+        if st.length is not None:
             # The frame's length is known, so the next frame starts right after it: only
-            # this frame is lost.
-            st.missing += size
-            st.have += size
+            # this frame is lost, and, when the gap runs on past it, whole frames after it.
+            lost_here = min(size, st.length - st.have)
+            st.missing += lost_here
+            st.have += lost_here
             if st.have == st.length:
                 self._finish_frame(d, st, out)
-            return
+            offset += lost_here
+            size -= lost_here
+            if not size:
+                return
         if st.frame is None:
             # Between frames: senders write a frame in one send, so the bytes after a lost
             # run of whole frames usually begin a frame; checked when they arrive (§12).
@@ -1288,9 +1336,13 @@ class ObjServerDecoder:
 
     def _finish_frame(self, d: int, st: _Stream, out: list[Event]) -> None:
         payload = b"".join(st.pieces)
-        frame, missing = st.frame, st.missing
+        frame, missing, oversize, length = st.frame, st.missing, st.oversize, st.length
         st.reset()
         assert frame is not None
+        if oversize:
+            reason = f"frame of {length} bytes over the limit {self.max_frame}: not decoded"
+            out.append(self._error(d, frame, reason))
+            return
         self._complete(d, payload, frame, missing, out)
 
     def _complete(
