@@ -140,7 +140,7 @@ def test_example1_decodes_to_exact_records():
 # --- framing and times ------------------------------------------------------------------------
 
 
-def test_keep_alive_spaces_before_close_are_one_event_with_per_space_times():
+def test_keep_alive_spaces_before_close_are_one_event_with_the_time_of_each_piece():
     w = Wire()
     w.send(C, EXAMPLE1_START, 1)
     w.send(S, EXAMPLE1_ANSWER, 2)
@@ -149,7 +149,7 @@ def test_keep_alive_spaces_before_close_are_one_event_with_per_space_times():
     assert w.send(C, b"  ", 90) == []
     out = w.send(C, b" " + EXAMPLE1_CLOSE, 120)
     ka, close = out
-    assert ka == KeepAlive("c1", C, 112, 30, 120, count=5, times=(30, 60, 90, 90, 120))
+    assert ka == KeepAlive("c1", C, 112, 30, 120, count=5, times=(30, 60, 90, 120))
     assert isinstance(close, RemoteTaskClose)
     assert (close.offset, close.start, close.end) == (117, 120, 120)
     ok = one(w.send(S, EXAMPLE1_OK, 130), Ok)
@@ -161,7 +161,7 @@ def test_close_starts_at_the_piece_carrying_its_lt():
     assert w.send(C, b"   ", 5) == []
     assert w.send(C, b" ", 7) == []  # the run is still open
     out = w.send(C, EXAMPLE1_CLOSE[:1], 9) + w.send(C, EXAMPLE1_CLOSE[1:], 11)
-    assert out[0] == KeepAlive("c1", C, 0, 5, 7, count=4, times=(5, 5, 5, 7))
+    assert out[0] == KeepAlive("c1", C, 0, 5, 7, count=4, times=(5, 7))
     close = out[1]
     assert (close.offset, close.start, close.end) == (4, 9, 11)
 
@@ -289,6 +289,34 @@ def test_keep_alive_run_is_cut_into_bounded_events():
     assert [e.offset for e in out] == [0, MAX_KEEPALIVE_RUN, 2 * MAX_KEEPALIVE_RUN]
 
 
+def test_keep_alive_holds_a_time_per_piece_not_per_space():
+    """Each space's own time made 16 MiB of spaces hold 641 MiB of events (compiled):
+    a run keeps the time of each piece its spaces came in, once while it does not change
+    (§3.7: C sends one space per period, so each keep-alive is its own piece anyway)."""
+    w = Wire()
+    piece = b" " * 65536
+    out: list[Event] = []
+    for i in range(16):
+        out += w.send(C, piece, 1000 + i)
+    out += w.close()
+    assert sum(e.count for e in out) == 16 * 65536
+    assert len(out) == 16 * 65536 // MAX_KEEPALIVE_RUN
+    assert sum(len(e.times) for e in out) == len(out)  # each event within one piece
+    assert [(e.start, e.end, e.times) for e in out[15:17]] == [
+        (1000, 1000, (1000,)),
+        (1001, 1001, (1001,)),
+    ]
+    odd = Wire()
+    out = odd.send(C, b" " * 5000, 1) + odd.send(C, b" " * 5000, 1) + odd.send(C, b" " * 5000, 2)
+    out += odd.close()
+    assert [(e.count, e.times) for e in out] == [
+        (MAX_KEEPALIVE_RUN, (1,)),
+        (MAX_KEEPALIVE_RUN, (1,)),
+        (MAX_KEEPALIVE_RUN, (1, 2)),
+        (15000 - 3 * MAX_KEEPALIVE_RUN, (2,)),
+    ]
+
+
 # --- records ----------------------------------------------------------------------------------
 
 
@@ -368,6 +396,56 @@ def test_start_with_ip_address_and_any_attribute_order():
 
 
 @pytest.mark.parametrize(
+    ("value", "port"),
+    [
+        ("59999", 59999),
+        (" 59999 ", 59999),
+        ("1", 1),
+        ("65535", 65535),
+        ("059999", 59999),
+        ("59_999", None),  # Python's int() took these four
+        ("+59999", None),
+        ("&#x665;&#x669;&#x669;&#x669;&#x669;", None),  # Arabic-Indic digits
+        ("\u0665\u0669\u0669\u0669\u0669", None),
+        ("-1", None),
+        ("70000", 70000),  # outside the TCP range: shown as announced (a corrupt start)
+        ("5 9999", None),
+        ("0x10", None),
+        ("", None),
+    ],
+)
+def test_tcp_port_is_ascii_digits(value: str, port: int | None):
+    data = f'{enc.PROLOG}<remote_scheduler.start_remote_task tcp_port="{value}"/>'
+    raw = data.encode("utf-8").replace(b"ISO-8859-1", b"UTF-8")
+    assert one(Wire().send(C, raw), StartRemoteTask).tcp_port == port
+
+
+@pytest.mark.parametrize(
+    ("value", "pid"),
+    [
+        ("4711", 4711),
+        (" 4711 ", 4711),
+        ("4_711", None),
+        ("+4711", None),
+        ("-4711", None),  # an OS process id is never negative
+        ("&#x664;&#x667;&#x661;&#x661;", None),  # Arabic-Indic digits
+        ("4711.0", None),
+    ],
+)
+def test_pid_is_ascii_digits(value: str, pid: int | None):
+    doc = enc.answer_doc(T1, f'<process pid="{value}" process_id="84217301"/>')
+    answer = one(Wire().send(S, doc), ProcessAnswer)
+    assert (answer.pid, answer.process_id) == (pid, "84217301")
+
+
+@pytest.mark.parametrize("length", ["+13", "1_3", "-13", "\u0661\u0663"])
+def test_http_content_length_is_ascii_digits(length: str):
+    req = f"POST / HTTP/1.1\r\nContent-Length: {length}\r\n\r\n<show_state/>"
+    err = one(Wire().send(C, req.encode("utf-8")), DecodeError)
+    assert err.reason == "bad Content-Length"
+
+
+@pytest.mark.parametrize(
     ("extra", "kill"),
     [
         ("", False),
@@ -421,6 +499,33 @@ def test_declared_encoding_is_used_and_unknown_falls_back_to_latin1():
     assert one(w.send(C, bogus), OtherCommand).attrs == (("v", "é"),)
     bare = b'<x v="\xe9\xff"/>'
     assert one(w.send(C, bare), OtherCommand).attrs == (("v", "éÿ"),)
+
+
+@pytest.mark.parametrize("codec", ["ISO-8859-1", "latin1", "UTF-8", "US-ASCII", "cp1252", "UTF-7"])
+def test_prolog_naming_a_character_set_is_decoded_with_it(codec: str):
+    from jsdissect.protocol.command import _text_of
+
+    doc = f'<?xml version="1.0" encoding="{codec}"?><x v="a+b-c"/>'
+    assert _text_of(doc.encode(codec)) == doc
+
+
+def test_prolog_naming_punycode_or_idna_is_read_as_latin_1():
+    """Python's punycode decoder takes time quadratic in the length (a 1 MB answer: 53 s of
+    CPU), and idna runs it on each `xn--` label: they name no character set (the engine
+    writes ISO-8859-1, §3.1/§3.2), so the document is read as ISO-8859-1."""
+    from jsdissect.protocol.command import _text_of
+
+    doc = '<?xml version="1.0" encoding="punycode"?><spooler><answer time="é一"><ok/></answer>'
+    raw = (doc + "</spooler>").encode("punycode")
+    assert raw.decode("punycode").startswith(doc)  # what the prolog's codec would read
+    assert raw.endswith(b"</spooler>-33h43762p")
+    assert _text_of(raw) == raw.decode("iso-8859-1")
+    err = one(Wire().send(S, raw + b"\x00"), DecodeError)  # its tail is junk after the root
+    assert "not well-formed" in err.reason
+    idna = b'<?xml version="1.0" encoding="idna"?><x v="a.xn--caf-dma.b"/>'
+    assert 'v="a.café.b"' in idna.decode("idna")
+    assert _text_of(idna) == idna.decode("iso-8859-1")
+    assert one(Wire().send(C, idna), OtherCommand).attrs == (("v", "a.xn--caf-dma.b"),)
 
 
 # --- HTTP (§3.9) ------------------------------------------------------------------------------
@@ -712,7 +817,7 @@ def expected_times(conv: Conversation, event: Event, byte_ts: list[list[int]]) -
         if base <= event.offset < base + len(data):
             i = event.offset - base
             if isinstance(event, KeepAlive):
-                times = tuple(stamps[i : i + event.count])
+                times = tuple(t for t, _ in itertools.groupby(stamps[i : i + event.count]))
                 return (times[0], max(times), times)
             return (stamps[i], max(stamps[i:]))
         base += len(data)

@@ -40,13 +40,28 @@ ANSWER_MARKER = b"<?xml"  # every answer starts with the declaration (§3.4, §3
 MAX_MESSAGE = 1 << 20  # bytes of one command, answer or HTTP body
 MAX_HTTP_HEAD = 64 << 10  # bytes of HTTP request/status line plus headers
 MAX_HTTP_LINE = 1024  # a chunk-size or trailer line
-MAX_KEEPALIVE_RUN = 4096  # spaces per KeepAlive event (times are kept per space)
+MAX_KEEPALIVE_RUN = 4096  # spaces per KeepAlive event
 MAX_HTTP_PENDING = 64  # HTTP requests waiting for their responses
 MAX_TREE_DEPTH = 3  # elements kept: <spooler><answer><process/> or <spooler><command><x/>
 
-# Python codecs a prolog can name that are no character set: they interpret backslash
-# escapes in the document (and warn about invalid ones on every message).
-NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape"})
+# Python codecs a prolog can name that are no character set: Python's own "Python Specific
+# Encodings" (codecs docs), by codecs.lookup() name. The escape codecs interpret backslashes
+# in the document (and warn about invalid ones on every message); punycode takes time
+# quadratic in the length (a 1 MB answer: 53 s of CPU), and idna runs it on each `xn--` label.
+# The engine writes ISO-8859-1 (§3.1, §3.2): such a document is read as that. (Bytes-to-bytes
+# codecs such as base64 or zlib are no text encodings: bytes.decode() refuses them.)
+NOT_CHARSETS = frozenset(
+    {
+        "idna",
+        "mbcs",
+        "oem",
+        "palmos",
+        "punycode",
+        "raw-unicode-escape",
+        "undefined",
+        "unicode-escape",
+    }
+)
 ENCODING_RE = re.compile(rb"""\s*<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._:\-]+)["']""")
 SPACE_RUN_RE = re.compile(rb" +")  # §3.7 keep-alive spaces
 SKIP_TO_RE = re.compile(rb"[ <]")  # resynchronising: a command marker or keep-alive spaces
@@ -55,6 +70,9 @@ NON_XML_END_RE = re.compile(rb"[<\n]")  # §3.1 non-XML request ends at a newlin
 HTTP_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
 HTTP_REQUEST_RE = re.compile(rb"[A-Z][A-Za-z-]* \S+ HTTP/\d")  # §3.9
 HTTP_STATUS_RE = re.compile(rb"HTTP/\d")
+# A number the engine writes (a port, a pid, a length): ASCII digits only. Python's int()
+# would take signs, underscores and any script's digits too.
+DIGITS_RE = re.compile(r"[ \t\r\n]*([0-9]+)[ \t\r\n]*")
 
 
 # --- commands (client → server) ---------------------------------------------------------
@@ -90,7 +108,10 @@ class OtherCommand(Event):  # §3.5: any other command, kept generically
 @record
 class KeepAlive(Event):  # §3.7: run of 0x20 bytes before a command
     count: int
-    times: tuple[int, ...]  # capture time of each space
+    # Capture time of each piece that brought spaces, once while it stays the same: each
+    # space's own time when C sends them (one per period), and no time per space of a long
+    # run in one piece (16 MiB of spaces held 641 MiB of times).
+    times: tuple[int, ...]
 
 
 @record
@@ -231,9 +252,12 @@ def _attr(el: Element, name: str) -> str | None:
 
 
 def _int(text: str | None) -> int | None:
+    """A number written in ASCII digits, else None: none of the numbers read here (ports,
+    pids, HTTP lengths and status codes) is ever negative."""
+    m = DIGITS_RE.fullmatch(text) if text is not None else None
     try:
-        return int(text.strip()) if text is not None else None
-    except ValueError:
+        return int(m.group(1)) if m else None
+    except ValueError:  # beyond Python's limit on the digits of a str → int conversion
         return None
 
 
@@ -266,6 +290,7 @@ def command_event(el: Element, span: Span) -> Event:
     if name == START:
         return StartRemoteTask(
             **base,
+            # as announced, even outside the TCP range: a corrupt start shows what it said
             tcp_port=_int(_attr(el, "tcp_port")),
             kind=_attr(el, "kind"),
             java_options=_attr(el, "java_options"),
@@ -442,27 +467,28 @@ class EndFinder:
 
 
 class _KeepAliveRun:
-    """§3.7: spaces between commands, with the time of each."""
+    """§3.7: spaces between commands, with the times of the pieces they came in."""
 
     def __init__(self) -> None:
         self.offset = 0
-        self.runs: list[tuple[int, int]] = []  # (ts, count)
+        self.times: list[int] = []
         self.count = 0
 
     def add(self, offset: int, ts: int, count: int) -> None:
         if not self.count:
             self.offset = offset
-        self.runs.append((ts, count))
+        if not self.times or self.times[-1] != ts:
+            self.times.append(ts)
         self.count += count
 
     def take(self, conn: str) -> KeepAlive | None:
         if not self.count:
             return None
-        times = tuple(ts for ts, k in self.runs for _ in range(k))
+        times = tuple(self.times)
         event = KeepAlive(
             conn, CLIENT_TO_SERVER, self.offset, times[0], max(times), self.count, times
         )
-        self.runs, self.count = [], 0
+        self.times, self.count = [], 0
         return event
 
 
