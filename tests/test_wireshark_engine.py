@@ -121,6 +121,23 @@ def test_engine_reads_a_file_given_twice_once_like_the_other_engines(tmp_path: P
     assert _full_rows(result.tasks) == _full_rows(wireshark.analyze([capture]).tasks)
 
 
+@pytest.mark.parametrize("port", [b"+5999", b"0x100", b"5.9e4", b"59999"])
+def test_engine_reads_an_announced_port_as_the_default_engine_does(
+    tmp_path: Path, port: bytes
+) -> None:
+    # Lua's tonumber takes signs, hex and exponents; a number is ASCII digits (§3.6.1).
+    require("tshark")
+    shell = (ROOT / "captures" / "one_shell.pcap").read_bytes()
+    assert shell.count(b'tcp_port="59999"') == 1
+    capture = tmp_path / "port.pcap"
+    capture.write_bytes(shell.replace(b'tcp_port="59999"', b'tcp_port="' + port + b'"'))
+    ours = [report.task_row(t) for t in jsdissect.analyze([capture]).task_records]
+    theirs = wireshark.analyze([capture]).tasks
+    # a port that is no number: the task waits for nothing, its callback is a row of its own
+    assert [r["callback_port"] for r in ours] == ([59999] if port.isdigit() else [None, 59999])
+    assert _full_rows(theirs) == _full_rows(ours)
+
+
 def _rows(rows: list[dict]) -> list[tuple[str, ...]]:
     return sorted(tuple(str(r[k]) for k in KEYS) for r in rows)
 

@@ -1051,7 +1051,8 @@ local function apply_command(conn, pinfo, el, sent, src, sport)
     if name == START then
         local t = new_cmd_task(conn, src, sport)
         t.start_seen, t.start_sent, t.start_frame = true, sent, pinfo.number
-        t.callback_port = tonumber(el.attrs.tcp_port or "")
+        -- ASCII digits only, as the default engine reads a number (tonumber takes "0x10")
+        t.callback_port = tonumber((el.attrs.tcp_port or ""):match("^%s*(%d+)%s*$") or "")
         t.kind = el.attrs.kind == "process" and "shell" or "api"
         t.expected_ip = el.attrs.ip_address or src
         -- a later start for the same controller port ends earlier windows (§7.2)
@@ -1130,7 +1131,7 @@ local function apply_cmd_answer(conn, pinfo, parts, began, done)
         elseif parts.name == "process" then
             t.process_id = parts.attrs.process_id
             -- the digits as sent (written as they are: a pid past 2^53 stays exact)
-            t.pid = (parts.attrs.pid or ""):match("^%s*([+-]?%d+)%s*$")
+            t.pid = (parts.attrs.pid or ""):match("^%s*(%d+)%s*$")
         end
     elseif req.name == CLOSE then
         t.close_answered = done
@@ -1196,7 +1197,9 @@ local function dissect_command(tvb, off, doc, pinfo, tree, rec)
     local a = el.attrs
     local info = el.name:gsub("^remote_scheduler%.", "")
     if el.name == START then
-        if a.tcp_port then item:add(F.tcp_port, range, tonumber(a.tcp_port) or 0) end
+        if a.tcp_port then
+            item:add(F.tcp_port, range, tonumber(a.tcp_port:match("^%s*(%d+)%s*$") or "") or 0)
+        end
         if a.kind then item:add(F.kind, range, a.kind) end
         if a.java_options then item:add(F.java_options, range, latin1_to_utf8(a.java_options)) end
         if a.java_classpath then
@@ -1260,7 +1263,7 @@ local function dissect_answer(tvb, off, doc, len, pinfo, tree, rec)
                 info = info .. " process_id=" .. parts.attrs.process_id
             end
             if parts.attrs.pid then
-                item:add(F.pid, range, tonumber(parts.attrs.pid) or 0)
+                item:add(F.pid, range, tonumber(parts.attrs.pid:match("^%s*(%d+)%s*$") or "") or 0)
                 info = info .. " pid=" .. parts.attrs.pid
             end
         else
