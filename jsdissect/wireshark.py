@@ -654,11 +654,13 @@ def _api_request(f: Fields, cls: int, sender: str) -> api.Request:
     else:
         command = API_COMMANDS.get(_number(f, API + "command") or -1, "Unknown")
     method = _first(f, API + "method")
+    named: tuple[tuple[int, Any], ...] = ()
     if command == "GetIDsOfNames":
         args: tuple[Any, ...] = (method,) if method else ()
-    else:  # DISPPARAMS carry the arguments last first (§5.7)
-        args = tuple(_variant(a.get(API + "variant", {})) for a in _all(f, API + "argument"))
-        args = args[::-1]
+    elif command == "QueryInterface":  # §5.9: the interface asked for
+        args = tuple(_all(f, API + "iid"))[:1]
+    else:
+        args, named = _dispparams(f)
     return api.Request(
         **NO_SPAN,
         sender=sender,
@@ -670,7 +672,18 @@ def _api_request(f: Fields, cls: int, sender: str) -> api.Request:
         flags=_number(f, API + "flags"),
         args=args,
         depth=_number(f, API + "depth") or 0,
+        named_args=named,
     )
+
+
+def _dispparams(f: Fields) -> tuple[tuple[Any, ...], tuple[tuple[int, Any], ...]]:
+    """§5.7 as the decoder gives it: the named values first on the wire (a property put's
+    value last among the arguments, as in COM), then the positional ones, last first."""
+    values = [_variant(a.get(API + "variant", {})) for a in _all(f, API + "argument")]
+    dispids = [int(d, 0) for d in _all(f, API + "named_dispid")]
+    named = tuple(zip(dispids, values, strict=False))
+    put = tuple(value for dispid, value in named if dispid == api.DISPID_PROPERTYPUT)
+    return (*reversed(values[len(named) :]), *put), named
 
 
 def _objref(f: Fields) -> api.ObjRef:

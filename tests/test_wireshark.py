@@ -1066,3 +1066,46 @@ def test_a_task_table_file_that_cannot_be_written_is_said_so(tmp_path: Path) -> 
     args += ["-o", f"jobscheduler.task_table_file:{where}"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert f"task table not written: {where}" in out.stderr
+
+
+def test_engine_reads_named_arguments_and_the_interface_asked_for_like_the_decoder(
+    tmp_path: Path,
+) -> None:
+    """Found in review: the wireshark engine reversed every DISPPARAMS value into the
+    positional arguments, the named ones too (§5.7), and dropped QueryInterface's IID."""
+    require("tshark")
+    from crafted_captures import C, T, rmis_id
+
+    from jsdissect import report
+    from jsdissect import wireshark as engine
+    from jsdissect.pipeline import analyze
+
+    cap = Capture()
+    cmd = Conv(cap, (CONTROLLER_IP, 40000), (REMOTE_IP, 4455), isn=1000)
+    cb = Conv(cap, (REMOTE_IP, 45000), (CONTROLLER_IP, 59999), isn=7000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59999, kind="process"))
+    cap.advance(20 * MS)
+    cmd.send(SERVER, js.process_answer(answer_time(cap), "4711"))
+    cb.handshake()
+    rmis = rmis_id(1)
+    objects = js.BeginObjects(*[(0x327B23C6 << 32) | k for k in range(1, 5)])
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "RMIS")))
+    cb.send(C, js.obj_request(rmis, b"Q", js.guid(js.IID_RMIS)))
+    cb.send(T, js.frame(b"A" + js.i32(0) + js.objref(js.ObjRef(rmis, False))))
+    cb.send(C, js.call(rmis, "begin", objects.args()))
+    cb.send(T, js.answer_value(js.V(js.VT_BOOL, True)))
+    named = [(5, js.V(js.VT_I4, 1)), (6, js.bstr("n6"))]
+    cb.send(T, js.invoke(objects.spooler_log, 14, js.METHOD, [js.bstr("pos")], named=named))
+    cb.send(C, js.answer_value(js.V(js.VT_EMPTY)))
+    cb.send(T, js.property_put(objects.spooler_task, 30, js.V(js.VT_I4, 7)))
+    cb.send(C, js.answer_value(js.V(js.VT_EMPTY)))
+    cb.close(first=C)
+    capture = cap.write(tmp_path / "named.pcap")
+    result = analyze([capture])
+    ours = [r["summary"] for r in report.message_rows(result.channels, result.task_records)]
+    theirs = [r["summary"] for r in engine.analyze([capture]).messages]
+    assert theirs == ours
+    assert any(s.endswith('.log("pos")') for s in ours)
+    assert any("QueryInterface(" in s and js.IID_RMIS in s for s in ours)
