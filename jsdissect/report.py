@@ -8,6 +8,7 @@ point, so cells are formatted here, once, for both CSV and JSON.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import errno
 import heapq
@@ -211,12 +212,14 @@ class MessageRows:
         process_id: str | None = None,
         errors_only: bool = False,
     ) -> None:
-        self._process_of = _process_of(tasks)
+        self._tasks_on = _tasks_on(tasks)
         self._channels = [
             ch
             for ch in channels
-            if process_id is None or self._process_of.get(ch.conn.id) == process_id
+            if process_id is None
+            or any(p == process_id for _, p in self._tasks_on.get(ch.conn.id, ()))
         ]
+        self._process_id = process_id
         self._errors_only = errors_only
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -236,19 +239,36 @@ class MessageRows:
         )
 
     def _channel_rows(self, ch: Channel) -> Iterator[dict[str, Any]]:
-        process_id = self._process_of.get(ch.conn.id)
+        tasks = self._tasks_on.get(ch.conn.id, [])
         events = sorted(self._events(ch), key=lambda ev: (ev.start, ev.offset))
-        return (message_row(ch, ev, process_id) for ev in events)
+        rows = (message_row(ch, ev, _task_at(tasks, ev.start)) for ev in events)
+        if self._process_id is None or len(tasks) < 2:
+            return rows
+        return (row for row in rows if row["process_id"] == self._process_id)
 
 
-def _process_of(tasks: Sequence[Task]) -> dict[str, str]:
-    """The task's process_id by the id of each of its connections."""
-    process_of = {}
+def _tasks_on(tasks: Sequence[Task]) -> dict[str, list[tuple[int, str]]]:
+    """By connection id, the process_id of each task on it from the time its first
+    command was sent, in time order: a command connection may carry several tasks one
+    after another (§3.8; 1.x controllers open one a task)."""
+    on: dict[str, list[tuple[int, str]]] = {}
     for t in tasks:
+        if t.process_id is None:
+            continue
+        since = t.start_sent if t.start_sent is not None else t.close_sent
         for conn in (t.cmd_conn, t.callback_conn):
-            if conn is not None and t.process_id is not None:
-                process_of[conn] = t.process_id
-    return process_of
+            if conn is not None:
+                on.setdefault(conn, []).append((since if since is not None else 0, t.process_id))
+    for spans in on.values():
+        spans.sort()
+    return on
+
+
+def _task_at(tasks: list[tuple[int, str]], when: int) -> str | None:
+    """The process_id of the last task begun by `when` (the first one before it)."""
+    if not tasks:
+        return None
+    return tasks[max(0, bisect.bisect_right(tasks, (when, "\uffff")) - 1)][1]
 
 
 def _message_order(row: dict[str, Any]) -> tuple[int, str, int]:

@@ -742,3 +742,41 @@ def test_time_wait_counts_until_the_port_is_bound_again_not_until_the_callback(
     (reuse,) = data["time_wait_reuse"]
     assert (reuse["previous_process_id"], reuse["process_id"]) == ("1", "2")
     assert 119_000 <= reuse["gap_ms"] < 119_100
+
+
+def test_messages_of_two_tasks_on_one_command_connection_name_each_its_own(
+    tmp_path: Path,
+) -> None:
+    """§3.8: the remote accepts several tasks on one command connection, one after another
+    (1.x controllers open one a task). Found in review: every message of the connection
+    was labelled with its last task, and --process-id lost the first one's."""
+    import jsencode as js
+    from crafted_captures import (
+        CLIENT,
+        CONTROLLER_IP,
+        MS,
+        REMOTE_IP,
+        SERVER,
+        Capture,
+        Conv,
+        answer_time,
+    )
+
+    cap = Capture()
+    cmd = Conv(cap, (CONTROLLER_IP, 40000), (REMOTE_IP, 4455), isn=1000)
+    cmd.handshake()
+    for pid, port in (("700002", 59002), ("700003", 59003)):
+        cmd.send(CLIENT, js.start_remote_task(port, kind="process"))
+        cap.advance(5 * MS)
+        cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+        cap.advance(100 * MS)
+        cmd.send(CLIENT, js.remote_task_close(pid))
+        cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+        cap.advance(100 * MS)
+    cmd.close()
+    capture = cap.write(tmp_path / "two.pcap")
+    result = jsdissect.analyze([capture])
+    rows = report.message_rows(result.channels, result.task_records)
+    assert [r["process_id"] for r in rows] == ["700002"] * 4 + ["700003"] * 4
+    only = list(report.MessageRows(result.channels, result.task_records, "700002"))
+    assert [r["summary"] for r in only] == [r["summary"] for r in rows[:4]]
