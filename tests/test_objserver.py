@@ -372,6 +372,16 @@ def test_example6_log_invoke_reverses_arguments() -> None:
     assert len(w.of(LogLine)) == 1  # a level put is not a line
 
 
+def test_log_with_its_text_alone_counts_the_text() -> None:
+    """DESIGN "log_lines": every string passed to a line method. Found in review: `log`
+    given only its text (no level) took the text for the level, and counted nothing; the
+    plugin counted it."""
+    w = started_conversation()
+    log_id = struct.unpack(">Q", EX6_LOG[5:13])[0]
+    at = w.t(enc.invoke(log_id, 14, enc.METHOD, [enc.bstr("only text")]), 60)
+    assert w.of(LogLine) == [LogLine(**at, method="log", level=None, text="only text")]
+
+
 def test_example7_scala_error_answer() -> None:
     w = Wire()
     w.c(EX2_CREATE)

@@ -1662,8 +1662,10 @@ class ObjServerDecoder:
             return []
         level: int | None = LINE_METHODS[method]
         args = request.args
-        if method == "log":
-            level, args = (_integer(args[0]) if args else None), args[1:]
+        if method == "log" and args and _text(args[0]) is None:  # log(level, text)
+            level, args = _integer(args[0]), args[1:]
+        elif method == "log":  # its text alone: a string passed is a line all the same
+            level = None
         text = _text(args[0]) if args else None
         if text is None:
             return []
