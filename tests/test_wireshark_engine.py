@@ -14,8 +14,12 @@ from decimal import Decimal
 from itertools import pairwise
 from pathlib import Path
 
+import jsencode as js
+import parity_captures
 import pytest
 from conftest import require
+from crafted_captures import Capture
+from jsencode import V
 from pcapfiles import pcap_file
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
@@ -778,3 +782,189 @@ def test_engines_normalise_whitespace_in_attribute_values_alike(tmp_path: Path) 
     assert ours["error"] == "SCHEDULER- 717 a b c d  e f\ng\r\nh\ti \nj"
     assert theirs["error"] == ours["error"]
     assert _full_rows([theirs]) == _full_rows([ours])
+
+
+def _both_engines(capture: Path) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """(default tasks, plugin tasks, default messages, plugin messages)."""
+    result = jsdissect.analyze([capture])
+    ours = [report.task_row(t) for t in result.task_records]
+    theirs = wireshark.analyze([capture])
+    return (
+        ours,
+        theirs.tasks,
+        report.message_rows(result.channels, result.task_records),
+        (theirs.messages),
+    )
+
+
+NON_ASCII_SOURCES = {  # where text with bytes >= 0x80 reaches the task table
+    "construct job": lambda cap: parity_captures.shell_task(
+        cap, 1, params=("language=shell", "job=/f\xf6lder/j\xf6b", "task_id=1")
+    ),
+    "E answer what": lambda cap: parity_captures.e_answer_task(cap, 2, "caf\xe9 kaputt"),
+    "ERROR text": lambda cap: parity_captures.error_answer_task(cap, 3, "Gr\xfc\xdfe"),
+    "ERROR text reference": lambda cap: parity_captures.error_answer_task(cap, 4, "caf&#233;"),
+    # declared UTF-8 but not UTF-8: read as ISO-8859-1, as the default engine falls back
+    "ERROR text not the UTF-8 declared": lambda cap: parity_captures.error_answer_task(
+        cap, 5, "caf\xe9", encoding="UTF-8", sent_as="latin-1"
+    ),
+}
+
+
+@pytest.mark.parametrize("source", NON_ASCII_SOURCES)
+def test_engines_write_non_ascii_text_to_the_task_table_alike(tmp_path: Path, source: str) -> None:
+    """Found in review: the plugin wrote ISO-8859-1 bytes (a job, an `E` answer's `what`,
+    an <ERROR text>, `&#233;`) into its task table, which the engine reads as UTF-8: the
+    whole capture failed ("the plugin's task table is unreadable")."""
+    require("tshark")
+    cap = Capture()
+    NON_ASCII_SOURCES[source](cap)
+    ours, theirs, _, _ = _both_engines(cap.write(tmp_path / "latin1.pcap"))
+    assert _full_rows(theirs) == _full_rows(ours)
+    assert any(ch > "\x7f" for row in ours for ch in str(row["job"]) + str(row["error"]))
+
+
+def test_engines_take_character_references_past_255_alike(tmp_path: Path) -> None:
+    """Found in review: the plugin left `&#8364;` and `&#x20AC;` as they were (it made
+    only references below 256 characters)."""
+    require("tshark")
+    cap = Capture()
+    parity_captures.error_answer_task(cap, 1, "price &#8364;5 &#x20AC; &#x1F600; &#65;")
+    ours, theirs, our_messages, their_messages = _both_engines(cap.write(tmp_path / "refs.pcap"))
+    assert [r["error"] for r in ours] == ["SCHEDULER-717 price €5 € \U0001f600 A"]
+    assert _full_rows(theirs) == _full_rows(ours)
+    assert _comparable_messages(their_messages) == _comparable_messages(our_messages)
+
+
+def test_engines_read_a_document_declared_utf_8_alike(tmp_path: Path) -> None:
+    """Found in review: the plugin read a command or answer its prolog declares UTF-8
+    (`UTF-8`, `utf8`) as ISO-8859-1 (`GrÃ¼Ãe`)."""
+    require("tshark")
+    cap = Capture()
+    parity_captures.error_answer_task(cap, 1, "Gr\u00fc\u00dfe \u20ac", encoding="UTF-8")
+    parity_captures.error_answer_task(cap, 2, "Gr\u00fc\u00dfe &#8364;", encoding="utf8")
+    parity_captures.utf8_start_task(cap, 3)
+    capture = cap.write(tmp_path / "utf8.pcap")
+    ours, theirs, our_messages, their_messages = _both_engines(capture)
+    assert [r["error"] for r in ours if r["error"]] == ["SCHEDULER-717 Grüße €"] * 2
+    assert any("-Dx=é€" in r["summary"] for r in our_messages)
+    assert _full_rows(theirs) == _full_rows(ours)
+    assert _comparable_messages(their_messages) == _comparable_messages(our_messages)
+
+
+def _result(attrs: str) -> str:
+    return f'<?xml version="1.0" encoding="ISO-8859-1"?><process.result {attrs}/>'
+
+
+NUMBERS = [  # (step result, task_id): numbers, and forms Lua's tonumber or int() took
+    (_result('exit_code="0x10"'), "1"),
+    (_result('exit_code="1e2" signal="9.0"'), "1"),
+    (_result('exit_code="3" signal="0x9"'), "1"),
+    (_result('exit_code=" +7 " signal="-9"'), "1e2"),
+    (_result('exit_code="1_0" signal="1__0"'), "0x10"),
+    (_result('exit_code="&#51;" signal="&#x39;&#160;"'), " -5 "),
+    (_result('exit_code="99999999999999999999"'), "+0042"),
+    (_result('exit_code="9.0"'), "9.0"),
+    (_result('exit_code="_1"'), "1_0"),
+]
+
+
+def test_engines_read_exit_codes_signals_and_task_ids_alike(tmp_path: Path) -> None:
+    """Found in review: the plugin read a step result's exit_code and signal, and the
+    construct's task_id, with Lua's tonumber ("0x10", "1e2" and "9.0" became numbers).
+    Both take a decimal in ASCII digits, a sign allowed, ASCII spaces around, and nothing
+    else."""
+    require("tshark")
+    cap = Capture()
+    for n, (result, task_id) in enumerate(NUMBERS, 1):
+        params = ("language=shell", "job=/j", f"task_id={task_id}")
+        parity_captures.shell_task(cap, n, result=result, params=params)
+    ours, theirs, _, _ = _both_engines(cap.write(tmp_path / "numbers.pcap"))
+    assert [(r["exit_code"], r["signal"], r["task_id"]) for r in ours] == [
+        (None, None, 1),
+        (None, None, 1),
+        (3, None, 1),
+        (7, -9, None),
+        (None, None, None),  # no underscores
+        (3, None, -5),  # a no-break space is no space around a number
+        (99999999999999999999, None, 42),
+        (None, None, None),
+        (None, None, None),
+    ]
+    assert _full_rows(theirs) == _full_rows(ours)
+
+
+PUTS = [  # spooler_task.exit_code put as each VARIANT type (§5.4, §6.5)
+    V(js.VT_I1, -3),
+    V(js.VT_UI1, 200),
+    V(js.VT_I2, -300),
+    V(js.VT_UI2, -1),  # (sent as 0xFFFF)
+    V(js.VT_I4, 4),
+    V(js.VT_UI4, 0xFFFFFFFF),
+    V(js.VT_INT, 6),
+    V(js.VT_UINT, 7),
+    V(js.VT_I8, 7),
+    V(js.VT_I8, -(2**63)),
+    V(js.VT_UI8, 2**64 - 1),
+    V(js.VT_ERROR, 0x80020004),
+    V(js.VT_CY, 15000),
+    V(js.VT_R8, "3.5"),
+    V(js.VT_BOOL, True),
+]
+
+
+def test_engines_take_the_same_exit_code_puts(tmp_path: Path) -> None:
+    """Found in review: the plugin took an exit code put as a VT_ERROR (and VT_CY) but
+    not as a VT_I8 or VT_UI8; the default engine takes exactly the integer types."""
+    require("tshark")
+    cap = Capture()
+    for n, value in enumerate(PUTS, 1):
+        parity_captures.shell_task(cap, n, puts=(V(js.VT_I4, 1), value))
+    ours, theirs, _, _ = _both_engines(cap.write(tmp_path / "puts.pcap"))
+    assert [r["exit_code"] for r in ours] == [
+        -3,
+        200,
+        -300,
+        65535,
+        4,
+        0xFFFFFFFF,
+        6,
+        7,
+        7,
+        -(2**63),
+        2**64 - 1,
+        1,
+        1,
+        1,
+        1,
+    ]
+    assert _full_rows(theirs) == _full_rows(ours)
+
+
+def test_engines_report_a_double_text_that_is_no_number_alike(tmp_path: Path) -> None:
+    """Found in review: the plugin took any double text (§5.4); the default engine reports
+    one that is not a decimal number (Python's float() syntax) as a decode error."""
+    require("tshark")
+    texts = ["", " 1.5", "0x10", "1_0", "1.5.", "e5", "1'5", "1.5e+000", "-.5", "+Infinity"]
+    cap = Capture()
+    parity_captures.shell_task(cap, 1, calls=tuple(V(js.VT_R8, t) for t in texts))
+    _, _, ours, theirs = _both_engines(cap.write(tmp_path / "doubles.pcap"))
+
+    def errors(rows: list[dict]) -> list[tuple]:
+        return _comparable_messages([r for r in rows if r["type"] == "DecodeError"])
+
+    assert len(errors(ours)) == 2 * 7
+    assert errors(theirs) == errors(ours)
+    assert len(theirs) == len(ours)
+
+
+def test_engines_take_a_crlf_before_a_command_for_no_keep_alive(tmp_path: Path) -> None:
+    """Found in review: the plugin showed a CRLF before a command as a keep-alive of no
+    spaces; only spaces are keep-alives (§3.7)."""
+    require("tshark")
+    cap = Capture()
+    parity_captures.crlf_before_a_command(cap)
+    ours, theirs, our_messages, their_messages = _both_engines(cap.write(tmp_path / "crlf.pcap"))
+    assert [r["type"] for r in our_messages].count("KeepAlive") == 1
+    assert _comparable_messages(their_messages) == _comparable_messages(our_messages)
+    assert _full_rows(theirs) == _full_rows(ours)

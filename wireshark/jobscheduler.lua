@@ -768,16 +768,130 @@ local NULL_TREE = setmetatable({}, {
 -- Command channel (§3)
 ---------------------------------------------------------------------------------------------
 
-local XML_ENTITIES = { lt = "<", gt = ">", amp = "&", quot = '"', apos = "'" }
+-- Text helpers (one table: the main chunk is at Lua's limit of 200 local variables).
+-- Command documents and attribute values are handled as UTF-8: a document is converted
+-- once, as its prolog says (§3.1, §3.2: ISO-8859-1 unless it declares UTF-8), before its
+-- references are replaced, so `&#233;` and `&#8364;` come out as the UTF-8 they name.
+local TEXT = { entities = { lt = "<", gt = ">", amp = "&", quot = '"', apos = "'" } }
 
-local function xml_unescape(s)
+-- A code point as UTF-8 (Lua 5.2 has no utf8 library); nil for none XML allows as text.
+function TEXT.utf8_char(n)
+    if n == nil or n < 0 or n > 0x10FFFF or (n >= 0xD800 and n <= 0xDFFF)
+        or n ~= math.floor(n) then
+        return nil
+    end
+    if n < 0x80 then return string.char(n) end
+    if n < 0x800 then return string.char(0xC0 + math.floor(n / 64), 0x80 + n % 64) end
+    if n < 0x10000 then
+        return string.char(0xE0 + math.floor(n / 4096), 0x80 + math.floor(n / 64) % 64,
+            0x80 + n % 64)
+    end
+    return string.char(0xF0 + math.floor(n / 262144), 0x80 + math.floor(n / 4096) % 64,
+        0x80 + math.floor(n / 64) % 64, 0x80 + n % 64)
+end
+
+-- Whether s is well-formed UTF-8 (what Python's strict decoder takes).
+function TEXT.valid_utf8(s)
+    if not s:find("[\128-\255]") then return true end
+    local i, n = 1, #s
+    while i <= n do
+        local c = s:byte(i)
+        local len, lo, hi = 1, 0x80, 0xBF
+        if c < 0x80 then len = 1
+        elseif c >= 0xC2 and c <= 0xDF then len = 2
+        elseif c >= 0xE0 and c <= 0xEF then
+            len = 3
+            if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+        elseif c >= 0xF0 and c <= 0xF4 then
+            len = 4
+            if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+        else
+            return false
+        end
+        for k = 1, len - 1 do
+            local b = s:byte(i + k)
+            if b == nil then return false end
+            if k == 1 then
+                if b < lo or b > hi then return false end
+            elseif b < 0x80 or b > 0xBF then
+                return false
+            end
+        end
+        i = i + len
+    end
+    return true
+end
+
+-- A document's text as UTF-8: as sent when its prolog declares UTF-8 and it is that,
+-- else read as ISO-8859-1 (as the default engine falls back); `latin1` forces the latter.
+function TEXT.document(doc, latin1)
+    if not latin1 then
+        local enc = doc:match("^%s*<%?xml[^>]-%f[%w_]encoding%s*=%s*[\"']([%w._:%-]+)[\"']")
+        enc = enc and enc:lower()
+        if (enc == "utf-8" or enc == "utf8" or enc == "utf_8") and TEXT.valid_utf8(doc) then
+            return doc
+        end
+    end
+    return latin1_to_utf8(doc)
+end
+
+-- Entity and character references of UTF-8 text (XML 1.0 §4.1).
+function TEXT.unescape(s)
     return (s:gsub("&(#?[xX]?%w+);", function(e)
-        if XML_ENTITIES[e] then return XML_ENTITIES[e] end
+        if TEXT.entities[e] then return TEXT.entities[e] end
         local n = e:match("^#[xX](%x+)$")
         n = n and tonumber(n, 16) or tonumber(e:match("^#(%d+)$") or "")
-        if n and n < 256 then return string.char(n) end
-        return "&" .. e .. ";"
+        return TEXT.utf8_char(n) or ("&" .. e .. ";")
     end))
+end
+
+-- An integer as the default engine reads one (§6.2, §6.4): ASCII digits with an optional
+-- sign, spaces around; as its canonical decimal text (exact past 2^53), or nil.
+function TEXT.integer(s)
+    local sign, digits = (s or ""):match("^[ \t\r\n]*([+-]?)(%d+)[ \t\r\n]*$")
+    if digits == nil then return nil end
+    digits = digits:gsub("^0+", "")
+    if digits == "" then return "0" end
+    return (sign == "-" and "-" or "") .. digits
+end
+
+-- The number of an integer text, for a field of `bits` (signed) bits; nil past its range.
+function TEXT.field_number(text, bits)
+    local n = text and tonumber(text)
+    if n == nil or n >= 2 ^ (bits - 1) or n < -2 ^ (bits - 1) then return nil end
+    return n
+end
+
+-- §5.4 the VARTYPEs of integers (the default engine's INTEGER_VTS)
+TEXT.INTEGER_VTS = { [0x10] = true, [0x11] = true, [0x02] = true, [0x12] = true, [0x03] = true,
+    [0x13] = true, [0x16] = true, [0x17] = true, [0x14] = true, [0x15] = true }
+
+-- §5.4 double text as the default engine takes it (Python's float() syntax, ASCII).
+function TEXT.is_double(s)
+    local body = s:match("^[+-]?(.*)$")
+    local l = body:lower()
+    if l == "nan" or l == "inf" or l == "infinity" then return true end
+    local mant, exp = body:match("^([%d.]+)(.*)$")
+    if mant == nil or not (mant:match("^%d+%.?%d*$") or mant:match("^%.%d+$")) then
+        return false
+    end
+    return exp == "" or exp:match("^[eE][+-]?%d+$") ~= nil
+end
+
+-- Python's repr() of an ISO-8859-1 string (the default engine's decode errors quote so).
+function TEXT.py_repr(s)
+    local q = (s:find("'", 1, true) and not s:find('"', 1, true)) and '"' or "'"
+    local named = { ["\\"] = "\\\\", ["\t"] = "\\t", ["\n"] = "\\n", ["\r"] = "\\r" }
+    return q .. s:gsub("[%c\\'\"\128-\255]", function(c)
+        if named[c] then return named[c] end
+        if c == q then return "\\" .. c end
+        local b = c:byte()
+        if c == "'" or c == '"' then return c end
+        if b < 0x20 or (b >= 0x7F and b <= 0xA0) or b == 0xAD then
+            return string.format("\\x%02x", b)
+        end
+        return latin1_to_utf8(c)
+    end) .. q
 end
 
 -- XML 1.0 §2.11 then §3.3.3, as expat does: a literal CRLF (or lone CR) is first one LF,
@@ -785,7 +899,7 @@ end
 local function parse_attrs(s)
     local attrs, order = {}, {}
     for k, _, v in s:gmatch("([%w_%.:%-]+)%s*=%s*([\"'])(.-)%2") do
-        attrs[k] = xml_unescape((v:gsub("\r\n", " "):gsub("[\t\r\n]", " ")))
+        attrs[k] = TEXT.unescape((v:gsub("\r\n", " "):gsub("[\t\r\n]", " ")))
         order[#order + 1] = k
     end
     return attrs, order
@@ -890,8 +1004,10 @@ local function whole_document(doc)
     end
 end
 
--- Start tags of a document in order: { name, attrs, order, pos }.
-local function elements(doc, limit)
+-- Start tags of a document in order: { name, attrs, order, pos }, attribute values in
+-- UTF-8 (TEXT.document; `latin1`: the text is ISO-8859-1 whatever its prolog says).
+local function elements(doc, limit, latin1)
+    doc = TEXT.document(doc, latin1)
     local out = {}
     local pos = 1
     while #out < limit do
@@ -1141,7 +1257,7 @@ end
 
 local function add_attrs(tree, range, order, attrs)
     for _, k in ipairs(order) do
-        tree:add(F.attribute, range, k .. "=" .. latin1_to_utf8(attrs[k])):set_generated()
+        tree:add(F.attribute, range, k .. "=" .. attrs[k]):set_generated()
     end
 end
 
@@ -1187,7 +1303,7 @@ local function dissect_command(tvb, off, doc, pinfo, tree, rec)
     local range = tvb(off, #doc)
     local item = tree:add(p_cmd, range)
     item:add(F.message, 1):set_generated()
-    item:add(F.document, range, latin1_to_utf8(doc))
+    item:add(F.document, range, TEXT.document(doc))
     local el = command_element(doc)
     if el == nil then
         item:add_proto_expert_info(E.cmd_malformed, "No XML element in the command")
@@ -1201,10 +1317,8 @@ local function dissect_command(tvb, off, doc, pinfo, tree, rec)
             item:add(F.tcp_port, range, tonumber(a.tcp_port:match("^%s*(%d+)%s*$") or "") or 0)
         end
         if a.kind then item:add(F.kind, range, a.kind) end
-        if a.java_options then item:add(F.java_options, range, latin1_to_utf8(a.java_options)) end
-        if a.java_classpath then
-            item:add(F.java_classpath, range, latin1_to_utf8(a.java_classpath))
-        end
+        if a.java_options then item:add(F.java_options, range, a.java_options) end
+        if a.java_classpath then item:add(F.java_classpath, range, a.java_classpath) end
         if a.ip_address then item:add(F.ip_address, range, a.ip_address) end
         info = info .. " tcp_port=" .. tostring(a.tcp_port)
             .. (a.kind and (" kind=" .. a.kind) or "")
@@ -1236,7 +1350,7 @@ local function dissect_answer(tvb, off, doc, len, pinfo, tree, rec)
     local range = tvb(off, len)
     local item = tree:add(p_cmd, range)
     item:add(F.message, 2):set_generated()
-    if #doc > 0 then item:add(F.document, tvb(off, #doc), latin1_to_utf8(doc)) end
+    if #doc > 0 then item:add(F.document, tvb(off, #doc), TEXT.document(doc)) end
     local parts = answer_parts(doc)
     local info = "answer"
     if parts.time then
@@ -1246,13 +1360,13 @@ local function dissect_answer(tvb, off, doc, len, pinfo, tree, rec)
     if parts.error then
         local a = parts.error.attrs
         item:add(F.result, range, "ERROR")
-        if a.code then item:add(F.error_code, range, latin1_to_utf8(a.code)) end
-        if a.text then item:add(F.error_text, range, latin1_to_utf8(a.text)) end
-        if a.class then item:add(F.error_class, range, latin1_to_utf8(a.class)) end
+        if a.code then item:add(F.error_code, range, a.code) end
+        if a.text then item:add(F.error_text, range, a.text) end
+        if a.class then item:add(F.error_class, range, a.class) end
         if a.time then item:add(F.error_time, range, a.time) end
-        if a.source then item:add(F.error_source, range, latin1_to_utf8(a.source)) end
+        if a.source then item:add(F.error_source, range, a.source) end
         item:add_proto_expert_info(E.cmd_error, "ERROR " .. tostring(a.code) .. " "
-            .. latin1_to_utf8(tostring(a.text)))
+            .. tostring(a.text))
         info = "answer ERROR " .. tostring(a.code)
     elseif parts.name then
         item:add(F.result, range, parts.name)
@@ -1411,10 +1525,11 @@ local function dissect_cmd(tvb, pinfo, tree)
         end
         local idle = not (rec and rec.rest) and raw:match(IDLE, off + 1)
         if idle then
-            -- §3.7 keep-alive spaces before a command (answers: padding NULs)
+            -- §3.7 keep-alive spaces before a command (answers: padding NULs); other
+            -- blanks (a CRLF before a command) are no keep-alive, as for the default engine
             local item = tree:add(p_cmd, tvb(off, #idle))
-            if from_client then
-                local spaces = select(2, idle:gsub(" ", " "))
+            local spaces = from_client and select(2, idle:gsub(" ", " ")) or 0
+            if spaces > 0 then
                 item:add(F.message, 3):set_generated()
                 item:add(F.keepalive, tvb(off, #idle), spaces)
                 set_column(pinfo, "JobScheduler", "keep-alive (" .. spaces .. " space(s))")
@@ -1814,6 +1929,10 @@ dissect_variant = function(tvb, off, tree, depth)
         local l = rng(tvb, pos + 1, 1):uint()
         need(tvb, pos + 2, l)
         local text = l > 0 and tvb:raw(pos + 2, l) or ""
+        if not TEXT.is_double(text) then  -- as the default engine: a decode error
+            malformed(string.format("double text %s at payload byte %d is not a number",
+                TEXT.py_repr(text), pos - 4))
+        end
         item:add(FA.v_real_text, rng(tvb, pos, 2 + l), text)
         local num = tonumber(text)
         if num then item:add(FA.v_real, rng(tvb, pos, 2 + l), num) end
@@ -1959,7 +2078,7 @@ end
 -- §6.4 shell step result: <process.result spooler_process_result=… exit_code=… signal=…>
 local function process_result(text)
     if type(text) ~= "string" or not text:find("<process.result", 1, true) then return nil end
-    local el = elements(text, 4)
+    local el = elements(text, 4, true)  -- a §5.3 string: ISO-8859-1 whatever its prolog
     for _, e in ipairs(el) do
         if e.name == "process.result" then return e.attrs end
     end
@@ -2319,15 +2438,23 @@ local function apply_request(conn, as, m)
             as.steps = as.steps + 1
             m.step = as.steps
         elseif name == "construct" then
+            -- §6.2 as the default engine reads it: each `key=value` string split at its first
+            -- '=' (none: the value is empty), the first of a key counts; the job as UTF-8
+            -- (§5.3 strings are ISO-8859-1), the task id a decimal integer (sign allowed)
             local arr = m.args and m.args[1] and m.args[1].array
+            local job, task_id
             for _, v in ipairs(arr or {}) do
                 if type(v.value) == "string" then
                     local k, val = v.value:match("^([^=]*)=(.*)$")
-                    if k == "job" then m.job = val end
-                    if k == "task_id" then m.task_id = tonumber(val) end
+                    if k == nil then k, val = v.value, "" end
+                    if k == "job" and job == nil then job = latin1_to_utf8(val) end
+                    if k == "task_id" and task_id == nil then task_id = latin1_to_utf8(val) end
                 end
             end
-            if task then task.job, task.task_id = m.job or task.job, m.task_id or task.task_id end
+            m.job, m.task_id_text = job, TEXT.integer(task_id)
+            m.task_id = TEXT.field_number(m.task_id_text, 33)
+            if m.task_id and m.task_id < 0 then m.task_id = nil end  -- (a uint32 field)
+            if task then task.job, task.task_id = m.job, m.task_id_text end
         end
     end
     if on_rmis and m.cmd == 0x52 then m.release_rmis = true end
@@ -2345,9 +2472,11 @@ local function apply_request(conn, as, m)
     if m.cls == 0x4F and m.cmd == 0x49 and class == "Com_task"
         and band(m.flags or 0, 0xC) ~= 0 and (m.dispid == 30 or name == "exit_code") then
         local v = (m.named and m.named[-3]) or (m.args and m.args[#m.args])
-        if v and type(v.value) == "number" then
-            m.exit_code = v.value
-            if task then task.exit_code, task.signal = v.value, nil end
+        -- the integer VARTYPEs (§5.4: I1 UI1 I2 UI2 I4 UI4 INT UINT I8 UI8; not ERROR, CY)
+        if v and TEXT.INTEGER_VTS[v.vt] and v.value ~= nil then
+            local text = tostring(v.value)  -- I8/UI8 are Int64/UInt64: their exact digits
+            m.exit_code = TEXT.field_number(text, 32)
+            if task then task.exit_code, task.signal = text, nil end
         end
     end
 end
@@ -2357,7 +2486,9 @@ local function apply_reply(conn, as, m, pinfo)
     local task = conn.task
     local req = m.req
     if m.error then
-        add_error(task, m.t_done, m.error.code, m.error.what)
+        -- §5.3 strings are ISO-8859-1; the task table is UTF-8
+        add_error(task, m.t_done, m.error.code and latin1_to_utf8(m.error.code),
+            m.error.what and latin1_to_utf8(m.error.what))
     elseif m.hr and m.hr >= 0x80000000 then
         local exc = m.excepinfo
         local text = exc and ((exc.description ~= "" and exc.description) or exc.source)
@@ -2399,9 +2530,12 @@ local function apply_reply(conn, as, m, pinfo)
             task.begin_answered, task.begin_answer_frame = m.t_done, pinfo.number
         elseif name == "step" and m.result then
             local attrs = process_result(m.result.value)
-            if attrs and attrs.exit_code then
-                m.exit_code, m.signal = tonumber(attrs.exit_code), tonumber(attrs.signal or "")
-                task.exit_code, task.signal = m.exit_code, m.signal
+            -- as the default engine reads them: int(value.strip()), exact digits
+            local code = attrs and TEXT.integer(attrs.exit_code)
+            if code then
+                local signal = TEXT.integer(attrs.signal)
+                m.exit_code, m.signal = TEXT.field_number(code, 32), TEXT.field_number(signal, 32)
+                task.exit_code, task.signal = code, signal
             end
         end
     end
@@ -2430,13 +2564,13 @@ end
 -- Generated facts of the task lifecycle (§6.6) on the message that carries them.
 local function add_lifecycle(item, m)
     if m.request then
-        if m.job or m.task_id then
+        if m.job or m.task_id_text then
             for _, v in ipairs(m.args[1].array) do
                 if type(v.value) == "string" then
                     item:add(FA.param, latin1_to_utf8(v.value)):set_generated()
                 end
             end
-            if m.job then item:add(FA.job, latin1_to_utf8(m.job)):set_generated() end
+            if m.job then item:add(FA.job, m.job):set_generated() end
             if m.task_id then item:add(FA.task_id, m.task_id):set_generated() end
         end
         if m.step then item:add(FA.step, m.step):set_generated() end

@@ -1044,11 +1044,10 @@ def _parse_process_result(text: str) -> tuple[tuple[Any, ...], tuple[str, ...]]:
         raw = root.get(key)
         if raw is None:
             return None
-        try:
-            return int(raw.strip())
-        except ValueError:
+        value = _whole_number(raw)
+        if value is None:
             problems.append(f"<process.result> {key}={raw!r} is not a number")
-            return None
+        return value
 
     flag = (root.get("spooler_process_result") or "").strip().lower()
     result = {"true": True, "1": True, "false": False, "0": False}.get(flag)
@@ -1059,10 +1058,15 @@ def _parse_process_result(text: str) -> tuple[tuple[Any, ...], tuple[str, ...]]:
 _cached_process_result = functools.lru_cache(maxsize=256)(_parse_process_result)
 
 
+WHOLE_NUMBER_RE = re.compile(r"[ \t\r\n]*[+-]?[0-9]+[ \t\r\n]*")
+
+
 def _whole_number(text: str) -> int | None:
-    """A decimal integer, None when it is not one or longer than Python converts (4300
-    digits: int() raises ValueError beyond that, and no task id is that long)."""
-    if not re.fullmatch(r"[+-]?\d+", text):
+    """A decimal integer in ASCII digits (a sign allowed, spaces around), None when it is
+    not one or longer than Python converts (4300 digits: int() raises ValueError beyond
+    that, and no number here is that long). int() alone would take underscores and any
+    script's digits."""
+    if not WHOLE_NUMBER_RE.fullmatch(text):
         return None
     try:
         return int(text)
@@ -1081,7 +1085,7 @@ def _construct_event(where: _Where, args: tuple[Any, ...]) -> Construct:
     values: dict[str, str] = {}
     for key, value in params:
         values.setdefault(key, value)
-    task_id = values.get("task_id", "").strip()
+    task_id = values.get("task_id", "")
     return Construct(
         *where,
         params=tuple(params),

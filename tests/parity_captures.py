@@ -1,0 +1,150 @@
+"""Small captures on which the Lua plugin once read differently from the default engine
+(found in review): non-ASCII text, character references, the prolog's encoding, numbers
+in unusual forms, exit codes put as VARIANTs of every integer type, double texts that are
+no number, and a CRLF before a command. Each builder adds whole tasks to a `Capture`."""
+
+from __future__ import annotations
+
+import jsencode as js
+from crafted_captures import (
+    CLIENT,
+    CONTROLLER_IP,
+    REMOTE_IP,
+    SERVER,
+    C,
+    Capture,
+    Conv,
+    S,
+    T,
+    answer_time,
+    rmis_id,
+)
+from jsencode import V
+
+
+def _started(cap: Capture, n: int, pid: str) -> tuple[Conv, Conv]:
+    """A shell task `n` started and answered (`pid`), its callback connected."""
+    cmd = Conv(cap, (CONTROLLER_IP, 42000 + n), (REMOTE_IP, 4455), isn=1_000_000 * n)
+    cb = Conv(cap, (REMOTE_IP, 47000 + n), (CONTROLLER_IP, 58000 + n), isn=1_000_000 * n + 5000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(58000 + n, kind="process"))
+    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    cb.handshake()
+    return cmd, cb
+
+
+def _finished(cap: Capture, cmd: Conv, cb: Conv, rmis: int, pid: str) -> None:
+    cb.send(C, js.release(rmis))
+    cb.send(T, js.answer_empty())
+    cb.close(first=C)
+    cmd.send(CLIENT, js.remote_task_close(pid))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    cap.advance(S)
+
+
+def shell_task(
+    cap: Capture,
+    n: int,
+    result: str | None = None,
+    params: tuple[str, ...] = ("language=shell", "job=/j", "task_id=1"),
+    puts: tuple[V, ...] = (),
+    calls: tuple[V, ...] = (),
+    answer: bytes | None = None,
+) -> str:
+    """A whole shell task: construct(`params`), begin, then `calls` (a call with one
+    argument answered with it), a step whose Invoke puts each of `puts` as
+    spooler_task.exit_code, answered by `result` (a <process.result>) or true; `answer`
+    replaces the answer to construct. Returns its process id."""
+    pid = f"2000{n:02d}"
+    cmd, cb = _started(cap, n, pid)
+    rmis = rmis_id(n)
+    objs = js.BeginObjects(*[(0x327B23C6 << 32) | (n * 16 + k) for k in range(1, 5)])
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    cb.send(C, js.call(rmis, "construct", js.construct_args(list(params))))
+    cb.send(T, answer or js.answer_value(V(js.VT_BOOL, True)))
+    cb.send(C, js.call(rmis, "begin", objs.args()))
+    cb.send(T, js.answer_value(V(js.VT_BOOL, True)))
+    for i, v in enumerate(calls):
+        cb.send(C, js.call(rmis, f"m{i}", [v]))
+        cb.send(T, js.answer_value(v))
+    cb.send(C, js.call(rmis, "step"))
+    for v in puts:
+        cb.send(T, js.property_put(objs.spooler_task, 30, v))
+        cb.send(C, js.answer_value(V(js.VT_EMPTY)))
+    cb.send(T, js.answer_value(js.bstr(result) if result is not None else V(js.VT_BOOL, True)))
+    _finished(cap, cmd, cb, rmis, pid)
+    return pid
+
+
+def error_answer_task(
+    cap: Capture, n: int, text: str, encoding: str | None = None, sent_as: str | None = None
+) -> None:
+    """A start answered by <ERROR text=`text`> (`text` as written in the document: its
+    references stay); the document in ISO-8859-1 with the usual prolog, or with a prolog
+    that declares `encoding`, in that encoding (or in `sent_as`)."""
+    cmd = Conv(cap, (CONTROLLER_IP, 43000 + n), (REMOTE_IP, 4455), isn=2000 + 10_000 * n)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(57000 + n, kind="process"))
+    error = f'<ERROR time="2026-03-02T09:15:02Z" class="Xc" code="SCHEDULER-717" text="{text}"/>'
+    if encoding is None:
+        cmd.send(SERVER, js.answer_doc(answer_time(cap), error))
+    else:
+        doc = (
+            f'<?xml version="1.0" encoding="{encoding}"?>'
+            f'<spooler><answer time="{answer_time(cap)}">{error}</answer></spooler>'
+        )
+        codec = sent_as or ("utf-8" if "8" in encoding else "latin-1")
+        cmd.send(SERVER, doc.encode(codec) + b"\0")
+    cmd.close()
+    cap.advance(S)
+
+
+def utf8_start_task(cap: Capture, n: int) -> None:
+    """A start in UTF-8 with non-ASCII options, answered in UTF-8 (both declared so)."""
+    pid = f"7000{n:02d}"
+    cmd = Conv(cap, (CONTROLLER_IP, 41000 + n), (REMOTE_IP, 4455), isn=600_000 + n)
+    cmd.handshake()
+    start = (
+        '<?xml version="1.0" encoding="UTF-8"?><remote_scheduler.start_remote_task'
+        ' tcp_port="59006" java_options="-Dx=\u00e9\u20ac" java_classpath="/o\u00ff"/>'
+    )
+    cmd.send(CLIENT, start.encode("utf-8"))
+    answer = (
+        '<?xml version="1.0" encoding="utf8"?><spooler><answer time="'
+        + answer_time(cap)
+        + f'"><process pid="12" process_id="{pid}"/></answer></spooler>'
+    )
+    cmd.send(SERVER, answer.encode("utf-8") + b"\0")
+    cmd.send(CLIENT, js.remote_task_close(pid))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    cap.advance(S)
+
+
+def e_answer_task(cap: Capture, n: int, what: str) -> None:
+    """A task whose first call is answered by an `E` answer (§5.11) whose `what` is
+    `what` (ISO-8859-1 on the wire)."""
+    pid = f"3000{n:02d}"
+    cmd, cb = _started(cap, n, pid)
+    rmis = rmis_id(n)
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    cb.send(C, js.call(rmis, "construct", js.construct_args(["language=shell", "job=/j"])))
+    cb.send(T, js.answer_error("COM", "COM-80020009", what))
+    _finished(cap, cmd, cb, rmis, pid)
+
+
+def crlf_before_a_command(cap: Capture) -> None:
+    """A close sent after a CRLF, then keep-alive spaces (§3.7)."""
+    pid = "400003"
+    cmd = Conv(cap, (CONTROLLER_IP, 44003), (REMOTE_IP, 4455), isn=40_000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(56003, kind="process"))
+    cmd.send(SERVER, js.process_answer(answer_time(cap), pid, pid=3))
+    cmd.send(CLIENT, b"\r\n" + js.remote_task_close(pid, kill=True))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.send(CLIENT, b"   ")
+    cmd.close()
+    cap.advance(70 * S)
