@@ -399,8 +399,8 @@ def _apply_api_event(task: Task, ev: Event) -> None:
         task.release_answered = task.release_answered or ev.end
     elif isinstance(ev, api.StepAnswered) and ev.exit_code is not None:
         task.exit_code, task.signal = ev.exit_code, ev.signal
-    elif isinstance(ev, api.ExitCodePut):
-        task.exit_code = ev.exit_code
+    elif isinstance(ev, api.ExitCodePut):  # the last one seen wins, signal and all (DESIGN)
+        task.exit_code, task.signal = ev.exit_code, None
     elif isinstance(ev, api.ApiError):
         task.errors.append((ev.end, _error_text(ev.code, ev.text)))
     elif isinstance(ev, DecodeError):

@@ -116,3 +116,21 @@ def test_lifecycle_names_count_whatever_their_case() -> None:
     chans = [command("A", 40001, 1 * S, 59999, "1"), replace(cb, events=events)]
     (task,) = correlate(chans, 20 * S)
     assert task.begin_sent == 2 * S and task.steps == 1
+
+
+def test_an_exit_code_put_after_a_signal_is_the_task_s_exit_with_no_signal() -> None:
+    """DESIGN: exit_code and signal come from the step result or an exit_code put, the last
+    one seen wins; a put after a result with a signal is the task's exit, not beside it.
+    (Found comparing the engines: the plugin did so, the default engine kept the signal.)"""
+    from jsdissect.protocol import objserver as api
+
+    cb = callback("cb", Endpoint(R_IP, 50001), Endpoint(C_IP, 59999), 1 * S + 300)
+    at = ("cb", 0, 0)
+    killed = api.StepAnswered(*at, 2 * S, 2 * S, 1, 2 * S, False, 1, 9, None)
+    put = api.ExitCodePut(*at, 3 * S, 3 * S, 5)
+    chans = [command("A", 40001, 1 * S, 59999, "1"), replace(cb, events=(killed, put))]
+    (task,) = correlate(chans, 20 * S)
+    assert (task.exit_code, task.signal) == (5, None)
+    chans[1] = replace(cb, events=(put, killed))
+    (task,) = correlate(chans, 20 * S)
+    assert (task.exit_code, task.signal) == (1, 9)
