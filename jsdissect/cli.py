@@ -651,7 +651,7 @@ def ports(captures: tuple[str, ...], time_wait: float, **opts: Any) -> None:
         result.task_records,
         result.channels,
         scheduler_ports,
-        int(time_wait * 1e6),
+        round(time_wait * 1e6),  # (int() took 1.001 s for 1,000,999 µs)
         capture_end=result.capture_end,
     )
     if opts["csv_path"]:

@@ -8,12 +8,13 @@ minutes before the same 4-tuple can be used again.
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from jsdissect.correlate import CALLBACK_TIMEOUT_US, Channel, Task, callback_accepted
-from jsdissect.report import INTEGER, TEXT, TIME, Column, format_time
+from jsdissect.report import INTEGER, TEXT, TIME, Column, format_time, printable
 from jsdissect.tcp import Connection
 
 TOP_PORT = 59999  # PROTOCOL §2: Used_ports::bind_free_port counts down from here
@@ -193,18 +194,22 @@ def _reuses(uses: Sequence[PortUse], time_wait_us: int) -> list[Reuse]:
     found = []
     for (controller, port), same in sorted(by_port.items()):
         same.sort(key=lambda e: e[0])
-        # Against the latest use that left a closed connection, not the one just before:
-        # a refused or unanswered use in between leaves the earlier TIME_WAIT running.
-        prev: tuple[int, PortUse] | None = None  # (when its connection closed, the use)
-        for first, use in same:
+        # Against the connection closed last before the port was bound again, whichever
+        # use it was: not the use just before (a refused or unanswered one leaves the
+        # earlier TIME_WAIT running), nor the one started last (a shorter one started
+        # later may have closed first).
+        closes: list[tuple[int, int]] = []  # (when a connection closed, its use's place)
+        for i, (first, use) in enumerate(same):
             again = first  # bound again before the start is sent: TIME_WAIT would fail that
-            if prev is not None:
-                closed, before = prev
-                if 0 <= again - closed < time_wait_us:
+            k = bisect.bisect_right(closes, (again, len(same)))
+            if k:
+                closed, j = closes[k - 1]
+                if again - closed < time_wait_us:
                     gap = round((again - closed) / 1000, 3)
-                    found.append(Reuse(controller, port, before.process_id, use.process_id, gap))
+                    before = same[j][1].process_id
+                    found.append(Reuse(controller, port, before, use.process_id, gap))
             if use.closed is not None:
-                prev = (use.closed, use)
+                bisect.insort(closes, (use.closed, i))
     return found
 
 
@@ -330,7 +335,7 @@ def to_text(rep: PortReport) -> str:
     lines.append("Failed connections:" + ("" if rep.failures else " none"))
     for f in rep.failures:
         when = format_time(f.at) if f.at is not None else "?"
-        task = f" task {f.process_id}" if f.process_id else ""
+        task = f" task {printable(f.process_id)}" if f.process_id else ""  # as sent
         lines.append(f"  {when}  {f.what:<20} {f.source} → {f.target}{task}")
     if any(f.what in ("callback-unanswered", "callback-refused") for f in rep.failures):
         lines.append(
@@ -362,9 +367,10 @@ def _reuse_lines(reuses: Sequence[Reuse]) -> list[str]:
     ranked = sorted(by_port.items(), key=lambda kv: (-len(kv[1]), kv[0]))
     for (controller, port), found in ranked[:MAX_REUSE_LINES]:
         r = min(found, key=lambda r: r.gap_ms)
+        before, after = (printable(pid or "?") for pid in (r.previous_process_id, r.process_id))
         lines.append(
             f"  {host_port(controller, port)}: {len(found)} time(s), closest after"
-            f" {r.gap_ms:.3f} ms (task {r.previous_process_id or '?'} → {r.process_id or '?'})"
+            f" {r.gap_ms:.3f} ms (task {before} → {after})"
         )
     if len(ranked) > MAX_REUSE_LINES:
         lines.append(f"  … {len(ranked) - MAX_REUSE_LINES} more port(s): --json lists every reuse")

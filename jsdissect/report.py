@@ -449,7 +449,20 @@ def write_csv(rows: Iterable[dict[str, Any]], columns: Sequence[Column], out: IO
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([c.name for c in columns])
     for row in export_rows(rows, columns):
-        writer.writerow(["" if v is None else v for v in row.values()])
+        cells = ["" if v is None else v for v in row.values()]
+        if any(isinstance(v, str) and "\r" in v for v in cells):
+            out.write(_crlf_quoted(cells))
+        else:
+            writer.writerow(cells)
+
+
+def _crlf_quoted(cells: list[Any]) -> str:
+    """A row with a field holding a CR, that field quoted (RFC 4180): csv quotes only the
+    characters of its line terminator, and a lone CR unquoted split the row in two for
+    every reader. Written with CRLF as the terminator, then ended with LF as the others."""
+    line = io.StringIO()
+    csv.writer(line, lineterminator="\r\n").writerow(cells)
+    return line.getvalue()[:-2] + "\n"
 
 
 # json's C encoder runs only without `indent`; with these separators its output for a flat

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import itertools
 import json
 import subprocess
@@ -780,3 +781,70 @@ def test_messages_of_two_tasks_on_one_command_connection_name_each_its_own(
     assert [r["process_id"] for r in rows] == ["700002"] * 4 + ["700003"] * 4
     only = list(report.MessageRows(result.channels, result.task_records, "700002"))
     assert [r["summary"] for r in only] == [r["summary"] for r in rows[:4]]
+
+
+def test_time_wait_reuse_is_against_the_connection_closed_last(tmp_path: Path) -> None:
+    """Found in review: measured from the use started last that had closed (here a short
+    1002), not from the connection closed last (the long 1001, closed 38.8 s before)."""
+    from pathological import S
+
+    specs = [
+        (0, _task("1001", 1, keepalive_spaces=2)),  # about 61 s long
+        (1 * S, _task("1002", 2)),  # short, closed long before 1001
+        (100 * S, _task("1003", 3)),
+    ]
+    data = json.loads(_ports(_played(tmp_path, "tw_last", specs), "--json", "-").stdout)
+    (reuse,) = [r for r in data["time_wait_reuse"] if r["process_id"] == "1003"]
+    assert reuse["previous_process_id"] == "1001" and 38_000 < reuse["gap_ms"] < 40_000
+
+
+def test_time_wait_given_in_seconds_is_rounded_to_the_microsecond(tmp_path: Path) -> None:
+    """Found in review: int(1.001 * 1e6) is 1,000,999, so a reuse 1,000,999 µs after the
+    close was not within --time-wait 1.001."""
+    from crafted_captures import Capture, S
+
+    def gap_after(pause: int) -> tuple[int, Path]:
+        closed = _one_task(cap := Capture(), 1, 59999)
+        cap.now = closed + pause
+        _one_task(cap, 2, 59999)
+        path = cap.write(tmp_path / f"tw{pause}.pcap")
+        (reuse,) = json.loads(_ports(path, "--json", "-").stdout)["time_wait_reuse"]
+        return round(reuse["gap_ms"] * 1000), path
+
+    gap, _ = gap_after(2 * S)
+    offset = gap - 2 * S  # from the pause to the port bound again
+    gap, path = gap_after(1_000_999 - offset)
+    assert gap == 1_000_999
+    reuses = json.loads(_ports(path, "--time-wait", "1.001", "--json", "-").stdout)
+    assert len(reuses["time_wait_reuse"]) == 1
+
+
+def test_csv_quotes_a_field_holding_a_carriage_return() -> None:
+    """Found in review: csv quotes the characters of its line terminator only, so a log
+    line's lone CR went out bare and every reader split the row in two (RFC 4180)."""
+    columns = [report.Column("a", report.TEXT), report.Column("b", report.TEXT)]
+    out = io.StringIO()
+    rows = [{"a": "progress 50%\r100%", "b": "x"}, {"a": "tail\r", "b": "y"}, {"a": "z", "b": 1}]
+    report.write_csv(rows, columns, out)
+    text = out.getvalue()
+    assert text.endswith("z,1\n") and "\r\n" not in text
+    assert list(csv.reader(io.StringIO(text, newline=""))) == [
+        ["a", "b"],
+        ["progress 50%\r100%", "x"],
+        ["tail\r", "y"],
+        ["z", "1"],
+    ]
+
+
+def test_ports_text_shows_a_process_id_with_control_characters_escaped() -> None:
+    """Found in review: a process_id is wire text (legal XML can hold a newline and a CSI):
+    `ports` printed it raw, forging a line; the tasks table escapes it."""
+    from jsdissect import ports
+
+    pid = "9001\nFAKE LINE\x9b2J"
+    failure = ports.Failure("callback-refused", "10.1.0.20", "10.1.0.10:59999", 0, pid)
+    reuse = ports.Reuse("10.1.0.10", 59999, pid, "9002", 1.0)
+    text = ports.to_text(ports.PortReport((), {}, {}, (reuse,), (failure,), ()))
+    assert "FAKE LINE" in text
+    assert not any(line.startswith("FAKE") for line in text.splitlines())
+    assert "\x9b" not in text and report.printable(pid) in text
