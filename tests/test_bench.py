@@ -85,6 +85,57 @@ def test_the_peers_ran_and_the_targets_are_worked_out(smoke_run: dict) -> None:
     assert all(t["value"] > 0 for t in smoke_run["targets"])
 
 
+def _judged(found: dict[str, int | None]) -> dict[str, tuple[float | None, bool | None]]:
+    """The targets of made-up results: every reader 1 s but jsdissect on mixed 2 s, with
+    the tasks each found; (value, met) by target name."""
+    from bench import Result, targets
+
+    captures = {
+        name: generate.Generated(generate.Spec(name), [name], 1_000_000, 480 << 20, 100, 1000)
+        for name in ("mixed", "dense", "big")
+    }
+    readers = {
+        ("mixed", "tcpdump -r"): None,
+        ("mixed", "tshark + plugin"): found["tshark"],
+        ("mixed", "jsdissect"): found["mixed"],
+        ("mixed", "jsdissect python uncompiled"): found["python"],
+        ("dense", "jsdissect"): found["dense"],
+        ("big", "jsdissect"): found["big"],
+    }
+    results = []
+    for (capture, reader), tasks in readers.items():
+        wall = 2.0 if (capture, reader) == ("mixed", "jsdissect") else 1.0
+        results.append(Result(capture, reader, [wall], [wall], 1, 1024, tasks))
+    return {t.name.split(" (")[0]: (t.value, t.met) for t in targets(results, captures)}
+
+
+def test_a_target_is_met_only_by_a_run_that_found_every_task() -> None:
+    """Found in review: only dense checked the tasks found; a mixed or big run that found
+    none met its speed targets. And the ratios are the issue's way round."""
+    every = _judged(dict(tshark=100, mixed=100, python=100, dense=100, big=100))
+    assert every["mixed: jsdissect / tcpdump -r"] == (2.0, True)  # jsdissect's / tcpdump's
+    assert every["mixed: tshark + plugin / jsdissect"] == (0.5, False)  # tshark's / ours
+    assert every["mixed: python engine, uncompiled, packets/s"] == (1_000_000, True)
+    assert every["big: wall / mixed wall"] == (0.5, True)
+    tcpdump, python = "mixed: jsdissect / tcpdump -r", "mixed: python engine, uncompiled, packets/s"
+    memory, linear = "big: jsdissect peak memory MB, all processes", "big: wall / mixed wall"
+    assert every[memory][1] is True
+    fails = {"mixed": (tcpdump, linear), "python": (python,), "big": (memory, linear)}
+    for missed, failed in fails.items():
+        found = dict(tshark=100, mixed=100, python=100, dense=100, big=100) | {missed: 99}
+        judged = _judged(found)
+        for name in (tcpdump, python, memory, linear):
+            assert judged[name][1] is (name not in failed), (missed, name)
+
+
+def test_a_reader_name_the_bench_does_not_have_is_refused() -> None:
+    # Found in review: a typo printed an empty table and judged it.
+    from bench import main
+
+    with pytest.raises(SystemExit, match="no reader jsdisect here"):
+        main(["--size", "smoke", "--readers", "tcpdump -r,jsdisect"])
+
+
 def test_the_memory_of_all_processes_counts_every_worker() -> None:
     """A reader and the worker it forks each fill 40 MB of their own: the largest process
     holds 40, all processes together 80 (what GNU time's peak alone would hide)."""
