@@ -112,7 +112,8 @@ def _common(func: Callable | None = None, *, wireshark: bool = False) -> Any:
             type=click.Choice(engines),
             default="auto",
             show_default=True,
-            help="Capture reader: libpcap (fast, BPF), the pure-Python fallback"
+            help="Capture reader: libpcap (fast, BPF), a Python record reader (libpcap's"
+            " compiled filter still picks the packets)"
             + (", or tshark running wireshark/jobscheduler.lua." if wireshark else "."),
         ),
         click.option(
@@ -697,8 +698,9 @@ def timeline(captures: tuple[str, ...], output: str, **opts: Any) -> None:
     if names_a_folder or Path(output).suffix.lower() not in PICTURE_SUFFIXES:
         raise click.BadParameter("use a .png, .svg or .html file name", param_hint="--output")
     _check_output(output, captures)
-    result = _analyze(captures, opts)
-    plot.write(result.task_records, output)
+    # A task still running is drawn until the capture's end, as `ports` holds its port.
+    result = _analyze(captures, opts, ports_end=True)
+    plot.write(result.task_records, output, capture_end=result.capture_end)
     if not opts["quiet"]:
         click.echo(f"{output}: {len(result.task_records)} task(s)", err=True)
 

@@ -291,6 +291,118 @@ def test_timeline_pictures_go_through_links_and_into_named_pipes(tmp_path: Path)
     assert got and got[0].startswith(b"\x89PNG") and pipe.is_fifo()
 
 
+# --- the timeline at the edges of a capture, and over days (a review's findings) ----------
+
+
+def test_a_task_not_ended_is_drawn_until_the_capture_ends(tmp_path: Path) -> None:
+    """Found in review: a task not ended was drawn up to its last phase boundary only (a
+    task mid-step all through the capture showed as an 84 ms sliver; the wait for a callback
+    not at all). Cut at 40 s: 3001 is mid-step, 3002 completed, 3003's callback is
+    unanswered (the controller waits 60 s), 3004's callback has its one SYN (`running`)."""
+    from pathological import BASE_TIME_US, S
+
+    specs = [
+        (0, _task("3001", 1, keepalive_spaces=3, callback_port=59999)),
+        (20 * S, _task("3002", 2, callback_port=59998)),
+        (30 * S, _task("3003", 3, callback_port=59997, callback_mode="unanswered")),
+        (35 * S, _task("3004", 4, callback_port=59996, callback_mode="syn_only")),
+    ]
+    cut = _played(tmp_path, "timeline_cut", specs, keep=(None, BASE_TIME_US + 40 * S))
+    result = jsdissect.analyze([cut])
+    tasks = {t.process_id: t for t in result.task_records}
+    end = result.capture_end
+    assert end is not None and tasks["3001"].status == "running"
+    drawn = plot.bars(result.task_records)  # the end of the tasks' own connections: `end`
+    by_id = {b.label: b for b in drawn}
+    assert by_id["3001"].segments[-1] == ("run", tasks["3001"].begin_answered, end)
+    for pid in ("3003", "3004"):  # waiting for the callback until the end
+        assert by_id[pid].segments[-1] == ("callback", tasks[pid].start_answered, end)
+    assert by_id["3002"].end == tasks["3002"].close_answered  # ended: as it was
+    assert plot.bars(result.task_records, end) == drawn
+    # The picture draws them so: the run phase's rectangles reach the capture's end.
+    ax = plot.figure(result.task_records, end).axes[0]
+    origin = min(t.cmd_syn for t in tasks.values())
+    rights = [x1 for _, _, x1 in drawn_rectangles(ax)]
+    assert max(rights) == pytest.approx((end - origin) / 1e6)
+    (run,) = [d for d in plot.html_figure(result.task_records, end).data if d.name == "run"]
+    assert max(b + x for b, x in zip(run.base, run.x, strict=True)) == pytest.approx(end / 1000)
+
+
+def test_shared_rows_count_a_task_running_until_the_end(tmp_path: Path) -> None:
+    """Found in review: 6001 runs all through the capture beside 69 short tasks, four at
+    most at once (as the ports report says); drawn as ended early, it gave its row away to
+    later tasks and the picture showed three rows."""
+    from pathological import BASE_TIME_US, S
+
+    specs = [(0, _task("6001", 1, keepalive_spaces=3, callback_port=59999))]
+    specs += [
+        (1 * S + i * S // 2, _task(str(6100 + i), 10 + i, callback_port=59998 - i % 5))
+        for i in range(69)
+    ]
+    cut = _played(tmp_path, "timeline_rows", specs, keep=(None, BASE_TIME_US + 40 * S))
+    result = jsdissect.analyze([cut])
+    assert len(result.task_records) == 70 > plot.MAX_OWN_ROWS
+    drawn = plot.bars(result.task_records)
+    (long,) = [b for b in drawn if b.label == "6001"]
+    assert long.end == result.capture_end
+    assert [b.label for b in drawn if b.row == long.row] == ["6001"]
+    (peak,) = port_report(result.task_records, result.channels, (4455,)).peak.values()
+    assert len({b.row for b in drawn}) == peak[0] == 4
+    assert plot.bars(result.task_records, result.capture_end) == drawn
+
+
+def test_a_capture_begun_mid_task_names_each_span_for_its_phase(tmp_path: Path) -> None:
+    """Found in review: a span before which no time was captured was named `connect`
+    (grey), whatever phase it was. Begun at 30 ms, the capture has the task's callback from
+    its SYN on, and of its command connection the close."""
+    from pathological import BASE_TIME_US, MS
+
+    late = _played(
+        tmp_path, "timeline_late", [(0, _task("7001", 1))], keep=(BASE_TIME_US + 30 * MS, None)
+    )
+    tasks = jsdissect.analyze([late]).task_records
+    phases = {b.label: [s[0] for s in b.segments] for b in plot.bars(tasks)}
+    (callback,) = [t for t in tasks if t.process_id is None]
+    assert phases[callback.callback_conn] == ["callback", "startup", "run", "close"]
+    assert phases["7001"] == ["close"]  # the close sent, and answered
+    # Without the command connection's SYN, the first span is the spawn.
+    spawned = synthetic_task("10.0.0.1:4444", 0, 0, [500, 500, 500])
+    spawned = dataclasses.replace(spawned, cmd_syn=None)
+    (bar,) = plot.bars([spawned])
+    assert [s[0] for s in bar.segments] == ["spawn", "callback"]
+    assert bar.start == spawned.start_sent
+
+
+def test_a_timeline_over_days_draws_every_phase_at_least_a_pixel_wide() -> None:
+    """Found in review: over 3.5 days a 1 ms minimum is far below a pixel, and the PNG
+    showed almost no bar. Each phase is drawn at least a pixel of the axes wide."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    day = 86_400_000_000
+    tasks = [
+        synthetic_task(
+            f"10.0.0.{n % 2}:4444",
+            n,
+            day // 2 + n * 150_000_000,
+            [500, 30_000, 2_000, 50_000, 900_000, 300_000],
+        )
+        for n in range(2_000)
+    ]
+    figure = plot.figure(tasks)
+    FigureCanvasAgg(figure).draw()  # lays the axes out: their width in pixels is known
+    ax = figure.axes[0]
+    span = max(t.close_answered for t in tasks) - min(t.cmd_syn for t in tasks)
+    assert span > 3 * day
+    x_left, x_right = ax.get_xlim()
+    axes_px = ax.get_window_extent().width
+    pixel_s = (x_right - x_left) / axes_px
+    widths = [x1 - x0 for _, x0, x1 in drawn_rectangles(ax)]
+    assert len(widths) == 6 * len(tasks)
+    assert min(widths) >= pixel_s
+    assert min(widths) >= plot.min_width_us(span) / 1e6 * (1 - 1e-9)  # (float rounding)
+    assert min(widths) < 3 * pixel_s  # about a pixel, not more
+
+
 def test_summary_distribution_per_remote() -> None:
     rows = [report.task_row(t) for t in jsdissect.analyze([CAPTURES / "demo.pcap"]).task_records]
     dist = {(d["remote"], d["phase"]): d for d in report.phase_distribution(rows)}
