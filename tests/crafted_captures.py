@@ -469,13 +469,31 @@ def numbered_task(
     cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
     cb.send(C, js.call(rmis, "step"))
     cb.send(T, js.answer_value(js.bstr(js.process_result(0, success=True))))
+    released_and_closed(cap, cmd, cb, rmis, pid)
+    return marks
+
+
+def released_and_closed(cap: Capture, cmd: Conv, cb: Conv, rmis: int, pid: str) -> None:
+    """The end of a task: the RMIS released, the callback closed by the controller, the
+    close command answered, the command connection closed."""
     cb.send(C, js.release(rmis))
     cb.send(T, js.answer_empty())
     cb.close(first=C)
     cmd.send(CLIENT, js.remote_task_close(pid))
     cmd.send(SERVER, js.ok_answer(answer_time(cap)))
     cmd.close()
-    return marks
+
+
+def callback_refused_after(late: int) -> Capture:
+    """Task 700004 started and answered; its callback refused `late` µs later (the
+    controller gone after 60 s: Z-REMOTE-118), then the task closed."""
+    cmd, cb = _start_answered(cap := Capture(), "700004", (40000, 45000, 59999), isn=1000)
+    cap.advance(late)
+    cb.refused()
+    cmd.send(CLIENT, js.remote_task_close("700004"))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    return cap
 
 
 def malformed_traffic(cap: Capture) -> None:

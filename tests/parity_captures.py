@@ -17,6 +17,7 @@ from crafted_captures import (
     S,
     T,
     answer_time,
+    released_and_closed,
     rmis_id,
 )
 from jsencode import V
@@ -34,12 +35,7 @@ def _started(cap: Capture, n: int, pid: str) -> tuple[Conv, Conv]:
 
 
 def _finished(cap: Capture, cmd: Conv, cb: Conv, rmis: int, pid: str) -> None:
-    cb.send(C, js.release(rmis))
-    cb.send(T, js.answer_empty())
-    cb.close(first=C)
-    cmd.send(CLIENT, js.remote_task_close(pid))
-    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
-    cmd.close()
+    released_and_closed(cap, cmd, cb, rmis, pid)
     cap.advance(S)
 
 

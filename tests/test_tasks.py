@@ -414,16 +414,9 @@ def test_a_callback_past_its_window_is_told_as_too_late_on_both_rows(
     """A slow remote's callback SYN comes after the controller gave up (Z-REMOTE-118, the
     listener gone: RST). DESIGN keeps it a row of its own; both rows say how late it came,
     so `callback-missing` does not read as "never attempted". Found in review."""
-    from crafted_captures import CLIENT, SERVER, _start_answered, answer_time
-    from jsencode import ok_answer, remote_task_close
+    from crafted_captures import callback_refused_after
 
-    cmd, cb = _start_answered(cap := Capture(), "700004", (40000, 45000, 59999), isn=1000)
-    cap.advance(late_s * S)
-    cb.refused()
-    cmd.send(CLIENT, remote_task_close("700004"))
-    cmd.send(SERVER, ok_answer(answer_time(cap)))
-    cmd.close()
-    rows = table(cap.write(tmp_path / "late.pcap"))
+    rows = table(callback_refused_after(late_s * S).write(tmp_path / "late.pcap"))
     if late_s < 60:  # in its window: the task's own refused callback, one row
         (row,) = rows
         assert row["status"] == "callback-refused" and not row["notes"]

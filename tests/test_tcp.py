@@ -1259,26 +1259,32 @@ def test_a_live_connection_handed_on_at_the_bound_keeps_what_it_sends_later(monk
     assert ours[1].packets == 3
 
 
+class ClosedSink:
+    """A sink that keeps only the connections handed on, in order."""
+
+    def __init__(self) -> None:
+        self.closed: list[Connection] = []
+
+    def on_open(self, *args) -> None:
+        pass
+
+    def on_data(self, *args) -> None:
+        pass
+
+    def on_gap(self, *args) -> None:
+        pass
+
+    def on_close(self, conn: Connection) -> None:
+        self.closed.append(conn)
+
+
 def test_a_connections_first_and_last_packet_are_its_earliest_and_latest() -> None:
     """Found in review: taken in capture order, a packet stamped 10 µs early (capture
     queues interleave) made the first packet later than the SYN, and a duration negative."""
-    closed: list[Connection] = []
-
-    class Sink:
-        def on_open(self, *args) -> None:
-            pass
-
-        def on_data(self, *args) -> None:
-            pass
-
-        def on_gap(self, *args) -> None:
-            pass
-
-        def on_close(self, conn: Connection) -> None:
-            closed.append(conn)
-
+    sink = ClosedSink()
+    closed = sink.closed
     c, s = ("10.0.0.1", 40000), ("10.0.0.2", 4444)
-    r = Reassembler(Sink())
+    r = Reassembler(sink)
     for ts, src, dst, seq, ack, flags in (
         (110, c, s, 1000, 0, 0x02),
         (100, s, c, 5000, 1001, 0x12),  # each direction on its own capture queue
@@ -1296,22 +1302,9 @@ def test_open_connections_are_bounded_by_handing_on_the_idle_ones(monkeypatch) -
     """A SYN flood: each SYN opens a connection that never ends; the table stays bounded
     and every connection is still handed on exactly once."""
     monkeypatch.setattr(tcp, "MAX_OPEN", 50)
-    closed: list[Connection] = []
-
-    class Sink:
-        def on_open(self, *args) -> None:
-            pass
-
-        def on_data(self, *args) -> None:
-            pass
-
-        def on_gap(self, *args) -> None:
-            pass
-
-        def on_close(self, conn: Connection) -> None:
-            closed.append(conn)
-
-    r = Reassembler(Sink())
+    sink = ClosedSink()
+    closed = sink.closed
+    r = Reassembler(sink)
     peak = 0
     for i in range(1000):
         r.add(

@@ -642,16 +642,9 @@ def test_engines_tell_a_callback_past_its_window_as_too_late_on_both_rows(
     connection id). In the window it is the task's own refused callback, one row. The
     plugin told neither row, and gave the refused callback no row."""
     require("tshark")
-    from crafted_captures import CLIENT, SERVER, Capture, S, _start_answered, answer_time
-    from jsencode import ok_answer, remote_task_close
+    from crafted_captures import S, callback_refused_after
 
-    cmd, cb = _start_answered(cap := Capture(), "700004", (40000, 45000, 59999), isn=1000)
-    cap.advance(late_s * S)
-    cb.refused()
-    cmd.send(CLIENT, remote_task_close("700004"))
-    cmd.send(SERVER, ok_answer(answer_time(cap)))
-    cmd.close()
-    capture = cap.write(tmp_path / "late.pcap")
+    capture = callback_refused_after(late_s * S).write(tmp_path / "late.pcap")
     ours = _late_callback_named(
         [report.task_row(t) for t in jsdissect.analyze([capture]).task_records]
     )
