@@ -325,7 +325,35 @@ def test_a_task_not_ended_is_drawn_until_the_capture_ends(tmp_path: Path) -> Non
     rights = [x1 for _, _, x1 in drawn_rectangles(ax)]
     assert max(rights) == pytest.approx((end - origin) / 1e6)
     (run,) = [d for d in plot.html_figure(result.task_records, end).data if d.name == "run"]
-    assert max(b + x for b, x in zip(run.base, run.x, strict=True)) == pytest.approx(end / 1000)
+    drawn_to = max(b + x for b, x in zip(run.base, run.x, strict=True))
+    assert drawn_to == pytest.approx(end / 1000, abs=0.001)  # ms since the epoch
+
+
+def test_the_timeline_command_draws_a_running_task_to_the_capture_s_last_packet(
+    tmp_path: Path,
+) -> None:
+    """The CLI passes the capture's end as `ports` takes it: past the filter's last packet
+    (an unrelated one, 5 s later, in a second file), not the tasks' own last packet."""
+    from pathological import BASE_TIME_US, S
+    from pcapfiles import pcap_file
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    task = _task("3001", 1, keepalive_spaces=3, callback_port=59999)
+    cut = _played(tmp_path, "running", [(0, task)], keep=(None, BASE_TIME_US + 40 * S))
+    last = BASE_TIME_US + 45 * S
+    other = bytes(Ether() / IP(src="10.9.0.1", dst="10.9.0.2") / TCP(sport=1234, dport=80))
+    later = tmp_path / "later.pcap"
+    later.write_bytes(pcap_file(1, [(last * 1000, other, len(other))]))
+    page = tmp_path / "t.html"
+    out = cli("timeline", str(cut), str(later), "-o", str(page), "-q")
+    assert out.returncode == 0, out.stderr
+    text = page.read_text()
+    at = text.index('"name":"run"')
+    start = text.rindex('{"base":', 0, at)
+    run = json.loads(text[start : text.index('"type":"bar"}', at) + len('"type":"bar"}')])
+    (base,), (width,) = run["base"], run["x"]
+    assert base + width == pytest.approx(last / 1000, abs=0.001)  # ms since the epoch
 
 
 def test_shared_rows_count_a_task_running_until_the_end(tmp_path: Path) -> None:
