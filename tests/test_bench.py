@@ -136,6 +136,24 @@ def test_a_reader_name_the_bench_does_not_have_is_refused() -> None:
         main(["--size", "smoke", "--readers", "tcpdump -r,jsdisect"])
 
 
+@pytest.mark.parametrize("files", [1, 3])
+def test_the_tcpdump_peer_copies_every_packet(smoke_run: dict, tmp_path: Path, files: int) -> None:
+    """Found in review: nothing checked tcpdump's work (a `-c 10` passed). Its command as
+    the bench runs it, writing to a file instead of /dev/null, copies every packet, of
+    one file and of a ring buffer's list."""
+    from bench import _tcpdump
+    from scapy.utils import RawPcapReader
+
+    generated = smoke_run["captures"]["mixed"]
+    (path,) = generated["paths"]
+    parts = [path] * files  # (tcpdump -V reads a list, the same file thrice will do)
+    argv = _tcpdump(parts, tmp_path / "copy.out")
+    copy = tmp_path / "copy.pcap"
+    argv[argv.index("/dev/null")] = str(copy)
+    subprocess.run(argv, check=True, capture_output=True, timeout=300)
+    assert sum(1 for _ in RawPcapReader(str(copy))) == files * generated["packets"]
+
+
 def test_the_memory_of_all_processes_counts_every_worker() -> None:
     """A reader and the worker it forks each fill 40 MB of their own: the largest process
     holds 40, all processes together 80 (what GNU time's peak alone would hide)."""
