@@ -495,13 +495,13 @@ def table(results: list[Result], captures: dict[str, generate.Generated]) -> str
 
 def captures_table(captures: dict[str, generate.Generated]) -> str:
     lines = [
-        "| capture | files | packets | MB | JobScheduler packets | tasks |",
-        "|---|--:|--:|--:|--:|--:|",
+        "| capture | files | packets | MB | JobScheduler packets | on the filter's ports | tasks |",
+        "|---|--:|--:|--:|--:|--:|--:|",
     ]
     for name, cap in captures.items():
         lines.append(
             f"| {name} | {len(cap.paths)} | {cap.packets:,} | {cap.bytes / 1e6:,.0f} "
-            f"| {cap.js_packets:,} | {cap.tasks:,} |"
+            f"| {cap.js_packets:,} | {cap.filter_packets:,} | {cap.tasks:,} |"
         )
     return "\n".join(lines)
 
