@@ -415,6 +415,8 @@ def _message_rows(packet: Any) -> Iterator[dict[str, Any]]:
         for item in (layer, *layer.duplicate_layers):
             fields = item._all_fields  # the JSON tree; pyshark's flattening loses nesting
             channel = "cmd" if layer.layer_name == "jobscheduler" else "api"
+            if channel == "api":
+                fields = _with_nuls(fields)
             made = _cmd_event(fields) if channel == "cmd" else _api_event(fields)
             events = [made] if made is not None else []
             if channel == "api":
@@ -571,6 +573,7 @@ API_COMMANDS = {  # §5.9, and the plugin's names on answers
     0x41: "Call",
 }
 API_SENDERS = {"1": api.CONTROLLER, "2": api.TASK_SERVER}
+NUL_SIGN = "\u2400"  # how the plugin shows a NUL in a string (Wireshark's end at one)
 
 
 # The plugin's expert infos that are decode errors of the default engine: the reason is
@@ -583,9 +586,25 @@ API_ERROR_EXPERTS = {
 }
 
 
+def _with_nuls(value: Any) -> Any:
+    """The plugin's callback-channel fields with each ␀ a NUL again. Wireshark's strings
+    end at a NUL, so the plugin shows one as ␀ (U+2400), which no §5.3 string (ISO-8859-1)
+    can hold otherwise."""
+    if isinstance(value, str):
+        return value.replace(NUL_SIGN, "\0")
+    if isinstance(value, dict):
+        return {k: _with_nuls(v) if k.startswith(API) else v for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_nuls(v) for v in value]
+    return value
+
+
 def _api_errors(f: Fields) -> Iterator[DecodeError]:
-    """A callback frame's decode errors, from the plugin's expert infos on it."""
-    for expert in _all(f, "_ws.expert"):
+    """A callback frame's decode errors, from the plugin's expert infos on it, or on the
+    argument that broke its DISPPARAMS (§5.7)."""
+    arguments = [a for a in _all(f, API + "argument") if isinstance(a, dict)]
+    experts = [e for where in (f, *arguments) for e in _all(where, "_ws.expert")]
+    for expert in experts:
         if not isinstance(expert, dict):
             continue
         for name, reason in API_ERROR_EXPERTS.items():
@@ -678,8 +697,14 @@ def _api_request(f: Fields, cls: int, sender: str) -> api.Request:
 
 def _dispparams(f: Fields) -> tuple[tuple[Any, ...], tuple[tuple[int, Any], ...]]:
     """§5.7 as the decoder gives it: the named values first on the wire (a property put's
-    value last among the arguments, as in COM), then the positional ones, last first."""
-    values = [_variant(a.get(API + "variant", {})) for a in _all(f, API + "argument")]
+    value last among the arguments, as in COM), then the positional ones, last first; and
+    none when the list was not read in full (arguments not reached, or the plugin's
+    expert on the one that broke it): the call's arguments are unknown then."""
+    arguments = _all(f, API + "argument")
+    broken = any(not isinstance(a, dict) or "_ws.expert" in a for a in arguments)
+    if broken or len(arguments) != (_number(f, API + "args") or 0):
+        return (), ()
+    values = [_variant(a.get(API + "variant", {})) for a in arguments]
     dispids = [int(d, 0) for d in _all(f, API + "named_dispid")]
     named = tuple(zip(dispids, values, strict=False))
     put = tuple(value for dispid, value in named if dispid == api.DISPID_PROPERTYPUT)

@@ -1,7 +1,8 @@
 """Small captures on which the Lua plugin once read differently from the default engine
 (found in review): non-ASCII text, character references, the prolog's encoding, numbers
 in unusual forms, exit codes put as VARIANTs of every integer type, double texts that are
-no number, and a CRLF before a command. Each builder adds whole tasks to a `Capture`."""
+no number, a CRLF before a command, NULs and non-ASCII names in callback strings, and
+argument lists that break. Each builder adds whole tasks to a `Capture`."""
 
 from __future__ import annotations
 
@@ -144,3 +145,55 @@ def crlf_before_a_command(cap: Capture) -> None:
     cmd.send(CLIENT, b"   ")
     cmd.close()
     cap.advance(70 * S)
+
+
+def odd_strings_task(cap: Capture, n: int, text: str) -> None:
+    """A shell task with `text` (a NUL, say) in every §5.3 string that reaches a message or
+    the task table: the job, the RMIS's title, a begin name, a name resolved through
+    GetIDsOfNames and the value got with it, a log line, a method called by name and its
+    argument, and the code and text of the `E` answer to that call."""
+    pid = f"5000{n:02d}"
+    cmd, cb = _started(cap, n, pid)
+    rmis = rmis_id(n)
+    names = ("spooler", "spooler_job", "spooler_task", f"log{text}")
+    objs = js.BeginObjects(*[(0x327B23C6 << 32) | (n * 16 + k) for k in range(1, 5)], names=names)
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, f"title{text}")))
+    params = ["language=shell", f"job=/j{text}", "task_id=1"]
+    cb.send(C, js.call(rmis, "construct", js.construct_args(params)))
+    cb.send(T, js.answer_value(V(js.VT_BOOL, True)))
+    cb.send(C, js.call(rmis, "begin", objs.args()))
+    cb.send(T, js.get_ids_of_names(objs.spooler_task, f"get{text}"))
+    cb.send(C, js.answer_dispids(99))
+    cb.send(T, js.invoke(objs.spooler_task, 99, js.PROPERTYGET))
+    cb.send(C, js.answer_value(js.bstr(f"value{text}")))
+    cb.send(T, js.invoke(objs.spooler_log, 14, js.METHOD, [V(js.VT_I4, 0), js.bstr(f"line{text}")]))
+    cb.send(C, js.answer_value(V(js.VT_EMPTY)))
+    cb.send(T, js.answer_value(V(js.VT_BOOL, True)))
+    cb.send(C, js.call(rmis, f"call{text}", [js.bstr(f"argument{text}")]))
+    cb.send(T, js.answer_error("COM", f"COM-{text}", f"what{text}"))
+    _finished(cap, cmd, cb, rmis, pid)
+
+
+def broken_arguments_task(cap: Capture, n: int) -> None:
+    """A task whose calls' argument lists (§5.7) break: at a second argument of a type
+    that is not transmittable, inside a string, inside an object reference's properties,
+    or with arguments announced and not sent; and one with bytes after whole arguments."""
+    pid = f"6000{n:02d}"
+    cmd, cb = _started(cap, n, pid)
+    rmis = rmis_id(n)
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    one = js.variant(V(js.VT_I4, 1))
+    ref = js.i32(js.VT_DISPATCH) + js.i64(5) + b"\1" + js.string("t") + bytes(16) + js.i32(9)
+    bodies = [
+        js.i32(2) + js.i32(0) + js.i32(0x0E) + one,  # wire order: the second argument first
+        js.i32(2) + js.i32(0) + one + js.i32(js.VT_BSTR) + js.i32(40) + b"cut",
+        js.i32(2) + js.i32(0) + one + ref,
+        js.i32(3) + js.i32(0) + one + one + one[:2],
+        js.i32(1) + js.i32(0) + one + b"!",
+    ]
+    for i, body in enumerate(bodies):
+        cb.send(C, js.obj_request(rmis, b"A", js.string(f"m{i}") + body))
+        cb.send(T, js.answer_value(V(js.VT_EMPTY)))
+    _finished(cap, cmd, cb, rmis, pid)

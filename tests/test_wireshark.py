@@ -1109,3 +1109,35 @@ def test_engine_reads_named_arguments_and_the_interface_asked_for_like_the_decod
     assert theirs == ours
     assert any(s.endswith('.log("pos")') for s in ours)
     assert any("QueryInterface(" in s and js.IID_RMIS in s for s in ours)
+
+
+def test_plugin_shows_a_nul_as_a_sign_and_only_the_e_answer_strings_that_count(
+    tmp_path: Path,
+) -> None:
+    """Wireshark's string fields end at a NUL: one in a §5.3 string is shown as ␀ (U+2400,
+    which no ISO-8859-1 string holds). Of an `E` answer's strings with the same key only
+    the last fills the key's field, as the controller keeps the last (§5.11); the others
+    are error strings."""
+    import parity_captures
+
+    cap = Capture()
+    parity_captures.odd_strings_task(cap, 1, "\0")
+    strings = ("name=N1", "code=C1", "what=W1", "code=C2", "what=W2")
+    e_answer = js.frame(b"E" + b"".join(js.string(s) for s in strings))
+    parity_captures.shell_task(cap, 2, answer=e_answer)
+    capture = cap.write(tmp_path / "strings.pcap")
+    names = ("value.string", "error.code", "error.what", "error.string", "method")
+    columns = [arg for name in names for arg in ("-e", f"jobscheduler_api.{name}")]
+    every = ("-E", "occurrence=a", "-E", "aggregator=|")
+    out = subprocess.run(
+        [*tshark_base(capture), "-2", "-Y", "jobscheduler_api", "-T", "fields", *columns, *every],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    rows = [line.split("\t") for line in out.stdout.splitlines()]
+    assert ["language=shell|job=/j\u2400|task_id=1", "", "", "", "construct"] in rows
+    assert ["argument\u2400", "", "", "", "call\u2400"] in rows
+    assert ["", "COM-\u2400", "what\u2400", "", "call\u2400"] in rows
+    assert ["", "C2", "W2", "code=C1|what=W1", "construct"] in rows

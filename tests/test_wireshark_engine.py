@@ -961,3 +961,103 @@ def test_engines_take_a_crlf_before_a_command_for_no_keep_alive(tmp_path: Path) 
     assert [r["type"] for r in our_messages].count("KeepAlive") == 1
     assert _comparable_messages(their_messages) == _comparable_messages(our_messages)
     assert _full_rows(theirs) == _full_rows(ours)
+
+
+def test_engines_keep_a_nul_in_callback_strings_alike(tmp_path: Path) -> None:
+    """Found in review: Wireshark's string fields end at a NUL, so the plugin's fields cut
+    a §5.3 string there (`job=/j` for `job=/j\\0x`), and a name not in ASCII (a method,
+    a begin name) reached tshark's JSON as ISO-8859-1, which stopped the whole run. The
+    plugin shows a NUL as ␀ (no ISO-8859-1 string holds U+2400), the engine turns it
+    back; tasks and messages read as the default engine's."""
+    require("tshark")
+    cap = Capture()
+    parity_captures.odd_strings_task(cap, 1, "\0")
+    parity_captures.odd_strings_task(cap, 2, "\xe9\0\xfc")
+    ours, theirs, our_messages, their_messages = _both_engines(cap.write(tmp_path / "nul.pcap"))
+    assert [r["job"] for r in ours] == ["/j\0", "/j\xe9\0\xfc"]
+    assert [r["error"] for r in ours] == ["COM-\0 what\0", "COM-\xe9\0\xfc what\xe9\0\xfc"]
+    summaries = [r["summary"] for r in our_messages]
+    assert 'call RMIS.call\0("argument\\x00")' in summaries
+    assert 'invoke log\0.log(0, "line\\x00")' in summaries
+    assert _full_rows(theirs) == _full_rows(ours)
+    assert _comparable_messages(their_messages) == _comparable_messages(our_messages)
+
+
+STEP_RESULTS = [  # (a shell step's answer, the exit code the default engine takes)
+    ('<process.result exit_code="3"', None),
+    ('<process.result exit_code="3"><x></process.result>', None),
+    ('<process.result exit_code="3" exit_code="4"/>', None),
+    ('<process.result exit_code="3" state_text="a < b"/>', None),
+    ('<process.result exit_code="3" state_text="R&D"/>', None),
+    ('<process.result exit_code="3" state_text="&nbsp;"/>', None),
+    ('<process.result exit_code="3" state_text="\x1b[0m"/>', None),
+    (PROLOG + '<process.result exit_code="3"/>\n[stdout] done', None),
+    ("\n" + PROLOG + '<process.result exit_code="3"/>', None),
+    ('<p:process.result exit_code="3"/>', None),
+    ('<process.result xmlns="urn:x" exit_code="3"/>', None),
+    ('<x><process.result exit_code="3"/></x>', None),
+    ("exit_code=3", None),
+    ('<!-- c --><process.result exit_code="4"><![CDATA[<&>]]><?pi x?></process.result>', 4),
+    ("<process.result\r\n  exit_code = '5' state_text='&lt;&#233;&#x20AC;'/>\r\n", 5),
+    ('<process.result xmlns:p="urn:x" p:exit_code="7" exit_code="6"/>', 6),
+]
+
+
+def test_engines_take_exit_codes_only_from_step_results_their_xml_parser_takes(
+    tmp_path: Path,
+) -> None:
+    """Found in review: the plugin took an exit code from any text with a
+    <process.result> element in it, well-formed or not, at the root or not; the default
+    engine parses the step result as XML (ElementTree over expat, namespaces on) and gives
+    none for a document it refuses, but a decode error. Both now read them alike, and
+    say the same: expat's message, line and column."""
+    require("tshark")
+    cap = Capture()
+    for n, (result, _code) in enumerate(STEP_RESULTS, 1):
+        parity_captures.shell_task(cap, n, result=result)
+    ours, theirs, our_messages, their_messages = _both_engines(cap.write(tmp_path / "xml.pcap"))
+    assert [r["exit_code"] for r in ours] == [code for _result, code in STEP_RESULTS]
+    errors = [r["reason"] for r in our_messages if r["type"] == "DecodeError"]
+    assert len(errors) == sum(code is None for _result, code in STEP_RESULTS)
+    assert "malformed <process.result>: mismatched tag: line 1, column 35" in errors
+    assert "step answer is <{urn:x}process.result>, not <process.result>" in errors
+    assert _full_rows(theirs) == _full_rows(ours)
+    assert _comparable_messages(their_messages) == _comparable_messages(our_messages)
+
+
+def test_engines_take_the_last_of_repeated_keys_of_an_e_answer(tmp_path: Path) -> None:
+    """§5.11: an `E` answer's strings in any order; the C++ controller keeps the last of
+    each key (Simple_operation::async_check_error_), and so does the default engine. The
+    plugin's task table did too, but its fields held every one, and the engine read the
+    first: the message said `E C1 W1`."""
+    require("tshark")
+    strings = ("name=N1", "code=C1", "what=W1", "other=x", "code=C2", "what=W2", "name=N2")
+    answer = js.frame(b"E" + b"".join(js.string(s) for s in strings))
+    cap = Capture()
+    parity_captures.shell_task(cap, 1, answer=answer)
+    ours, theirs, our_messages, their_messages = _both_engines(cap.write(tmp_path / "e.pcap"))
+    assert [r["error"] for r in ours] == ["C2 W2"]
+    assert "→ construct: E C2 W2" in [r["summary"] for r in our_messages]
+    assert _full_rows(theirs) == _full_rows(ours)
+    assert _comparable_messages(their_messages) == _comparable_messages(our_messages)
+
+
+def test_engines_show_no_arguments_of_a_call_whose_argument_list_breaks(
+    tmp_path: Path,
+) -> None:
+    """Found in review: a call whose DISPPARAMS (§5.7) break in an argument read
+    `call RMIS.m0(1, None)` in the wireshark engine (the argument as far as the plugin
+    read it), and a string cut short stopped the whole run; the default engine gives such
+    a call no arguments, the list being unknown. The plugin puts its expert on the
+    argument that breaks the list; bytes after whole arguments leave them."""
+    require("tshark")
+    cap = Capture()
+    parity_captures.broken_arguments_task(cap, 1)
+    _, _, ours, theirs = _both_engines(cap.write(tmp_path / "arguments.pcap"))
+
+    def calls(rows: list[dict]) -> list[str]:
+        return [r["summary"] for r in rows if r["summary"].startswith("call RMIS.m")]
+
+    assert calls(ours) == [*(f"call RMIS.m{i}()" for i in range(4)), "call RMIS.m4(1)"]
+    assert calls(theirs) == calls(ours)
+    assert [r["type"] for r in theirs] == [r["type"] for r in ours]

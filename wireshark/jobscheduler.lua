@@ -823,14 +823,12 @@ function TEXT.valid_utf8(s)
 end
 
 -- A document's text as UTF-8: as sent when its prolog declares UTF-8 and it is that,
--- else read as ISO-8859-1 (as the default engine falls back); `latin1` forces the latter.
-function TEXT.document(doc, latin1)
-    if not latin1 then
-        local enc = doc:match("^%s*<%?xml[^>]-%f[%w_]encoding%s*=%s*[\"']([%w._:%-]+)[\"']")
-        enc = enc and enc:lower()
-        if (enc == "utf-8" or enc == "utf8" or enc == "utf_8") and TEXT.valid_utf8(doc) then
-            return doc
-        end
+-- else read as ISO-8859-1 (as the default engine falls back).
+function TEXT.document(doc)
+    local enc = doc:match("^%s*<%?xml[^>]-%f[%w_]encoding%s*=%s*[\"']([%w._:%-]+)[\"']")
+    enc = enc and enc:lower()
+    if (enc == "utf-8" or enc == "utf8" or enc == "utf_8") and TEXT.valid_utf8(doc) then
+        return doc
     end
     return latin1_to_utf8(doc)
 end
@@ -892,6 +890,23 @@ function TEXT.py_repr(s)
         end
         return latin1_to_utf8(c)
     end) .. q
+end
+
+-- Wireshark's string fields and item texts end at a NUL, so a NUL in a string of the
+-- callback channel is shown as ␀ (U+2400): no §5.3 string (ISO-8859-1) holds that
+-- character, so jsdissect's wireshark engine can turn it back into the NUL.
+TEXT.NUL_SIGN = "\226\144\128"
+
+-- UTF-8 text as a field value or item text.
+function TEXT.shown(s)
+    if s == nil then return nil end
+    return (s:gsub("\0", TEXT.NUL_SIGN))
+end
+
+-- A §5.3 string (ISO-8859-1, as on the wire) as a field value or item text.
+function TEXT.field(s)
+    if s == nil then return nil end
+    return TEXT.shown(latin1_to_utf8(s))
 end
 
 -- XML 1.0 §2.11 then §3.3.3, as expat does: a literal CRLF (or lone CR) is first one LF,
@@ -1005,9 +1020,9 @@ local function whole_document(doc)
 end
 
 -- Start tags of a document in order: { name, attrs, order, pos }, attribute values in
--- UTF-8 (TEXT.document; `latin1`: the text is ISO-8859-1 whatever its prolog says).
-local function elements(doc, limit, latin1)
-    doc = TEXT.document(doc, latin1)
+-- UTF-8 (TEXT.document).
+local function elements(doc, limit)
+    doc = TEXT.document(doc)
     local out = {}
     local pos = 1
     while #out < limit do
@@ -1776,7 +1791,7 @@ end
 
 local function add_string(tree, field, tvb, off)
     local n, s = read_string(tvb, off)
-    local item = tree:add(field, rng(tvb, off, n), latin1_to_utf8(s))
+    local item = tree:add(field, rng(tvb, off, n), TEXT.field(s))
     return n, s, item
 end
 
@@ -1814,7 +1829,7 @@ local function dissect_objref(tvb, off, tree, depth)
         for _ = 1, count do
             local pstart = pos
             local pn, pname = read_string(tvb, pos)
-            local pi = item:add(FA.objref_prop, rng(tvb, pos, pn), latin1_to_utf8(pname))
+            local pi = item:add(FA.objref_prop, rng(tvb, pos, pn), TEXT.field(pname))
             pos = pos + pn
             local vn, value = dissect_variant(tvb, pos, pi, depth + 1)
             pos = pos + vn
@@ -1822,7 +1837,7 @@ local function dissect_objref(tvb, off, tree, depth)
             pi:append_text(" = " .. tostring(value.text))
             ref.props[#ref.props + 1] = { name = pname, value = value }
         end
-        item:set_text("Object reference: " .. id .. " (new, " .. latin1_to_utf8(title) .. ")")
+        item:set_text("Object reference: " .. id .. " (new, " .. TEXT.field(title) .. ")")
     else
         item:set_text("Object reference: " .. id)
     end
@@ -1979,7 +1994,17 @@ local function dissect_dispparams(tvb, off, tree, depth)
             label = "Argument " .. (c_args - i + 1)
         end
         local ai = tree:add(FA.argument, rng(tvb, pos, 4))
-        local n, v = dissect_variant(tvb, pos, ai, depth + 1)
+        local ok, n, v = pcall(dissect_variant, tvb, pos, ai, depth + 1)
+        if not ok then
+            -- The expert goes on the argument that breaks the list: the call's arguments are
+            -- then unknown (jsdissect shows none), what precedes is shown as far as read.
+            if getmetatable(n) == Malformed then
+                ai:set_text(label .. ": malformed")
+                ai:add_proto_expert_info(EA.malformed, n.reason)
+                n.shown = true
+            end
+            error(n, 0)
+        end
         pos = pos + n
         ai:set_len(pos - start)
         ai:set_text(label .. ": " .. tostring(v.text))
@@ -2066,23 +2091,662 @@ local function label_refs(as, values)
         local e = object_entry(as, nil, ref.id)
         local label = object_label(e)
         if label then
-            ref.item:append_text(" [" .. label .. "]")
-            ref.item:add(FA.objref_name, label):set_generated()
+            ref.item:append_text(" [" .. TEXT.field(label) .. "]")
+            ref.item:add(FA.objref_name, TEXT.field(label)):set_generated()
         end
         if e and e.returned_by then
-            ref.item:add(FA.objref_returned_by, e.returned_by):set_generated()
+            ref.item:add(FA.objref_returned_by, TEXT.field(e.returned_by)):set_generated()
         end
     end)
 end
 
--- §6.4 shell step result: <process.result spooler_process_result=… exit_code=… signal=…>
-local function process_result(text)
-    if type(text) ~= "string" or not text:find("<process.result", 1, true) then return nil end
-    local el = elements(text, 4, true)  -- a §5.3 string: ISO-8859-1 whatever its prolog
-    for _, e in ipairs(el) do
-        if e.name == "process.result" then return e.attrs end
+---------------------------------------------------------------------------------------------
+-- §6.4 step results as jsdissect reads them: Python's ElementTree over expat, with
+-- namespaces. The plugin takes an exit code only from a document that parser takes, and
+-- says why it refuses one in the parser's words and at its place ("mismatched tag: line 1,
+-- column 35"), so both engines give the same exit codes and decode errors. The rules are
+-- expat's (xmltok_impl.c tokenizers, xmlrole.c prolog states, xmlparse.c storeAtts and
+-- addBinding), on a §5.3 string: one byte per character, as expat counts columns.
+---------------------------------------------------------------------------------------------
+TEXT.XML = {
+    INVALID = "not well-formed (invalid token)",
+    UNCLOSED = "unclosed token",
+    SYNTAX = "syntax error",
+    NO_ELEMENT = "no element found",
+    MISMATCH = "mismatched tag",
+    DUPLICATE = "duplicate attribute",
+    JUNK = "junk after document element",
+    PARAM_REF = "illegal parameter entity reference",
+    UNDEFINED = "undefined entity",
+    BAD_CHAR_REF = "reference to invalid character number",
+    MISPLACED = "XML or text declaration not at start of entity",
+    BAD_DECL = "XML declaration not well-formed",
+    UNCLOSED_CDATA = "unclosed CDATA section",
+    UNBOUND = "unbound prefix",
+    UNDECLARING = "must not undeclare prefix",
+    RESERVED_XML = "reserved prefix (xml) must not be undeclared or bound to another "
+        .. "namespace name",
+    RESERVED_XMLNS = "reserved prefix (xmlns) must not be declared or undeclared",
+    RESERVED_URI = "prefix must not be bound to one of the reserved namespace names",
+    XML_NS = "http://www.w3.org/XML/1998/namespace",
+    XMLNS_NS = "http://www.w3.org/2000/xmlns/",
+    PREDEFINED = { lt = true, gt = true, amp = true, quot = true, apos = true },
+    -- prolog tokens a name ends at (prologTok)
+    NAME_END = { [62] = true, [41] = true, [44] = true, [124] = true, [91] = true, [37] = true },
+}
+
+function TEXT.XML.fail(message, at)
+    error({ xml = message, at = at }, 0)
+end
+
+function TEXT.XML.space(b)
+    return b == 32 or b == 9 or b == 10 or b == 13
+end
+
+-- the control characters XML does not allow
+function TEXT.XML.nonxml(b)
+    return b ~= nil and b < 32 and not TEXT.XML.space(b)
+end
+
+-- expat's name characters in ISO-8859-1 (XML 1.0 letters; the colon apart, namespaces on)
+function TEXT.XML.name_start(b)
+    return b ~= nil and (is_letter(b) or b == 95 or (b >= 0xC0 and b ~= 0xD7 and b ~= 0xF7))
+end
+
+function TEXT.XML.name_char(b)
+    return TEXT.XML.name_start(b)
+        or (b ~= nil and ((b >= 48 and b <= 57) or b == 46 or b == 45 or b == 0xB7))
+end
+
+-- the character at `i`; the text ending there leaves the current token unclosed
+function TEXT.XML.need(d, i)
+    local b = d.s:byte(i)
+    if b == nil then TEXT.XML.fail(TEXT.XML.UNCLOSED, d.start) end
+    return b
+end
+
+-- "line L, column C" of index `at` (expat: CR, LF and CR LF end a line; columns from 0)
+function TEXT.XML.where(s, at)
+    local line, line_start = 1, 1
+    local j = s:find("[\r\n]")
+    while j and j < at do
+        if s:byte(j) == 13 and s:byte(j + 1) == 10 and j + 1 < at then j = j + 1 end
+        line, line_start = line + 1, j + 1
+        j = s:find("[\r\n]", j + 1)
     end
-    return nil
+    return string.format("line %d, column %d", line, at - line_start)
+end
+
+-- A name at `i` (its first character a name start): one colon at most, a name start
+-- after it; the index after the name.
+function TEXT.XML.qname(d, i)
+    local X = TEXT.XML
+    local colon = false
+    while true do
+        i = i + 1
+        local b = X.need(d, i)
+        if b == 58 then
+            if colon then X.fail(X.INVALID, i) end
+            colon, i = true, i + 1
+            if not X.name_start(X.need(d, i)) then X.fail(X.INVALID, i) end
+        elseif not X.name_char(b) then
+            return i
+        end
+    end
+end
+
+-- `&` at `amp`: an entity or character reference up to its `;` (scanRef): its kind,
+-- its name or number, the index after it.
+function TEXT.XML.ref(d, amp)
+    local X, s = TEXT.XML, d.s
+    local i = amp + 1
+    local b = X.need(d, i)
+    if b == 35 then
+        i = i + 1
+        local digit, base = "%d", 10
+        if X.need(d, i) == 120 then digit, base, i = "%x", 16, i + 1 end
+        local first = i
+        while string.char(X.need(d, i)):find(digit) do i = i + 1 end
+        if i == first or s:byte(i) ~= 59 then X.fail(X.INVALID, i) end
+        -- past 7 digits (leading zeros apart) it is past U+10FFFF; tonumber could wrap
+        local digits = s:sub(first, i - 1):gsub("^0+", "")
+        return "char", #digits > 7 and math.huge or tonumber("0" .. digits, base), i + 1
+    end
+    if not X.name_start(b) then X.fail(X.INVALID, i) end
+    repeat i = i + 1 until not X.name_char(X.need(d, i))
+    if s:byte(i) ~= 59 then X.fail(X.INVALID, i) end
+    return "entity", s:sub(amp + 1, i - 1), i + 1
+end
+
+-- checkCharRefNumber: a character XML allows
+function TEXT.XML.char_ok(n)
+    return n == 9 or n == 10 or n == 13 or (n >= 0x20 and n <= 0xD7FF)
+        or (n >= 0xE000 and n <= 0xFFFD) or (n >= 0x10000 and n <= 0x10FFFF)
+end
+
+-- A reference in content or an attribute value as expat resolves it; an undefined
+-- entity in an attribute value is told at its tag (`tag_at`).
+function TEXT.XML.check_ref(kind, what, at, tag_at)
+    local X = TEXT.XML
+    if kind == "char" and not X.char_ok(what) then X.fail(X.BAD_CHAR_REF, at) end
+    if kind == "entity" and not X.PREDEFINED[what] then X.fail(X.UNDEFINED, tag_at or at) end
+end
+
+-- An attribute at `i` (its name start checked): name, `=`, quoted value (scanAtts).
+function TEXT.XML.attribute(d, tag, i)
+    local X, s = TEXT.XML, d.s
+    local att = { at = i, refs = {} }
+    i = X.qname(d, i)
+    att.name = s:sub(att.at, i - 1)
+    local b = X.need(d, i)
+    while X.space(b) do i = i + 1; b = X.need(d, i) end
+    if b ~= 61 then X.fail(X.INVALID, i) end
+    repeat i = i + 1; b = X.need(d, i) until not X.space(b)
+    if b ~= 34 and b ~= 39 then X.fail(X.INVALID, i) end
+    local quote, first = b, i + 1
+    repeat
+        i = i + 1
+        b = X.need(d, i)
+        if b == 60 or X.nonxml(b) then X.fail(X.INVALID, i) end
+        if b == 38 then
+            local kind, what, after = X.ref(d, i)
+            att.refs[#att.refs + 1] = { kind = kind, what = what, at = i }
+            i = after - 1
+        end
+    until b == quote
+    att.raw = s:sub(first, i - 1)
+    tag.atts[#tag.atts + 1] = att
+    return i + 1
+end
+
+-- `<` at `lt` (a name start after it): a start tag, its attributes as written, and the
+-- index after it (scanLt, scanAtts).
+function TEXT.XML.start_tag(d, lt)
+    local X, s = TEXT.XML, d.s
+    local tag = { at = lt, atts = {} }
+    local i = X.qname(d, lt + 1)
+    tag.name = s:sub(lt + 1, i - 1)
+    while true do
+        local b, spaced = X.need(d, i), false
+        while X.space(b) do spaced, i = true, i + 1; b = X.need(d, i) end
+        if b == 62 then return tag, i + 1 end
+        if b == 47 then
+            if X.need(d, i + 1) ~= 62 then X.fail(X.INVALID, i + 1) end
+            tag.empty = true
+            return tag, i + 2
+        end
+        if not spaced or not X.name_start(b) then X.fail(X.INVALID, i) end
+        i = X.attribute(d, tag, i)
+    end
+end
+
+-- An attribute value as ElementTree gives it (XML 1.0 §3.3.3, as parse_attrs), UTF-8.
+function TEXT.XML.value(att)
+    return TEXT.unescape((latin1_to_utf8(att.raw):gsub("\r\n", " "):gsub("[\t\r\n]", " ")))
+end
+
+-- addBinding: a namespace declaration of `prefix` ("" the default one)
+function TEXT.XML.bind(d, ns, prefix, uri)
+    local X = TEXT.XML
+    if uri == "" and prefix ~= "" then X.fail(X.UNDECLARING, d.start) end
+    if prefix == "xmlns" then X.fail(X.RESERVED_XMLNS, d.start) end
+    if uri:find("}", 1, true) then X.fail(X.SYNTAX, d.start) end  -- ElementTree's separator
+    if (prefix == "xml") ~= (uri == X.XML_NS) then
+        X.fail(prefix == "xml" and X.RESERVED_XML or X.RESERVED_URI, d.start)
+    end
+    if uri == X.XMLNS_NS then X.fail(X.RESERVED_URI, d.start) end
+    ns[prefix] = uri
+end
+
+-- storeAtts: per attribute a repeated name, its references, a namespace declaration;
+-- then the prefixes of the attributes and of the element. Sets the tag's bindings and its
+-- name as ElementTree gives it ({uri}local, UTF-8).
+function TEXT.XML.store(d, tag, outer)
+    local X = TEXT.XML
+    local ns, seen, expanded = setmetatable({}, { __index = outer }), {}, {}
+    for _, att in ipairs(tag.atts) do
+        if seen[att.name] then X.fail(X.DUPLICATE, att.at) end
+        seen[att.name] = true
+        for _, r in ipairs(att.refs) do X.check_ref(r.kind, r.what, r.at, tag.at) end
+        local prefix = att.name == "xmlns" and "" or att.name:match("^xmlns:(.*)$")
+        if prefix then X.bind(d, ns, prefix, X.value(att)) end
+    end
+    for _, att in ipairs(tag.atts) do
+        local prefix, name = att.name:match("^([^:]+):(.*)$")
+        if prefix and prefix ~= "xmlns" then
+            local key = ns[prefix] and (ns[prefix] .. "}" .. name)
+            if key == nil then X.fail(X.UNBOUND, tag.at) end
+            if expanded[key] then X.fail(X.DUPLICATE, tag.at) end
+            expanded[key] = true
+        end
+    end
+    local prefix, name = tag.name:match("^([^:]+):(.*)$")
+    local uri = ns[prefix or ""]
+    if prefix and uri == nil then X.fail(X.UNBOUND, tag.at) end
+    tag.ns, tag.expanded = ns, latin1_to_utf8(name or tag.name)
+    if uri and uri ~= "" then tag.expanded = "{" .. uri .. "}" .. tag.expanded end
+end
+
+-- `<!-` at `lt`: a comment and the index after it (scanComment)
+function TEXT.XML.comment(d, lt)
+    local X = TEXT.XML
+    local i = lt + 3
+    if X.need(d, i) ~= 45 then X.fail(X.INVALID, i) end
+    while true do
+        i = i + 1
+        local b = X.need(d, i)
+        if X.nonxml(b) then X.fail(X.INVALID, i) end
+        if b == 45 and X.need(d, i + 1) == 45 then
+            if X.need(d, i + 2) ~= 62 then X.fail(X.INVALID, i + 2) end
+            return i + 3
+        end
+    end
+end
+
+-- `<![` at `lt` in content: a CDATA section and the index after it (scanCdataSection,
+-- cdataSectionTok; one left open is told where its last partial token begins)
+function TEXT.XML.cdata(d, lt)
+    local X, s = TEXT.XML, d.s
+    for k = 1, 6 do
+        if X.need(d, lt + 2 + k) ~= ("CDATA["):byte(k) then X.fail(X.INVALID, lt + 2 + k) end
+    end
+    for i = lt + 9, d.n do
+        if X.nonxml(s:byte(i)) then X.fail(X.INVALID, i) end
+        if s:sub(i, i + 2) == "]]>" then return i + 3 end
+    end
+    local tail = s:match("%]?%]$") or s:match("\r$") or ""
+    X.fail(X.UNCLOSED_CDATA, d.n + 1 - #tail)
+end
+
+-- `<?` at `lt`: a processing instruction ("decl" when its target is `xml`) and the index
+-- after it (scanPi, checkPiTarget)
+function TEXT.XML.pi(d, lt)
+    local X, s = TEXT.XML, d.s
+    local i = lt + 2
+    if not X.name_start(X.need(d, i)) then X.fail(X.INVALID, i) end
+    repeat i = i + 1 until not X.name_char(X.need(d, i))
+    local target, b = s:sub(lt + 2, i - 1), s:byte(i)
+    if not (X.space(b) or b == 63) or (target ~= "xml" and target:lower() == "xml") then
+        X.fail(X.INVALID, i)
+    end
+    local kind = target == "xml" and "decl" or "pi"
+    if b == 63 then
+        if X.need(d, i + 1) ~= 62 then X.fail(X.INVALID, i + 1) end
+        return kind, i + 2
+    end
+    while true do
+        i = i + 1
+        b = X.need(d, i)
+        if X.nonxml(b) then X.fail(X.INVALID, i) end
+        if b == 63 and X.need(d, i + 1) == 62 then return kind, i + 2 end
+    end
+end
+
+-- `</` at `lt`: an end tag that must close the open element (scanEndTag, doContent)
+function TEXT.XML.end_tag(d, lt, stack)
+    local X, s = TEXT.XML, d.s
+    local i = lt + 2
+    if not X.name_start(X.need(d, i)) then X.fail(X.INVALID, i) end
+    repeat i = i + 1 until not (X.name_char(X.need(d, i)) or s:byte(i) == 58)
+    local name, b = s:sub(lt + 2, i - 1), s:byte(i)
+    while X.space(b) do i = i + 1; b = X.need(d, i) end
+    if b ~= 62 then X.fail(X.INVALID, i) end
+    if stack[#stack].name ~= name then X.fail(X.MISMATCH, lt + 2) end
+    stack[#stack] = nil
+    return i + 1
+end
+
+-- Markup at `lt` in content; the index after it.
+function TEXT.XML.markup(d, lt, stack)
+    local X = TEXT.XML
+    local b = X.need(d, lt + 1)
+    if b == 33 then
+        local c = X.need(d, lt + 2)
+        if c == 45 then return X.comment(d, lt) end
+        if c == 91 then return X.cdata(d, lt) end
+        X.fail(X.INVALID, lt + 2)
+    elseif b == 63 then
+        local kind, after = X.pi(d, lt)
+        if kind == "decl" then X.fail(X.MISPLACED, lt) end
+        return after
+    elseif b == 47 then
+        return X.end_tag(d, lt, stack)
+    elseif not X.name_start(b) then
+        X.fail(X.INVALID, lt + 1)
+    end
+    local tag, after = X.start_tag(d, lt)
+    X.store(d, tag, stack[#stack] and stack[#stack].ns or d.ns)
+    d.root = d.root or tag
+    if not tag.empty then stack[#stack + 1] = tag end
+    return after
+end
+
+-- The root element from its `<` at `i` to its end (doContent); the index after it.
+function TEXT.XML.content(d, i)
+    local X, s = TEXT.XML, d.s
+    local stack = {}
+    repeat
+        d.start = i
+        local b = s:byte(i)
+        if b == nil then  -- (a CR at the end waits for an LF: told where it is)
+            X.fail(X.NO_ELEMENT, s:byte(d.n) == 13 and d.n or d.n + 1)
+        end
+        if b == 60 then
+            i = X.markup(d, i, stack)
+        elseif b == 38 then
+            local kind, what, after = X.ref(d, i)
+            X.check_ref(kind, what, i)
+            i = after
+        elseif X.nonxml(b) then
+            X.fail(X.INVALID, i)
+        elseif b == 93 and s:sub(i, i + 2) == "]]>" then
+            X.fail(X.INVALID, i + 2)
+        else
+            i = i + 1
+        end
+    until #stack == 0
+    return i
+end
+
+-- `<!` at `lt` outside the root (scanDecl): a comment, or a declaration's name up to the
+-- blank or `%` after it
+function TEXT.XML.declaration(d, lt)
+    local X = TEXT.XML
+    local i = lt + 2
+    local b = X.need(d, i)
+    if b == 45 then return "comment", X.comment(d, lt) end
+    if b == 91 then return "[", i + 1 end
+    while is_letter(b) or b == 95 do
+        i = i + 1
+        b = X.need(d, i)
+        if b == 37 and (X.space(X.need(d, i + 1)) or d.s:byte(i + 1) == 37) then
+            X.fail(X.INVALID, i)
+        end
+        if X.space(b) or b == 37 then return "declaration", i end
+    end
+    X.fail(X.INVALID, i)
+end
+
+-- a name token outside the root (prologTok): "name", "prefixed", "nmtoken", or "x+" for
+-- a name with its occurrence mark
+function TEXT.XML.prolog_name(d, i)
+    local X, s = TEXT.XML, d.s
+    local kind = X.name_start(s:byte(i)) and "name" or "nmtoken"
+    while true do
+        i = i + 1
+        local b = s:byte(i)
+        if b == nil or X.space(b) or X.NAME_END[b] then return kind, i end
+        if b == 58 then
+            if kind == "name" then
+                local c = X.need(d, i + 1)
+                if c >= 0x80 and not X.name_char(c) then X.fail(X.INVALID, i + 1) end
+                kind = X.name_char(c) and "prefixed" or "nmtoken"
+                if kind == "prefixed" then i = i + 1 end
+            else
+                kind = "nmtoken"
+            end
+        elseif b == 43 or b == 42 or b == 63 then
+            if kind == "nmtoken" then X.fail(X.INVALID, i) end
+            return "x+", i + 1
+        elseif not X.name_char(b) then
+            X.fail(X.INVALID, i)
+        end
+    end
+end
+
+-- `"` or `'` at `i` outside the root: a literal (scanLit)
+function TEXT.XML.literal(d, i)
+    local X, s = TEXT.XML, d.s
+    local quote = s:byte(i)
+    repeat
+        i = i + 1
+        local b = X.need(d, i)
+        if X.nonxml(b) then X.fail(X.INVALID, i) end
+    until b == quote
+    local b = s:byte(i + 1)
+    if b ~= nil and not X.space(b) and b ~= 62 and b ~= 37 and b ~= 91 then
+        X.fail(X.INVALID, i + 1)
+    end
+    return "literal", i + 1
+end
+
+-- `%` or `#` at `i` outside the root: a parameter entity reference, `%`, or a `#NAME`
+-- (scanPercent, scanPoundName)
+function TEXT.XML.marked_name(d, i)
+    local X, s = TEXT.XML, d.s
+    local percent = s:byte(i) == 37
+    local b = X.need(d, i + 1)
+    if percent and (X.space(b) or b == 37) then return "%", i + 1 end
+    if not X.name_start(b) then X.fail(X.INVALID, i + 1) end
+    local k = i + 1
+    while true do
+        k = k + 1
+        b = s:byte(k)
+        if percent and b == 59 then return "param_ref", k + 1 end
+        if b == nil and percent then X.fail(X.UNCLOSED, d.start) end
+        if b == nil or (not percent and (X.space(b) or b == 41 or b == 62 or b == 37
+            or b == 124)) then
+            return "#name", k
+        end
+        if not X.name_char(b) then X.fail(X.INVALID, k) end
+    end
+end
+
+-- One token before or after the root element (prologTok): its kind and the index after
+-- it. "instance" is the root's `<`.
+function TEXT.XML.prolog_token(d, i)
+    local X, s = TEXT.XML, d.s
+    local b = s:byte(i)
+    if X.space(b) then
+        repeat i = i + 1 until not X.space(s:byte(i))
+        return "S", i
+    elseif b == 60 then
+        local c = X.need(d, i + 1)
+        if c == 33 then return X.declaration(d, i) end
+        if c == 63 then return X.pi(d, i) end
+        if X.name_start(c) or c >= 0x80 then return "instance", i end  -- (checked there)
+        X.fail(X.INVALID, i + 1)
+    elseif b == 34 or b == 39 then
+        return X.literal(d, i)
+    elseif b == 37 or b == 35 then
+        return X.marked_name(d, i)
+    elseif b == 93 then
+        if s:byte(i + 1) == 93 and X.need(d, i + 2) == 62 then return "]]>", i + 3 end
+        return "]", i + 1
+    elseif b == 41 then
+        local c = s:byte(i + 1)
+        if c == 42 or c == 63 or c == 43 then return ")*", i + 2 end
+        if c ~= nil and not X.space(c) and c ~= 62 and c ~= 44 and c ~= 124 and c ~= 41 then
+            X.fail(X.INVALID, i + 1)
+        end
+        return ")", i + 1
+    elseif b == 44 or b == 91 or b == 40 or b == 124 or b == 62 then
+        return string.char(b), i + 1
+    elseif X.name_char(b) or b == 58 then
+        return X.prolog_name(d, i)
+    end
+    X.fail(X.INVALID, i)
+end
+
+-- A prolog token where the prolog states allow none of its kind (xmlrole.c common).
+function TEXT.XML.misplaced(kind, at)
+    local X = TEXT.XML
+    if kind == "param_ref" then X.fail(X.PARAM_REF, at) end
+    if kind == "decl" then X.fail(X.MISPLACED, at) end
+    X.fail(X.SYNTAX, at)
+end
+
+-- After `<!DOCTYPE`: its name and `>` (doctype0, doctype1). An external ID or internal
+-- subset is not read here: with it jsdissect's parser reads declarations (entities,
+-- attribute defaults) the plugin does not follow.
+function TEXT.XML.doctype(d, i)
+    local X = TEXT.XML
+    local named = false
+    while true do
+        d.start = i
+        if i > d.n then X.fail(X.NO_ELEMENT, d.n + 1) end
+        local kind, after = X.prolog_token(d, i)
+        if kind == ">" and named then return after end
+        if named and (kind == "[" or (kind == "name" and (d.s:sub(i, after - 1) == "SYSTEM"
+            or d.s:sub(i, after - 1) == "PUBLIC"))) then
+            error({ xml = "step answer with a document type (DTD): not read by the plugin" }, 0)
+        end
+        if kind ~= "S" then
+            if named or (kind ~= "name" and kind ~= "prefixed") then X.misplaced(kind, i) end
+            named = true
+        end
+        i = after
+    end
+end
+
+-- doParseXmlDecl's pseudo-attribute at `i` (blanks first), up to `stop`: its name's
+-- start and end, its value's start, the index after it; nil name at the end.
+function TEXT.XML.pseudo(d, i, stop)
+    local X, s = TEXT.XML, d.s
+    if i == stop then return nil, nil, nil, i end
+    if not X.space(s:byte(i)) then X.fail(X.BAD_DECL, i) end
+    local first = i
+    repeat i = i + 1 until not X.space(s:byte(i))
+    if i == stop then return nil, nil, nil, first end
+    local name, name_end = i, nil
+    while true do
+        local c = s:byte(i)
+        if i >= stop or c >= 0x80 then X.fail(X.BAD_DECL, i) end
+        if c == 61 then name_end = i break end
+        if X.space(c) then
+            name_end = i
+            repeat i = i + 1 until not X.space(s:byte(i))
+            if s:byte(i) ~= 61 or i >= stop then X.fail(X.BAD_DECL, i) end
+            break
+        end
+        i = i + 1
+    end
+    if i == name then X.fail(X.BAD_DECL, i) end
+    repeat i = i + 1 until not X.space(s:byte(i)) or i >= stop
+    local quote = s:byte(i)
+    if i >= stop or (quote ~= 34 and quote ~= 39) then X.fail(X.BAD_DECL, i) end
+    local value = i + 1
+    repeat
+        i = i + 1
+        local c = s:byte(i)
+        if i >= stop or not (c == quote or is_letter(c) or (c >= 48 and c <= 57) or c == 46
+            or c == 45 or c == 95) then
+            X.fail(X.BAD_DECL, i)
+        end
+    until c == quote
+    return s:sub(name, name_end - 1), name, value, i + 1
+end
+
+-- `<?xml … ?>` at the start, ending at `after` (doParseXmlDecl): version, then an
+-- encoding and standalone, in that order.
+function TEXT.XML.decl(d, after)
+    local X, s = TEXT.XML, d.s
+    local stop = after - 2
+    local name, at, value, i = X.pseudo(d, 6, stop)
+    if name == nil then X.fail(X.BAD_DECL, i) end
+    if name ~= "version" then X.fail(X.BAD_DECL, at) end
+    name, at, value, i = X.pseudo(d, i, stop)
+    if name == "encoding" then
+        if not is_letter(s:byte(value)) then X.fail(X.BAD_DECL, value) end
+        name, at, value, i = X.pseudo(d, i, stop)
+    end
+    if name == nil then return end
+    if name ~= "standalone" then X.fail(X.BAD_DECL, at) end
+    local flag = s:sub(value, i - 2)
+    if flag ~= "yes" and flag ~= "no" then X.fail(X.BAD_DECL, value) end
+    while X.space(s:byte(i)) and i < stop do i = i + 1 end
+    if i ~= stop then X.fail(X.BAD_DECL, i) end
+end
+
+-- Before the root element (prologProcessor): the index of its `<`.
+function TEXT.XML.prolog(d)
+    local X = TEXT.XML
+    local i, typed = 1, false
+    while true do
+        d.start = i
+        if i > d.n then X.fail(X.NO_ELEMENT, d.n + 1) end
+        local kind, after = X.prolog_token(d, i)
+        if kind == "instance" then return i end
+        if kind == "decl" and i == 1 then
+            X.decl(d, after)
+        elseif kind == "declaration" and d.s:sub(i + 2, after - 1) == "DOCTYPE" and not typed then
+            after, typed = X.doctype(d, after), true
+        elseif kind ~= "S" and kind ~= "pi" and kind ~= "comment" then
+            X.misplaced(kind, i)
+        end
+        i = after
+    end
+end
+
+-- After the root element (epilogProcessor): blanks, comments, processing instructions.
+function TEXT.XML.epilog(d, i)
+    local X = TEXT.XML
+    while i <= d.n do
+        d.start = i
+        local kind, after = X.prolog_token(d, i)
+        if kind ~= "S" and kind ~= "pi" and kind ~= "comment" then X.fail(X.JUNK, i) end
+        i = after
+    end
+end
+
+-- expat reads a document whose first or second byte is NUL as UTF-16 (initScan): big-
+-- endian after a NUL first, else little-endian; the bytes it reads are those of the UTF-8
+-- text jsdissect hands it. Read so here when every character is one byte wide again; nil
+-- when not.
+function TEXT.XML.utf16(text)
+    text = latin1_to_utf8(text)
+    if #text % 2 == 1 then return nil end
+    local high = text:byte(1) == 0 and 0 or 1  -- where a pair has its high byte
+    local out = {}
+    for k = 1, #text, 2 do
+        if text:byte(k + high) ~= 0 then return nil end
+        out[#out + 1] = text:sub(k + 1 - high, k + 1 - high)
+    end
+    return table.concat(out)
+end
+
+-- The root element of a step result as jsdissect's parser reads it: its name as
+-- ElementTree gives it and its attributes without a prefix (values UTF-8); or nil and the
+-- decoder's complaint.
+function TEXT.XML.root(text)
+    local X = TEXT.XML
+    local d = { s = text, n = #text, ns = { xml = X.XML_NS } }
+    local ok, err = pcall(function()
+        -- initScan guesses from the first two bytes of the UTF-8 it is given; a lone NUL
+        -- waits for more
+        local head = latin1_to_utf8(text:sub(1, 2))
+        if text == "\0" then X.fail(X.UNCLOSED, 1) end
+        if #head >= 2 and (head:byte(1) == 0 or head:byte(2) == 0) then
+            d.s = X.utf16(text)
+            if d.s == nil then
+                error({ xml = "step answer read as UTF-16: not read by the plugin" }, 0)
+            end
+            d.n = #d.s
+        end
+        X.epilog(d, X.content(d, X.prolog(d)))
+    end)
+    if not ok then
+        if type(err) ~= "table" or err.xml == nil then error(err, 0) end
+        if err.at == nil then return nil, err.xml end
+        return nil, "malformed <process.result>: " .. err.xml .. ": " .. X.where(d.s, err.at)
+    end
+    local attrs = {}
+    for _, att in ipairs(d.root.atts) do
+        if not att.name:find(":", 1, true) and att.name ~= "xmlns" then
+            attrs[att.name] = X.value(att)
+        end
+    end
+    return { name = d.root.expanded, attrs = attrs }
+end
+
+-- §6.4 shell step result <process.result spooler_process_result=… exit_code=… signal=…>:
+-- its attributes, or nil and the default engine's decode error
+local function process_result(text)
+    local root, problem = TEXT.XML.root(text)
+    if root and root.name ~= "process.result" then
+        return nil, "step answer is <" .. root.name .. ">, not <process.result>"
+    end
+    return root and root.attrs, problem
 end
 
 local function count_lines(s)
@@ -2135,11 +2799,13 @@ local function dissect_request(tvb, tree, m, as)
     tree:add(FA.command, rng(tvb, 13, 1))
     local target = object_entry(as, other_side(m.sender), m.objid)
     if not m.labelled then m.objname, m.objpath = object_label(target), object_path(target) end
-    if m.objname then tree:add(FA.object_name, rng(tvb, 5, 8), m.objname):set_generated() end
+    -- names (begin names, methods) are kept as sent (§5.3) and shown as UTF-8
+    local who = TEXT.field(m.objname) or m.objid
+    if m.objname then tree:add(FA.object_name, rng(tvb, 5, 8), who):set_generated() end
     if target and target.returned_by then
-        tree:add(FA.object_returned_by, rng(tvb, 5, 8), target.returned_by):set_generated()
+        tree:add(FA.object_returned_by, rng(tvb, 5, 8), TEXT.field(target.returned_by))
+            :set_generated()
     end
-    local who = m.objname or m.objid
     if m.cmd == 0x52 then
         if tvb:len() ~= 14 then malformed("Release with a body") end
         return "Release " .. who
@@ -2161,7 +2827,7 @@ local function dissect_request(tvb, tree, m, as)
             pos = pos + n
         end
         if pos ~= tvb:len() then malformed("bytes after the names") end
-        return "GetIDsOfNames " .. who .. "." .. tostring(m.method)
+        return "GetIDsOfNames " .. who .. "." .. tostring(TEXT.field(m.method))
     elseif m.cmd == 0x49 then
         need(tvb, 14, 28)
         m.dispid = rng(tvb, 14, 4):int()
@@ -2175,7 +2841,8 @@ local function dissect_request(tvb, tree, m, as)
         fi:add(FA.flag_put, rng(tvb, 38, 4))
         fi:add(FA.flag_putref, rng(tvb, 38, 4))
         m.method = dispid_name(as, other_side(m.sender), m.objid, m.dispid)
-        if m.method then tree:add(FA.method, rng(tvb, 14, 4), m.method):set_generated() end
+        local shown = TEXT.field(m.method)
+        if shown then tree:add(FA.method, rng(tvb, 14, 4), shown):set_generated() end
         local n, args, named, wire = dissect_dispparams(tvb, 42, tree, 0)
         if 42 + n ~= tvb:len() then malformed("bytes after the arguments") end
         m.args, m.named, m.wire = args, named, wire
@@ -2185,7 +2852,7 @@ local function dissect_request(tvb, tree, m, as)
         elseif band(m.flags, 0x2) ~= 0 and band(m.flags, 0x1) == 0 then
             verb = "get"
         end
-        return verb .. " " .. who .. "." .. (m.method or ("dispid " .. m.dispid))
+        return verb .. " " .. who .. "." .. (shown or ("dispid " .. m.dispid))
     elseif m.cmd == 0x41 then
         local n, name = add_string(tree, FA.method, tvb, 14)
         m.method = name
@@ -2197,36 +2864,44 @@ local function dissect_request(tvb, tree, m, as)
             if i > 3 then texts[#texts + 1] = "..." break end
             texts[#texts + 1] = tostring(a.text)
         end
-        return "call " .. who .. "." .. name .. "(" .. table.concat(texts, ", ") .. ")"
+        return "call " .. who .. "." .. TEXT.field(name) .. "(" .. table.concat(texts, ", ")
+            .. ")"
     end
     malformed(string.format("object command 0x%02x", m.cmd))
 end
 
 -- The answer part of one message, laid out by the request it answers (§5.10).
 local function dissect_reply(tvb, tree, m, req)
-    if m.cls == 0x45 then  -- §5.11
-        local pos = 5
+    if m.cls == 0x45 then  -- §5.11: strings until the payload ends, as far as they fit
         m.error = {}
-        while pos < tvb:len() do
-            local n, s = read_string(tvb, pos)
-            local key, value = s:match("^(%a+)=(.*)$")
-            local field = FA.error_string
-            if key == "name" then field = FA.error_name
-            elseif key == "code" then field = FA.error_code
-            elseif key == "what" then field = FA.error_what end
-            if field ~= FA.error_string then
-                m.error[key] = value
-                tree:add(field, rng(tvb, pos, n), latin1_to_utf8(value))
-            else
-                tree:add(field, rng(tvb, pos, n), latin1_to_utf8(s))
+        local strings, last, pos = {}, {}, 5
+        local ok, problem = pcall(function()
+            while pos < tvb:len() do
+                local n, s = read_string(tvb, pos)
+                local key, value = s:match("^(%a+)=(.*)$")
+                if key ~= "name" and key ~= "code" and key ~= "what" then key = nil end
+                strings[#strings + 1] = { pos = pos, n = n, s = s, key = key, value = value }
+                if key then m.error[key], last[key] = value, #strings end
+                pos = pos + n
             end
-            pos = pos + n
+        end)
+        -- The controller keeps the last string of each key (C++
+        -- Simple_operation::async_check_error_, and so does jsdissect): that one fills the
+        -- key's field, an earlier one is only an error string.
+        for i, e in ipairs(strings) do
+            if e.key and last[e.key] == i then
+                tree:add(FA["error_" .. e.key], rng(tvb, e.pos, e.n), TEXT.field(e.value))
+            else
+                local item = tree:add(FA.error_string, rng(tvb, e.pos, e.n), TEXT.field(e.s))
+                if e.key then item:append_text(" (a later " .. e.key .. "= replaces it)") end
+            end
         end
-        tree:add_proto_expert_info(EA.error, "E " .. latin1_to_utf8(tostring(m.error.code)) .. " "
-            .. latin1_to_utf8(tostring(m.error.what)))
-        return "E " .. tostring(m.error.code)
+        if not ok then error(problem, 0) end
+        tree:add_proto_expert_info(EA.error, "E " .. TEXT.field(tostring(m.error.code)) .. " "
+            .. TEXT.field(tostring(m.error.what)))
+        return "E " .. TEXT.field(tostring(m.error.code))
     end
-    local what = req and (req.method or COMMAND_NAMES[req.cmd]) or "?"
+    local what = req and (TEXT.field(req.method) or COMMAND_NAMES[req.cmd]) or "?"
     local cmd = req and req.cmd
     if tvb:len() == 5 then
         if cmd ~= nil and cmd ~= 0x52 and cmd ~= 0x4B then malformed("answer without HRESULT") end
@@ -2288,7 +2963,9 @@ local function dissect_reply(tvb, tree, m, req)
     end
     if pos ~= tvb:len() then malformed("bytes after the answer") end
     if failed then return "answer " .. what .. ": " .. hresult_text(m.hr) end
-    local result = m.result and process_result(m.result.value)
+    local v = m.result and m.result.value
+    local result = type(v) == "string" and v:find("<process.result", 1, true)
+        and process_result(v)
     if result then
         return "answer " .. what .. ": process.result exit_code=" .. tostring(result.exit_code)
             .. (result.signal and (" signal=" .. result.signal) or "")
@@ -2528,9 +3205,12 @@ local function apply_reply(conn, as, m, pinfo)
     if req.cls == 0x4F and req.cmd == 0x41 and req.objid == as.rmis then
         if name == "begin" and task.begin_answered == nil then
             task.begin_answered, task.begin_answer_frame = m.t_done, pinfo.number
-        elseif name == "step" and m.result then
-            local attrs = process_result(m.result.value)
-            -- as the default engine reads them: int(value.strip()), exact digits
+        elseif name == "step" and m.result and m.result.vt == 0x08 then
+            -- §6.4 as the default engine reads it: an XML document with the root
+            -- <process.result>, its numbers int(value.strip()) with exact digits; what it
+            -- refuses is a decode error (add_lifecycle shows it)
+            local attrs
+            attrs, m.result_problem = process_result(m.result.value)
             local code = attrs and TEXT.integer(attrs.exit_code)
             if code then
                 local signal = TEXT.integer(attrs.signal)
@@ -2567,17 +3247,17 @@ local function add_lifecycle(item, m)
         if m.job or m.task_id_text then
             for _, v in ipairs(m.args[1].array) do
                 if type(v.value) == "string" then
-                    item:add(FA.param, latin1_to_utf8(v.value)):set_generated()
+                    item:add(FA.param, TEXT.field(v.value)):set_generated()
                 end
             end
-            if m.job then item:add(FA.job, m.job):set_generated() end
+            if m.job then item:add(FA.job, TEXT.shown(m.job)):set_generated() end
             if m.task_id then item:add(FA.task_id, m.task_id):set_generated() end
         end
         if m.step then item:add(FA.step, m.step):set_generated() end
         if m.log_lines then
             for _, v in ipairs(m.args or {}) do
                 if type(v.value) == "string" then
-                    item:add(FA.log_text, latin1_to_utf8(v.value)):set_generated()
+                    item:add(FA.log_text, TEXT.field(v.value)):set_generated()
                 elseif type(v.value) == "number" then
                     item:add(FA.log_level, v.value):set_generated()
                 end
@@ -2587,12 +3267,13 @@ local function add_lifecycle(item, m)
     else
         local req = m.req
         local name = req and req.method and req.method:lower()
-        local what = req and (req.method or COMMAND_NAMES[req.cmd])
+        local what = req and (TEXT.field(req.method) or COMMAND_NAMES[req.cmd])
         if what then item:add(FA.method, what):set_generated() end
         if name == "begin" and m.result and m.result.vt == 0x0B then
             item:add(FA.started, m.result.value):set_generated()
         end
         if m.signal then item:add(FA.signal, m.signal):set_generated() end
+        if m.result_problem then item:add_proto_expert_info(EA.malformed, m.result_problem) end
     end
     if m.exit_code then item:add(FA.exit_code, m.exit_code):set_generated() end
 end
@@ -2626,7 +3307,7 @@ local function dissect_api_frame(ftvb, pinfo, tree, conn, key, sent, done, src, 
     end)
     if not ok then
         if getmetatable(info) ~= Malformed then error(info, 0) end
-        item:add_proto_expert_info(EA.malformed, info.reason)
+        if not info.shown then item:add_proto_expert_info(EA.malformed, info.reason) end
         info = "malformed " .. (CLASS_NAMES[cls] or string.format("class 0x%02x", cls))
     end
     if first_pass and stored == nil then
@@ -2738,9 +3419,11 @@ local function show_incomplete(item, conn, m)
     if m.sender then item:add(FA.sender, m.sender):set_generated() end
     if m.cmd and m.cls ~= 0x53 then item:add(FA.command, m.cmd):set_generated() end
     if m.dispid then item:add(FA.dispid, m.dispid):set_generated() end
-    if m.objname then item:add(FA.object_name, m.objname):set_generated() end
-    local what = m.method or COMMAND_NAMES[m.cmd or -1]
-    if not m.request and m.req then what = m.req.method or COMMAND_NAMES[m.req.cmd or -1] end
+    if m.objname then item:add(FA.object_name, TEXT.field(m.objname)):set_generated() end
+    local what = TEXT.field(m.method) or COMMAND_NAMES[m.cmd or -1]
+    if not m.request and m.req then
+        what = TEXT.field(m.req.method) or COMMAND_NAMES[m.req.cmd or -1]
+    end
     if what then item:add(FA.method, what):set_generated() end
     add_api_links(item, conn, m)
     local arrow = ARROWS[m.sender] or ""
