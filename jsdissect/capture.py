@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import operator
 import os
 import select
 import socket
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any, Final, Literal, NamedTuple
 
 from jsdissect.compressed import Codec, Stream, codec_of_file
-from jsdissect.errors import CaptureError
+from jsdissect.errors import CaptureError, NoPacketYet
 
 Engine = Literal["auto", "libpcap", "python"]
 
@@ -204,6 +205,35 @@ MAX_TIME_US: Final = 253_402_300_799_999_999
 # only a time in 1970..2106 comes through whole. A pcap record's always does (32 unsigned
 # bits in the file); a pcapng one's (64-bit ticks plus a signed if_tsoffset) may not.
 BATCH_TIME_LIMIT_US = (1 << 32) * 1_000_000
+
+
+# A product with a factor of 2**30 or more takes mypyc's slow path, and there a signal (the
+# long multiplication checks for one) aborts the process: mypyc takes the failure for a lack
+# of memory ("fatal: out of memory" on Ctrl-C, found in review). Such products of capture
+# times are made by this call, which fails as an exception, as the interpreter's would.
+_big_product: Callable[[int, int], int] = operator.mul
+# The seconds a µs time is made of are split here: the low part's product stays small.
+_LOW_SECOND_BITS: Final = 20
+_LOW_SECONDS: Final = (1 << _LOW_SECOND_BITS) - 1
+
+
+class _Seconds:
+    """Whole seconds as µs, per packet, without a big product: the high bits of a capture's
+    seconds change every 12 days, and their µs are kept."""
+
+    __slots__ = ("_high", "_high_us")
+
+    def __init__(self) -> None:
+        self._high = 0
+        self._high_us = 0
+
+    def us(self, sec: int) -> int:
+        high = sec >> _LOW_SECOND_BITS
+        if high != self._high:
+            self._high = high
+            self._high_us = _big_product(high << _LOW_SECOND_BITS, 1_000_000)
+        return self._high_us + (sec & _LOW_SECONDS) * 1_000_000
+
 
 Decoder = Callable[[bytes, int, int, int], "Segment | int"]
 PacketFilter = Callable[[bytes, int, int], bool]
@@ -777,14 +807,24 @@ def spooled(paths: Iterable[CapturePath], warnings: list[str]) -> Iterator[list[
     pipes = [_pipe_identity(p) for p in paths]
     seen: set[tuple[int, int]] = set()
     files: dict[int, _FileInfo] = {}  # by the path's place in `paths`
+    without_packets: dict[int, str] = {}  # files with no packet yet, and why
     for i, (path, pipe) in enumerate(zip(paths, pipes, strict=True)):
         if pipe is None:
-            files[i] = _identify(path)
+            try:
+                files[i] = _identify(path)
+            except NoPacketYet as exc:
+                without_packets[i] = str(exc)
         elif pipe in seen:  # `- -`, `f f`, `- /dev/stdin`: the second would read nothing
             name = display_name(path)
             raise CaptureError(f"{name}: given more than once; a pipe can be read only once")
         else:
             seen.add(pipe)
+    if without_packets and not files and not seen:  # nothing else to read: the file's fault
+        raise CaptureError(next(iter(without_packets.values())))
+    # The newest file of a ring buffer being written (tcpdump -C/-G) is empty, or cut in its
+    # header, until tcpdump's buffer is flushed: the other files are still read (found in
+    # review: one such file failed the whole run).
+    warnings += [f"{why}: no packet in it yet, skipped" for why in without_packets.values()]
     once = {id(info) for info in _distinct(list(files.values()), warnings)}
     made: list[str] = []
     try:
@@ -795,7 +835,7 @@ def spooled(paths: Iterable[CapturePath], warnings: list[str]) -> Iterator[list[
                 _identify(path)  # every path handed on is a capture, checked once
                 if path.problem:
                     warnings.append(path.problem)
-            elif id(files[i]) not in once:
+            elif i in without_packets or id(files[i]) not in once:
                 continue
             out.append(path)
         yield out
@@ -895,7 +935,7 @@ def _identify(given: CapturePath) -> _FileInfo:
         except OSError as exc:
             raise CaptureError(f"{path}: {_os_problem(exc)}") from None
         if not head:
-            raise CaptureError(f"{path}: empty file")
+            raise NoPacketYet(f"{path}: empty file")
         codec = codec_of_file(f, head)
     if codec:
         reader = _ChunkReader(_FileInfo(path, "", codec, source))
@@ -906,11 +946,11 @@ def _identify(given: CapturePath) -> _FileInfo:
         if reader.problem and len(head) < PCAPNG_MIN_SHB_LEN:
             raise CaptureError(f"{path}: unreadable {codec.name} data ({reader.cause})")
         if not head:
-            raise CaptureError(f"{path}: empty {codec.name} file")
+            raise NoPacketYet(f"{path}: empty {codec.name} file")
     fmt = _capture_format(path, head, codec)
     need = PCAP_FILE_HDR_LEN if fmt == "pcap" else PCAPNG_MIN_SHB_LEN
     if len(head) < need:
-        raise CaptureError(f"{path}: cut short in the {fmt} file header")
+        raise NoPacketYet(f"{path}: cut short in the {fmt} file header")
     if fmt == "pcapng" and _section_order(head, 0) is None:
         raise CaptureError(f"{path}: bad pcapng section header (byte-order magic)")
     return _FileInfo(path, fmt, codec, source)
@@ -924,6 +964,8 @@ def _capture_format(path: str, head: bytes, codec: Codec | None) -> str:
         return "pcap"
     if magic == PCAPNG_MAGIC:
         return "pcapng"
+    if len(magic) < 4 and any(m.startswith(magic) for m in (*PCAP_MAGICS, PCAPNG_MAGIC)):
+        raise NoPacketYet(f"{path}: cut short in the file header")
     what = f"{codec.name}-compressed file is not" if codec else "not"
     number = int.from_bytes(magic.ljust(4, b"\0"), "big")
     raise CaptureError(f"{path}: {what} a pcap or pcapng file (magic 0x{number:08x})")
@@ -1075,6 +1117,7 @@ def _pcap_batches(r: _Reading) -> Iterator[Batch]:
     if snaplen == 0 or snaplen > MAX_SNAPLEN:
         snaplen = MAX_SNAPLEN
     rec_hdr = struct.Struct(order + "IIII").unpack_from
+    seconds = _Seconds()
     pos, offset = PCAP_FILE_HDR_LEN, 0  # offset: where buf starts in the file
     while buf:
         records: list[Record] = []
@@ -1087,7 +1130,7 @@ def _pcap_batches(r: _Reading) -> Iterator[Batch]:
             start = pos + rec_len
             if start + caplen > size:
                 break
-            ts = sec * 1_000_000 + (frac // 1000 if nano else frac)
+            ts = seconds.us(sec) + (frac // 1000 if nano else frac)
             records.append((ts, start, start + min(caplen, snaplen), wirelen, decoder, filt))
             pos = start + caplen
         r.packets += len(records)
@@ -1140,7 +1183,8 @@ class _Section:
         mul, div = (1, resol // 1_000_000) if resol % 1_000_000 == 0 else (1_000_000, resol)
         decoder, filt = r.link(linktype, self.order)
         snaplen = snaplen if 0 < snaplen <= MAX_SNAPLEN else MAX_SNAPLEN
-        self.interfaces.append(_Interface(decoder, filt, mul, div, offset_s * 1_000_000, snaplen))
+        offset_us = _big_product(offset_s, 1_000_000)
+        self.interfaces.append(_Interface(decoder, filt, mul, div, offset_us, snaplen))
 
     def packet(self, btype: int, buf: bytes, start: int, end: int) -> Record:
         """The record of a packet block's body buf[start:end]."""
@@ -1158,7 +1202,11 @@ class _Section:
         if data + caplen > end:
             raise _Corrupt(f"captured length {caplen} beyond its block")
         iface = self.interfaces[ifid]
-        ts = ((hi << 32) | lo) * iface.mul // iface.div + iface.offset_us
+        ticks = (hi << 32) | lo
+        if iface.mul != 1:  # a resolution of 2**-n s
+            ticks = _big_product(ticks, iface.mul)
+        # (a floor division fails as an exception in compiled code too)
+        ts = (ticks if iface.div == 1 else ticks // iface.div) + iface.offset_us
         return ts, data, data + caplen, wirelen, iface.decoder, iface.filt
 
     def _simple_packet(self, buf: bytes, start: int, end: int) -> Record:
@@ -1344,8 +1392,8 @@ def _pcapng_times_within(r: _Reading, low: int, high: int, plain_is_whole: bool)
 def _ticks_within(iface: _Interface, low: int, high: int) -> tuple[int, int]:
     """[first, stop): the time stamps, in the interface's ticks, of the times in [low, high)
     µs. A time is ticks * mul // div + offset_us (`_Section.packet`), solved for ticks."""
-    first = -((iface.offset_us - low) * iface.div // iface.mul)
-    stop = -((iface.offset_us - high) * iface.div // iface.mul)
+    first = -(_big_product(iface.offset_us - low, iface.div) // iface.mul)
+    stop = -(_big_product(iface.offset_us - high, iface.div) // iface.mul)
     return first, stop
 
 
@@ -1507,12 +1555,13 @@ def _libpcap_segments(
     counts = _Counts()
     # Per-packet counting in local variables (the hot loop), added up once per batch.
     packets = truncated = 0
+    seconds = _Seconds()
     try:
         for buf, meta in batches:
             segments: list[Segment] = []
             for sec, usec, start, caplen in meta:
                 packets += 1
-                ts = sec * 1_000_000 + usec
+                ts = seconds.us(sec) + usec
                 if not 0 <= ts <= MAX_TIME_US:  # skipped as the python engine does
                     counts.bad_time(ts)
                     continue
@@ -1769,6 +1818,16 @@ def read_segments(
     return _merged(infos, bpf, engine, stats)
 
 
+def closing_reader(segments: Iterator[Segment]) -> contextlib.AbstractContextManager[Any]:
+    """`with closing_reader(segments):` closes the files of a read and removes its
+    temporary copies however the loop ends (a break, Ctrl-C). Dropping the iterator is not
+    enough: a generator compiled by mypyc runs no `finally` when it is only dropped (found
+    in review: each interrupted read of a compressed capture left its copy in $TMPDIR)."""
+    if callable(getattr(segments, "close", None)):
+        return contextlib.closing(segments)
+    return contextlib.nullcontext()
+
+
 def _distinct(infos: list[_FileInfo], warnings: list[str]) -> list[_FileInfo]:
     """The files, each once: one given twice (by a symlink, overlapping globs) would give
     every packet twice, taken for retransmissions. (A pipe given twice is refused before.)"""
@@ -1881,7 +1940,7 @@ def _pcap_first_time(r: _Reading) -> int:
     if len(buf) < PCAP_FILE_HDR_LEN + rec_len:
         return -1
     sec, frac = struct.unpack_from(order + "II", buf, PCAP_FILE_HDR_LEN)
-    return sec * 1_000_000 + (frac // 1000 if nano else frac)
+    return _big_product(sec, 1_000_000) + (frac // 1000 if nano else frac)
 
 
 def _pcapng_first_time(r: _Reading) -> int:

@@ -23,6 +23,7 @@ from jsdissect.capture import (
     Engine,
     Segment,
     capture_end,
+    closing_reader,
     display_name,
     read_segments,
     spooled,
@@ -248,15 +249,17 @@ def _run(
         latest = -1  # the capture's end: its latest time, whatever the order
         steps = ClockSteps()
         bpf = READ_ALL if opts.all_tcp else capture_filter(opts, extra_ports)
-        for n, seg in enumerate(reader(files, bpf=bpf, engine=opts.engine, stats=stats)):
-            reassembler.add(seg)
-            ts = seg[0]  # seg.ts: a NamedTuple's field by name costs a descriptor call
-            if ts >= latest:
-                latest = ts
-            elif latest - ts > CLOCK_STEP_US:
-                steps.add(n, ts, latest)
-            if progress is not None and n % 4096 == 0:
-                progress(n)
+        segments = reader(files, bpf=bpf, engine=opts.engine, stats=stats)
+        with closing_reader(segments):
+            for n, seg in enumerate(segments):
+                reassembler.add(seg)
+                ts = seg[0]  # seg.ts: a NamedTuple's field by name costs a descriptor call
+                if ts >= latest:
+                    latest = ts
+                elif latest - ts > CLOCK_STEP_US:
+                    steps.add(n, ts, latest)
+                if progress is not None and n % 4096 == 0:
+                    progress(n)
         reassembler.finish()
         dispatcher.finish()
     finally:

@@ -44,6 +44,7 @@ from scapy.layers.ipsec import AH
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Padding
 
+from jsdissect import capture
 from jsdissect.capture import (
     ACK,
     CHUNK,
@@ -384,6 +385,15 @@ def test_decoders_never_raise_on_arbitrary_bytes(linktype, data):
 def test_tcp_behind_ethernet_survives_any_header_bytes(data, cut):
     frame = bytes(Ether(**MACS))[:12] + b"\x08\x00\x45" + data
     DECODERS[1](frame, 0, min(cut, len(frame)), 0)
+
+
+@given(st.lists(st.integers(-(1 << 40), 1 << 40) | st.integers(0, (1 << 32) - 1), max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_seconds_make_exact_microseconds_in_any_order(seconds: list[int]) -> None:
+    # The readers keep the µs of the seconds' high bits from packet to packet (_Seconds):
+    # a time going back (a clock step, merged files) or far ahead must still be exact.
+    convert = capture._Seconds()
+    assert [convert.us(sec) for sec in seconds] == [sec * 1_000_000 for sec in seconds]
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import jsencode as enc
@@ -287,6 +290,71 @@ def test_ctrl_c_exits_130_quietly(capture: Path) -> None:
     assert out.stderr == "" and out.stdout == ""
 
 
+@pytest.fixture(scope="module")
+def busy_captures(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """6,000 dense tasks (seconds of reading), as pcap and gzip-compressed."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
+    import generate
+
+    where = tmp_path_factory.mktemp("busy")
+    plain = Path(generate.generate(generate.Spec("dense", tasks=6_000), where).paths[0])
+    packed = where / "dense.pcap.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes(), compresslevel=1))
+    return plain, packed
+
+
+def _interrupted(capture: Path, spool: Path, after_copy: bool, delay: float) -> tuple[int, str]:
+    """(status, stderr) of `tasks` sent SIGINT `delay` s after it started reading: after
+    its temporary copy of a compressed capture appeared, or after it started."""
+    env = {**os.environ, "TMPDIR": str(spool)}
+    argv = [sys.executable, "-m", "jsdissect", "tasks", str(capture), "--jobs", "0", "-q"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    while after_copy and not list(spool.iterdir()) and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=120)
+    return proc.returncode, err.decode(errors="replace")
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["pcap", "gzip"])
+def test_ctrl_c_while_reading_exits_130_and_leaves_no_copy(
+    busy_captures: tuple[Path, Path], tmp_path: Path, compressed: bool
+) -> None:
+    """Found in review, with the compiled core: Ctrl-C during the read aborted the process
+    one time in five ("fatal: out of memory", status 134: mypyc takes a failed product of
+    large integers for a lack of memory, and the multiplication had seen the signal), and
+    an interrupted read of a compressed capture left its decompressed copy behind every
+    time (a compiled generator runs no `finally` when dropped). Interrupted at points
+    spread over the read, every run must end as Ctrl-C should, and leave nothing."""
+    capture = busy_captures[compressed]
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    for delay in (0.15, 0.25, 0.35, 0.45, 0.55, 0.65):
+        status, err = _interrupted(capture, spool, compressed, delay + (0 if compressed else 0.2))
+        assert (status, err) == (130, ""), delay
+        assert not list(spool.iterdir()), delay
+
+
+def test_a_ring_buffer_file_with_no_packet_yet_is_skipped(tmp_path: Path) -> None:
+    """Found in review: the newest file of a ring buffer being written (tcpdump -C) is empty
+    or cut in its header until tcpdump flushes it, and it failed the whole run. Beside
+    other files it is skipped with a warning; alone it is still unusable input."""
+    demo = CAPTURES / "demo.pcap"
+    empty, cut, prefix = tmp_path / "ring_2.pcap", tmp_path / "ring_3.pcap", tmp_path / "p.pcap"
+    empty.write_bytes(b"")
+    cut.write_bytes(demo.read_bytes()[:10])
+    prefix.write_bytes(demo.read_bytes()[:3])
+    whole = run("tasks", str(demo), "--csv", "-")
+    ring = run("tasks", str(demo), str(empty), str(cut), "--csv", "-")
+    assert ring.returncode == 0 and ring.stdout == whole.stdout
+    assert f"{empty}: empty file: no packet in it yet, skipped" in ring.stderr
+    assert f"{cut}: cut short in the pcap file header: no packet in it yet" in ring.stderr
+    for alone, why in ((empty, "empty file"), (prefix, "cut short in the file header")):
+        out = run("tasks", str(alone))
+        assert out.returncode == 2 and out.stderr.strip().endswith(f"{alone}: {why}")
+
+
 def test_closed_standard_streams(capture: Path) -> None:
     # stderr closed: the table still comes out; stdout closed: a clear error, not a bug.
     args = [sys.executable, "-m", "jsdissect", "tasks", str(capture)]
@@ -340,10 +408,21 @@ def test_a_locale_that_cannot_encode_the_text_neither_fails_nor_changes_the_data
     assert "→".encode() in on_stdout.stdout
 
 
-def test_a_full_standard_output_is_named(capture: Path) -> None:
+FULL_STDOUT_ARGS = [
+    ["summary"],
+    ["tasks", "--csv", "-"],
+    ["tasks", "--json", "-"],
+    ["log", "--all", "--csv", "-"],
+]
+
+
+@pytest.mark.parametrize("args", FULL_STDOUT_ARGS)
+def test_a_full_standard_output_is_named(capture: Path, args: list[str]) -> None:
+    # Found in review: data written with `-` (CSV, JSON, a log) failed with no name.
+    command, *rest = args
     with open("/dev/full", "w") as full:
         run = subprocess.run(
-            [sys.executable, "-m", "jsdissect", "summary", str(capture)],
+            [sys.executable, "-m", "jsdissect", command, str(capture), *rest],
             stdout=full,
             stderr=subprocess.PIPE,
             text=True,

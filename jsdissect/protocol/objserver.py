@@ -562,7 +562,9 @@ class _Reader:
         """int32 count of elements each at least `element_min` bytes long."""
         at = self.pos
         n = self.fixed(I32, what)
-        if n < 0 or n * element_min > self.remaining:
+        # (compared by division: a product of a count up to 2**31 would take mypyc's slow
+        # path, where a Ctrl-C aborts the process; see capture._big_product)
+        if n < 0 or n > self.remaining // element_min:
             raise _Malformed(
                 f"{what} {n} at payload byte {at} does not fit the {self.remaining} bytes left"
             )
@@ -669,7 +671,7 @@ class _Reader:
                 f"SAFEARRAY at payload byte {at}: element type 0x{elem_vt:04X}"
                 f" differs from the tag's 0x{tag:04X}"
             )
-        if n < 0 or n * ARRAY_ELEMENT_MIN[tag] > self.remaining:
+        if n < 0 or n > self.remaining // ARRAY_ELEMENT_MIN[tag]:  # (as in `count`)
             raise _Malformed(
                 f"SAFEARRAY at payload byte {at} claims {n} elements; {self.remaining} bytes left"
             )
@@ -698,7 +700,7 @@ class _Reader:
     def dispparams(self) -> tuple[tuple[Any, ...], tuple[tuple[int, Any], ...]]:
         at = self.pos
         n_args, n_named = self.fixed(DISPPARAMS_HEAD, "DISPPARAMS")
-        if not 0 <= n_named <= n_args or 4 * (n_named + n_args) > self.remaining:
+        if not 0 <= n_named <= n_args or n_named + n_args > self.remaining // 4:  # (`count`)
             raise _Malformed(
                 f"DISPPARAMS at payload byte {at}: {n_args} args, {n_named} named"
                 f" do not fit the {self.remaining} bytes left"
