@@ -662,8 +662,11 @@ def ports(captures: tuple[str, ...], time_wait: float, **opts: Any) -> None:
     if opts["json_path"]:
         data = port_report.to_json(rep)
         write_output(opts["json_path"], lambda out: json.dump(data, out, indent=1))
-    if "-" not in (opts["csv_path"], opts["json_path"]):
-        _out(port_report.to_text(rep), nl=False)
+    # The report is this command's summary: to stderr when the data goes to stdout, and
+    # left out by -q when the data went somewhere (as `summary` does; found in review).
+    if _writes_tables(opts) and opts["quiet"]:
+        return
+    _out(port_report.to_text(rep), nl=False, err="-" in (opts["csv_path"], opts["json_path"]))
 
 
 @main.command(
@@ -686,10 +689,12 @@ def ports(captures: tuple[str, ...], time_wait: float, **opts: Any) -> None:
 )
 @_guarded
 def timeline(captures: tuple[str, ...], output: str, **opts: Any) -> None:
-    """One bar per task over time, split into its phases (connect, spawn, callback, startup,
-    run, close), failed tasks marked, grouped by remote scheduler. Beyond 60 tasks a
-    remote's tasks share rows (each takes the first free one): the rows then show how many
-    ran at once."""
+    """One bar per task over time, split into its phases, failed tasks marked, grouped by
+    remote scheduler: connecting (cmd_syn → start_sent), spawn (→ start_answered), callback
+    (→ callback_established), begin (→ begin_answered), run (→ release_answered), closing
+    (→ close_answered); a phase whose end was not captured lasts until the next time known.
+    Beyond 60 tasks a remote's tasks share rows (each takes the first free one): the rows
+    then show how many ran at once."""
     from pathlib import Path
 
     from jsdissect import plot

@@ -6,7 +6,9 @@ that, labels are unreadable and a row per task leaves each bar a fraction of a p
 (10,000 tasks), so the tasks of a remote share rows: each takes the first row free when it
 starts, and the remote's rows are as many as its tasks at most ever ran at once.
 
-A task not ended is drawn until the capture's end (while it is `running`), or until the
+A phase runs from one of the task's times to the next (PHASES); one whose end was not
+captured lasts until the next time known, and keeps its name. A task not ended is drawn
+until the capture's end (while it is `running`), or until the
 controller gives up waiting for its callback, as the ports report holds its port; a phase
 shorter than a pixel of the PNG/SVG axis is still drawn a pixel wide.
 """
@@ -37,29 +39,32 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
 # Phase boundaries in wire order; each phase ends at its boundary (DESIGN columns).
+# The bar of a task split at its times, one after the other. Names apart from the task
+# table's durations where the spans differ (connect_ms, startup_ms and close_ms overlap
+# these; spawn and run are the same spans as spawn_ms and run_ms).
 PHASES = (
-    ("connect", "cmd_syn", "start_sent"),
+    ("connecting", "cmd_syn", "start_sent"),
     ("spawn", "start_sent", "start_answered"),
     ("callback", "start_answered", "callback_established"),
-    ("startup", "callback_established", "begin_answered"),
+    ("begin", "callback_established", "begin_answered"),
     ("run", "begin_answered", "release_answered"),
-    ("close", "release_answered", "close_answered"),
+    ("closing", "release_answered", "close_answered"),
 )
 # Times within a phase (other than where it begins): the earliest known one starts the
 # phase when its beginning was not captured (a capture begun mid-task).
 INNER_TIMES = {
-    "connect": ("cmd_established",),
+    "connecting": ("cmd_established",),
     "callback": ("callback_syn",),
-    "startup": ("begin_sent",),
-    "close": ("close_sent", "close_answered"),
+    "begin": ("begin_sent",),
+    "closing": ("close_sent", "close_answered"),
 }
 COLOURS = {
-    "connect": "#9e9e9e",
+    "connecting": "#9e9e9e",
     "spawn": "#f9a825",
     "callback": "#ef6c00",
-    "startup": "#1e88e5",
+    "begin": "#1e88e5",
     "run": "#43a047",
-    "close": "#8e24aa",
+    "closing": "#8e24aa",
 }
 # More tasks than this share rows (see the module docstring); as many rows stay labelled.
 MAX_OWN_ROWS = 60

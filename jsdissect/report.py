@@ -20,6 +20,7 @@ import os
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -547,7 +548,13 @@ def write_output(path: str, render: Callable[[Any], object], binary: bool = Fals
     if path == "-":
         if sys.stdout is None:
             raise OSError(errno.EBADF, "standard output is closed", "-")
-        _write_stdout(render, binary)
+        try:
+            _write_stdout(render, binary)
+        except BrokenPipeError:
+            raise  # `| head`: the reader had enough, no error
+        except OSError as exc:  # a full disk behind a redirect: say where (found in review)
+            exc.filename = exc.filename or "standard output"
+            raise
         return
     if _written_in_place(path):
         try:
@@ -715,10 +722,13 @@ def _median(values: Sequence[float]) -> float:
 
 def task_summary(rows: Sequence[dict[str, Any]], decode_errors: int = 0) -> str:
     """The summary line under the task table."""
-    statuses = [r["status"] for r in rows]
-    completed = statuses.count("completed")
-    failed = sum(s in FAILED_STATUSES for s in statuses)
-    parts = [f"{len(rows)} task(s): {completed} completed, {failed} failed"]
+    by_status = Counter(r["status"] for r in rows)
+    failed = sum(n for status, n in by_status.items() if status in FAILED_STATUSES)
+    # The others by name, so that the counts add up (found in review: "2 task(s): 0
+    # completed, 0 failed" for two tasks running at the capture's end).
+    others = [(s, n) for s, n in by_status.items() if s != "completed" and s not in FAILED_STATUSES]
+    line = f"{len(rows)} task(s): {by_status['completed']} completed, {failed} failed"
+    parts = [line + "".join(f", {n} {status}" for status, n in others)]
     for column in ("startup_ms", "run_ms"):
         values = [r[column] for r in rows if r[column] is not None]
         if values:

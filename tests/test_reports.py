@@ -254,7 +254,7 @@ def test_an_empty_timeline_names_no_first_event() -> None:
 def test_timeline_html_lists_rows_in_order() -> None:
     # The later a task starts, the earlier its number: the order is the bars', not the input's.
     tasks = [synthetic_task("10.0.0.9:4444", n, (10 - n) * 1_000, [500]) for n in range(10)]
-    tasks[0] = synthetic_task("10.0.0.9:4444", 0, 0, [0, 0, 500])  # no bar in "connect"
+    tasks[0] = synthetic_task("10.0.0.9:4444", 0, 0, [0, 0, 500])  # no bar in "connecting"
     order = [b.row_name for b in plot.bars(tasks)]
     assert order == ["10.0.0.9:4444-0", *(f"10.0.0.9:4444-{n}" for n in range(9, 0, -1))]
     layout = plot.html_figure(tasks).layout
@@ -379,6 +379,18 @@ def test_shared_rows_count_a_task_running_until_the_end(tmp_path: Path) -> None:
     assert plot.bars(result.task_records, result.capture_end) == drawn
 
 
+def test_a_timeline_phase_named_as_a_duration_spans_the_same_times() -> None:
+    """Found in review: the picture's `startup`, `connect` and `close` were other spans than
+    the task table's startup_ms, connect_ms and close_ms (the hover said startup 1.5 ms
+    where the table said 153 ms). A phase may share a duration's name only with its span."""
+    shared = [
+        (name, begin, end) for name, begin, end in plot.PHASES if f"{name}_ms" in report.DURATIONS
+    ]
+    assert [name for name, _, _ in shared] == ["spawn", "run"]
+    for name, begin, end in shared:
+        assert report.DURATIONS[f"{name}_ms"] == (begin, end)
+
+
 def test_a_capture_begun_mid_task_names_each_span_for_its_phase(tmp_path: Path) -> None:
     """Found in review: a span before which no time was captured was named `connect`
     (grey), whatever phase it was. Begun at 30 ms, the capture has the task's callback from
@@ -391,8 +403,8 @@ def test_a_capture_begun_mid_task_names_each_span_for_its_phase(tmp_path: Path) 
     tasks = jsdissect.analyze([late]).task_records
     phases = {b.label: [s[0] for s in b.segments] for b in plot.bars(tasks)}
     (callback,) = [t for t in tasks if t.process_id is None]
-    assert phases[callback.callback_conn] == ["callback", "startup", "run", "close"]
-    assert phases["7001"] == ["close"]  # the close sent, and answered
+    assert phases[callback.callback_conn] == ["callback", "begin", "run", "closing"]
+    assert phases["7001"] == ["closing"]  # the close sent, and answered
     # Without the command connection's SYN, the first span is the spawn.
     spawned = synthetic_task("10.0.0.1:4444", 0, 0, [500, 500, 500])
     spawned = dataclasses.replace(spawned, cmd_syn=None)
@@ -514,6 +526,14 @@ def test_distribution_median_of_an_even_count_is_the_mean_of_the_middle_two() ->
     )
 
 
+def test_the_summary_line_counts_every_status() -> None:
+    # Found in review: two tasks running at the end read "2 task(s): 0 completed, 0 failed".
+    base = dict.fromkeys((c.name for c in report.TASK_COLUMNS), None)
+    statuses = ["running", "completed", "killed", "partial", "running", "start-failed"]
+    line = report.task_summary([base | {"status": s} for s in statuses])
+    assert line == "6 task(s): 1 completed, 2 failed, 2 running, 1 partial"
+
+
 # --- crafted tasks in parallel (a review's findings on the ports report) -------------------
 
 
@@ -569,6 +589,20 @@ def test_ports_csv_has_a_row_per_port_use_as_the_json_lists_them(tmp_path: Path)
     assert rows == [{k: "" if v is None else str(v) for k, v in use.items()} for use in listed]
     both = _ports(CAPTURES / "demo.pcap", "--csv", "-", "--json", "-")
     assert both.returncode == 2 and "only one of" in both.stderr
+
+
+def test_ports_report_goes_where_other_commands_put_their_summary(tmp_path: Path) -> None:
+    """Found in review: with `--csv -` the report (failed connections, firewall rules) was
+    lost, and with a file and -q it still showed. As `summary` does: to stderr when the
+    data goes to stdout, to stdout otherwise, and -q leaves it out when data was written."""
+    report_text = cli("ports", str(CAPTURES / "demo.pcap")).stdout
+    assert "Firewall rules" in report_text
+    piped = cli("ports", str(CAPTURES / "demo.pcap"), "--csv", "-")
+    assert piped.stdout.startswith("controller,port,") and piped.stderr == report_text
+    written = cli("ports", str(CAPTURES / "demo.pcap"), "--csv", str(tmp_path / "p.csv"))
+    assert written.stdout == report_text
+    quiet = cli("ports", str(CAPTURES / "demo.pcap"), "--csv", str(tmp_path / "q.csv"), "-q")
+    assert (quiet.stdout, quiet.stderr) == ("", "")
 
 
 def _task(process_id: str, n: int, **spec: object):
