@@ -1057,6 +1057,10 @@ Record = tuple[int, int, int, int, Decoder, "PacketFilter | None"]
 Batch = tuple[bytes, list[Record]]
 
 
+def _bytes(count: int) -> str:
+    return "1 byte" if count == 1 else f"{count} bytes"
+
+
 class _Corrupt(Exception):
     """A record or block that cannot be read: the readable part of the file ends there."""
 
@@ -1096,7 +1100,7 @@ class _Reading:
         if chunk:
             return buf[pos:] + chunk
         reason = corrupt or (
-            f"{len(buf) - pos} bytes of an incomplete record at the end" if pos < len(buf) else ""
+            f"{_bytes(len(buf) - pos)} of an incomplete record at the end" if pos < len(buf) else ""
         )
         if self.source.problem:
             reason = f"{reason}; {self.source.problem}" if reason else self.source.problem

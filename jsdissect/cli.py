@@ -112,9 +112,12 @@ def _common(func: Callable | None = None, *, wireshark: bool = False) -> Any:
             type=click.Choice(engines),
             default="auto",
             show_default=True,
-            help="Capture reader: libpcap (fast, BPF), a Python record reader (libpcap's"
-            " compiled filter still picks the packets)"
-            + (", or tshark running wireshark/jobscheduler.lua." if wireshark else "."),
+            help="Capture reader: libpcap (fast, BPF), python (a Python record reader;"
+            " libpcap's compiled filter still picks the packets)"
+            + (", or tshark running wireshark/jobscheduler.lua." if wireshark else ".")
+            + " auto: libpcap when it can (a compressed capture from a copy decompressed to"
+            " $TMPDIR), else python (no pcapy-ng, a file libpcap cannot open or filter, a"
+            " compressed capture that cannot be decompressed to a temporary file).",
         ),
         click.option(
             "--jobs",
@@ -349,7 +352,11 @@ def _wireshark(captures: Sequence[str], opts: dict[str, Any]) -> tuple[list[dict
 
 
 def _emit(
-    rows: Iterable[dict], columns: Sequence[Column], opts: dict[str, Any], shown: Sequence[str]
+    rows: Iterable[dict],
+    columns: Sequence[Column],
+    opts: dict[str, Any],
+    shown: Sequence[str],
+    chosen_by_user: bool = False,
 ) -> bool:
     """Write --csv/--json outputs; print the table unless one of them went to stdout.
     Returns True when stdout carries data (summaries then go to stderr)."""
@@ -368,7 +375,9 @@ def _emit(
     if not to_stdout and not _writes_tables(opts):
         by_name = {c.name: c for c in columns}
         chosen = [by_name[name] for name in shown if name in by_name]
-        _out(report.to_text(list(rows), chosen), nl=False)
+        # columns asked for by name are shown whole (found in review: `--columns error`
+        # still cut the error text)
+        _out(report.to_text(list(rows), chosen, whole=chosen_by_user), nl=False)
     return to_stdout
 
 
@@ -449,6 +458,24 @@ TASK_SHOWN = [
   jsdissect tasks capture.pcap --csv tasks.csv --json -
   jsdissect tasks capture.pcap --columns process_id,status,startup_ms,run_ms
   ssh host cat /var/tmp/capture.pcap | jsdissect tasks -
+
+Columns of --csv/--json/--parquet, in order (any of them for --columns); times are
+UTC, durations ms:
+
+\b
+  process_id pid job task_id kind controller remote cmd_conn callback_conn
+  cmd_port callback_port callback_src_port
+  cmd_syn cmd_established start_sent start_answered
+  callback_syn callback_established begin_sent begin_answered
+  release_answered callback_closed close_sent close_answered
+  connect_ms         cmd_syn → cmd_established
+  spawn_ms           start_sent → start_answered
+  callback_delay_ms  start_sent → callback_syn
+  startup_ms         start_sent → begin_answered
+  run_ms             begin_answered → release_answered
+  close_ms           close_sent → close_answered
+  total_ms           cmd_syn → close_answered (else earliest → latest known)
+  steps exit_code signal status error log_lines notes
 """
 )
 @CAPTURES
@@ -457,7 +484,7 @@ TASK_SHOWN = [
 @click.option(
     "--columns",
     metavar="A,B,…",
-    help="Columns to print (default: a readable subset; CSV/JSON always have all).",
+    help="Columns to print (listed below; default: a readable subset; CSV/JSON have all).",
 )
 @click.option(
     "--status",
@@ -471,7 +498,7 @@ def tasks(
     captures: tuple[str, ...], columns: str | None, statuses: tuple[str, ...], **opts: Any
 ) -> None:
     """One row per remote task: both connections, the time of every phase, status, exit
-    code, errors and log lines (column reference: README)."""
+    code, errors and log lines (the columns are listed below)."""
     from jsdissect import report
 
     shown = TASK_SHOWN
@@ -500,7 +527,7 @@ def tasks(
         explained = bool(rows or result.stats.warnings)  # e.g. a snap length of 40
     if statuses:
         rows = [r for r in rows if r["status"] in statuses]
-    to_stdout = _emit(rows, report.TASK_COLUMNS, opts, shown)
+    to_stdout = _emit(rows, report.TASK_COLUMNS, opts, shown, chosen_by_user=columns is not None)
     if not opts["quiet"]:
         _out("\n" + report.summary_text(rows), err=to_stdout, nl=False)
         _out(report.task_summary(rows, decode_errors), err=to_stdout)
@@ -541,7 +568,7 @@ def _nothing_found(opts: dict[str, Any]) -> str:
 def messages(
     captures: tuple[str, ...], process_id: str | None, errors_only: bool, **opts: Any
 ) -> None:
-    """One line per decoded message in time order: time, connection, direction, channel
+    """One line per decoded message in time order: time, connection, channel, direction
     and a readable summary."""
     from jsdissect import report
 
@@ -612,6 +639,8 @@ def summary(captures: tuple[str, ...], slowest: int, **opts: Any) -> None:
             return
     _out(report.summary_text(rows, slowest), nl=False, err=to_stdout)
     _out(report.task_summary(rows, result.decode_errors), err=to_stdout)
+    if not (rows or result.stats.warnings):  # as `tasks` says (found in review)
+        _out(_nothing_found(opts), err=to_stdout)
 
 
 @main.command(
@@ -742,7 +771,7 @@ def log(captures: tuple[str, ...], process_id: str | None, all_tasks: bool, **op
         _emit(report.log_rows(chosen), report.LOG_COLUMNS, opts, ())
         return
     for task in chosen:
-        if all_tasks:
+        if len(chosen) > 1:  # (a process id repeats in a long capture: found in review)
             _out(report.task_heading(task))
         for line in report.task_log(task):
             _out(line)

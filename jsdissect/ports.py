@@ -320,7 +320,9 @@ def to_json(rep: PortReport) -> dict:
 
 
 def to_text(rep: PortReport) -> str:
-    lines = ["Callback ports (controller listens, remote connects):"]
+    # Each heading says "none" when nothing is under it (found in review: empty headings).
+    used_any = " none" if not rep.port_range else ""
+    lines = [f"Callback ports (controller listens, remote connects):{used_any}"]
     for controller, (low, high) in sorted(rep.port_range.items()):
         n, at = rep.peak[controller]
         used = sorted({u.port for u in rep.uses if u.controller == controller}, reverse=True)
@@ -343,7 +345,7 @@ def to_text(rep: PortReport) -> str:
             " firewall rejects it — the task fails after 60 s with Z-REMOTE-118)"
         )
     lines.append("")
-    lines.append("Firewall rules to allow:")
+    lines.append("Firewall rules to allow:" + ("" if rep.rules else " none"))
     for rule in rep.rules:
         sources = ", ".join(rule.sources) or "any"
         lines.append(f"  on {rule.host}: incoming TCP {rule.ports} from {sources}")

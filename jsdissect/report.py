@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from jsdissect.correlate import FAILED_STATUSES, Channel, Task
+from jsdissect.correlate import FAILED_STATUSES, TIME_COLUMNS, Channel, Task
 from jsdissect.protocol import DecodeError, Event
 from jsdissect.protocol import command as cmd
 from jsdissect.protocol import objserver as api
@@ -617,12 +617,14 @@ def new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def to_text(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
+def to_text(rows: Sequence[dict[str, Any]], columns: Sequence[Column], whole: bool = False) -> str:
     """A plain aligned table for the terminal: numbers right-aligned, blanks for missing;
-    times of day, with their dates when the table spans more than one (UTC) day."""
+    times of day, with their dates when the table spans more than one (UTC) day. Texts
+    are cut at MAX_CELL characters unless `whole` (columns the person chose)."""
     times = [c.name for c in columns if c.type == TIME]
     dated = spans_days(r.get(name) for r in rows for name in times)
-    cells = [[_display(r.get(c.name), c.type, dated) for c in columns] for r in rows]
+    limit = None if whole else MAX_CELL
+    cells = [[_display(r.get(c.name), c.type, dated, limit) for c in columns] for r in rows]
     widths = [max([len(c.name)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     right = [c.type in (INTEGER, DURATION) for c in columns]
 
@@ -677,7 +679,7 @@ def _clock(text: str, dated: bool) -> str:
     return f"{text[:10]} {text[11:-1]}" if dated else text[11:-1]
 
 
-def _display(value: Any, type_: str, dated: bool = False) -> str:
+def _display(value: Any, type_: str, dated: bool = False, limit: int | None = MAX_CELL) -> str:
     value = cell(value, type_)
     if value is None:
         return ""
@@ -686,7 +688,7 @@ def _display(value: Any, type_: str, dated: bool = False) -> str:
     if type_ == DURATION:
         return f"{value:.3f}"
     text = printable(str(value))
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
 def message_line(row: dict[str, Any], dated: bool = False) -> str:
@@ -793,9 +795,12 @@ LOG_LEVELS |= {0: "info", 1: "warn", 2: "error"}  # PROTOCOL §6.5
 
 
 def task_heading(task: Task) -> str:
-    """The line above each task's log in `log --all` (printable)."""
+    """The line above each task's log when several are printed (printable); its first
+    time tells apart tasks of one process id (a long capture repeats them)."""
     name = task.process_id or task.callback_conn or "?"
-    return printable(f"== task {name} ({task.job or 'job unknown'}, {task.status}) ==")
+    times = [t for t in (getattr(task, column) for column in TIME_COLUMNS) if t is not None]
+    since = f", from {format_time(min(times))}" if times else ""
+    return printable(f"== task {name} ({task.job or 'job unknown'}, {task.status}{since}) ==")
 
 
 # `log --csv/--json`: one row per line a task forwarded (its exit code and status are

@@ -980,6 +980,12 @@ def test_cut_short_names_the_cut_as_the_readers_do(tmp_path, ips, fmt, codec):
     assert cut_short(path).startswith(f"{path}: cut short after packet 7 (")
 
 
+def test_a_cut_of_one_byte_is_said_in_the_singular(tmp_path, ips):
+    path = tmp_path / "one.pcap"
+    path.write_bytes(CUT_FORMATS["pcap"](link_frames("ethernet", ips)) + b"\0")
+    assert cut_short(path).endswith("(1 byte of an incomplete record at the end)")
+
+
 @pytest.mark.parametrize("engine", [*ENGINES, "auto"])
 def test_corrupt_block_length_keeps_the_blocks_before(tmp_path, cases, ips, engine):
     data = pcapng_two_ifaces("<", link_frames("ethernet", ips))

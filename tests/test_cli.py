@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 import os
 import signal
@@ -20,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
-from scapy.utils import wrpcap
+from scapy.utils import rdpcap, wrpcap
 
 import jsdissect
 from jsdissect import __version__, native, report
@@ -164,6 +166,53 @@ def test_log_takes_a_task_or_all_and_says_when_there_is_none(capture: Path, tmp_
     empty.write_bytes(capture.read_bytes()[:24])  # the file header, no packet
     out = run("log", str(empty), "--all")
     assert out.returncode == 1 and out.stderr == f"jsdissect: no task in {empty}\n"
+
+
+def test_tasks_help_lists_the_columns_as_the_table_has_them() -> None:
+    """The column list typed into `tasks --help` is the table's, in order, with each
+    duration's span as the table computes it."""
+    text = run("tasks", "--help").stdout
+    listing = text[text.index("Columns of --csv") :].split("\n\n", 1)[1]
+    names, spans = [], {}
+    for line in listing.splitlines():
+        words = line.split()
+        if "→" in words:
+            names.append(words[0])
+            spans[words[0]] = (words[1], words[3])
+        else:
+            names += words
+    assert names == [c.name for c in report.TASK_COLUMNS]
+    assert all(spans[name] == span for name, span in report.DURATIONS.items())
+
+
+def test_columns_asked_for_by_name_are_shown_whole() -> None:
+    # Found in review: `--columns process_id,error` still cut the error at 48 characters.
+    demo = str(CAPTURES / "demo.pcap")
+    errors = [
+        r["error"] for r in csv.DictReader(io.StringIO(run("tasks", demo, "--csv", "-").stdout))
+    ]
+    longest = max(errors, key=len)
+    assert len(longest) > report.MAX_CELL
+    assert longest in run("tasks", demo, "--columns", "process_id,error", "-q").stdout
+    assert longest not in run("tasks", demo, "--columns", "process_id,status", "-q").stdout
+    assert longest not in run("tasks", demo, "-q").stdout  # (the default table: cut)
+
+
+def test_log_of_a_process_id_that_repeats_heads_each_task(tmp_path: Path) -> None:
+    # Found in review: two tasks of one process id (the demo again an hour later) printed
+    # their logs back to back, with nothing to tell where one ended.
+    later = tmp_path / "later.pcap"
+    packets = rdpcap(str(CAPTURES / "demo.pcap"))
+    for packet in packets:
+        packet.time += 3600
+    wrpcap(str(later), packets)
+    out = run("log", str(CAPTURES / "demo.pcap"), str(later), "--process-id", "985860244")
+    headings = [line for line in out.stdout.splitlines() if line.startswith("== task ")]
+    assert out.returncode == 0 and len(headings) == 2
+    first, second = (line.split(", from ")[1] for line in headings)
+    assert first < second and second[11:13] == f"{(int(first[11:13]) + 1) % 24:02d}"
+    alone = run("log", str(CAPTURES / "demo.pcap"), "--process-id", "985860244")
+    assert "== task " not in alone.stdout and alone.stdout in out.stdout
 
 
 @pytest.mark.parametrize("command", ["log", "messages"])

@@ -526,6 +526,18 @@ def test_distribution_median_of_an_even_count_is_the_mean_of_the_middle_two() ->
     )
 
 
+def test_an_empty_ports_report_says_none_under_each_heading(tmp_path: Path) -> None:
+    # Found in review: a capture without tasks printed headings with nothing under them.
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes((CAPTURES / "demo.pcap").read_bytes()[:24])  # the file header alone
+    out = cli("ports", str(empty), "-q")
+    assert out.returncode == 0, out.stderr
+    headings = [line for line in out.stdout.splitlines() if line and not line[0].isspace()]
+    assert len(headings) == 4 and all(line.endswith(": none") for line in headings)
+    summary = cli("summary", str(empty))
+    assert summary.stdout.splitlines()[-1].startswith("No JobScheduler task found (looked at")
+
+
 def test_the_summary_line_counts_every_status() -> None:
     # Found in review: two tasks running at the end read "2 task(s): 0 completed, 0 failed".
     base = dict.fromkeys((c.name for c in report.TASK_COLUMNS), None)
