@@ -184,8 +184,17 @@ def _new_task(ch: Channel) -> Task:
 
 
 def _task_for_process(tasks: Sequence[Task], process_id: str | None) -> Task | None:
+    """The task a close or kill of `process_id` ends (§3.8: a connection may carry several):
+    the latest with that process id; else the latest whose id is unknown because its start
+    answer was not captured. A task whose start failed, or that has another id, is not it
+    (found in review: the close of the first task went to a second one that had failed)."""
+    if process_id is None:
+        return tasks[-1] if tasks else None
     for task in reversed(tasks):
-        if process_id is None or task.process_id in (None, process_id):
+        if task.process_id == process_id:
+            return task
+    for task in reversed(tasks):
+        if task.process_id is None and task.start_answered is None:
             return task
     return None
 
