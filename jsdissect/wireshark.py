@@ -16,6 +16,7 @@ import csv
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -31,7 +32,9 @@ from jsdissect.capture import (
     CaptureError,
     CapturePath,
     CaptureStats,
+    Segment,
     Spooled,
+    closing_reader,
     compression,
     cut_short,
     decompress,
@@ -40,7 +43,7 @@ from jsdissect.capture import (
     snaplen_warning,
     spooled,
 )
-from jsdissect.pipeline import ClockSteps, Options, capture_filter
+from jsdissect.pipeline import CALLBACK_RANGE, ClockSteps, Options, capture_filter
 from jsdissect.protocol import DecodeError, Event
 from jsdissect.protocol import command as cmd
 from jsdissect.protocol import objserver as api
@@ -64,6 +67,8 @@ TCP_PREFS = {
 }
 SEQ_SPACE = 1 << 32
 MAX_HOLES = 64  # per TCP direction: more holes open at once is a lossy capture
+# §3.6.1 the callback port a start command announces, as it looks in a segment
+ANNOUNCED_PORT = re.compile(rb"""tcp_port\s*=\s*["']\s*(\d{1,5})\s*["']""")
 
 
 class WiresharkError(CaptureError):
@@ -202,25 +207,40 @@ def tcp_order(
     stats: CaptureStats | None = None,
     bpf: str = "tcp",
     steps: ClockSteps | None = None,
+    announced: set[int] | None = None,
 ) -> tuple[bool, bool]:
     """(reordered, lossy): whether bytes of some TCP direction of the capture came after
-    later bytes, and whether bytes of one were never captured while later bytes were (a
-    lost segment, a packet cut by the snaplen). `steps`, when given, counts the clock
-    steps of the same segments (read once for both).
+    later bytes, or again with new ones (a retransmission that re-sends captured bytes and
+    goes on past them), and whether bytes of one were never captured while later bytes
+    were (a lost segment, a packet cut by the snaplen). `steps`, when given, counts the
+    clock steps of the same segments (read once for both); `announced`, when given, gets
+    the callback ports that start commands in them announce.
 
     Wireshark reassembles reordered segments only with tcp.reassemble_out_of_order, and
-    with it a direction stops at a hole that is never filled: every later byte waits for
-    the missing one (wireshark/README.md). So the preference is for captures that need
-    it and can bear it."""
+    takes the new bytes of such a retransmission only with it too (without it, the whole
+    segment is a retransmission its subdissector never gets); with it a direction stops at
+    a hole that is never filled: every later byte waits for the missing one
+    (wireshark/README.md). So the preference is for captures that need it and can bear
+    it."""
+    segments = read_segments([capture], bpf=bpf, stats=stats)
+    with closing_reader(segments):
+        return _scan_directions(segments, steps, announced)
+
+
+def _scan_directions(
+    segments: Iterator[Segment], steps: ClockSteps | None, announced: set[int] | None
+) -> tuple[bool, bool]:
     flows: dict[tuple[str, int, str, int], _Direction] = {}
     reordered = lossy = decided = False
-    for n, seg in enumerate(read_segments([capture], bpf=bpf, stats=stats)):
+    for n, seg in enumerate(segments):
         if steps is not None:
             steps.see(n, seg.ts)
         if decided:  # too many holes to follow: lossy
             if steps is None:
                 break
             continue  # only the clock is still watched
+        if announced is not None and b"tcp_port" in seg.payload:
+            announced.update(int(port) for port in ANNOUNCED_PORT.findall(seg.payload))
         key = (seg.src, seg.sport, seg.dst, seg.dport)
         seq = seg.seq
         if seg.flags & SYN:
@@ -241,7 +261,7 @@ def tcp_order(
         if start < 0:
             continue  # before the first byte seen
         captured = start + len(seg.payload)
-        if start < d.next and d.fill(start, captured):
+        if start < d.next and (d.fill(start, captured) or captured > d.next):
             reordered = True
         if start > d.next:
             d.holes.append((d.next, start))
@@ -286,16 +306,25 @@ def analyze(
         # a hole in unrelated traffic must not take reassembly from a reordered channel.
         options = Options(tuple(scheduler_ports), heuristics=heuristics)
         steps = ClockSteps()
-        reordered, lossy = tcp_order(capture, read, capture_filter(options, set()), steps)
+        announced: set[int] = set()
+        bpf = capture_filter(options, set())
+        reordered, lossy = tcp_order(capture, read, bpf, steps, announced)
+        lo, hi = CALLBACK_RANGE
+        outside = {p for p in announced if 0 < p <= 0xFFFF and not lo <= p <= hi}
+        outside -= set(scheduler_ports)
+        if outside and not lossy:
+            # callbacks on ports that read did not take: judged with them, as the default
+            # engine reads them in a second pass
+            reordered, lossy = tcp_order(capture, bpf=capture_filter(options, outside))
         if steps.count:
             warnings.append(steps.warning([names]))
         if read.truncated_packets:
             warnings.append(snaplen_warning(names, read.truncated_packets))
         if reordered and lossy:
             warnings.append(
-                f"{names}: segments out of order and bytes not captured: Wireshark "
-                "reassembles only one of these, so out-of-order segments are not "
-                "reassembled (the default engine does both)"
+                f"{names}: segments out of order (or re-sending captured bytes with new "
+                "ones) and bytes not captured: Wireshark reassembles only one of these, so "
+                "out-of-order segments are not reassembled (the default engine does both)"
             )
         prefs = {
             **TCP_PREFS,

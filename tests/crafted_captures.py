@@ -87,6 +87,34 @@ class Conv:
             self._packet(side, "PA", piece)
             self.seq[side] += len(piece)
 
+    def lost(self, side: int, data: bytes) -> None:
+        """`data` sent by `side` but not captured; the peer's ACK of it is."""
+        self.seq[side] += len(data)
+        self._packet(1 - side, "A")
+
+    def resend(self, side: int, earlier: bytes, data: bytes = b"") -> None:
+        """One segment that re-sends `earlier`, the last bytes `side` sent, and goes on
+        with `data` (a retransmission that coalesces captured bytes with new ones)."""
+        self.seq[side] -= len(earlier)
+        self._packet(side, "PA", earlier + data)
+        self.seq[side] += len(earlier) + len(data)
+
+    def reordered(self, side: int, first: bytes, then: bytes) -> None:
+        """`first` and `then` sent by `side` in two segments, the second captured first."""
+        self.seq[side] += len(first)
+        self._packet(side, "PA", then)
+        self.seq[side] -= len(first)
+        self._packet(side, "PA", first)
+        self.seq[side] += len(first) + len(then)
+
+    def fast_open(self, data: bytes) -> None:
+        """The handshake with `data` on the SYN (TCP Fast Open), accepted with it."""
+        self._packet(0, "S", data)
+        self.seq[0] += 1 + len(data)
+        self._packet(1, "SA")
+        self.seq[1] += 1
+        self._packet(0, "A")
+
     def close(self, first: int = 0) -> None:
         for side in (first, 1 - first):
             self._packet(side, "FA")
@@ -473,15 +501,19 @@ def numbered_task(
     return marks
 
 
-def released_and_closed(cap: Capture, cmd: Conv, cb: Conv, rmis: int, pid: str) -> None:
+def released_and_closed(
+    cap: Capture, cmd: Conv, cb: Conv, rmis: int, pid: str, last: bool = True
+) -> None:
     """The end of a task: the RMIS released, the callback closed by the controller, the
-    close command answered, the command connection closed."""
+    close command answered, and (`last`: no other task on it) the command connection
+    closed."""
     cb.send(C, js.release(rmis))
     cb.send(T, js.answer_empty())
     cb.close(first=C)
     cmd.send(CLIENT, js.remote_task_close(pid))
     cmd.send(SERVER, js.ok_answer(answer_time(cap)))
-    cmd.close()
+    if last:
+        cmd.close()
 
 
 def callback_refused_after(late: int) -> Capture:

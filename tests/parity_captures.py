@@ -1,8 +1,11 @@
 """Small captures on which the Lua plugin once read differently from the default engine
 (found in review): non-ASCII text, character references, the prolog's encoding, numbers
 in unusual forms, exit codes put as VARIANTs of every integer type, double texts that are
-no number, a CRLF before a command, NULs and non-ASCII names in callback strings, and
-argument lists that break. Each builder adds whole tasks to a `Capture`."""
+no number, a CRLF before a command, NULs and non-ASCII names in callback strings,
+argument lists that break, closes on a command connection of several tasks,
+retransmissions that re-send captured bytes with new ones, a close captured before the
+keep-alive space sent before it, a start never answered, and a start on the SYN. Each
+builder adds whole tasks to a `Capture`."""
 
 from __future__ import annotations
 
@@ -197,3 +200,131 @@ def broken_arguments_task(cap: Capture, n: int) -> None:
         cb.send(C, js.obj_request(rmis, b"A", js.string(f"m{i}") + body))
         cb.send(T, js.answer_value(V(js.VT_EMPTY)))
     _finished(cap, cmd, cb, rmis, pid)
+
+
+def two_tasks_on_one_connection(cap: Capture, second: str) -> None:
+    """Tasks 300001 and 300002 started on one command connection (§3.8); the second's start
+    answer is an error (`second` "failed") or not captured ("lost"); then task 300001 ends
+    and is closed, and (lost) so is 300002."""
+    cmd = Conv(cap, (CONTROLLER_IP, 42100), (REMOTE_IP, 4455), isn=7_000_000)
+    cmd.handshake()
+    convs = []
+    for n in (1, 2):
+        pid = f"30000{n}"
+        cmd.send(CLIENT, js.start_remote_task(58100 + n, kind="process"))
+        if n == 1:
+            cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+        elif second == "failed":
+            cmd.send(SERVER, js.error_answer(answer_time(cap), "SCHEDULER-717", "no licence"))
+            break
+        else:
+            cmd.lost(SERVER, js.process_answer(answer_time(cap), pid))
+        cb = Conv(cap, (REMOTE_IP, 47100 + n), (CONTROLLER_IP, 58100 + n), isn=7_000_000 + n)
+        cb.handshake()
+        cb.send(C, js.create_instance())
+        cb.send(T, js.answer_create_instance(js.ObjRef(rmis_id(n), True, "x")))
+        convs.append((cb, n, pid))
+    for cb, n, pid in convs:
+        released_and_closed(cap, cmd, cb, rmis_id(n), pid, last=False)
+    cmd.close()
+
+
+def lost_start_answer_task(cap: Capture) -> None:
+    """Task 300003, whose start answer the capture lost (the controller's ACK of it shows
+    it was sent), and which otherwise runs and ends normally."""
+    cmd = Conv(cap, (CONTROLLER_IP, 42200), (REMOTE_IP, 4455), isn=8_000_000)
+    cb = Conv(cap, (REMOTE_IP, 47200), (CONTROLLER_IP, 58200), isn=8_000_001)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(58200, kind="process"))
+    cmd.lost(SERVER, js.process_answer(answer_time(cap), "300003"))
+    cb.handshake()
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis_id(3), True, "x")))
+    released_and_closed(cap, cmd, cb, rmis_id(3), "300003")
+
+
+def _resent(conv: Conv, side: int, data: bytes) -> None:
+    """`data` captured as its first 4 bytes (a callback frame's length, §5.1), those again,
+    then one segment that re-sends the last two of them with the rest (retransmissions
+    that coalesce captured bytes)."""
+    conv.send(side, data[:4])
+    conv.resend(side, data[:4])
+    conv.resend(side, data[2:4], data[4:])
+
+
+def resending_task(cap: Capture, n: int, message: str) -> None:
+    """A shell task whose `message` ("start", "begin answer" or "release answer") reaches
+    the capture in retransmitted segments that re-send captured bytes with new ones."""
+    pid = f"8000{n:02d}"
+    cmd = Conv(cap, (CONTROLLER_IP, 42000 + n), (REMOTE_IP, 4455), isn=1_000_000 * n)
+    cb = Conv(cap, (REMOTE_IP, 47000 + n), (CONTROLLER_IP, 58000 + n), isn=1_000_000 * n + 5000)
+
+    def send(conv: Conv, side: int, data: bytes, name: str) -> None:
+        if name == message:
+            _resent(conv, side, data)
+        else:
+            conv.send(side, data)
+
+    cmd.handshake()
+    send(cmd, CLIENT, js.start_remote_task(58000 + n, kind="process"), "start")
+    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    cb.handshake()
+    rmis = rmis_id(n)
+    objs = js.BeginObjects(*[(0x327B23C6 << 32) | (n * 16 + k) for k in range(1, 5)])
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    cb.send(C, js.call(rmis, "construct", js.construct_args(["language=shell", "job=/j"])))
+    cb.send(T, js.answer_value(V(js.VT_BOOL, True)))
+    cb.send(C, js.call(rmis, "begin", objs.args()))
+    send(cb, T, js.answer_value(V(js.VT_BOOL, True)), "begin answer")
+    cb.send(C, js.call(rmis, "step"))
+    cb.send(T, js.answer_value(V(js.VT_BOOL, True)))
+    cb.send(C, js.release(rmis))
+    send(cb, T, js.answer_empty(), "release answer")
+    cb.close(first=C)
+    cmd.send(CLIENT, js.remote_task_close(pid))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    cap.advance(S)
+
+
+def close_before_its_keep_alive_task(cap: Capture, n: int) -> int:
+    """A task whose close is captured before the segment of the keep-alive space sent just
+    before it (§3.7; that segment retransmitted, say). Returns the close's capture time."""
+    pid = f"8100{n:02d}"
+    cmd, cb = _started(cap, n, pid)
+    rmis = rmis_id(n)
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    cb.send(C, js.release(rmis))
+    cb.send(T, js.answer_empty())
+    cb.close(first=C)
+    close_sent = cap.now
+    cmd.reordered(CLIENT, b" ", js.remote_task_close(pid))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    cap.advance(S)
+    return close_sent
+
+
+def unanswered_start(cap: Capture, n: int) -> None:
+    """A start never answered, no callback, the capture ending 70 s later (another
+    connection's packet) with the command connection still open."""
+    cmd = Conv(cap, (CONTROLLER_IP, 42000 + n), (REMOTE_IP, 4455), isn=1_000_000 * n)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(58000 + n, kind="process"))
+    cap.advance(70 * S)
+    Conv(cap, ("10.9.9.9", 33333), ("10.9.9.8", 80), isn=5)._packet(0, "A")
+
+
+def fast_open_task(cap: Capture, n: int) -> None:
+    """A whole shell task whose start command rides on the SYN (TCP Fast Open)."""
+    pid = f"8200{n:02d}"
+    cmd = Conv(cap, (CONTROLLER_IP, 42000 + n), (REMOTE_IP, 4455), isn=1_000_000 * n)
+    cb = Conv(cap, (REMOTE_IP, 47000 + n), (CONTROLLER_IP, 58000 + n), isn=1_000_000 * n + 5000)
+    cmd.fast_open(js.start_remote_task(58000 + n, kind="process"))
+    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    cb.handshake()
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis_id(n), True, "x")))
+    _finished(cap, cmd, cb, rmis_id(n), pid)

@@ -663,9 +663,17 @@ local function track_tcp(tvb, pinfo, now)
     local seq, ack = be32(raw, h + 4), be32(raw, h + 8)
     local syn, fin = band(flags, 0x02) ~= 0, band(flags, 0x01) ~= 0
     local rst, ackf = band(flags, 0x04) ~= 0, band(flags, 0x10) ~= 0
+    -- the segment's payload, for the postdissector: its first byte's sequence number (a
+    -- SYN's data, TCP Fast Open, follows the SYN), length on the wire, offset in the frame
+    local data_seq = syn and (seq + 1) % SEQ_MOD or seq
+    local payload, at = tcp_payload_len(raw, h), h - 1 + math.floor(raw:byte(h + 12) / 16) * 4
     if syn and not ackf then
+        -- (a SYN that carries data, TCP Fast Open, reached the dissector first: the same
+        -- connection)
+        local used = conn ~= nil and (conn.closed
+            or (conn.first and conn.first_frame ~= pinfo.number))
         if conn ~= nil and ((conn.syn_seq ~= nil and conn.syn_seq ~= seq)
-            or (conn.syn_seq == nil and (conn.first or conn.closed))) then
+            or (conn.syn_seq == nil and used)) then
             conn = nil  -- a new connection on a 4-tuple used before
         end
         if conn == nil then conn = new_conn(key, src, sport, dst, dport) end
@@ -680,6 +688,9 @@ local function track_tcp(tvb, pinfo, now)
         end
         conn.syn_count = conn.syn_count + 1
         frame_conn[pinfo.number] = conn
+        conn.seg_frame, conn.seg_seq = pinfo.number, data_seq
+        conn.seg_len, conn.seg_at = payload, at
+        if payload and payload > 0 then conn.carried = true end
         return
     end
     if conn == nil then
@@ -688,8 +699,9 @@ local function track_tcp(tvb, pinfo, now)
         conn = new_conn(key, src, sport, dst, dport)
     end
     frame_conn[pinfo.number] = conn
-    conn.seg_frame, conn.seg_seq, conn.seg_len = pinfo.number, seq, tcp_payload_len(raw, h)
-    if conn.seg_len and conn.seg_len > 0 then conn.carried = true end  -- payload, of any kind
+    conn.seg_frame, conn.seg_seq = pinfo.number, data_seq
+    conn.seg_len, conn.seg_at = payload, at
+    if payload and payload > 0 then conn.carried = true end  -- payload, of any kind
     if syn and conn.server == nil then  -- its SYN not captured: the SYN-ACK's sender accepted
         conn.client = { addr = dst, port = dport }
         conn.server = { addr = src, port = sport }
@@ -736,11 +748,129 @@ local function direction(pinfo)
     return 2
 end
 
--- The time of a message's first byte (DESIGN "Exact times"): a message continued from
--- an earlier desegment request began when that request was made.
-local function start_time(cont, off, now)
+-- When a message's bytes were captured (DESIGN "Exact times": it was sent with the first
+-- packet that carries its first byte, and complete when its last missing byte arrived, the
+-- latest over its bytes of the time each was first captured; retransmitted copies change
+-- nothing). TCP hands a dissector a direction's bytes in order, but bytes reassembled out
+-- of order, or that a retransmission added to what it re-sent, come in a later frame than
+-- the one that carried them first. So the postdissector notes, per direction, the bytes of
+-- each segment not captured before and when (first pass, from the frame's own bytes), and
+-- each dissector keeps the stream offset of the next byte it is to get: a reassembled tvb
+-- begins there; after a tvb of the frame's own bytes (which begins where the postdissector
+-- finds the segment) it is known again once the postdissector has read the segment. (One
+-- table, in the place of one function: the main chunk is at Lua's limit of 200 local
+-- variables.)
+local Stream = { MAX_PIECES = 4096 }  -- per direction, beyond the next byte to dissect
+
+function Stream.of(conn, dir)
+    conn.streams = conn.streams or {}
+    local s = conn.streams[dir]
+    if s == nil then
+        s = { top = 0, pieces = {} }  -- pieces: { from, to, time } in offset order
+        conn.streams[dir] = s
+    end
+    return s
+end
+
+-- A sequence number as the stream offset nearest the highest byte seen (it may wrap).
+function Stream.offset(s, seq)
+    local d = (seq - s.base - s.top) % SEQ_MOD
+    if d >= SEQ_MOD / 2 then d = d - SEQ_MOD end
+    return s.top + d
+end
+
+-- Bytes [from, to) captured at `t`: those not captured before (first copy wins).
+function Stream.add(s, from, to, t)
+    if s.pos and from < s.pos then from = s.pos end
+    if to <= from then return end
+    local pieces = s.pieces
+    local last = pieces[#pieces]
+    if last == nil or last[2] <= from then  -- in order: the common case
+        pieces[#pieces + 1] = { from, to, t }
+    else
+        local out, at = {}, from
+        for _, p in ipairs(pieces) do
+            if p[1] > at and at < to then out[#out + 1] = { at, math.min(p[1], to), t } end
+            out[#out + 1] = p
+            if p[2] > at then at = p[2] end
+        end
+        if at < to then out[#out + 1] = { at, to, t } end
+        s.pieces = out
+    end
+    if #s.pieces > Stream.MAX_PIECES then table.remove(s.pieces, 1) end
+end
+
+-- Bytes before the next one to dissect are not looked up again.
+function Stream.forget(s)
+    local pieces, n = s.pieces, 0
+    while s.pos and n < #pieces and pieces[n + 1][2] <= s.pos do n = n + 1 end
+    if n == 0 then return end
+    local kept = {}
+    for i = n + 1, #pieces do kept[#kept + 1] = pieces[i] end
+    s.pieces = kept
+end
+
+-- Postdissector, first pass: a segment of the direction (`seq` of its first byte; `at`,
+-- its payload's offset in the frame; `captured` and `wire` bytes of it).
+function Stream.note(s, frame, seq, at, captured, wire, now)
+    if s.base == nil then s.base = seq end
+    local from = Stream.offset(s, seq)
+    Stream.add(s, from, from + captured, now)
+    if from + wire > s.top then s.top = from + wire end
+    local a = s.anchor
+    if a and a.frame == frame then  -- the dissector's tvb of this frame's bytes
+        s.anchor = nil
+        s.pos = a.left == 0 and from + wire or from + a.at - at + a.used
+        Stream.forget(s)
+    end
+end
+
+-- The stream offset of a tvb's first byte, when known (first pass).
+function Stream.base(s, tvb)
+    if tvb:offset() == 0 then return s.pos end  -- reassembled: where the last one stopped
+    return nil
+end
+
+-- After a dissector took `used` bytes of a tvb (the rest comes again, reassembled).
+function Stream.moved(s, tvb, base, used, frame)
+    if tvb:offset() == 0 then
+        s.pos = base and base + used
+        Stream.forget(s)
+    else
+        s.pos = nil
+        s.anchor = { frame = frame, at = tvb:offset(), used = used, left = tvb:len() - used }
+    end
+end
+
+-- When the message at `off` of the tvb was sent: when its first byte was first captured;
+-- else (not noted, or the offset unknown) a message continued from an earlier desegment
+-- request began when that request was made, any other in this frame.
+function Stream.sent(s, base, cont, off, now)
+    if base then
+        local o = base + off
+        for _, p in ipairs(s.pieces) do
+            if o < p[1] then break end
+            if o < p[2] then return p[3] end
+        end
+    end
     if off == 0 and cont ~= nil then return cont.t end
     return now
+end
+
+-- When the `n` bytes at `off` of the tvb were complete: the latest first capture over them.
+function Stream.done(s, base, off, n, now)
+    if base == nil then return now end
+    local at, to, latest = base + off, base + off + n, nil
+    for _, p in ipairs(s.pieces) do
+        if p[1] >= to then break end
+        if p[2] > at then
+            if p[1] > at then latest = math.max(latest or now, now) end  -- in this frame
+            latest = math.max(latest or p[3], p[3])
+            at = p[2]
+        end
+    end
+    if at < to then latest = math.max(latest or now, now) end
+    return latest
 end
 
 -- Several messages in one frame: the first sets the columns, the others append.
@@ -1102,7 +1232,10 @@ local function status_of(t)
     if cb and cb.refused then return "callback-refused" end
     if cb and unanswered(cb) then return "callback-unanswered" end
     if t.start_seen and cb == nil then
-        if (t.cmd and t.cmd.closed) or not may_still_come(t.start_sent) then
+        -- Status 4: the start was answered and 60 s passed without a callback SYN, or the
+        -- command connection ended without one
+        if (t.cmd and t.cmd.closed)
+            or (t.start_answered ~= nil and not may_still_come(t.start_sent)) then
             return "callback-missing"
         end
     end
@@ -1138,12 +1271,17 @@ local function current_task(conn)
     return conn.task
 end
 
+-- The task a close or kill of `process_id` ends (§3.8): the latest with that process id,
+-- else the latest whose id is unknown because its start answer was not captured (a task
+-- whose start failed, or that has another id, is not it), as jsdissect's correlate.
 local function task_for_process(cs, process_id)
+    if process_id == nil then return cs.tasks[#cs.tasks] end
+    for i = #cs.tasks, 1, -1 do
+        if cs.tasks[i].process_id == process_id then return cs.tasks[i] end
+    end
     for i = #cs.tasks, 1, -1 do
         local t = cs.tasks[i]
-        if process_id == nil or t.process_id == nil or t.process_id == process_id then
-            return t
-        end
+        if t.process_id == nil and t.start_answered == nil then return t end
     end
     return nil
 end
@@ -1169,8 +1307,12 @@ end
 -- §3.1 one command at a time: the controller sends a command only once the previous
 -- one was answered, so a command still open when another comes had an answer the capture
 -- lost; and no byte after a command is the rest of an earlier answer.
+-- Commands wait for their answers in order, oldest first: more than one only when the
+-- capture lost an answer or has it later (§3.1: C sends after the previous answer), so
+-- a few are kept (as jsdissect's command decoder, MAX_PENDING).
 local function open_command(cs, rec)
-    cs.queue = { rec }
+    if #cs.queue >= 16 then table.remove(cs.queue, 1) end
+    cs.queue[#cs.queue + 1] = rec
     cs.lost = false
     return rec
 end
@@ -1487,8 +1629,10 @@ local function dissect_cmd(tvb, pinfo, tree)
     if cs.http then return 0 end
     local now = frame_us(pinfo)
     local dir = direction(pinfo)
-    local cont
+    local cont, stream, base
     if first_pass then
+        stream = Stream.of(conn, dir)
+        base = Stream.base(stream, tvb)
         -- one command at a time (§3.1): when the peer speaks, a document still pending in
         -- the other direction was complete on the wire but not in the capture
         local other = conn.pending[3 - dir]
@@ -1573,7 +1717,8 @@ local function dissect_cmd(tvb, pinfo, tree)
                     or not pinfo.can_desegment or pinfo.can_desegment == 0
                 if first_pass and rec == nil and cut then
                     if from_client then
-                        rec = lose_command(conn, pinfo.number, start_time(cont, off, now))
+                        rec = lose_command(conn, pinfo.number,
+                            Stream.sent(stream, base, cont, off, now))
                     else
                         rec = lose_answer(conn, pinfo.number, true)
                     end
@@ -1598,11 +1743,14 @@ local function dissect_cmd(tvb, pinfo, tree)
                 end
                 if not cut then
                     if first_pass then
-                        conn.pending[dir] = { t = start_time(cont, off, now), key = key,
-                            frame = pinfo.number }
+                        conn.pending[dir] = { t = Stream.sent(stream, base, cont, off, now),
+                            key = key, frame = pinfo.number }
                     end
                     pinfo.desegment_offset = off
                     pinfo.desegment_len = DESEGMENT_ONE_MORE_SEGMENT
+                end
+                if first_pass then
+                    Stream.moved(stream, tvb, base, cut and len or off, pinfo.number)
                 end
                 return len
             else
@@ -1610,10 +1758,11 @@ local function dissect_cmd(tvb, pinfo, tree)
                 if first_pass and rec == nil then
                     if from_client then
                         rec = apply_command(conn, pinfo, command_element(doc),
-                            start_time(cont, off, now), src, pinfo.src_port)
+                            Stream.sent(stream, base, cont, off, now), src, pinfo.src_port)
                     elseif whole_document(doc) then
                         rec = apply_cmd_answer(conn, pinfo, answer_parts(doc),
-                            start_time(cont, off, now), now)
+                            Stream.sent(stream, base, cont, off, now),
+                            Stream.done(stream, base, off, used, now))
                     else
                         rec = lose_answer(conn, pinfo.number, false)
                     end
@@ -1633,6 +1782,7 @@ local function dissect_cmd(tvb, pinfo, tree)
             off = off + used
         end
     end
+    if first_pass then Stream.moved(stream, tvb, base, len, pinfo.number) end
     return len
 end
 
@@ -3453,8 +3603,10 @@ local function dissect_api(tvb, pinfo, tree)
     local first_pass = not pinfo.visited
     local now = frame_us(pinfo)
     local dir = direction(pinfo)
-    local cont
+    local cont, stream, base
     if first_pass then
+        stream = Stream.of(conn, dir)
+        base = Stream.base(stream, tvb)
         -- the peer speaks: a frame of the other direction still pending was complete on
         -- the wire, so its missing bytes were not captured
         local other = conn.pending[3 - dir]
@@ -3498,6 +3650,7 @@ local function dissect_api(tvb, pinfo, tree)
             item:add_proto_expert_info(expert_field, "Not a frame start: " .. bad)
             add_process_id(item, conn.task)
             set_column(pinfo, "JS-API", "malformed: " .. bad)
+            if first_pass then Stream.moved(stream, tvb, base, len, pinfo.number) end
             return len
         end
         if flen == nil or avail < 4 + flen then
@@ -3509,7 +3662,8 @@ local function dissect_api(tvb, pinfo, tree)
             if first_pass then
                 local peek = peek_frame(tvb, off)
                 local pending = {
-                    t = start_time(cont, off, now), frame = pinfo.number, key = key, peek = peek,
+                    t = Stream.sent(stream, base, cont, off, now), frame = pinfo.number,
+                    key = key, peek = peek,
                     head = tvb:raw(off, math.min(avail, 16)), need = flen and (4 + flen),
                     sender = peek.cls and sender_of(conn, as, pinfo, src, pinfo.src_port,
                         peek.cls, peek.cmd),
@@ -3528,19 +3682,23 @@ local function dissect_api(tvb, pinfo, tree)
                 item:add_proto_expert_info(EA.truncated, "Frame of " .. tostring(flen)
                     .. " bytes, " .. math.max(avail - 4, 0) .. " captured here")
                 set_column(pinfo, "JS-API", "[frame not completely captured]")
+                if first_pass then Stream.moved(stream, tvb, base, len, pinfo.number) end
                 return len
             end
             if rec == nil then item:set_text("JobScheduler Object Server [segment of a frame]") end
             pinfo.desegment_offset = off
             pinfo.desegment_len = flen and (4 + flen - avail) or DESEGMENT_ONE_MORE_SEGMENT
             set_column(pinfo, "JS-API", "[segment of a frame]")
+            if first_pass then Stream.moved(stream, tvb, base, off, pinfo.number) end
             return len
         end
         local info = dissect_api_frame(tvb(off, 4 + flen):tvb(), pinfo, tree, conn,
-            message_key(pinfo, tvb, off), start_time(cont, off, now), now, src, pinfo.src_port)
+            message_key(pinfo, tvb, off), Stream.sent(stream, base, cont, off, now),
+            Stream.done(stream, base, off, 4 + flen, now), src, pinfo.src_port)
         set_column(pinfo, "JS-API", info)
         off = off + 4 + flen
     end
+    if first_pass then Stream.moved(stream, tvb, base, len, pinfo.number) end
     return len
 end
 
@@ -3672,6 +3830,16 @@ local function post_dissector(tvb, pinfo, tree)
             if last == nil or (finish - last) % SEQ_MOD < SEQ_MOD / 2 then
                 c.next_seq[dir] = finish
             end
+        end
+        -- when each byte was first captured (Stream): of this protocol's connections, and
+        -- of those to its ports whose first bytes TCP holds back (reassembled out of order)
+        if c and c.seg_frame == pinfo.number and (c.seg_len or 0) > 0
+            and (c.channel or interesting_port(pinfo.src_port)
+                or interesting_port(pinfo.dst_port))
+            and not (c.cmd and c.cmd.http) then
+            local captured = math.max(0, math.min(c.seg_len, tvb:len() - c.seg_at))
+            Stream.note(Stream.of(c, direction(pinfo)), pinfo.number, c.seg_seq, c.seg_at,
+                captured, c.seg_len, now)
         end
     end
     local conn = frame_conn[pinfo.number]
