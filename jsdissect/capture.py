@@ -1207,7 +1207,7 @@ class _Section:
             raise _Corrupt(f"captured length {caplen} beyond its block")
         iface = self.interfaces[ifid]
         ticks = (hi << 32) | lo
-        if iface.mul != 1:  # a resolution of 2**-n s
+        if iface.mul != 1:  # not a whole number of ticks per µs (2**-n s, ms, s)
             ticks = _big_product(ticks, iface.mul)
         # (a floor division fails as an exception in compiled code too)
         ts = (ticks if iface.div == 1 else ticks // iface.div) + iface.offset_us

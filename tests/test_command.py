@@ -719,6 +719,47 @@ def test_server_gap_at_answer_boundary_keeps_next_answer():
     assert (ok.offset, ok.start, ok.end, ok.command) == (144, 1, 2, CLOSE)
 
 
+def test_a_start_answer_lost_in_a_gap_declared_after_the_close_leaves_the_close_its_answer():
+    """Found in review: the gap is declared only when later bytes are acknowledged, after
+    the close was sent; it took the close's place and the close's answer was lost. Answers
+    pair with commands in order (§3.1), and a gap takes the oldest waiting one's."""
+    w = Wire()
+    w.send(C, EXAMPLE1_START)
+    w.send(C, EXAMPLE1_CLOSE)
+    w.gap(S, len(EXAMPLE1_ANSWER))
+    assert one(w.send(S, EXAMPLE1_OK), Ok).command == CLOSE
+
+
+def test_an_answer_to_a_command_whose_rest_was_lost_is_that_command_s():
+    """Found in review: the start's last segment lost, R's answer to it came before the gap
+    was declared (when the close was acknowledged); the start then waited a second time,
+    and took the close's answer. R answers only whole commands: the answer is the start's."""
+    w = Wire()
+    start = enc.start_remote_task(59999, kind="process")
+    w.send(C, start[:50])
+    w.send(S, enc.process_answer(T1, "5"))
+    w.gap(C, len(start) - 50)
+    w.send(C, enc.remote_task_close("5"))
+    assert one(w.send(S, enc.ok_answer(T2)), Ok).command == CLOSE
+
+
+def test_a_command_ends_the_rest_of_a_lost_answer_whatever_its_nul():
+    """Found in review: the start's answer lost its beginning and (in a second gap) its NUL
+    with the beginning of the kill's answer; the kill's rest was taken for the start's, the
+    kill kept waiting and took the close's answer. The client sends a command only after the
+    whole answer before it (§3.1): what R sends after a command begins is no lost rest."""
+    w = Wire()
+    answer, kill_ok = enc.process_answer(T1, "5"), enc.ok_answer(T1)
+    w.send(C, enc.start_remote_task(59999, kind="process"))
+    w.gap(S, 10)
+    w.send(S, answer[10:-5])
+    w.send(C, enc.remote_task_kill("5"))
+    w.gap(S, 5 + 10)
+    w.send(S, kill_ok[10:])
+    w.send(C, enc.remote_task_close("5"))
+    assert one(w.send(S, enc.ok_answer(T2)), Ok).command == CLOSE
+
+
 def test_midstream_connection_waits_for_boundaries():
     w = Wire(midstream=True)
     assert w.send(C, b"ask_id='1'/>", 1) == []

@@ -761,6 +761,7 @@ class CommandDecoder:
         self._verify = midstream  # the next answer must start with ANSWER_MARKER
         self._in_lost_answer = False  # bytes up to the next NUL may end a reported answer
         self._answer: _Message | None = None
+        self._cmd_answered = False  # the command arriving was answered (its rest lost)
         # (command name, offset) of the commands whose answers have not come yet, oldest
         # first: an answer answers the oldest (§3.1, one command at a time).
         self._pending: deque[tuple[str | None, int]] = deque(maxlen=MAX_PENDING)
@@ -882,9 +883,16 @@ class CommandDecoder:
         self._cmd = _Message(offset, ts)
         self._finder = EndFinder(non_xml=non_xml)
         self._client = COMMAND
+        self._command_begins()
+
+    def _command_begins(self) -> None:
         # The client sends a command only after the whole answer before it (§3.1): what the
-        # server sends from now on is no lost answer's rest.
+        # server sends from now on is no lost answer's rest, even if its NUL was not seen.
         self._in_lost_answer = False
+        self._cmd_answered = False
+        if self._server == S_DROP:
+            self._server = S_IDLE
+            self._verify = True
 
     def _add_spaces(self, offset: int, ts: int, count: int) -> None:
         self._after_spaces = True
@@ -959,7 +967,7 @@ class CommandDecoder:
             self._finder = EndFinder(non_xml=False)
             self._finder.scan(probe, 0)
             self._client = COMMAND
-            self._in_lost_answer = False  # as in _start_command
+            self._command_begins()
         return pos + 1
 
     def _drop_leading_spaces(self) -> None:
@@ -977,7 +985,8 @@ class CommandDecoder:
     def _client_gap(self, where: str) -> None:
         if self._client == COMMAND and self._cmd is not None:
             self._error_at(self._cmd, CLIENT_TO_SERVER, f"gap inside a command {where}")
-            self._pending.append((None, self._cmd.offset))  # R got it whole, will answer it
+            if not self._cmd_answered:  # R got it whole, and will answer it
+                self._pending.append((None, self._cmd.offset))
         self._flush_spaces()
         self._leading_spaces = False
         self._cmd = None
@@ -1049,6 +1058,9 @@ class CommandDecoder:
         self._answer = None
         self._server = S_IDLE
         command, command_offset = self._pending.popleft() if self._pending else (None, None)
+        if command_offset is None and self._client == COMMAND and self._cmd is not None:
+            # R answers whole commands only: the one still arriving lost its rest (§3.1)
+            command_offset, self._cmd_answered = self._cmd.offset, True
         if msg.oversize:
             reason = f"answer larger than {MAX_MESSAGE} bytes ({msg.size} bytes)"
             self._error_at(msg, SERVER_TO_CLIENT, reason)
