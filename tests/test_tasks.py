@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import require
 from crafted_captures import (
+    CLIENT,
+    SERVER,
     Capture,
+    Conv,
     S,
     numbered_task,
     other_traffic,
@@ -542,6 +545,26 @@ def test_connections_picked_up_mid_stream_are_known_by_their_ports(
     capture = cap.write(tmp_path / "picked_up.pcap")
     result = jsdissect.analyze([capture], scheduler_ports=(4455, cmd_port), heuristics=heuristics)
     assert [(t.process_id, t.status) for t in result.task_records] == [("900001", "completed")]
+
+
+@pytest.mark.parametrize("handshake", [True, False], ids=["handshake", "midstream"])
+def test_bytes_like_a_callback_frame_make_a_callback_only_picked_up_mid_stream(
+    tmp_path: Path, handshake: bool
+) -> None:
+    """Found with the benchmark's busy-host traffic: unrelated flows on ports in the callback
+    range whose first bytes pass §12's mid-stream heuristic (a sane length, then `S`, `O`,
+    `K`, `A` or `E`) made `aborted` tasks of their own. A callback seen from its handshake
+    begins with CreateInstance; the heuristic is for connections picked up mid-stream."""
+    cap = Capture()
+    flow = Conv(cap, ("10.3.0.7", 59367), ("172.16.0.3", 3306), isn=5000)
+    if handshake:
+        flow.handshake()
+    flow.send(CLIENT, b"\x00\x00\x00\x20S" + bytes(range(40)))
+    flow.send(SERVER, bytes(range(60, 120)))
+    flow.close()
+    result = jsdissect.analyze([cap.write(tmp_path / "flow.pcap")])
+    assert [ch.kind for ch in result.channels] == ["" if handshake else "api"]
+    assert len(result.task_records) == (0 if handshake else 1)
 
 
 def test_many_command_channels_found_by_content_take_two_reads(
