@@ -7,6 +7,7 @@ import dataclasses
 import io
 import itertools
 import json
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -22,7 +23,7 @@ import jsdissect
 from jsdissect import plot, report
 from jsdissect.correlate import Task, correlate
 from jsdissect.pipeline import Analysis
-from jsdissect.ports import port_report
+from jsdissect.ports import USE_COLUMNS, port_report
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPTURES = ROOT / "captures"
@@ -536,6 +537,26 @@ def test_an_empty_ports_report_says_none_under_each_heading(tmp_path: Path) -> N
     assert len(headings) == 4 and all(line.endswith(": none") for line in headings)
     summary = cli("summary", str(empty))
     assert summary.stdout.splitlines()[-1].startswith("No JobScheduler task found (looked at")
+
+
+README_TABLES = {  # README's column tables: the text before each, and the columns it lists
+    "The columns, in order:\n\n|": report.TASK_COLUMNS,
+    "`connections`: one row": report.CONNECTION_COLUMNS,
+    "`messages`: one row": report.MESSAGE_COLUMNS,
+    "`ports --csv`: one row": USE_COLUMNS,
+    "`log --csv`/`--json`: one row": report.LOG_COLUMNS,
+    "`summary --csv`/`--json`/`--parquet`:": report.DISTRIBUTION_COLUMNS,
+}
+
+
+@pytest.mark.parametrize("heading", README_TABLES)
+def test_readme_lists_each_table_s_columns_in_order(heading: str) -> None:
+    # Found in review: two tables listed their columns out of the order the files have.
+    readme = (CAPTURES.parent / "README.md").read_text(encoding="utf-8")
+    after = readme[readme.index(heading) :]
+    rows = after[after.index("| column |") :].split("\n\n", 1)[0].splitlines()[2:]
+    listed = [name for row in rows for name in re.findall(r"`([a-z_0-9]+)`", row.split("|")[1])]
+    assert listed == [c.name for c in README_TABLES[heading]]
 
 
 def test_the_summary_line_counts_every_status() -> None:
