@@ -449,7 +449,7 @@ class _Dispatcher:
             head = (state.head[direction] + data).lstrip(b" ")
             state.head[direction] = head[:CLASSIFY_BYTES]
             give_up = state.pending_bytes > MAX_UNCLASSIFIED_BYTES
-            kind = _classify(state.head, self.opts.heuristics, give_up, not state.handshake)
+            kind = self._kind(state, final=give_up)
             if kind is not None:
                 self._decide(conn_id, state, kind)
 
@@ -457,7 +457,7 @@ class _Dispatcher:
         state = self.open[conn_id]
         if state.kind is None:
             state.pending.append((direction, offset, b"", ts))
-            self._decide(conn_id, state, self._final_kind(state))
+            self._decide(conn_id, state, self._kind(state, final=True) or "")
         if state.callback is not None:
             state.callback.gap(state.callback_key, direction, offset, size, ts)
         elif state.decoder is not None:
@@ -466,7 +466,7 @@ class _Dispatcher:
     def on_close(self, conn: Connection) -> None:
         state = self.open.pop(conn.id)
         if state.kind is None:
-            self._decide(conn.id, state, self._final_kind(state))
+            self._decide(conn.id, state, self._kind(state, final=True) or "")
         if state.callback is not None:
             state.callback.close(state.callback_key)
             self._callback_places.append((len(self.channels), conn, state.callback_key))
@@ -486,9 +486,9 @@ class _Dispatcher:
             self.channels[place] = Channel(conn, "api", events, controller, remote)
         self._callback_places = []
 
-    def _final_kind(self, state: _ConnState) -> str:
-        """What the connection is by the bytes seen, when no more come to tell by."""
-        return _classify(state.head, self.opts.heuristics, True, not state.handshake) or ""
+    def _kind(self, state: _ConnState, final: bool) -> str | None:
+        """What the connection is by the bytes seen so far; `final`: no more come to tell by."""
+        return _classify(state.head, self.opts.heuristics, final, not state.handshake)
 
     def _decide(self, conn_id: str, state: _ConnState, kind: str) -> None:
         state.kind = kind
