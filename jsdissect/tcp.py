@@ -64,6 +64,7 @@ class Connection:
 # Connection states, tcptrace/Zeek-like but readable.
 STATES = {
     "syn-unanswered": "SYN seen, never answered",
+    "synack-unacked": "SYN-ACK never acknowledged: the client went on sending SYNs",
     "refused": "SYN answered by RST",
     "open": "established, not closed when the capture ended",
     "closed": "closed with FIN",
@@ -344,6 +345,7 @@ class _Conn:
         "server",
         "server_fin",
         "syn",
+        "syn_after_synack",
         "syn_count",
         "syn_seq",
         "synack",
@@ -378,6 +380,8 @@ class _Conn:
         self.syn_seq: int | None = None  # the client's SYN, to recognise its retransmissions
         self.syn_count = 0
         self.synack: int | None = None
+        # The client sent a SYN after the SYN-ACK: the answer had not reached it (yet).
+        self.syn_after_synack = False
         self.established: int | None = None
         self.refused: int | None = None
         self.client_fin: int | None = None
@@ -443,6 +447,8 @@ class _Conn:
                 self.synack = seg.ts
         elif d == CLIENT_TO_SERVER:
             self.syn_count += 1
+            if self.synack is not None:
+                self.syn_after_synack = True
             if self.syn is None:
                 self.syn = seg.ts
                 self.syn_seq = seg.seq
@@ -474,7 +480,13 @@ class _Conn:
             self.closed = ts
         # The server's only answer to the SYN is a reset: nothing listens on the port.
         answering_syn = self.syn is not None and self.synack is None and first_from_side
-        if d == SERVER_TO_CLIENT and answering_syn and self.refused is None:
+        # Or a SYN the client still sends because no SYN-ACK reached it: the controller
+        # stopped listening meanwhile (it gave up after 60 s), and the port answers RST.
+        if (
+            d == SERVER_TO_CLIENT
+            and (answering_syn or self.synack_unacked)
+            and self.refused is None
+        ):
             self.refused = ts
 
     def is_retransmitted_syn(self, seg: Segment) -> bool:
@@ -502,6 +514,14 @@ class _Conn:
     @property
     def unanswered(self) -> bool:
         return self.syn is not None and self.packets == self.syn_count  # nothing but SYNs
+
+    @property
+    def synack_unacked(self) -> bool:
+        """SYN-ACKs went out, but the client went on sending SYNs and nothing else: none of
+        them reached it (a firewall dropping the return path), the handshake never ended."""
+        if not self.syn_after_synack or self.established is not None:
+            return False
+        return self.client_fin is None and all(h.known_end == 0 for h in self.halves)
 
     @property
     def over(self) -> bool:
@@ -561,6 +581,8 @@ class _Conn:
             return "refused"
         if self.unanswered:
             return "syn-unanswered"
+        if self.synack_unacked:
+            return "synack-unacked"
         if self.rst is not None:
             return "reset"
         if self.closed is not None:

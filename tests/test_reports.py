@@ -730,6 +730,22 @@ def test_failed_command_connections_on_every_scheduler_port_seen(tmp_path: Path)
     assert "dropped" in rules["10.1.0.20", "4446"]["reason"]
 
 
+def test_a_command_connection_whose_synacks_never_arrive_is_dropped(tmp_path: Path) -> None:
+    # SYN-ACKs went out but the controller went on sending SYNs: the return path drops.
+    from crafted_captures import CONTROLLER_IP, REMOTE_IP, Capture, Conv, S
+
+    cap = Capture()
+    conv = Conv(cap, (CONTROLLER_IP, 40020), (REMOTE_IP, 4455), isn=100)
+    for _ in range(3):
+        conv._packet(0, "S")
+        conv._packet(1, "SA")
+        cap.advance(S)
+    data = json.loads(_ports(cap.write(tmp_path / "synacks.pcap"), "--json", "-").stdout)
+    assert [(f["what"], f["target"]) for f in data["failures"]] == [
+        ("cmd-unanswered", f"{REMOTE_IP}:4455")
+    ]
+
+
 def test_terminal_times_carry_their_date_when_the_rows_span_days() -> None:
     rows = [report.task_row(t) for t in jsdissect.analyze(CAPTURES / "demo.pcap").task_records]
     first = rows[0]["start_sent"]

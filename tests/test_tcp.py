@@ -524,6 +524,40 @@ def test_capture_starting_at_synack() -> None:
     assert (conn.syn, conn.synack, conn.established) == (None, segs[0].ts, segs[1].ts)
 
 
+def _synacks_never_reaching_the_client(conv: Conv) -> list[Segment]:
+    """SYN, SYN-ACK, and again: the client never got an answer (return path dropped)."""
+    segs = []
+    for _ in range(3):
+        segs += [conv.syn(dt=SECOND), conv.synack()]
+    return segs
+
+
+def test_synack_never_acknowledged_while_the_client_resends_its_syn() -> None:
+    conv = Conv()
+    segs = _synacks_never_reaching_the_client(conv)
+    conn = only(segs).conn
+    assert conn.state == "synack-unacked"
+    assert (conn.syn, conn.syn_count, conn.synack) == (segs[0].ts, 3, segs[1].ts)
+    assert conn.refused is None
+
+
+def test_rst_to_a_syn_resent_after_the_synack_is_a_refusal() -> None:
+    # The listener went away (the controller gave up) before the client got any SYN-ACK.
+    conv = Conv()
+    segs = _synacks_never_reaching_the_client(conv)
+    segs += [conv.syn(dt=SECOND), conv.rst(SERVER_TO_CLIENT)]
+    conn = only(segs).conn
+    assert (conn.state, conn.refused) == ("refused", segs[-1].ts)
+
+
+def test_syn_resent_across_a_late_synack_then_acknowledged_is_a_handshake() -> None:
+    conv = Conv()
+    segs = [conv.syn(), conv.syn(dt=SECOND), conv.synack(), conv.ack(CLIENT_TO_SERVER)]
+    segs.append(conv.rst(SERVER_TO_CLIENT))
+    conn = only(segs).conn
+    assert (conn.state, conn.established, conn.refused) == ("reset", segs[3].ts, None)
+
+
 def test_syn_retransmitted_and_never_answered() -> None:
     conv = Conv()
     syns = [conv.syn(dt=0), conv.syn(dt=SECOND), conv.syn(dt=2 * SECOND)]
