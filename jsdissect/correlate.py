@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
 from jsdissect.protocol import DecodeError, Event
@@ -144,30 +144,40 @@ def correlate(channels: Iterable[Channel], capture_end: int | None) -> list[Task
 
 def _tasks_of_command(ch: Channel) -> list[Task]:
     """Tasks announced on one command connection (1.x sends one per connection, §3.8)."""
-    tasks: list[Task] = []
+    tasks = _CommandTasks()
     by_offset: dict[int, Task] = {}
     for ev in ch.events:
         if isinstance(ev, cmd.StartRemoteTask):
-            task = _new_task(ch)
+            task = tasks.add(_new_task(ch))
             task.start_sent = ev.start
             task.callback_port = ev.tcp_port
             task.kind = "shell" if ev.kind == "process" else "api"
             task.expected_ip = ev.ip_address or ch.conn.client.ip
-            tasks.append(task)
             by_offset[ev.offset] = task
         elif isinstance(ev, (cmd.RemoteTaskClose, cmd.RemoteTaskKill)):
-            task = _task_for_process(tasks, ev.process_id) or _partial_from_command(ch, tasks)
+            # DESIGN "Cases at the edges": a close or kill of a task whose start was not
+            # captured gives a partial row.
+            task = tasks.for_process(ev.process_id) or tasks.add(_new_task(ch))
             task.process_id = task.process_id or ev.process_id
+            tasks.learned(task)
             if isinstance(ev, cmd.RemoteTaskClose) and task.close_sent is None:
                 task.close_sent = ev.start
             by_offset[ev.offset] = task  # its answer may carry the task's error
             task.killed |= isinstance(ev, cmd.RemoteTaskKill) or ev.kill
-        elif isinstance(ev, cmd.Answer) and ev.command_offset is not None:
-            _apply_answer(by_offset.get(ev.command_offset), ev)
+        elif isinstance(ev, cmd.Answer):
+            command = ev.command
+            task = by_offset.get(ev.command_offset) if ev.command_offset is not None else None
+            if task is None and isinstance(ev, cmd.ProcessAnswer):
+                # Only a start is answered with a <process> (§3.6.1): the capture began
+                # between the start and its answer. A partial row, with what it tells.
+                task, command = tasks.add(_new_task(ch)), START_COMMAND
+            if task is not None:
+                _apply_answer(task, ev, command)
+                tasks.learned(task)
         elif isinstance(ev, DecodeError):
-            for task in tasks[-1:]:
+            for task in tasks.all[-1:]:
                 task.decode_errors += 1
-    return tasks
+    return tasks.all
 
 
 def _new_task(ch: Channel) -> Task:
@@ -183,40 +193,69 @@ def _new_task(ch: Channel) -> Task:
     )
 
 
-def _task_for_process(tasks: Sequence[Task], process_id: str | None) -> Task | None:
-    """The task a close or kill of `process_id` ends (§3.8: a connection may carry several):
-    the latest with that process id; else the latest whose id is unknown because its start
-    answer was not captured. A task whose start failed, or that has another id, is not it
-    (found in review: the close of the first task went to a second one that had failed)."""
-    if process_id is None:
-        return tasks[-1] if tasks else None
-    for task in reversed(tasks):
-        if task.process_id == process_id:
+class _CommandTasks:
+    """The tasks of one command connection in order, found by process id without a scan:
+    a connection may carry any number of closes (§3.8), hostile ones with unknown ids each
+    adding a task (found in review: a scan per close made it quadratic)."""
+
+    __slots__ = ("_anonymous", "_by_id", "_place", "all")
+
+    def __init__(self) -> None:
+        self.all: list[Task] = []
+        self._place: dict[int, int] = {}  # id(task) → its place in `all`
+        self._by_id: dict[str, Task] = {}  # the latest task with each process id
+        # Tasks whose id is unknown because no start answer was captured, oldest first;
+        # one that learns either is dropped when it comes to the top (never to return).
+        self._anonymous: list[Task] = []
+
+    def add(self, task: Task) -> Task:
+        self._place[id(task)] = len(self.all)
+        self.all.append(task)
+        self._anonymous.append(task)
+        return task
+
+    def learned(self, task: Task) -> None:
+        """`task` may have a process id now."""
+        if task.process_id is not None:
+            latest = self._by_id.get(task.process_id)
+            if latest is None or self._place[id(latest)] < self._place[id(task)]:
+                self._by_id[task.process_id] = task
+
+    def for_process(self, process_id: str | None) -> Task | None:
+        """The task a close or kill of `process_id` ends: the latest with that process id;
+        else the latest whose id is unknown because its start answer was not captured. A
+        task whose start failed, or that has another id, is not it (found in review: the
+        close of the first task went to a second one that had failed)."""
+        if process_id is None:
+            return self.all[-1] if self.all else None
+        task = self._by_id.get(process_id)
+        if task is not None and task.process_id != process_id:  # a start answer renamed it
+            task = next((t for t in reversed(self.all) if t.process_id == process_id), None)
+        if task is not None:
             return task
-    for task in reversed(tasks):
-        if task.process_id is None and task.start_answered is None:
-            return task
-    return None
+        anonymous = self._anonymous
+        while anonymous and not _anonymous(anonymous[-1]):
+            anonymous.pop()
+        return anonymous[-1] if anonymous else None
 
 
-def _partial_from_command(ch: Channel, tasks: list[Task]) -> Task:
-    """Close/kill of a task whose start was not captured (DESIGN "Cases at the edges")."""
-    task = _new_task(ch)
-    tasks.append(task)
-    return task
+def _anonymous(task: Task) -> bool:
+    return task.process_id is None and task.start_answered is None
 
 
-def _apply_answer(task: Task | None, ev: cmd.Answer) -> None:
-    if task is None:
-        return
+START_COMMAND = "remote_scheduler.start_remote_task"
+
+
+def _apply_answer(task: Task, ev: cmd.Answer, command: str | None) -> None:
+    """`ev` answers `command` (its own, or the one its content tells)."""
     if isinstance(ev, cmd.ErrorAnswer):
         task.errors.append((ev.end, _error_text(ev.code, ev.text)))
-    if ev.command == "remote_scheduler.start_remote_task":
+    if command == START_COMMAND:
         task.start_answered = ev.end
         task.start_failed = isinstance(ev, cmd.ErrorAnswer)
         if isinstance(ev, cmd.ProcessAnswer):
             task.process_id, task.pid = ev.process_id, ev.pid
-    elif ev.command == "remote_scheduler.remote_task.close":
+    elif command == "remote_scheduler.remote_task.close":
         task.close_answered = ev.end
 
 
@@ -490,8 +529,10 @@ def _unanswered(cb: Connection, capture_end: int | None) -> bool:
 
 def callback_accepted(cb: Connection) -> bool:
     """The controller accepted the callback connection: a SYN-ACK, or (one the capture
-    lost, or a handshake it never saw) data in either direction or a FIN."""
-    if cb.refused is not None:
+    lost, or a handshake it never saw) data in either direction or a FIN. Not a SYN-ACK
+    the task server went on sending SYNs after: it never got one (Status 3, "never
+    answered", read from the side that waits for the answer)."""
+    if cb.refused is not None or cb.state == "synack-unacked":
         return False
     fin = cb.client_fin is not None or cb.server_fin is not None
     return cb.synack is not None or bool(cb.bytes_c2s or cb.bytes_s2c) or fin

@@ -528,6 +528,47 @@ def callback_refused_after(late: int) -> Capture:
     return cap
 
 
+def start_answer_only(closed: bool) -> Capture:
+    """The capture begins between task 700006's start and its answer (pid 4242); `closed`:
+    then the task is closed, else it is still running at the end."""
+    cap = Capture()
+    cmd = Conv(cap, (CONTROLLER_IP, 40000), (REMOTE_IP, 4455), isn=3000)
+    cmd.seq[0] += 1 + len(js.start_remote_task(59999))  # the handshake and the start: before
+    cmd.seq[1] += 1
+    cmd.send(SERVER, js.process_answer(answer_time(cap), "700006", pid=4242))
+    cap.advance(2 * S)
+    if closed:
+        cmd.send(CLIENT, js.remote_task_close("700006"))
+        cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+        cmd.close()
+    cap.advance(S)
+    return cap
+
+
+def callback_synacks_lost(final_rst: bool) -> Capture:
+    """Task 700005 started and answered; its callback's SYN-ACKs never reach the task server
+    (a firewall drops the return path; captured on the controller): SYN and SYN-ACK six
+    times over 31 s. The controller gives up at 60 s (Z-REMOTE-118) and closes the task;
+    `final_rst`: the task server's SYN at 63 s then meets the closed port."""
+    cmd, cb = _start_answered(cap := Capture(), "700005", (40000, 45000, 59999), isn=2000)
+    start = cap.now
+    for after_s in (0, 1, 3, 7, 15, 31):
+        cap.now = start + after_s * S
+        cb._packet(0, "S")
+        cb._packet(1, "SA")
+    cap.now = start + 60 * S
+    cmd.send(CLIENT, js.remote_task_close("700005"))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    if final_rst:
+        cap.now = start + 63 * S
+        cb._packet(0, "S")
+        cb.seq[0] += 1
+        cb._packet(1, "RA")
+    cap.advance(S)
+    return cap
+
+
 def malformed_traffic(cap: Capture) -> None:
     """Bytes that break every layout: the plugin must mark them, never fail (no Lua error)."""
     rng = random.Random(6)

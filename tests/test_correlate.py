@@ -134,3 +134,57 @@ def test_an_exit_code_put_after_a_signal_is_the_task_s_exit_with_no_signal() -> 
     chans[1] = replace(cb, events=(put, killed))
     (task,) = correlate(chans, 20 * S)
     assert (task.exit_code, task.signal) == (1, 9)
+
+
+def _close(cid: str, offset: int, at: int, process_id: str) -> cmd.RemoteTaskClose:
+    where = dict(conn=cid, direction=0, offset=offset, start=at, end=at)
+    return cmd.RemoteTaskClose(**where, process_id=process_id, kill=False)
+
+
+def test_a_start_answer_whose_start_was_not_captured_fills_a_partial_row() -> None:
+    # The capture began between the start and its answer: the <process> answer tells
+    # itself apart (§3.6.1), and its process id and pid are in the capture (found in review).
+    ch = command("A", 40001, 1 * S, 59999, "77")
+    lone = replace(ch.events[1], command=None, command_offset=None, pid=4242)
+    running = Channel(ch.conn, "cmd", (lone,))
+    (task,) = correlate([running], 3 * S)
+    assert (task.process_id, task.pid, task.start_answered) == ("77", 4242, lone.end)
+    assert (task.start_sent, task.status) == (None, "partial")
+    closed = Channel(ch.conn, "cmd", (lone, _close("A", 500, 2 * S, "77")))
+    (task,) = correlate([closed], 3 * S)
+    assert (task.pid, task.close_sent) == (4242, 2 * S)
+
+
+def test_closes_of_unknown_processes_each_give_a_row_and_keep_no_backlog() -> None:
+    # Hostile or long-lived: every close of an id nobody started is a partial row of its
+    # own; finding the task of the next close must not walk all rows made so far (it did:
+    # quadratic in the closes of one connection, found in review).
+    from jsdissect.correlate import _CommandTasks, _new_task
+
+    ch = command("A", 40001, 1 * S, 59999, "1")
+    closes = [_close("A", 500 + i, 2 * S + i, f"x{i}") for i in range(200)]
+    tasks = correlate([Channel(ch.conn, "cmd", (*ch.events, *closes))], 3 * S)
+    assert sorted(t.process_id for t in tasks) == sorted(["1", *(f"x{i}" for i in range(200))])
+    found = _CommandTasks()
+    for i in range(200):
+        assert found.for_process(f"x{i}") is None
+        task = found.add(_new_task(ch))
+        task.process_id = f"x{i}"
+        found.learned(task)
+        assert len(found._anonymous) <= 1  # the rows that learned an id leave the stack
+
+
+def test_a_close_goes_to_the_latest_task_with_its_id_else_the_latest_unanswered() -> None:
+    from jsdissect.correlate import _CommandTasks, _new_task
+
+    ch = command("A", 40001, 1 * S, 59999, "1")
+    found = _CommandTasks()
+    first, failed, second, waiting = (found.add(_new_task(ch)) for _ in range(4))
+    first.process_id = second.process_id = "7"
+    failed.start_answered, failed.start_failed = 5, True
+    for task in (first, second):
+        found.learned(task)
+    assert found.for_process("7") is second
+    assert found.for_process("8") is waiting
+    waiting.start_answered = 9
+    assert found.for_process("8") is None  # neither the failed one nor an answered one

@@ -658,6 +658,46 @@ def test_engines_tell_a_callback_past_its_window_as_too_late_on_both_rows(
     assert _full_rows(theirs) == _full_rows(ours)
 
 
+@pytest.mark.parametrize(
+    ("final_rst", "status"), [(False, "callback-unanswered"), (True, "callback-refused")]
+)
+def test_engines_tell_callback_synacks_that_never_reached_the_task_server(
+    tmp_path: Path, final_rst: bool, status: str
+) -> None:
+    """A firewall drops the callback's SYN-ACKs: the task server goes on sending SYNs, the
+    handshake never ends, and the controller gives up (Z-REMOTE-118). Found in review: the
+    SYN-ACKs counted as an accepted callback, so the row read `completed`, or `aborted`
+    when the task server's last SYN met the closed port (an RST answering a SYN)."""
+    require("tshark")
+    from crafted_captures import callback_synacks_lost
+
+    capture = callback_synacks_lost(final_rst).write(tmp_path / "synacks_lost.pcap")
+    (ours,) = [report.task_row(t) for t in jsdissect.analyze([capture]).task_records]
+    assert ours["status"] == status
+    assert ours["callback_established"] is not None and ours["begin_sent"] is None
+    (theirs,) = wireshark.analyze([capture]).tasks
+    assert _full_rows([theirs]) == _full_rows([ours])
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_engines_keep_a_start_answer_whose_start_was_not_captured(
+    tmp_path: Path, closed: bool
+) -> None:
+    """The capture began between a start and its answer: the <process> answer is a start's
+    (§3.6.1), and its process id and pid are in the capture. Found in review: both engines
+    dropped it (no row at all for a task still running)."""
+    require("tshark")
+    from crafted_captures import start_answer_only
+
+    capture = start_answer_only(closed).write(tmp_path / "answer_only.pcap")
+    (ours,) = [report.task_row(t) for t in jsdissect.analyze([capture]).task_records]
+    assert (ours["process_id"], ours["pid"], ours["status"]) == ("700006", 4242, "partial")
+    assert ours["start_answered"] is not None and ours["start_sent"] is None
+    assert (ours["close_answered"] is not None) == closed
+    (theirs,) = wireshark.analyze([capture]).tasks
+    assert _full_rows([theirs]) == _full_rows([ours])
+
+
 def test_engines_leave_a_lost_answer_unpaired_when_the_next_command_is_lost_too(
     tmp_path: Path,
 ) -> None:

@@ -691,6 +691,12 @@ local function track_tcp(tvb, pinfo, now)
         conn.seg_frame, conn.seg_seq = pinfo.number, data_seq
         conn.seg_len, conn.seg_at = payload, at
         if payload and payload > 0 then conn.carried = true end
+        -- a SYN after the SYN-ACK: that answer had not reached the client (see below)
+        if conn.synack ~= nil then
+            conn.syn_after_synack = true
+            conn.synack_unacked = conn.established == nil and not conn.carried
+                and not conn.client_fin
+        end
         return
     end
     if conn == nil then
@@ -715,8 +721,15 @@ local function track_tcp(tvb, pinfo, now)
         and (ack - (conn.synack_seq + 1)) % SEQ_MOD < SEQ_MOD / 2 then
         conn.established = now
     end
-    if rst and from_server and conn.syn ~= nil and conn.synack == nil
-        and not conn.server_spoke and conn.refused == nil then
+    if fin and not from_server then conn.client_fin = true end
+    -- SYN-ACKs went out but the client went on sending SYNs and nothing else: none reached
+    -- it, the handshake never ended (jsdissect's tcp "synack-unacked")
+    conn.synack_unacked = conn.syn_after_synack and conn.established == nil
+        and not conn.carried and not conn.client_fin
+    -- the server's RST answers the SYN: its only answer, or one after SYN-ACKs that never
+    -- reached the client (the listener went away meanwhile)
+    if rst and from_server and conn.syn ~= nil and conn.refused == nil
+        and ((conn.synack == nil and not conn.server_spoke) or conn.synack_unacked) then
         conn.refused, conn.refused_frame = now, pinfo.number
     end
     if from_server then conn.server_spoke = true end
@@ -1218,7 +1231,9 @@ end
 -- FIN from the controller, means the connection was accepted. A single SYN the capture
 -- ended less than 60 s after may still be answered: the later rules decide.
 local function unanswered(cb)
-    if cb.syn == nil or cb.synack ~= nil or cb.data_seen or cb.server_fin then return false end
+    if cb.syn == nil or cb.data_seen or cb.server_fin then return false end
+    -- a SYN-ACK the client went on sending SYNs after never reached it: no answer
+    if cb.synack ~= nil and not cb.synack_unacked then return false end
     return cb.syn_count > 1 or not may_still_come(cb.syn)
 end
 
@@ -1392,12 +1407,20 @@ local function apply_cmd_answer(conn, pinfo, parts, began, done)
     local req = table.remove(cs.queue, 1)
     rec.request = req
     rec.task = req and req.task or cs.tasks[#cs.tasks]
-    if req == nil then return rec end
-    req.response = rec
-    local t = req.task
-    if t == nil then return rec end
+    local command = req and req.name
+    if req == nil and not parts.error and parts.name == "process" then
+        -- only a start is answered with a <process> (§3.6.1): the capture began between
+        -- the start and its answer; a partial row with what it tells (as correlate)
+        rec.task, command = new_cmd_task(conn, tostring(pinfo.dst), pinfo.dst_port), START
+    elseif req == nil then
+        return rec
+    else
+        req.response = rec
+    end
+    local t = rec.task
+    if t == nil or (req and req.task == nil) then return rec end
     if parts.error then add_error(t, done, parts.error.attrs.code, parts.error.attrs.text) end
-    if req.name == START then
+    if command == START then
         t.start_answered = done
         if parts.error then
             t.start_failed = true
@@ -1406,7 +1429,7 @@ local function apply_cmd_answer(conn, pinfo, parts, began, done)
             -- the digits as sent (written as they are: a pid past 2^53 stays exact)
             t.pid = (parts.attrs.pid or ""):match("^%s*(%d+)%s*$")
         end
-    elseif req.name == CLOSE then
+    elseif command == CLOSE then
         t.close_answered = done
     end
     return rec
