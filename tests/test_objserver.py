@@ -382,6 +382,28 @@ def test_log_with_its_text_alone_counts_the_text() -> None:
     assert w.of(LogLine) == [LogLine(**at, method="log", level=None, text="only text")]
 
 
+@pytest.mark.parametrize(
+    ("dispid", "args", "lines"),
+    [
+        (0, ["a", "b"], ["a", "b"]),  # info("a", "b")
+        (0, [1, "z"], ["z"]),  # info(1, "z"): the string is a line, the number is none
+        (14, ["x", "y"], ["x", "y"]),  # log("x", "y")
+        (14, [0, "p", "q"], ["p", "q"]),  # log(0, "p", "q")
+    ],
+)
+def test_every_string_passed_to_a_line_method_is_counted(
+    dispid: int, args: list[int | str], lines: list[str]
+) -> None:
+    """DESIGN "log_lines": every string passed to a spooler_log line method. Found in
+    review: the plugin counted every string argument, this decoder only the one it took
+    for the text, so odd calls gave the engines different counts."""
+    w = started_conversation()
+    log_id = struct.unpack(">Q", EX6_LOG[5:13])[0]
+    values = [enc.bstr(a) if isinstance(a, str) else enc.V(enc.VT_I4, a) for a in args]
+    w.t(enc.invoke(log_id, dispid, enc.METHOD, values), 60)
+    assert [line.text for line in w.of(LogLine)] == lines
+
+
 def test_example7_scala_error_answer() -> None:
     w = Wire()
     w.c(EX2_CREATE)

@@ -1672,12 +1672,13 @@ class ObjServerDecoder:
             level, args = _integer(args[0]), args[1:]
         elif method == "log":  # its text alone: a string passed is a line all the same
             level = None
-        text = _text(args[0]) if args else None
-        if text is None:
-            return []
+        # Every string passed (DESIGN): the engine's calls pass one; others, odd or hostile,
+        # are counted as the words say rather than by a guess at which one is the text.
+        texts = [text for text in map(_text, args) if text is not None]
         where = self._where(request.direction, frame)
         return [
             LogLine(*where, method=method, level=level, text=line)
+            for text in texts
             for line in text.split("\n")
             if line.strip(LINE_WHITESPACE)
         ]
