@@ -166,14 +166,15 @@ def _tasks_of_command(ch: Channel) -> list[Task]:
             task.killed |= isinstance(ev, cmd.RemoteTaskKill) or ev.kill
         elif isinstance(ev, cmd.Answer):
             command = ev.command
-            task = by_offset.get(ev.command_offset) if ev.command_offset is not None else None
-            if task is None and isinstance(ev, cmd.ProcessAnswer):
+            offset = ev.command_offset
+            answered = by_offset.get(offset) if offset is not None else None
+            if answered is None and isinstance(ev, cmd.ProcessAnswer):
                 # Only a start is answered with a <process> (§3.6.1): the capture began
                 # between the start and its answer. A partial row, with what it tells.
-                task, command = tasks.add(_new_task(ch)), START_COMMAND
-            if task is not None:
-                _apply_answer(task, ev, command)
-                tasks.learned(task)
+                answered, command = tasks.add(_new_task(ch)), START_COMMAND
+            if answered is not None:
+                _apply_answer(answered, ev, command)
+                tasks.learned(answered)
         elif isinstance(ev, DecodeError):
             for task in tasks.all[-1:]:
                 task.decode_errors += 1
@@ -295,24 +296,41 @@ def _match_callbacks(tasks: list[Task], channels: list[Channel]) -> list[Channel
     """Greedy in start order: each task takes the earliest free SYN in its window; a task
     with none at its controller IP takes one to its port from its remote's IP (NAT)."""
     candidates = [ch for ch in channels if ch.kind == "api" or (ch.kind == "" and _no_data(ch))]
-    # By port: callbacks whose SYN was captured, and (few) those picked up mid-stream.
-    by_port: dict[int, list[tuple[int, int, int, Channel]]] = defaultdict(list)
-    midstream: dict[int, list[tuple[int, int, int, Channel]]] = defaultdict(list)
+    # Callbacks whose SYN was captured, and (few) those picked up mid-stream, by port and
+    # the address a task looks for: the controller's (exact), or the remote's (address
+    # translation). A task then looks only at its own (found in review: by port alone,
+    # each task of many controllers walked the callbacks of them all).
+    exact: _Candidates = defaultdict(list)
+    translated: _Candidates = defaultdict(list)
     for i, ch in enumerate(candidates):
         entry = (_candidate_time(ch), _source(ch).port, i, ch)
-        (by_port if ch.conn.syn is not None else midstream)[_callback_target(ch).port].append(entry)
-    for entries in (*by_port.values(), *midstream.values()):
+        port, with_syn = _callback_target(ch).port, ch.conn.syn is not None
+        exact[(port, _callback_target(ch).ip, with_syn)].append(entry)
+        translated[(port, _source(ch).ip, with_syn)].append(entry)
+    for entries in (*exact.values(), *translated.values()):
         entries.sort(key=lambda e: e[:3])  # nearest in time, then port order (DESIGN)
     taken: set[int] = set()
     waiting = sorted(
         (t for t in tasks if t.window_end is not None), key=lambda t: (t.start_sent, t.cmd_port)
     )
-    for exact in (True, False):
+    for index, is_exact in ((exact, True), (translated, False)):
         for task in waiting:
             if task.callback is None and task.callback_port is not None:
                 port = task.callback_port
-                _take(task, by_port.get(port, []), midstream.get(port, []), taken, exact)
+                ip = task.expected_ip if is_exact else _remote_ip(task)
+                by_syn, picked_up = index.get((port, ip, True)), index.get((port, ip, False))
+                _take(task, by_syn or [], picked_up or [], taken, is_exact)
     return [ch for i, ch in enumerate(candidates) if i not in taken and ch.kind == "api"]
+
+
+_Candidates = defaultdict[tuple[int, "str | None", bool], list[tuple[int, int, int, "Channel"]]]
+# A task's note names this many other candidate callbacks at most (a port scan in its
+# window would fill it with thousands).
+NOTED_CANDIDATES = 5
+
+
+def _remote_ip(task: Task) -> str:
+    return (task.remote or "").rsplit(":", 1)[0].strip("[]")
 
 
 def _no_data(ch: Channel) -> bool:
@@ -342,8 +360,7 @@ def _take(
     taken.add(i)
     task.callback = ch
     if len(eligible) > 1:
-        others = ", ".join(c.conn.id for _, c in eligible[1:])
-        task.note_list.append(f"earliest of {len(eligible)} candidate callbacks (also {others})")
+        task.note_list.append(_candidates_note([c for _, c in eligible]))
     if not exact:
         target = _callback_target(ch)
         task.note_list.append(
@@ -359,12 +376,14 @@ def _eligible(
     taken: set[int],
     exact: bool,
 ) -> list[tuple[int, Channel]]:
-    remote_ip = (task.remote or "").rsplit(":", 1)[0].strip("[]")
+    """The first free entries in [start, end] for the task (the taken one and the noted ones,
+    and one more that tells there are more than those)."""
+    remote_ip = _remote_ip(task)
     lo = bisect.bisect_left(entries, (start,))
-    eligible = []
+    eligible: list[tuple[int, Channel]] = []
     for k in range(lo, len(entries)):  # (not entries[lo:]: a copy per task is quadratic)
         when, _port, i, ch = entries[k]
-        if when > end:
+        if when > end or len(eligible) > NOTED_CANDIDATES + 1:
             break
         if i in taken:
             continue
@@ -372,6 +391,15 @@ def _eligible(
         if (exact and target.ip == task.expected_ip) or (not exact and _source(ch).ip == remote_ip):
             eligible.append((i, ch))
     return eligible
+
+
+def _candidates_note(eligible: list[Channel]) -> str:
+    """The note of a task that had several candidates: the first was taken."""
+    others = [ch.conn.id for ch in eligible[1 : NOTED_CANDIDATES + 1]]
+    if len(eligible) > NOTED_CANDIDATES + 1:
+        listed = ", ".join(others)
+        return f"earliest of over {NOTED_CANDIDATES + 1} candidate callbacks (also {listed}, …)"
+    return f"earliest of {len(eligible)} candidate callbacks (also {', '.join(others)})"
 
 
 # --- callback channel ---------------------------------------------------------------------

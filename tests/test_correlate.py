@@ -188,3 +188,21 @@ def test_a_close_goes_to_the_latest_task_with_its_id_else_the_latest_unanswered(
     assert found.for_process("8") is waiting
     waiting.start_answered = 9
     assert found.for_process("8") is None  # neither the failed one nor an answered one
+
+
+def test_a_crowded_window_names_a_few_candidates_not_all() -> None:
+    # A port scan in a task's window: its note must not list thousands of connections
+    # (found in review: output grew with tasks × SYNs).
+    from jsdissect.correlate import NOTED_CANDIDATES
+
+    syns = [
+        callback(f"cb{i:02}", Endpoint(R_IP, 50000 + i), Endpoint(C_IP, 59999), 1 * S + 300 + i)
+        for i in range(20)
+    ]
+    task, *partial = correlate([command("A", 40001, 1 * S, 59999, "1"), *syns], 20 * S)
+    assert task.callback_conn == "cb00" and len(partial) == 19
+    listed = ", ".join(f"cb{i:02}" for i in range(1, NOTED_CANDIDATES + 1))
+    crowded = f"over {NOTED_CANDIDATES + 1} candidate callbacks (also {listed}, …)"
+    assert task.notes == f"earliest of {crowded}"
+    few = correlate([command("A", 40001, 1 * S, 59999, "1"), *syns[:3]], 20 * S)
+    assert few[0].notes == "earliest of 3 candidate callbacks (also cb01, cb02)"
