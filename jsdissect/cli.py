@@ -117,7 +117,8 @@ def _common(func: Callable | None = None, *, wireshark: bool = False) -> Any:
             + (", or tshark running wireshark/jobscheduler.lua." if wireshark else ".")
             + " auto: libpcap when it can (a compressed capture from a copy decompressed to"
             " $TMPDIR), else python (no pcapy-ng, a file libpcap cannot open or filter, a"
-            " compressed capture that cannot be decompressed to a temporary file).",
+            " compressed capture that cannot be decompressed to a temporary file; from the"
+            " first record libpcap would cut to a pcap header's snaplen the record exceeds).",
         ),
         click.option(
             "--jobs",
@@ -220,8 +221,16 @@ def _names(captures: Sequence[str]) -> str:
 
 
 def _fail(message: str, status: int) -> None:
-    click.echo(f"jsdissect: {message}", err=True)
+    click.echo(f"jsdissect: {_one_line(message)}", err=True)
     sys.exit(status)
+
+
+def _one_line(message: str) -> str:
+    """An error or a warning on one line: a file name (a newline in it, say) or another
+    text of the input in it shown escaped, as text from the wire is (report.printable)."""
+    from jsdissect.report import printable
+
+    return printable(message)
 
 
 def _version_message() -> str:
@@ -305,9 +314,14 @@ def _check_parquet() -> None:
 
 
 def _analyze(
-    captures: Sequence[str], opts: dict[str, Any], messages: bool = False, **extra: Any
+    captures: Sequence[str],
+    opts: dict[str, Any],
+    messages: bool = False,
+    connections: bool = False,
+    **extra: Any,
 ) -> Analysis:
-    """Run the analysis; only `messages` keeps every decoded message (memory, DESIGN Scale)."""
+    """Run the analysis; only `messages` keeps every decoded message, only `connections`
+    every connection (memory, DESIGN Scale)."""
     from jsdissect.pipeline import DEFAULT_SCHEDULER_PORTS, analyze
 
     # A short run that makes no reference cycles: the cyclic collector would only walk the
@@ -323,6 +337,7 @@ def _analyze(
         heuristics=not opts["no_heuristics"],
         progress=progress,
         messages=messages,
+        connections=connections or messages,
         workers=opts["jobs"],
         dask_scheduler=opts["dask_scheduler"],
         **extra,
@@ -335,7 +350,7 @@ def _analyze(
 def _warn(warnings: Sequence[str]) -> None:
     """Printed with -q too: what was lost from the input is neither progress nor summary."""
     for warning in warnings:
-        click.echo(f"jsdissect: warning: {warning}", err=True)
+        click.echo(f"jsdissect: warning: {_one_line(warning)}", err=True)
 
 
 def _wireshark(captures: Sequence[str], opts: dict[str, Any]) -> tuple[list[dict], list[dict]]:
@@ -416,7 +431,7 @@ def connections(captures: tuple[str, ...], **opts: Any) -> None:
     and gaps, and which JobScheduler channel it carries."""
     from jsdissect import report
 
-    result = _analyze(captures, opts, all_tcp=True)
+    result = _analyze(captures, opts, connections=True, all_tcp=True)
     rows = [report.connection_row(ch) for ch in sorted(result.channels, key=_by_start)]
     _emit(rows, report.CONNECTION_COLUMNS, opts, CONNECTION_SHOWN)
 
@@ -683,6 +698,7 @@ def ports(captures: tuple[str, ...], time_wait: float, **opts: Any) -> None:
         scheduler_ports,
         round(time_wait * 1e6),  # (int() took 1.001 s for 1,000,999 µs)
         capture_end=result.capture_end,
+        capture_start=result.capture_start,
     )
     if opts["csv_path"]:
         uses = [dataclasses.asdict(u) for u in rep.uses]

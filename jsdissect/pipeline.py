@@ -85,6 +85,10 @@ class Options:
     messages: bool = True
     # Find the capture's end also when only a ports report's row depends on it (see _run).
     ports_end: bool = False
+    # Keep a Channel for every connection; False: only those task rows and the ports report
+    # can use, so memory follows the open connections (a health check every second is
+    # 86,400 connections a day, found in review).
+    connections: bool = True
 
 
 class SegmentReader(Protocol):
@@ -123,6 +127,7 @@ class Analysis:
     stats: CaptureStats
     capture_end: int | None
     messages_kept: bool = True  # False: analyze(messages=False), Request/Reply were dropped
+    capture_start: int | None = None  # the first packet of any connection read
 
     @cached_property
     def tasks(self) -> pd.DataFrame:
@@ -164,6 +169,7 @@ def analyze(
     progress: Callable[[int], None] | None = None,
     dask_scheduler: str | None = None,
     ports_end: bool = False,
+    connections: bool = True,
 ) -> Analysis:
     """Analyze capture files (or one) as one timeline. Raises capture.CaptureError for
     unusable input.
@@ -178,8 +184,12 @@ def analyze(
     cluster.ClusterError when Dask is missing or the scheduler cannot be reached.
     `capture_end` is the capture's last packet when a status depends on it (a 60 s window
     still open), else the last packet the filter passed; `ports_end`: also when a ports
-    report's row does (a task still running holds its port until the end)."""
-    opts = Options(tuple(scheduler_ports), engine, heuristics, all_tcp, messages, ports_end)
+    report's row does (a task still running holds its port until the end).
+    `connections=False` keeps the Channels of only the connections task rows and the ports
+    report use: command connections with events or that failed, callback candidates."""
+    opts = Options(
+        tuple(scheduler_ports), engine, heuristics, all_tcp, messages, ports_end, connections
+    )
     if isinstance(paths, (str, os.PathLike)):  # one capture, not its name's characters
         paths = [paths]
     about_input: list[str] = []
@@ -277,7 +287,15 @@ def _run(
         if last is not None and last > end:
             end = last
             tasks = correlate(dispatcher.channels, end)
-    return Analysis(names, dispatcher.channels, tasks, stats, end, messages_kept=opts.messages)
+    return Analysis(
+        names,
+        dispatcher.channels,
+        tasks,
+        stats,
+        end,
+        messages_kept=opts.messages,
+        capture_start=dispatcher.first_ts,
+    )
 
 
 # Capture time going back by more than this is a clock step (NTP, a VM resumed), not the
@@ -412,6 +430,7 @@ class _Dispatcher:
         self.channels: list[Channel] = []
         self._callback_places: list[tuple[int, Connection, int]] = []  # (place, conn, key)
         self._callbacks_opened = 0
+        self.first_ts: int | None = None  # of any connection, kept or not
 
     def on_open(
         self, conn_id: str, client: Endpoint, server: Endpoint, ts: int, handshake: bool
@@ -465,6 +484,8 @@ class _Dispatcher:
 
     def on_close(self, conn: Connection) -> None:
         state = self.open.pop(conn.id)
+        if self.first_ts is None or conn.first_ts < self.first_ts:
+            self.first_ts = conn.first_ts
         if state.kind is None:
             self._decide(conn.id, state, self._kind(state, final=True) or "")
         if state.callback is not None:
@@ -474,7 +495,9 @@ class _Dispatcher:
             return
         if state.decoder is not None:
             self._collect(state, state.decoder.close())
-        self.channels.append(Channel(conn, state.kind or "", tuple(state.events)))
+        channel = Channel(conn, state.kind or "", tuple(state.events))
+        if self.opts.connections or _used_by_tasks(channel):
+            self.channels.append(channel)
 
     def finish(self) -> None:
         """Complete the callback channels with their decoded events (the reassembler has
@@ -528,6 +551,21 @@ class _Dispatcher:
             state.events.extend(events)
         else:
             state.events.extend(e for e in events if isinstance(e, TASK_EVENTS))
+
+
+# Connection states of a connection that failed to open (tcp.STATES): the ports report
+# lists those to a scheduler port.
+FAILED_STATES = ("refused", "syn-unanswered", "synack-unacked")
+
+
+def _used_by_tasks(ch: Channel) -> bool:
+    """Could task rows or the ports report use this (not a callback: those are kept)? A
+    command connection with events, a failed one, and one that carried nothing but a SYN
+    (a callback candidate, its answer unseen)."""
+    conn = ch.conn
+    if ch.events or conn.state in FAILED_STATES:
+        return True
+    return ch.kind == "" and conn.bytes_c2s == 0 and conn.bytes_s2c == 0 and conn.syn is not None
 
 
 def _classify(

@@ -93,12 +93,16 @@ def port_report(
     scheduler_ports: Sequence[int],
     time_wait_us: int = TIME_WAIT_US,
     capture_end: int | None = None,
+    capture_start: int | None = None,
 ) -> PortReport:
     """`capture_end`: the last packet's time (by default the last the channels saw); a
-    task still running then holds its port until then at least."""
+    task still running then holds its port until then at least. `capture_start`: the
+    first (by default the first the channels saw): a task seen running from the start
+    holds its port since then."""
     if capture_end is None:
         capture_end = max((ch.conn.last_ts for ch in channels), default=None)
-    capture_start = min((ch.conn.first_ts for ch in channels), default=None)
+    if capture_start is None:
+        capture_start = min((ch.conn.first_ts for ch in channels), default=None)
     uses = tuple(
         _use(t, t.controller, t.callback_port, capture_start, capture_end)
         for t in tasks

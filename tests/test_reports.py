@@ -1071,3 +1071,39 @@ def test_ports_text_shows_a_process_id_with_control_characters_escaped() -> None
     assert "FAKE LINE" in text
     assert not any(line.startswith("FAKE") for line in text.splitlines())
     assert "\x9b" not in text and report.printable(pid) in text
+
+
+def test_health_checks_leave_no_connection_behind_for_the_task_commands(tmp_path: Path) -> None:
+    # A monitor connecting to the scheduler port every second (connect, close) makes 86,400
+    # connections a day: the task commands keep none of them (found in review: 0.8 KB
+    # each, kept to the end), and their rows and ports report come out the same.
+    from crafted_captures import CONTROLLER_IP, REMOTE_IP, Conv, S, callback_synacks_lost
+
+    from jsdissect import ports
+
+    cap = callback_synacks_lost(final_rst=True)
+    cap.now = int(cap.packets[0].time * S) - 300 * S  # the checks begin before the task
+    for n in range(300):
+        probe = Conv(cap, ("10.9.0.1", 30000 + n), (REMOTE_IP, 4455), isn=10_000 + n)
+        probe.handshake()
+        probe.close()
+        cap.advance(S)
+    cap.packets.sort(key=lambda p: p.time)
+    path = cap.write(tmp_path / "checks.pcap")
+    every = jsdissect.analyze([path])
+    kept = jsdissect.analyze([path], connections=False)
+    assert len(every.channels) == 300 + 2 and len(kept.channels) == 2
+    assert kept.capture_start == every.capture_start == min(c.conn.first_ts for c in every.channels)
+    rows = [report.task_row(t) for t in every.task_records]
+    assert [report.task_row(t) for t in kept.task_records] == rows
+    tasks = every.task_records
+    full = ports.port_report(tasks, every.channels, (4455,), capture_end=every.capture_end)
+    lean = ports.port_report(
+        tasks,
+        kept.channels,
+        (4455,),
+        capture_end=kept.capture_end,
+        capture_start=kept.capture_start,
+    )
+    assert lean == full and [f.what for f in lean.failures] == ["callback-refused"]
+    assert CONTROLLER_IP in {u.controller for u in lean.uses}
