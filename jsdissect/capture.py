@@ -2,7 +2,8 @@
 
 The hot path of jsdissect: unrelated traffic is rejected by libpcap's BPF (in C) and never
 becomes a Python object. A pure-Python fallback (a small struct-based pcap/pcapng reader)
-reads what libpcap cannot, applies the same compiled filter and gives identical records.
+reads what libpcap cannot (records libpcap would cut to a wrong snaplen in a pcap header
+among them, see _HeaderSnaplen), applies the same compiled filter and gives identical records.
 
 Decoding works on offsets into one big buffer (a libpcap batch or a chunk of the file), so
 a packet that is rejected costs no bytes object: one function per link type finds the IP
@@ -72,6 +73,9 @@ class CaptureStats:
     bad_times: int = 0  # beyond year 9999, which no table can show
     early_times: int = 0  # before 1970 (see MAX_TIME_US)
     encapsulated: int = 0  # in MPLS or PPPoE (also counted as skipped)
+    # The snap length of a pcap file's header that libpcap cut records to, though the file
+    # holds them longer (--engine libpcap, see _HeaderSnaplen); 0: none such.
+    header_snaplen: int = 0
 
     def absorb(self, file: CaptureStats, name: str) -> None:
         """Add what reading one file saw (`name`: as warnings call it)."""
@@ -86,7 +90,7 @@ class CaptureStats:
         self.engine = file.engine or self.engine
         self.warnings += file.warnings
         if file.truncated_packets:
-            self.warnings.append(snaplen_warning(name, file.truncated_packets))
+            self.warnings.append(snaplen_warning(name, file.truncated_packets, file.header_snaplen))
         if file.fragments:
             self.warnings.append(fragments_warning(name, file.fragments))
         if file.bad_times:
@@ -110,7 +114,15 @@ class CaptureStats:
         return (CaptureStats, tuple(getattr(self, f.name) for f in fields(self)))
 
 
-def snaplen_warning(name: str, count: int) -> str:
+def snaplen_warning(name: str, count: int, header_snaplen: int = 0) -> str:
+    """`header_snaplen`: the snap length of a pcap file's header that libpcap cut records to,
+    though they are longer in the file (0: the capture cut them, the bytes are not there)."""
+    if header_snaplen:
+        return (
+            f"{name}: {count} TCP segment(s) cut short by libpcap to the snap length in the"
+            f" file header ({header_snaplen}), though the file holds more of them; the messages"
+            " they carried are incomplete (--engine auto reads them whole)"
+        )
     return (
         f"{name}: {count} TCP segment(s) cut short by the capture's snap length; the"
         " messages they carried are incomplete (capture with -s 0)"
@@ -1115,11 +1127,11 @@ def _pcap_batches(r: _Reading) -> Iterator[Batch]:
     if len(buf) < PCAP_FILE_HDR_LEN:  # it was long enough when _identify looked
         raise CaptureError(f"{r.info.path}: cut short in the pcap file header")
     order, nano, rec_len = PCAP_MAGICS[buf[:4]]
-    snaplen, network = struct.unpack_from(order + "II", buf, 16)
+    network = struct.unpack_from(order + "I", buf, 20)[0]
     decoder, filt = r.link(network & LINKTYPE_MASK, order)
-    # As libpcap does, a record longer than the file's snaplen is cut to it.
-    if snaplen == 0 or snaplen > MAX_SNAPLEN:
-        snaplen = MAX_SNAPLEN
+    # A record longer than the header's snaplen is kept whole, as Wireshark keeps it: the
+    # bytes are in the file (a writer put a wrong snaplen there); libpcap cuts it, see
+    # _HeaderSnaplen.
     rec_hdr = struct.Struct(order + "IIII").unpack_from
     seconds = _Seconds()
     pos, offset = PCAP_FILE_HDR_LEN, 0  # offset: where buf starts in the file
@@ -1135,7 +1147,7 @@ def _pcap_batches(r: _Reading) -> Iterator[Batch]:
             if start + caplen > size:
                 break
             ts = seconds.us(sec) + (frac // 1000 if nano else frac)
-            records.append((ts, start, start + min(caplen, snaplen), wirelen, decoder, filt))
+            records.append((ts, start, start + caplen, wirelen, decoder, filt))
             pos = start + caplen
         r.packets += len(records)
         if records:
@@ -1495,23 +1507,22 @@ class _Counts:
 
 
 def _python_segments(
-    info: _FileInfo, bpf: str | None, stats: CaptureStats, skip: int = 0
+    info: _FileInfo, bpf: str | None, stats: CaptureStats, skip: int = 0, cut: int = 0
 ) -> SegmentBatches:
     """All segments of one file read in Python, a batch per block read; the first `skip`
-    filtered packets dropped (they were delivered by libpcap before it stopped)."""
+    filtered packets dropped (they were delivered by libpcap before it stopped, filtered as
+    cut to `cut` bytes, see _read_past_filtered)."""
     stats.engine = "python"
     r = _Reading(info, bpf, stats.warnings)
     counts = _Counts()
-    passed = 0
     try:
         batches = _pcap_batches(r) if info.fmt == "pcap" else _pcapng_batches(r)
+        if skip:
+            batches = _read_past_filtered(batches, skip, cut)
         for buf, records in batches:
             segments: list[Segment] = []
             for ts, start, end, wirelen, decoder, filt in records:
                 if filt is not None and not filt(buf, start, end):
-                    continue
-                passed += 1
-                if passed <= skip:
                     continue
                 counts.packets += 1
                 if not 0 <= ts <= MAX_TIME_US:  # see MAX_TIME_US: skip, don't crash later
@@ -1539,6 +1550,23 @@ def _python_segments(
         stats.early_times += counts.early_times
 
 
+def _read_past_filtered(batches: Iterator[Batch], skip: int, cut: int) -> Iterator[Batch]:
+    """The records after the first `skip` that pass the filter. `cut`: the length libpcap
+    cut records to (a pcap file header's snaplen, 0: none), and so the bytes its filter
+    saw: a filter looking past them rejects there what it passes on the whole record, and
+    the count must be libpcap's."""
+    for buf, records in batches:
+        for i, (_ts, start, end, _wirelen, _decoder, filt) in enumerate(records):
+            if cut and end - start > cut:
+                end = start + cut
+            if filt is None or filt(buf, start, end):
+                skip -= 1
+                if not skip:
+                    yield buf, records[i + 1 :]
+                    yield from batches
+                    return
+
+
 LibpcapBatches = Iterator[tuple[bytes, Iterable[tuple[int, ...]]]]
 # Segments go up the chain of generators below (file, engine, libpcap reader) a batch at a
 # time, and read_segments hands them out one by one: every generator they pass costs about
@@ -1552,14 +1580,21 @@ def _libpcap_segments(
     stats: CaptureStats,
     delivered: list[int],
     wire: _WireLengths | None = None,
+    snap: _HeaderSnaplen | None = None,
 ) -> SegmentBatches:
     """Decode libpcap's packets, a list of segments per batch; delivered[0] counts the
     packets handed over. `wire`: their lengths on the wire, when one is needed (None: take
-    the captured length)."""
+    the captured length). `snap`: the file header's snaplen libpcap cuts records to; the
+    reading stops before a packet it cut that the file holds longer when the python engine
+    is to read on from there (snap.handed_over)."""
     counts = _Counts()
     # Per-packet counting in local variables (the hot loop), added up once per batch.
     packets = truncated = 0
     seconds = _Seconds()
+    # The captured length at which a packet cut short is looked into (-1: never); only
+    # packets cut short get there, and only the first of them is looked into.
+    cut_at = snap.at if snap is not None else -1
+    stop = False
     try:
         for buf, meta in batches:
             segments: list[Segment] = []
@@ -1578,16 +1613,30 @@ def _libpcap_segments(
                         wirelen = wire.length(delivered[0] + packets - 1) if wire else caplen
                         result = _resized(buf, ~result, start + caplen, ts, start + wirelen)
                     if isinstance(result, int):
+                        if result == _CUT and caplen == cut_at:
+                            cut_at = -1
+                            if snap is not None and snap.hands_over():
+                                packets -= 1  # read again by the python engine
+                                stop = True
+                                break
                         counts.not_segment(result)
                         continue
-                segments.append(result)
                 if result[10]:  # missing
+                    if caplen == cut_at:
+                        cut_at = -1
+                        if snap is not None and snap.hands_over():
+                            packets -= 1
+                            stop = True
+                            break
                     truncated += 1
+                segments.append(result)
             counts.add(packets, len(segments), truncated)
             delivered[0] += packets
             packets = truncated = 0
             counts.flush(stats)
             yield segments
+            if stop:
+                return
     finally:
         counts.add(packets, 0, truncated)
         delivered[0] += packets
@@ -1623,6 +1672,67 @@ class _WireLengths:
             self._reader.close()
 
 
+class _HeaderSnaplen:
+    """The snap length in a pcap file's header, to which libpcap cuts every record. A
+    writer may have put there less than its records hold (found in review: whole records of
+    up to 569 bytes under a snaplen of 96): libpcap would lose bytes that are in the file.
+    Looked into at the first packet libpcap hands over cut short at exactly that length, by
+    walking the file's record headers once: no cost to a file whose packets are whole."""
+
+    __slots__ = ("at", "hand_over", "info", "lost", "snaplen")
+
+    def __init__(self, info: _FileInfo, hand_over: bool) -> None:
+        self.info = info
+        self.snaplen = _cutting_snaplen(info)  # 0: libpcap cuts no record of this file
+        self.at = self.snaplen or -1  # the captured length to look into (-1: never again)
+        self.hand_over = hand_over  # whether the python engine then reads on (engine auto)
+        self.lost = False  # whether libpcap cut records the file holds longer
+
+    def hands_over(self) -> bool:
+        """At a packet libpcap cut to the snaplen: whether the python engine is to read on
+        from it. Asked once."""
+        self.at = -1
+        self.lost = _has_record_longer(self.info, self.snaplen)
+        return self.handed_over
+
+    @property
+    def handed_over(self) -> bool:
+        return self.lost and self.hand_over
+
+
+def _cutting_snaplen(info: _FileInfo) -> int:
+    """The snaplen in a plain pcap file's header when libpcap cuts records to it; 0 when it
+    cuts none (a pcapng file, whose longer records libpcap refuses with an error, or a
+    snaplen of 0 or of libpcap's limit, taken for the limit)."""
+    if info.fmt != "pcap":
+        return 0
+    try:
+        with open(info.source, "rb") as f:
+            head = f.read(PCAP_FILE_HDR_LEN)
+        snaplen = struct.unpack_from(PCAP_MAGICS[head[:4]][0] + "I", head, 16)[0]
+    except (OSError, KeyError, struct.error):  # changed since libpcap opened it
+        return 0
+    return snaplen if 0 < snaplen < MAX_SNAPLEN else 0
+
+
+def _has_record_longer(info: _FileInfo, snaplen: int) -> bool:
+    """Whether a pcap file holds a record longer than `snaplen`, its record headers read as
+    the python engine reads them, up to the first; or up to the first record the capture
+    itself cut at `snaplen` (a snap length that was true: a `-s 96` capture of a whole day
+    is not walked again to its end)."""
+    r = _Reading(info, None, [])
+    try:
+        for _buf, records in _pcap_batches(r):
+            for _ts, start, end, wirelen, _decoder, _filt in records:
+                if end - start > snaplen:
+                    return True
+                if end - start == snaplen < wirelen:
+                    return False
+    finally:
+        r.source.close()
+    return False
+
+
 class _LibpcapUnusable(Exception):
     """libpcap cannot open or filter this file; the python engine may."""
 
@@ -1637,6 +1747,11 @@ def _libpcap_open(path: str, bpf: str | None) -> tuple[Any, int]:
         reader = pcapy.open_offline(path)
     except pcapy.PcapError as exc:
         raise _LibpcapUnusable(f"libpcap cannot open it: {exc}") from None
+    except UnicodeEncodeError:  # pcapy-ng passes a name on as UTF-8 only
+        raise _LibpcapUnusable(
+            "libpcap cannot open it: its name is not UTF-8, which pcapy-ng needs"
+            " (--engine python reads it)"
+        ) from None
     dlt = reader.datalink()
     if bpf:
         try:
@@ -1702,13 +1817,14 @@ def _libpcap_read(
     stats: CaptureStats,
     delivered: list[int],
     wire: _WireLengths,
+    snap: _HeaderSnaplen,
 ) -> Generator[list[Segment], None, str]:
     """Segments of the batches of an open reader, which it closes; returns libpcap's error,
     if any."""
     pcapy = _pcapy()
     with contextlib.closing(reader):
         try:
-            yield from _libpcap_segments(decoder, batches, stats, delivered, wire)
+            yield from _libpcap_segments(decoder, batches, stats, delivered, wire, snap)
         except pcapy.PcapError as exc:
             return str(exc)
     return ""
@@ -1732,27 +1848,32 @@ def _libpcap_file(
     if reader is None:
         return
     wire = _WireLengths(info.source, bpf)
+    snap = _HeaderSnaplen(info, hand_over=engine == "auto")
     try:
         delivered = [0]
         if _batch_times_whole(info):
             batches = _libpcap_batches(reader, info.fmt)
         else:
             batches = _libpcap_singles(reader, info.fmt)
-        problem = yield from _libpcap_read(reader, decoder, batches, stats, delivered, wire)
-        if not problem:
-            return
-        # A batch failed part-way (a file cut short, a block libpcap rejects), losing the
-        # good packets before the fault in that batch: read them again one at a time.
-        reader, _dlt = _libpcap_open(info.source, bpf)
-        _libpcap_skip(reader, delivered[0])
-        singles = _libpcap_singles(reader, info.fmt)
-        yield from _libpcap_read(reader, decoder, singles, stats, delivered, wire)
+        problem = yield from _libpcap_read(reader, decoder, batches, stats, delivered, wire, snap)
+        if problem and not snap.handed_over:
+            # A batch failed part-way (a file cut short, a block libpcap rejects), losing
+            # the good packets before the fault in that batch: read them again one at a time.
+            reader, _dlt = _libpcap_open(info.source, bpf)
+            _libpcap_skip(reader, delivered[0])
+            singles = _libpcap_singles(reader, info.fmt)
+            yield from _libpcap_read(reader, decoder, singles, stats, delivered, wire, snap)
     finally:
         wire.close()
-    if engine == "auto" and "truncated" not in problem:
-        # Not the end of the data but something libpcap 1.9 rejects (pcapng interfaces of
-        # different link types, say): Python reads on from where libpcap stopped.
-        yield from _python_segments(info, bpf, stats, skip=delivered[0])
+    if snap.handed_over or (problem and engine == "auto" and "truncated" not in problem):
+        # Records libpcap cut that the file holds longer, or not the end of the data but
+        # something libpcap 1.9 rejects (pcapng interfaces of different link types, say):
+        # Python reads on from where libpcap stopped.
+        yield from _python_segments(info, bpf, stats, skip=delivered[0], cut=snap.snaplen)
+        return
+    if snap.lost:  # --engine libpcap: its cut is said to be its own (snaplen_warning)
+        stats.header_snaplen = snap.snaplen
+    if not problem:
         return
     where = f"{delivered[0]} packets passed the filter" if bpf else f"packet {delivered[0]}"
     stats.warnings.append(f"{info.path}: cut short after {where} (libpcap: {problem})")

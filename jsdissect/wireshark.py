@@ -101,8 +101,9 @@ Aliases = dict[str, str]  # a file made for tshark -> how messages name it
 
 
 def _run_tool(args: list[str], aliases: Aliases) -> tuple[int, str]:
-    """Run editcap or mergecap: its exit status and its complaint, in one line."""
-    done = subprocess.run(args, capture_output=True, text=True)
+    """Run editcap or mergecap: its exit status and its complaint, in one line. A file name
+    in it that is not UTF-8 comes back as Python gives such a name (surrogate escapes)."""
+    done = subprocess.run(args, capture_output=True, text=True, errors="surrogateescape")
     complaint = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
     return done.returncode, _renamed(complaint, aliases)
 

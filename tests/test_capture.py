@@ -413,13 +413,104 @@ def test_snaplen_cut_counts_missing_bytes(tmp_path, engine):
     assert stats.truncated_packets == 1
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_record_longer_than_the_file_snaplen_is_cut_to_it(tmp_path, engine):
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_record_longer_than_the_file_snaplen_is_read_whole_but_by_libpcap(tmp_path, engine):
+    """Found in review: a writer put a snaplen below its records' lengths in the file
+    header. The bytes are in the file, and Wireshark reads them; libpcap cuts the records to
+    the header's snaplen, and then says so, without blaming the capture."""
     frame = bytes(Ether(**MACS) / IP(src=A4, dst=B4) / TCP(sport=1, dport=2) / (b"p" * 100))
     path = tmp_path / "long.pcap"
     path.write_bytes(pcap_file(1, [(T0_NS, frame, len(frame))], snaplen=64))
-    [got] = read(path, engine=engine)  # libpcap does so; the python engine follows
+    stats = CaptureStats()
+    [got] = read(path, engine=engine, stats=stats)
+    if engine != "libpcap":
+        assert (got.payload, got.missing, stats.warnings) == (b"p" * 100, 0, [])
+        return
     assert (got.payload, got.missing) == (b"p" * 10, 90)
+    assert stats.warnings == [
+        f"{path}: 1 TCP segment(s) cut short by libpcap to the snap length in the file header"
+        " (64), though the file holds more of them; the messages they carried are incomplete"
+        " (--engine auto reads them whole)"
+    ]
+
+
+def long_and_short_frames(count: int, first_long: int = 0) -> list[Frame]:
+    """`count` frames: a UDP datagram every seventh, from `first_long` on every third with
+    100 bytes of TCP payload (154 bytes), the others with 2 bytes (56 bytes)."""
+    frames = []
+    for i in range(count):
+        if i % 7 == 6:
+            packet = IP(src=A4, dst=B4) / UDP(sport=1, dport=2) / b"u"
+        else:
+            long = i >= first_long and i % 3 == 2
+            payload = bytes([0x41 + i % 26]) * (100 if long else 2)
+            packet = IP(src=A4, dst=B4) / TCP(sport=1, dport=2, seq=i, flags="A") / payload
+        frame = bytes(Ether(**MACS) / packet)
+        frames.append((T0_NS + i * STEP_NS, frame, len(frame)))
+    return frames
+
+
+@pytest.mark.parametrize("bpf", [None, "tcp"])
+@pytest.mark.parametrize("first_long", [2, 1501])
+def test_auto_reads_on_in_python_from_the_first_record_libpcap_cut_to_the_header(
+    tmp_path, bpf, first_long
+):
+    """libpcap reads until it hands over a packet cut at exactly the header's snaplen that
+    the file holds longer (in its first batch, or in a later one): from there the python
+    engine reads, nothing read twice, nothing left out."""
+    frames = long_and_short_frames(first_long + 30, first_long)
+    whole = tmp_path / "whole.pcap"
+    whole.write_bytes(pcap_file(1, frames, snaplen=0))
+    wrong = tmp_path / "wrong.pcap"
+    wrong.write_bytes(pcap_file(1, frames, snaplen=64))
+    want = read(whole, engine="libpcap", bpf=bpf)
+    assert sum(len(s.payload) == 100 for s in want) >= 8
+    stats = CaptureStats()
+    assert read(wrong, engine="auto", bpf=bpf, stats=stats) == want
+    assert (stats.engine, stats.truncated_packets, stats.warnings) == ("python", 0, [])
+
+
+def test_reading_on_in_python_counts_the_packets_libpcap_filtered_as_it_did(tmp_path):
+    """libpcap runs the filter on a record as it cut it. The packets it delivered before it
+    handed the file over are counted again in Python, filtered as cut too: a record whose
+    whole bytes pass the filter and its cut ones do not (a filter looking past the header's
+    snaplen) was not delivered, and must not take the place of one that was."""
+    bpf = "tcp[13] & 8 != 0 or tcp[60:1] = 0x71"  # PSH, or a byte at 74 in the frame
+    ip = Ether(**MACS) / IP(src=A4, dst=B4)
+    frames = [
+        ip / TCP(sport=1, dport=2, seq=0, flags="A") / (b"q" * 100),  # passes whole, not cut
+        ip / TCP(sport=1, dport=2, seq=100, flags="PA") / b"ok",  # whole (56 bytes)
+        ip / TCP(sport=1, dport=2, seq=102, flags="PA") / (b"p" * 100),  # libpcap cuts it
+    ]
+    path = tmp_path / "wrong.pcap"
+    path.write_bytes(
+        pcap_file(1, [(T0_NS + i, bytes(f), len(f)) for i, f in enumerate(frames)], snaplen=64)
+    )
+    got = read(path, engine="auto", bpf=bpf)
+    assert [(s.seq, s.payload, s.missing) for s in got] == [(100, b"ok", 0), (102, b"p" * 100, 0)]
+
+
+def test_a_capture_cut_by_its_snap_length_stays_with_libpcap(tmp_path):
+    """The records are as long as the header's snaplen, no longer: the bytes beyond it are
+    not in the file, so libpcap lost nothing and reads the file to its end."""
+    frames = [(ts, data[:64], wirelen) for ts, data, wirelen in long_and_short_frames(40)]
+    cut = sum(wirelen > 64 for _ts, _data, wirelen in frames)
+    path = tmp_path / "s64.pcap"
+    path.write_bytes(pcap_file(1, frames, snaplen=64))
+    stats = CaptureStats()
+    assert read(path, engine="auto", stats=stats) == read(path, engine="python")
+    assert (stats.engine, stats.truncated_packets) == ("libpcap", cut)
+    assert stats.warnings == [capture.snaplen_warning(str(path), cut)]
+
+
+@pytest.mark.parametrize("name", ["demo.pcap", "parallel_50.pcap"])
+def test_a_shipped_capture_under_a_wrong_header_snaplen_reads_as_the_original(tmp_path, name):
+    original = Path(__file__).resolve().parent.parent / "captures" / name
+    data = original.read_bytes()
+    wrong = tmp_path / name
+    wrong.write_bytes(data[:16] + struct.pack("<I", 96) + data[20:])
+    bpf = capture_filter(Options())
+    assert read(wrong, engine="auto", bpf=bpf) == read(original, engine="auto", bpf=bpf)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -905,6 +996,30 @@ def test_gzip_copy_for_libpcap_is_removed_even_when_reading_stops_early(tmp_path
 # ---------------------------------------------------------------------------------------
 # Files that cannot be read, files cut short
 # ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compress", [None, gzip.compress])
+def test_a_file_name_that_is_not_utf8_is_read_by_auto_and_refused_by_libpcap(
+    tmp_path, ips, compress
+):
+    """Found in review: pcapy-ng passes a name to libpcap as UTF-8 only, and a capture named
+    in Latin-1 (copied from an old host: okü.pcap) failed with an internal error."""
+    data = pcap_file(1, link_frames("ethernet", ips))
+    plain = tmp_path / "ok.pcap"
+    plain.write_bytes(data)
+    odd = tmp_path / os.fsdecode(b"ok\xfc.pcap")
+    odd.write_bytes(compress(data) if compress else data)
+    stats = CaptureStats()
+    assert read(odd, engine="auto", stats=stats) == read(plain, engine="libpcap")
+    assert stats.warnings == []
+    if compress:  # libpcap reads a decompressed copy, whose name is ours
+        return
+    with pytest.raises(CaptureError) as err:
+        read(odd, engine="libpcap")
+    assert str(err.value) == (
+        f"{odd}: libpcap cannot open it: its name is not UTF-8, which pcapy-ng needs"
+        " (--engine python reads it)"
+    )
 
 
 @pytest.mark.parametrize("engine", [*ENGINES, "auto"])

@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import require
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap, wrpcap
@@ -113,6 +114,43 @@ def test_unusable_input_is_one_line_and_exit_2(tmp_path: Path, make) -> None:
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr
     assert target.name in lines[0]
+
+
+@pytest.mark.parametrize("engine", ["auto", "python", "libpcap", "wireshark"])
+def test_a_capture_whose_name_is_not_utf8(tmp_path: Path, engine: str) -> None:
+    """Found in review: a capture named in Latin-1 (okü.pcap, copied from an old host) gave
+    an internal error, exit 3, with every engine but python. The name is shown as Python
+    shows a name it cannot decode."""
+    if engine == "wireshark":
+        require("tshark")
+    odd = tmp_path / os.fsdecode(b"ok\xfc.pcap")
+    odd.write_bytes((CAPTURES / "one_shell.pcap").read_bytes())
+    out = run("tasks", str(odd), "--engine", engine, "--csv", "-")
+    if engine == "libpcap":  # pcapy-ng cannot pass such a name to libpcap
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr == (
+            f"jsdissect: {tmp_path}/ok\\udcfc.pcap: libpcap cannot open it: its name is not"
+            " UTF-8, which pcapy-ng needs (--engine python reads it)\n"
+        )
+        return
+    assert out.returncode == 0, out.stderr
+    (task,) = csv.DictReader(io.StringIO(out.stdout))
+    assert task["status"] == "completed"
+
+
+def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path: Path) -> None:
+    """Found in review: a newline in a file name split the one-line error, and a warning
+    too. Shown escaped, as text from the wire is on the terminal."""
+    missing = tmp_path / "no\nsuch.pcap"
+    out = run("tasks", str(missing))
+    assert out.returncode == 2
+    assert out.stderr == f"jsdissect: {tmp_path}/no\\nsuch.pcap: no such file\n"
+    cut = tmp_path / "cut\n\x1b[2J.pcap"
+    cut.write_bytes((CAPTURES / "one_shell.pcap").read_bytes()[:3000])
+    out = run("tasks", str(cut), "-q")
+    assert out.returncode == 0
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"jsdissect: warning: {tmp_path}/cut\\n\\x1b[2J.pcap: cut short")
 
 
 def test_truncated_capture_is_analyzed_with_a_warning(capture: Path, tmp_path: Path) -> None:
