@@ -104,7 +104,8 @@ def _run_tool(args: list[str], aliases: Aliases) -> tuple[int, str]:
     """Run editcap or mergecap: its exit status and its complaint, in one line. A file name
     in it that is not UTF-8 comes back as Python gives such a name (surrogate escapes)."""
     done = subprocess.run(args, capture_output=True, text=True, errors="surrogateescape")
-    complaint = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
+    status = f"exit status {done.returncode}" if done.returncode else ""  # ("": all well)
+    complaint = " ".join(done.stderr.split()) or status
     return done.returncode, _renamed(complaint, aliases)
 
 
@@ -125,7 +126,7 @@ def _readable_part(path: CapturePath, copy: Path, warnings: list[str], aliases: 
     if compression(path) not in TSHARK_READS:
         source = _decompressed_copy(path, copy.with_name(f"plain-{copy.name}"), aliases)
     if not cut:
-        return source
+        return _undamaged_part(name, source, copy, warnings, aliases)
     warnings.append(cut)
     aliases[str(copy)] = f"{name} (copied up to the cut)"
     status, complaint = _run_tool([_tool("editcap"), source, str(copy)], aliases)
@@ -133,6 +134,26 @@ def _readable_part(path: CapturePath, copy: Path, warnings: list[str], aliases: 
         raise WiresharkError(
             f"{name}: cannot copy the part before the cut to {copy.parent.parent}: {complaint}"
         )
+    return str(copy)
+
+
+def _undamaged_part(
+    name: str, source: str, copy: Path, warnings: list[str], aliases: Aliases
+) -> str:
+    """`source`, or the part of it before what Wireshark's readers take for damage where
+    jsdissect's do not (a record longer than Wireshark allows, say): tshark stops there
+    with an error pyshark passes on or not, depending on timing (found in review: the same
+    run failed or lost the rest silently). editcap reads as tshark does, and copies up to
+    the damage; the time it takes is small beside tshark's."""
+    aliases.setdefault(source, name)
+    status, complaint = _run_tool([_tool("editcap"), source, str(copy)], aliases)
+    if status != 0 or not copy.is_file():
+        raise WiresharkError(f"{name}: Wireshark's reader cannot read it: {complaint}")
+    if not complaint:
+        copy.unlink()
+        return source
+    detail = complaint.removeprefix("editcap: ")
+    warnings.append(f"{name}: Wireshark's reader stops at what it takes for damage: {detail}")
     return str(copy)
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -136,6 +137,42 @@ def test_a_capture_whose_name_is_not_utf8(tmp_path: Path, engine: str) -> None:
     assert out.returncode == 0, out.stderr
     (task,) = csv.DictReader(io.StringIO(out.stdout))
     assert task["status"] == "completed"
+
+
+def _with_a_huge_packet_block(pcapng: bytes, after: int) -> bytes:
+    """The little-endian pcapng with an Enhanced Packet Block of 300,000 bytes (more than
+    Wireshark takes for one packet, 262,144) after its first `after` blocks."""
+    pos = 0
+    for _ in range(after):
+        pos += struct.unpack_from("<I", pcapng, pos + 4)[0]
+    frame = b"\xff" * 12 + b"\x88\xb5" + bytes(300_000 - 14)
+    body = struct.pack("<IIIII", 0, 0, 0, len(frame), len(frame)) + frame
+    block = struct.pack("<II", 6, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+    return pcapng[:pos] + block + pcapng[pos:]
+
+
+def test_the_wireshark_engine_reads_up_to_what_wireshark_takes_for_damage(
+    tmp_path: Path,
+) -> None:
+    """Found in review: tshark stops at a block it takes for damage that jsdissect's reader
+    reads past, and whether pyshark passed its error on depended on timing: the same run
+    failed, or lost the rest without a word. Now always the part before it, with a warning."""
+    require("tshark")
+    damaged = tmp_path / "damaged.pcapng"
+    whole = (CAPTURES / "one_api.pcapng").read_bytes()
+    damaged.write_bytes(_with_a_huge_packet_block(whole, 2 + 30))  # SHB, IDB, 30 packets
+    runs = [run("tasks", str(damaged), "--engine", "wireshark", "--csv", "-") for _ in range(3)]
+    assert len({(r.returncode, r.stdout, r.stderr) for r in runs}) == 1
+    assert runs[0].returncode == 0
+    assert runs[0].stderr.startswith(
+        f"jsdissect: warning: {damaged}: Wireshark's reader stops at what it takes for"
+        f' damage: The file "{damaged}" appears to be damaged or corrupt.'
+    )
+    (task,) = csv.DictReader(io.StringIO(runs[0].stdout))
+    assert task["status"] == "running"  # its end lies after the damage
+    whole_run = run("tasks", str(damaged), "--csv", "-", "-q")  # the default reads past
+    (task,) = csv.DictReader(io.StringIO(whole_run.stdout))
+    assert task["status"] == "completed" and whole_run.stderr == ""
 
 
 def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path: Path) -> None:
