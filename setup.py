@@ -97,8 +97,10 @@ def _extensions() -> list:
             # Compiled separately it tracks no class's subclasses, and checks them all.
             separate=True,
         )
-    except Exception as exc:  # mypyc refused: run as Python rather than fail the install
-        print(f"jsdissect: not compiled, runs as Python ({exc})", file=sys.stderr)
+    # mypyc refused: run as Python rather than fail the install. It reports a type error,
+    # and its own internal errors, by exiting (SystemExit), not by raising an Exception.
+    except (Exception, SystemExit) as exc:
+        print(f"jsdissect: not compiled, runs as Python ({exc!r})", file=sys.stderr)
         return []
     for extension in extensions:
         extension.optional = True

@@ -32,7 +32,14 @@ from jsdissect.correlate import TASK_EVENTS, Channel, Task, correlate, end_decid
 from jsdissect.protocol import Event
 from jsdissect.protocol import command as cmd
 from jsdissect.protocol import objserver as api
-from jsdissect.tcp import CLIENT_TO_SERVER, SERVER_TO_CLIENT, Connection, Endpoint, Reassembler
+from jsdissect.tcp import (
+    CLIENT_TO_SERVER,
+    FAILED_STATES,
+    SERVER_TO_CLIENT,
+    Connection,
+    Endpoint,
+    Reassembler,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -551,11 +558,6 @@ class _Dispatcher:
             state.events.extend(events)
         else:
             state.events.extend(e for e in events if isinstance(e, TASK_EVENTS))
-
-
-# Connection states of a connection that failed to open (tcp.STATES): the ports report
-# lists those to a scheduler port.
-FAILED_STATES = ("refused", "syn-unanswered", "synack-unacked")
 
 
 def _used_by_tasks(ch: Channel) -> bool:

@@ -15,14 +15,12 @@ from dataclasses import asdict, dataclass
 
 from jsdissect.correlate import CALLBACK_TIMEOUT_US, Channel, Task, callback_accepted
 from jsdissect.report import INTEGER, TEXT, TIME, Column, format_time, printable
-from jsdissect.tcp import Connection
+from jsdissect.tcp import FAILED_STATES, UNANSWERED_STATES, Connection
 
 TOP_PORT = 59999  # PROTOCOL §2: Used_ports::bind_free_port counts down from here
 TIME_WAIT_US = 120_000_000  # DESIGN "Ports report": < 120 s apart may still be in TIME_WAIT
 GIVE_UP_US = CALLBACK_TIMEOUT_US  # a lone SYN younger than this at the end may be answered
 FAILED_CALLBACK = ("callback-unanswered", "callback-refused", "callback-missing")
-# Connection states of a SYN whose answer never reached its sender (tcp.STATES).
-UNANSWERED = ("syn-unanswered", "synack-unacked")
 COMMAND_FAILURES = {  # what a failed connection to a scheduler port says about its path
     "cmd-unanswered": "dropped (SYN unanswered: a firewall)",
     "cmd-refused": "refused (RST: a firewall rejecting, or no scheduler listening)",
@@ -247,9 +245,9 @@ def _command_failures(
     out = []
     for ch in channels:
         conn = ch.conn
-        if conn.server.port not in ports or conn.state not in (*UNANSWERED, "refused"):
+        if conn.server.port not in ports or conn.state not in FAILED_STATES:
             continue
-        if conn.state in UNANSWERED and _may_be_answered(conn, capture_end):
+        if conn.state in UNANSWERED_STATES and _may_be_answered(conn, capture_end):
             continue
         what = "cmd-refused" if conn.state == "refused" else "cmd-unanswered"
         server = host_port(conn.server.ip, conn.server.port)

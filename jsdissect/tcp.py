@@ -71,6 +71,10 @@ STATES = {
     "reset": "ended by RST after it was established",
     "midstream": "picked up without handshake, not closed",
 }
+# States of a connection whose SYN's answer never reached its sender, and of one that
+# failed to open at all.
+UNANSWERED_STATES = ("syn-unanswered", "synack-unacked")
+FAILED_STATES = ("refused", "syn-unanswered", "synack-unacked")
 
 
 class StreamSink(Protocol):

@@ -229,3 +229,19 @@ def test_a_build_with_nothing_to_compile_removes_the_last_builds_record(tmp_path
     record.write_text("{}")
     dist.run_command("build_ext")
     assert not record.exists()
+
+
+def test_mypyc_refusing_the_sources_leaves_an_install_that_runs_them_as_python(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """mypyc reports a type error, or an internal error of its own, by exiting: found when
+    `x not in (*A, "b")` (ruff's preferred spelling) crashed it and failed the install."""
+    import mypyc.build
+
+    def refuses(*args: object, **kwargs: object) -> None:
+        raise SystemExit(2)
+
+    monkeypatch.setattr(mypyc.build, "mypycify", refuses)
+    monkeypatch.delenv(native.PURE_ENV, raising=False)
+    assert _setup_py()._extensions() == []
+    assert "not compiled, runs as Python (SystemExit(2))" in capsys.readouterr().err
