@@ -413,7 +413,9 @@ class _ConnState:
     server: Endpoint
     handshake: bool  # False: picked up mid-stream
     kind: str | None = None  # None: not decided yet; "cmd", "api", "" (other)
-    decoder: cmd.CommandDecoder | None = None  # "cmd"; "api" goes to the CallbackDecoding
+    # "cmd", made with the first byte (0.8 KB: a SYN flood on a scheduler port would make
+    # one per SYN); "api" goes to the CallbackDecoding
+    decoder: cmd.CommandDecoder | None = None
     callback_key: int = -1  # "api": the connection's key in the CallbackDecoding,
     callback: callbacks.Decoding | None = None  # and where its bytes go
     pending: list[tuple[int, int, bytes, int]] = field(default_factory=list)
@@ -465,8 +467,9 @@ class _Dispatcher:
     ) -> None:
         if state.callback is not None:  # kind "api"
             state.callback.data(state.callback_key, direction, offset, data, ts)
-        elif state.decoder is not None:
-            self._collect(state, state.decoder.feed(direction, offset, data, ts))
+        elif state.kind == "cmd":
+            decoder = self._command_decoder(conn_id, state)
+            self._collect(state, decoder.feed(direction, offset, data, ts))
         elif state.kind is None:
             state.pending.append((direction, offset, data, ts))
             state.pending_bytes += len(data)
@@ -486,8 +489,9 @@ class _Dispatcher:
             self._decide(conn_id, state, self._kind(state, final=True) or "")
         if state.callback is not None:
             state.callback.gap(state.callback_key, direction, offset, size, ts)
-        elif state.decoder is not None:
-            self._collect(state, state.decoder.gap(direction, offset, size, ts))
+        elif state.kind == "cmd":
+            decoder = self._command_decoder(conn_id, state)
+            self._collect(state, decoder.gap(direction, offset, size, ts))
 
     def on_close(self, conn: Connection) -> None:
         state = self.open.pop(conn.id)
@@ -522,9 +526,7 @@ class _Dispatcher:
 
     def _decide(self, conn_id: str, state: _ConnState, kind: str) -> None:
         state.kind = kind
-        if kind == "cmd":
-            state.decoder = cmd.CommandDecoder(conn_id, midstream=not state.handshake)
-        elif kind == "api":
+        if kind == "api":
             state.callback_key = self._callbacks_opened
             self._callbacks_opened += 1
             controller = self._controller_side(state)
@@ -533,6 +535,12 @@ class _Dispatcher:
         for direction, offset, data, ts in pending:
             if data:
                 self._feed(conn_id, state, direction, offset, data, ts)
+
+    @staticmethod
+    def _command_decoder(conn_id: str, state: _ConnState) -> cmd.CommandDecoder:
+        if state.decoder is None:
+            state.decoder = cmd.CommandDecoder(conn_id, midstream=not state.handshake)
+        return state.decoder
 
     def _controller_side(self, state: _ConnState) -> int | None:
         """The direction the controller sends in, when known before the first request. The

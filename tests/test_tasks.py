@@ -591,3 +591,29 @@ def test_many_command_channels_found_by_content_take_two_reads(
     assert {t.status for t in result.task_records} == {"completed"}
     assert len(result.task_records) == pipeline.MAX_FILTER_PORTS + 9
     assert len(filters) == 2 and filters[1] == pipeline.READ_ALL
+
+
+def test_a_command_decoder_is_made_only_for_a_connection_that_carries_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SYN flood (or a port scan) on a scheduler port made a decoder per SYN, 0.8 KB
+    each, held while the SYN waited for an answer (found in review)."""
+    from crafted_captures import REMOTE_IP, Conv, S, start_answer_only
+
+    from jsdissect.protocol import command
+
+    cap = start_answer_only(closed=True)
+    for n in range(50):
+        Conv(cap, ("10.9.0.1", 30000 + n), (REMOTE_IP, 4455), isn=10_000 + n)._packet(0, "S")
+        cap.advance(S // 100)
+    made = []
+    real = command.CommandDecoder
+
+    def counted(conn: str, midstream: bool = False) -> command.CommandDecoder:
+        made.append(conn)
+        return real(conn, midstream=midstream)
+
+    monkeypatch.setattr(command, "CommandDecoder", counted)
+    result = jsdissect.analyze([cap.write(tmp_path / "flood.pcap")])
+    assert len(made) == 1 and len(result.task_records) == 1
+    assert sum(ch.conn.state == "syn-unanswered" for ch in result.channels) == 50
