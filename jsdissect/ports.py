@@ -339,10 +339,7 @@ def to_text(rep: PortReport) -> str:
     lines += _reuse_lines(rep.reuses)
     lines.append("")
     lines.append("Failed connections:" + ("" if rep.failures else " none"))
-    for f in rep.failures:
-        when = format_time(f.at) if f.at is not None else "?"
-        task = f" task {printable(f.process_id)}" if f.process_id else ""  # as sent
-        lines.append(f"  {when}  {f.what:<20} {f.source} → {f.target}{task}")
+    lines += _failure_lines(rep.failures)
     if any(f.what in ("callback-unanswered", "callback-refused") for f in rep.failures):
         lines.append(
             "  (callback SYN unanswered: a firewall drops it; refused: nothing listens or a"
@@ -358,6 +355,40 @@ def to_text(rep: PortReport) -> str:
 
 
 MAX_REUSE_LINES = 20  # ports listed by `ports`; --json lists every reuse
+# Failures of no task to one target in a row, from this many on, are one line of text (a
+# scan or a SYN flood would fill the screen); --json lists every one.
+MIN_FAILURE_RUN = 3
+
+
+def _failure_lines(failures: Sequence[Failure]) -> list[str]:
+    lines = []
+    start = 0
+    while start < len(failures):
+        first = failures[start]
+        end = start + 1
+        while end < len(failures) and _same_run(first, failures[end]):
+            end += 1
+        if end - start < MIN_FAILURE_RUN:
+            end = start + 1
+        when = format_time(first.at) if first.at is not None else "?"
+        if end - start == 1:
+            task = f" task {printable(first.process_id)}" if first.process_id else ""  # as sent
+            lines.append(f"  {when}  {first.what:<20} {first.source} → {first.target}{task}")
+        else:
+            run = failures[start:end]
+            sources = {f.source for f in run}
+            source = first.source if len(sources) == 1 else f"{len(sources)} sources"
+            last = run[-1].at
+            until = f" until {format_time(last)}" if last is not None else ""
+            lines.append(f"  {when}  {first.what:<20} {source} → {first.target} ×{len(run)}{until}")
+        start = end
+    return lines
+
+
+def _same_run(first: Failure, other: Failure) -> bool:
+    """Another failure of no task like the first, to the same target."""
+    same = (other.what, other.target) == (first.what, first.target)
+    return same and first.process_id is None and other.process_id is None
 
 
 def _reuse_lines(reuses: Sequence[Reuse]) -> list[str]:

@@ -1107,3 +1107,31 @@ def test_health_checks_leave_no_connection_behind_for_the_task_commands(tmp_path
     )
     assert lean == full and [f.what for f in lean.failures] == ["callback-refused"]
     assert CONTROLLER_IP in {u.controller for u in lean.uses}
+
+
+def test_a_run_of_failed_connections_is_one_line_of_text(tmp_path: Path) -> None:
+    # A port scan or a SYN flood on the scheduler port: one line says how many, from how
+    # many sources, from when until when; --json lists each (the text had a line each).
+    from crafted_captures import REMOTE_IP, Capture, Conv, S
+
+    cap = Capture()
+    for n in range(40):
+        conv = Conv(cap, (f"10.9.0.{1 + n % 4}", 30000 + n), (REMOTE_IP, 4455), isn=100 + n)
+        conv._packet(0, "S")
+        conv.seq[0] += 1
+        conv._packet(1, "RA")
+        cap.advance(S // 10)
+    path = cap.write(tmp_path / "scan.pcap")
+    text = _ports(path).stdout
+    failed = text.split("Failed connections:\n")[1].split("\n\n")[0].splitlines()
+    first, last = cap.packets[0].time, cap.packets[-1].time
+    assert len(failed) == 1 and failed[0].split()[1:6] == [
+        "cmd-refused",
+        "4",
+        "sources",
+        "→",
+        f"{REMOTE_IP}:4455",
+    ]
+    assert failed[0].endswith(f"×40 until {report.format_time(int(last * S) - 100)}")
+    assert failed[0].split()[0] == report.format_time(int(first * S))
+    assert len(json.loads(_ports(path, "--json", "-").stdout)["failures"]) == 40
