@@ -4,10 +4,16 @@ in unusual forms, exit codes put as VARIANTs of every integer type, double texts
 no number, a CRLF before a command, NULs and non-ASCII names in callback strings,
 argument lists that break, closes on a command connection of several tasks,
 retransmissions that re-send captured bytes with new ones, a close captured before the
-keep-alive space sent before it, a start never answered, and a start on the SYN. Each
+keep-alive space sent before it, a start never answered, a start on the SYN, and
+callback frames whose length prefix is split with the next frame's head behind it, a
+callback connection that ends inside a frame, closes with kill attributes, and a start
+command too long to hold, XML declarations expat refuses, callback frames whose length
+prefix is corrupt, and many short tasks (for counting the plugin's work). Each
 builder adds whole tasks to a `Capture`."""
 
 from __future__ import annotations
+
+import struct
 
 import jsencode as js
 from crafted_captures import (
@@ -25,6 +31,14 @@ from crafted_captures import (
     rmis_id,
 )
 from jsencode import V
+from pcapfiles import pcap_file
+
+
+def _rmis_created(cb: Conv, rmis: int) -> None:
+    """The callback connection opened, and its RMIS object created (§5.5)."""
+    cb.handshake()
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
 
 
 def _started(cap: Capture, n: int, pid: str) -> tuple[Conv, Conv]:
@@ -220,9 +234,7 @@ def two_tasks_on_one_connection(cap: Capture, second: str) -> None:
         else:
             cmd.lost(SERVER, js.process_answer(answer_time(cap), pid))
         cb = Conv(cap, (REMOTE_IP, 47100 + n), (CONTROLLER_IP, 58100 + n), isn=7_000_000 + n)
-        cb.handshake()
-        cb.send(C, js.create_instance())
-        cb.send(T, js.answer_create_instance(js.ObjRef(rmis_id(n), True, "x")))
+        _rmis_created(cb, rmis_id(n))
         convs.append((cb, n, pid))
     for cb, n, pid in convs:
         released_and_closed(cap, cmd, cb, rmis_id(n), pid, last=False)
@@ -237,9 +249,7 @@ def lost_start_answer_task(cap: Capture) -> None:
     cmd.handshake()
     cmd.send(CLIENT, js.start_remote_task(58200, kind="process"))
     cmd.lost(SERVER, js.process_answer(answer_time(cap), "300003"))
-    cb.handshake()
-    cb.send(C, js.create_instance())
-    cb.send(T, js.answer_create_instance(js.ObjRef(rmis_id(3), True, "x")))
+    _rmis_created(cb, rmis_id(3))
     released_and_closed(cap, cmd, cb, rmis_id(3), "300003")
 
 
@@ -324,7 +334,179 @@ def fast_open_task(cap: Capture, n: int) -> None:
     cb = Conv(cap, (REMOTE_IP, 47000 + n), (CONTROLLER_IP, 58000 + n), isn=1_000_000 * n + 5000)
     cmd.fast_open(js.start_remote_task(58000 + n, kind="process"))
     cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
-    cb.handshake()
+    _rmis_created(cb, rmis_id(n))
+    _finished(cap, cmd, cb, rmis_id(n), pid)
+
+
+def split_prefix_task(cap: Capture, n: int) -> None:
+    """A shell task whose step brings two log calls: the first one's length prefix split
+    after 2 bytes, its rest sent with the first 10 bytes of the second, whose rest follows
+    alone; their answers likewise (the second's prefix split after 3 bytes, its rest sent
+    with the first 6 bytes of the first's answer). Wireshark reassembles the first of each
+    pair up to the end of that middle segment in the first pass, and only up to the second's
+    head in later ones."""
+    pid = f"8300{n:02d}"
+    cmd, cb = _started(cap, n, pid)
+    rmis = rmis_id(n)
+    objs = js.BeginObjects(*[(0x327B23C6 << 32) | (n * 16 + k) for k in range(1, 5)])
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    cb.send(C, js.call(rmis, "begin", objs.args()))
+    cb.send(T, js.answer_value(V(js.VT_BOOL, True)))
+    cb.send(C, js.call(rmis, "step"))
+    first = js.invoke(objs.spooler_log, 14, js.METHOD, [V(js.VT_I4, 0), js.bstr("hello")])
+    second = js.invoke(objs.spooler_log, 14, js.METHOD, [V(js.VT_I4, 0), js.bstr("second")])
+    cb.send(T, first + second[:10], sizes=(2,))
+    cb.send(T, second[10:])
+    to_first, to_second = js.answer_value(V(js.VT_EMPTY)), js.answer_value(V(js.VT_I4, 7))
+    cb.send(C, to_second + to_first[:6], sizes=(3,))
+    cb.send(C, to_first[6:])
+    cb.send(T, js.answer_value(js.bstr('<process.result exit_code="4"/>')))
+    _finished(cap, cmd, cb, rmis, pid)
+
+
+def close_kill_task(cap: Capture, n: int, kill: str | None) -> str:
+    """A task whose callback ended, closed with `kill` as the close's kill attribute (none
+    when None). Returns its process id."""
+    pid = f"8400{n:02d}"
+    cmd, cb = _started(cap, n, pid)
     cb.send(C, js.create_instance())
     cb.send(T, js.answer_create_instance(js.ObjRef(rmis_id(n), True, "x")))
+    cb.send(C, js.release(rmis_id(n)))
+    cb.send(T, js.answer_empty())
+    cb.close(first=C)
+    extra = "" if kill is None else f" kill='{kill}'"
+    cmd.send(CLIENT, f"<remote_scheduler.remote_task.close process_id='{pid}'{extra}/>".encode())
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    cap.advance(S)
+    return pid
+
+
+def ended_inside_a_frame_task(cap: Capture, n: int, how: str) -> None:
+    """A task whose step answer never ends: it announces 50,000,000 bytes and 101 follow,
+    then the task server's FIN (`how` "fin"), the controller's RST ("rst"), or the end of
+    the capture ("capture"; only 2 bytes of the answer's length prefix, after a whole
+    answer in their segment)."""
+    pid = f"8500{n:02d}"
+    cmd, cb = _started(cap, n, pid)
+    rmis = rmis_id(n)
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    cb.send(C, js.call(rmis, "step"))
+    if how == "capture":
+        cb.send(T, js.answer_value(V(js.VT_BOOL, True)))
+        cb.send(C, js.call(rmis, "step"))
+        cb.send(T, js.answer_value(V(js.VT_BOOL, True)) + js.i32(50)[:2])
+        return
+    cb.send(T, js.i32(50_000_000) + b"A" + b"x" * 100)
+    if how == "fin":
+        cb.close(first=T)
+    else:
+        cb._packet(C, "RA")
+    cmd.send(CLIENT, js.remote_task_close(pid))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    cap.advance(S)
+
+
+def oversize_start_task(cap: Capture, n: int, size: int) -> str:
+    """A task whose start command carries a java_classpath of `size` bytes (many jars), in
+    1460-byte segments, answered; its callback, release and close follow. Returns its
+    process id."""
+    pid = f"8600{n:02d}"
+    cmd = Conv(cap, (CONTROLLER_IP, 42000 + n), (REMOTE_IP, 4455), isn=1_000_000 * n)
+    cb = Conv(cap, (REMOTE_IP, 47000 + n), (CONTROLLER_IP, 58000 + n), isn=1_000_000 * n + 5000)
+    cmd.handshake()
+    classpath = ("/opt/lib/x.jar:" * (size // 15 + 1))[:size]
+    start = js.start_remote_task(58000 + n, kind="process", java_classpath=classpath)
+    cmd.send(CLIENT, start, sizes=(1460,) * (len(start) // 1460))
+    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    _rmis_created(cb, rmis_id(n))
     _finished(cap, cmd, cb, rmis_id(n), pid)
+    return pid
+
+
+def many_tasks(count: int) -> bytes:
+    """A pcap of `count` short shell tasks 2 ms apart (start, answer, callback with
+    CreateInstance and Release, close), each on its own connections, callback ports cycling
+    over 1000: one task built, then copied with its ports and process id changed (bytes of
+    the same length; checksums are not checked)."""
+    cap = Capture()
+    cmd = Conv(cap, (CONTROLLER_IP, 20000), (REMOTE_IP, 4455), isn=1000)
+    cb = Conv(cap, (REMOTE_IP, 30000), (CONTROLLER_IP, 59999), isn=9000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59999, kind="process"))
+    cmd.send(SERVER, js.process_answer(answer_time(cap), "100000"))
+    _rmis_created(cb, rmis_id(1))
+    _finished(cap, cmd, cb, rmis_id(1), "100000")
+    template = [(int(p.time * 10**9), bytes(p)) for p in cap.packets]
+    frames = []
+    for i in range(count):
+        port = 59999 - i % 1000
+        ports = {20000: 20000 + i, 30000: 30000 + i, 59999: port}
+        for ns, raw in template:
+            data = bytearray(raw)
+            for at in (34, 36):  # the TCP ports (Ethernet, IPv4 without options)
+                (old,) = struct.unpack_from(">H", data, at)
+                struct.pack_into(">H", data, at, ports.get(old, old))
+            data = bytes(data).replace(b'tcp_port="59999"', b'tcp_port="%d"' % port)
+            data = data.replace(b"100000", b"%d" % (100000 + i))
+            frames.append((ns + i * 2_000_000, data, len(data)))
+    return pcap_file(1, frames)
+
+
+def bad_declaration_task(cap: Capture, n: int, where: str) -> str:
+    """A whole shell task whose start command (`where` "start": its encoding name does not
+    begin with a letter) or close answer ("close answer": `v.rsion`) has an XML declaration
+    expat refuses. Returns its process id."""
+    pid = f"8700{n:02d}"
+    cmd = Conv(cap, (CONTROLLER_IP, 42000 + n), (REMOTE_IP, 4455), isn=1_000_000 * n)
+    cb = Conv(cap, (REMOTE_IP, 47000 + n), (CONTROLLER_IP, 58000 + n), isn=1_000_000 * n + 5000)
+    cmd.handshake()
+    start = js.start_remote_task(58000 + n, kind="process")
+    if where == "start":
+        start = start.replace(b'encoding="ISO-8859-1"', b'encoding="9SO-8859-1"', 1)
+    cmd.send(CLIENT, start)
+    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    _rmis_created(cb, rmis_id(n))
+    cb.send(C, js.release(rmis_id(n)))
+    cb.send(T, js.answer_empty())
+    cb.close(first=C)
+    cmd.send(CLIENT, js.remote_task_close(pid))
+    answer = js.ok_answer(answer_time(cap))
+    if where == "close answer":
+        answer = answer.replace(b"<?xml version=", b"<?xml v.rsion=", 1)
+    cmd.send(SERVER, answer)
+    cmd.close()
+    cap.advance(S)
+    return pid
+
+
+def corrupt_length_task(cap: Capture, n: int, which: str) -> str:
+    """A whole shell task with one corrupt byte in a callback frame's length prefix, no
+    byte lost: the step answer's first byte 0x12 (`which` "over the bound": more than
+    64 MiB) or 0x7f ("past any peer": more than 1000 MiB), or the step call's last length
+    byte raised by 0x80 ("too long": 128 bytes more than sent, and the task server answers
+    it). Returns its process id."""
+    pid = f"8800{n:02d}"
+    cmd, cb = _started(cap, n, pid)
+    rmis = rmis_id(n)
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    step = js.call(rmis, "step")
+    if which == "too long":
+        step = step[:3] + bytes([step[3] + 0x80]) + step[4:]
+    cb.send(C, step)
+    answer = js.answer_value(js.bstr('<process.result exit_code="3"/>'))
+    if which != "too long":
+        answer = bytes([0x12 if which == "over the bound" else 0x7F]) + answer[1:]
+    cb.send(T, answer)
+    cb.send(C, js.release(rmis))
+    cb.send(T, js.answer_empty())
+    cb.close(first=C)
+    cmd.send(CLIENT, js.remote_task_close(pid))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    cap.advance(S)
+    return pid

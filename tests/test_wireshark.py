@@ -385,7 +385,10 @@ def test_command_channel_fields(crafted: dict[str, Crafted]) -> None:
     closes = _messages(
         run, "jobscheduler", **{"jobscheduler.command": "remote_scheduler.remote_task.close"}
     )
-    assert [m.get("jobscheduler.kill") for m in closes] == ["0", "0", "0", "1"]
+    # only on the close that kills (found in review: False on every close, so that
+    # `-Y jobscheduler.kill` matched them all)
+    assert [m.get("jobscheduler.kill") for m in closes] == [None, None, None, "1"]
+    assert [m.get("jobscheduler.kill") for m in kill] == ["1"]
     spaces = [
         int(m.get("jobscheduler.keepalive.spaces") or 0)
         for m in _messages(run, "jobscheduler", **{"jobscheduler.message": "3"})

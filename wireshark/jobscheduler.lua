@@ -342,26 +342,34 @@ local function quote(s)
     return '"' .. s:gsub("[%c]", " ") .. '"'
 end
 
--- Capture time in whole microseconds (DESIGN "Exact times"). The state keeps the value
--- pinfo.abs_ts gives (a double: within 0.12 µs, available in every pass); the exact value
--- from frame.time_epoch, there only when a tree is built, is learnt per frame in the
--- postdissector and replaces it when the task table is written.
+-- Capture time in whole microseconds (DESIGN "Exact times": nanoseconds truncated). The
+-- exact value comes from frame.time_epoch, there only when a tree is built (a display
+-- filter, the GUI); else the state keeps the value pinfo.abs_ts gives (a double: within
+-- 0.24 µs), and the exact value, learnt per frame in the postdissector of a later pass
+-- that has a tree, replaces it when the task table is written. (A double cannot tell
+-- frames less than about 0.24 µs apart: in a nanosecond capture two such frames on
+-- either side of a microsecond boundary keep the same value, and the later one may be
+-- written 1 µs early. With a tree in the first pass every time is exact.)
 local f_time_epoch = Field.new("frame.time_epoch")
 -- (one table: the main chunk is near Lua's limit of 200 local variables)
 local TCP_FIELDS = {
     len = Field.new("tcp.len"), stream = Field.new("tcp.stream"), seq = Field.new("tcp.seq_raw"),
+    ack = Field.new("tcp.ack_raw"),
 }
-
-local function frame_us(pinfo)
-    local t = pinfo.abs_ts
-    local s = math.floor(t)
-    return s * 1000000 + math.floor((t - s) * 1000000 + 0.125)
-end
 
 local function exact_frame_us()
     local fi = f_time_epoch()
     if fi == nil then return nil end
     return fi.value.secs * 1000000 + math.floor(fi.value.nsecs / 1000)
+end
+
+-- `from_double`: the value from pinfo.abs_ts even when the exact one is known.
+local function frame_us(pinfo, from_double)
+    local exact = not from_double and exact_frame_us()
+    if exact then return exact end
+    local t = pinfo.abs_ts
+    local s = math.floor(t)
+    return s * 1000000 + math.floor((t - s) * 1000000 + 0.125)
 end
 
 local function us_nstime(us)
@@ -413,7 +421,8 @@ local records     -- per-message facts decided on the first pass, by message key
 local frame_conn  -- frame number -> connection record (first pass)
 local incomplete  -- frame number -> frames not completely captured that begin there
 local rests       -- frame number -> its first bytes that end a frame not completely captured
-local exact_us    -- time as kept (from pinfo.abs_ts) -> exact time, where they differ
+local exact_us    -- time as kept (from pinfo.abs_ts) -> exact time, where they differ;
+                  -- `rounded`: a first-pass time was kept so (no tree there)
 local watched     -- callback port -> true: announced in a start command
 local candidates  -- connections that may be callbacks: to a watched port, or this protocol
 local capture_end -- latest capture time seen (µs)
@@ -432,6 +441,10 @@ end
 
 local function reset_state()
     conns, tasks, records, frame_conn, watched, incomplete = {}, {}, {}, {}, {}, {}
+    -- the started tasks that may still take a callback, in start order: by the callback
+    -- port (match_callback) and by address and port (apply_command), so that neither scans
+    -- every task (fields of `tasks`: the main chunk is at Lua's limit of 200 locals)
+    tasks.by_port, tasks.by_target = {}, {}
     candidates = {}
     rests = {}
     exact_us = {}
@@ -536,8 +549,18 @@ end
 -- exact controller address first, then the same port from the task's remote (NAT).
 local function match_callback(conn, controller_ip, port, source_ip, when)
     local chosen, exact
+    -- only started tasks with this callback port can match (tasks.by_port, in start
+    -- order); those that never can again are dropped: a failed start, a callback taken
+    -- for good (exactly, or translated and already spoken on)
+    local waiting = {}
+    for _, t in ipairs(tasks.by_port[port] or {}) do
+        if not t.start_failed and (t.callback == nil or waits_for_exact(t)) then
+            waiting[#waiting + 1] = t
+        end
+    end
+    tasks.by_port[port] = waiting
     for pass = 1, 2 do
-        for _, t in ipairs(tasks) do
+        for _, t in ipairs(waiting) do
             local free = t.callback == nil or (pass == 1 and waits_for_exact(t))
             if free and t.start_seen and not t.start_failed
                 and t.callback_port == port and t.start_sent <= when then
@@ -628,7 +651,8 @@ local function be32(raw, i)
 end
 
 -- The TCP payload's length on the wire: the IP header's length less the headers (IPv4
--- with options; IPv6 without extension headers, else nil).
+-- with options; IPv6 with its extension headers: hop-by-hop options, routing, fragment,
+-- destination options, authentication), else nil.
 local function tcp_payload_len(raw, h)
     local doff = math.floor(raw:byte(h + 12) / 16) * 4
     for ihl = 5, 15 do
@@ -638,9 +662,23 @@ local function tcp_payload_len(raw, h)
             return raw:byte(i + 2) * 256 + raw:byte(i + 3) - ihl * 4 - doff
         end
     end
-    local i = h - 40
-    if i >= 1 and math.floor(raw:byte(i) / 16) == 6 and raw:byte(i + 6) == 6 then
-        return raw:byte(i + 4) * 256 + raw:byte(i + 5) - doff
+    -- IPv6: the fixed header whose chain of extension headers ends at the TCP header
+    for i = h - 40, 1, -8 do
+        if math.floor(raw:byte(i) / 16) == 6 then
+            local nxt, at = raw:byte(i + 6), i + 40
+            while at < h and (nxt == 0 or nxt == 43 or nxt == 44 or nxt == 60 or nxt == 51) do
+                local size = (raw:byte(at + 1) + 1) * 8       -- in 8 bytes, less one
+                if nxt == 44 then
+                    size = 8                                    -- fragment: fixed
+                elseif nxt == 51 then
+                    size = (raw:byte(at + 1) + 2) * 4           -- AH: in 4 bytes, less two
+                end
+                nxt, at = raw:byte(at), at + size
+            end
+            if nxt == 6 and at == h then
+                return raw:byte(i + 4) * 256 + raw:byte(i + 5) - (h - i - 40) - doff
+            end
+        end
     end
     return nil
 end
@@ -734,6 +772,9 @@ local function track_tcp(tvb, pinfo, now)
     end
     if from_server then conn.server_spoke = true end
     if fin and from_server then conn.server_fin = true end
+    if fin or rst then  -- (the postdissector ends a callback frame it leaves unfinished)
+        conn.end_frame, conn.end_rst = pinfo.number, rst
+    end
     if (fin or rst) and conn.closed == nil then
         conn.closed = now
         conn.closed_by_fin = (fin and not rst) and { addr = src, port = sport } or nil
@@ -749,9 +790,11 @@ end
 ---------------------------------------------------------------------------------------------
 
 -- Where the first pass keeps each message's facts for later passes: frame, tvb (a
--- reassembled tvb has offset 0, a remainder is a sub-tvb of the frame), offset, length.
+-- reassembled tvb has offset 0, a remainder is a sub-tvb of the frame), offset. Not the
+-- tvb's length: a reassembly that ends inside a segment that also begins the next message
+-- is the whole segment in the first pass, and only up to that next message in later ones.
 local function message_key(pinfo, tvb, off)
-    return pinfo.number .. ":" .. tvb:offset() .. ":" .. off .. ":" .. tvb:len()
+    return pinfo.number .. ":" .. tvb:offset() .. ":" .. off
 end
 
 local function direction(pinfo)
@@ -828,6 +871,7 @@ end
 function Stream.note(s, frame, seq, at, captured, wire, now)
     if s.base == nil then s.base = seq end
     local from = Stream.offset(s, seq)
+    if captured < wire or from > s.top then s.lossy = true end  -- bytes not captured
     Stream.add(s, from, from + captured, now)
     if from + wire > s.top then s.top = from + wire end
     local a = s.anchor
@@ -1106,6 +1150,54 @@ local function request_end(s)
     return nil
 end
 
+-- §3.1 Xml_end_finder that resumes where the last piece ended, as jsdissect's EndFinder:
+-- a command longer than MAX_DOCUMENT is not reassembled but followed to its end, segment
+-- by segment. `st`: { non_xml, depth, slash, state: "out", "lt" (after a `<`), "start",
+-- "end", "special" (inside a tag) }. The index in `s`, from `i` on, of the byte that
+-- completes the command, or nil.
+function TEXT.end_scan(st, s, i)
+    local n = #s
+    while i <= n do
+        if st.state == "out" then
+            local j = s:find(st.non_xml and "[<\n]" or "<", i)
+            if j == nil then return nil end
+            if s:byte(j) == 0x0A then return j end
+            st.state, i = "lt", j + 1
+        elseif st.state == "lt" then
+            local b = s:byte(i)
+            if b == 0 then
+                i = i + 1
+            elseif b == 0x2F then
+                st.state, i = "end", i + 1
+            elseif is_letter(b) then
+                st.state, st.slash, i = "start", false, i + 1
+            else
+                st.state = "special"  -- `<?…>`, `<!…>`: not counted; this byte may be the `>`
+            end
+        else
+            local j = s:find(">", i, true)
+            if st.state == "start" then  -- the last byte before the `>` but NULs: a `/`?
+                local k = (j or n + 1) - 1
+                while k >= i and s:byte(k) == 0 do k = k - 1 end
+                if k >= i then st.slash = s:byte(k) == 0x2F end
+            end
+            if j == nil then return nil end
+            local tag = st.state
+            st.state = "out"
+            if tag == "start" and st.slash then
+                if st.depth == 0 then return j end
+            elseif tag == "start" then
+                st.depth = st.depth + 1
+            elseif tag == "end" then
+                st.depth = math.max(st.depth - 1, 0)
+                if st.depth == 0 then return j end
+            end
+            i = j + 1
+        end
+    end
+    return nil
+end
+
 -- §3.2/§3.4: whether an answer (without its NUL) is one whole XML document: a tag first,
 -- tags that balance (quoted values may hold `>`), comments, CDATA and processing
 -- instructions skipped whole, nothing after the root but blanks, comments and processing
@@ -1313,8 +1405,9 @@ local function new_cmd_task(conn, client_addr, client_port)
     return t
 end
 
+-- §3.6.3 kill='yes' as the default engine reads it (blanks around the value ignored)
 local function truthy(v)
-    v = (v or ""):lower()
+    v = (v or ""):match("^%s*(.-)%s*$"):lower()
     return v == "yes" or v == "true" or v == "1"
 end
 
@@ -1343,13 +1436,24 @@ local function apply_command(conn, pinfo, el, sent, src, sport)
         t.callback_port = tonumber((el.attrs.tcp_port or ""):match("^%s*(%d+)%s*$") or "")
         t.kind = el.attrs.kind == "process" and "shell" or "api"
         t.expected_ip = el.attrs.ip_address or src
-        -- a later start for the same controller port ends earlier windows (§7.2)
-        for _, other in ipairs(tasks) do
-            if other ~= t and other.callback == nil and other.callback_port == t.callback_port
-                and other.expected_ip == t.expected_ip
-                and (other.window_end == nil or other.window_end > sent) then
-                other.window_end = sent
+        -- a later start for the same controller port ends earlier windows (§7.2): those of
+        -- the started tasks to that address and port still without a callback (a failed
+        -- start's window counts for nothing)
+        local target = tostring(t.expected_ip) .. "|" .. tostring(t.callback_port)
+        local open = {}
+        for _, other in ipairs(tasks.by_target[target] or {}) do
+            if other.callback == nil and not other.start_failed then
+                if other.window_end == nil or other.window_end > sent then
+                    other.window_end = sent
+                end
+                open[#open + 1] = other
             end
+        end
+        open[#open + 1] = t
+        tasks.by_target[target] = open
+        if t.callback_port then
+            tasks.by_port[t.callback_port] = tasks.by_port[t.callback_port] or {}
+            table.insert(tasks.by_port[t.callback_port], t)
         end
         if t.callback_port then
             local addr = pinfo.src
@@ -1408,17 +1512,17 @@ local function apply_cmd_answer(conn, pinfo, parts, began, done)
     rec.request = req
     rec.task = req and req.task or cs.tasks[#cs.tasks]
     local command = req and req.name
-    if req == nil and not parts.error and parts.name == "process" then
+    if req then req.response = rec end
+    if (req == nil or req.lost) and not parts.error and parts.name == "process" then
         -- only a start is answered with a <process> (§3.6.1): the capture began between
-        -- the start and its answer; a partial row with what it tells (as correlate)
+        -- the start and its answer, or did not get the start whole; a partial row with
+        -- what it tells (as correlate)
         rec.task, command = new_cmd_task(conn, tostring(pinfo.dst), pinfo.dst_port), START
-    elseif req == nil then
-        return rec
-    else
-        req.response = rec
+    elseif req == nil or req.lost then
+        return rec  -- what it answers is unknown: it changes no task (as correlate)
     end
     local t = rec.task
-    if t == nil or (req and req.task == nil) then return rec end
+    if t == nil or (req and not req.lost and req.task == nil) then return rec end
     if parts.error then add_error(t, done, parts.error.attrs.code, parts.error.attrs.text) end
     if command == START then
         t.start_answered = done
@@ -1506,7 +1610,8 @@ local function dissect_command(tvb, off, doc, pinfo, tree, rec)
         if a.process_id then item:add(F.process_id, range, a.process_id) end
         if el.name == CLOSE then
             item:add(F.close, true):set_generated()
-            item:add(F.kill, truthy(a.kill)):set_generated()
+            -- only on a close that kills: `-Y jobscheduler.kill` finds the kills
+            if truthy(a.kill) then item:add(F.kill, true):set_generated() end
             info = info .. " process_id=" .. tostring(a.process_id)
                 .. (a.kill and (" kill=" .. a.kill) or "")
         else
@@ -1693,6 +1798,27 @@ local function dissect_cmd(tvb, pinfo, tree)
     while off < len do
         local key = message_key(pinfo, tvb, off)
         local rec = records[key]
+        if first_pass and rec == nil and from_client and cs.oversize then
+            -- the rest of a command longer than MAX_DOCUMENT, up to its end
+            local stop = TEXT.end_scan(cs.oversize, raw, off + 1)
+            if stop then cs.oversize = nil end
+            rec = { kind = 1, oversize_rest = true, used = (stop or len) - off,
+                frame = pinfo.number, task = cs.tasks[#cs.tasks] }
+            records[key] = rec
+        end
+        if rec and rec.oversize_rest then
+            local item = tree:add(p_cmd, tvb(off, rec.used))
+            item:add(F.segment, tvb(off, rec.used))
+            item:set_text("JobScheduler Remote Execution [rest of a command larger than "
+                .. MAX_DOCUMENT .. " bytes]")
+            add_process_id(item, rec.task)
+            set_column(pinfo, "JobScheduler", "[rest of a command too long]")
+            off = off + rec.used
+            rec = nil
+            key = message_key(pinfo, tvb, off)
+            if off < len then rec = records[key] end
+        end
+        if off >= len then break end
         if first_pass and rec == nil and not from_client and cs.lost then
             -- after an answer not completely captured: its rest, up to the NUL, unless
             -- the bytes begin like an answer (the loss took that answer's end)
@@ -1742,6 +1868,14 @@ local function dissect_cmd(tvb, pinfo, tree)
                     if from_client then
                         rec = lose_command(conn, pinfo.number,
                             Stream.sent(stream, base, cont, off, now))
+                        if len - off > MAX_DOCUMENT and tvb:reported_len() == len then
+                            -- too long to hold, but whole: followed to its end, where the
+                            -- next command begins (as jsdissect's command decoder)
+                            rec.oversize = true
+                            cs.oversize = { non_xml = raw:byte(off + 1) ~= 0x3C, depth = 0,
+                                state = "out" }
+                            if TEXT.end_scan(cs.oversize, raw, off + 1) then cs.oversize = nil end
+                        end
                     else
                         rec = lose_answer(conn, pinfo.number, true)
                     end
@@ -1755,7 +1889,11 @@ local function dissect_cmd(tvb, pinfo, tree)
                     local item = tree:add(p_cmd, tvb(off))
                     item:add(F.segment, tvb(off))
                     add_process_id(item, cs.tasks[#cs.tasks])
-                    if rec and rec.lost then
+                    if rec and rec.oversize then
+                        item:add_proto_expert_info(E.cmd_malformed,
+                            "Command larger than " .. MAX_DOCUMENT .. " bytes")
+                        set_column(pinfo, "JobScheduler", "command too long")
+                    elseif rec and rec.lost then
                         item:add_proto_expert_info(E.cmd_malformed,
                             "Command not completely captured")
                         set_column(pinfo, "JobScheduler", "incomplete command")
@@ -1779,7 +1917,19 @@ local function dissect_cmd(tvb, pinfo, tree)
             else
                 local doc = raw:sub(off + 1, off + doc_len)
                 if first_pass and rec == nil then
-                    if from_client then
+                    local refused = used > MAX_DOCUMENT
+                        and ((from_client and "Command" or "Answer") .. " larger than "
+                            .. MAX_DOCUMENT .. " bytes")
+                        or TEXT.XML.decl_problem(doc)
+                    if refused then  -- as jsdissect: a decode error, it tells nothing
+                        if from_client then
+                            rec = lose_command(conn, pinfo.number,
+                                Stream.sent(stream, base, cont, off, now))
+                        else
+                            rec = lose_answer(conn, pinfo.number, false)
+                        end
+                        rec.refused = refused
+                    elseif from_client then
                         rec = apply_command(conn, pinfo, command_element(doc),
                             Stream.sent(stream, base, cont, off, now), src, pinfo.src_port)
                     elseif whole_document(doc) then
@@ -1792,11 +1942,17 @@ local function dissect_cmd(tvb, pinfo, tree)
                     records[key] = rec
                 end
                 local info
-                if from_client then
+                if rec and rec.refused and from_client then
+                    local item = tree:add(p_cmd, tvb(off, used))
+                    item:add(F.segment, tvb(off, used))
+                    add_process_id(item, rec.task)
+                    item:add_proto_expert_info(E.cmd_malformed, rec.refused)
+                    info = "malformed command"
+                elseif from_client then
                     info = dissect_command(tvb, off, doc, pinfo, tree, rec)
                 elseif rec and rec.lost then
-                    info = dissect_lost_answer(tvb, off, used, pinfo, tree, rec,
-                        "Not a whole answer document (bytes not captured?)")
+                    info = dissect_lost_answer(tvb, off, used, pinfo, tree, rec, rec.refused
+                        or "Not a whole answer document (bytes not captured?)")
                 else
                     info = dissect_answer(tvb, off, doc, used, pinfo, tree, rec)
                 end
@@ -2831,6 +2987,23 @@ function TEXT.XML.decl(d, after)
     if i ~= stop then X.fail(X.BAD_DECL, i) end
 end
 
+-- §3.1, §3.4: jsdissect reads commands and answers with expat too, which refuses a
+-- document whose XML declaration is not well-formed (`<?xml v.rsion=…`, an encoding name
+-- that does not begin with a letter): nil when there is none or it is well-formed, else
+-- expat's complaint.
+function TEXT.XML.decl_problem(doc)
+    local X = TEXT.XML
+    if doc:sub(1, 5) ~= "<?xml" then return nil end
+    local d = { s = doc, n = #doc, start = 1 }
+    local ok, err = pcall(function()
+        local kind, after = X.pi(d, 1)
+        if kind == "decl" then X.decl(d, after) end
+    end)
+    if ok then return nil end
+    if type(err) ~= "table" or err.xml == nil then error(err, 0) end
+    return err.xml
+end
+
 -- Before the root element (prologProcessor): the index of its `<`.
 function TEXT.XML.prolog(d)
     local X = TEXT.XML
@@ -3534,7 +3707,40 @@ function Rest.track(conn, pinfo, seq, len, now)
     if ahead == 0 or ahead >= SEQ_MOD / 2 then return end
     r.hi = hi
     r.p.t_done = now
+    r.p.have = (r.p.have or 0) + ahead
     if m and m.incomplete then m.t_done = now end
+end
+
+-- The connection ended (its FIN or RST in the first pass; or, seen from a later pass, the
+-- capture) with a frame of direction `dir` still unfinished: as the default engine has
+-- it, a decode error where the frame began, and nothing else (its request is not opened,
+-- its answer answers nothing). Returns its record.
+function Rest.ended(conn, dir)
+    local p = conn.pending[dir]
+    if p == nil or p.peek == nil then return nil end  -- (a callback frame's, not a command's)
+    conn.pending[dir] = nil
+    if conn.rest then conn.rest[dir] = nil end
+    if records[p.key] then return records[p.key] end
+    local m = {
+        ended = true, incomplete = true, frame = p.frame, t = p.t, t_done = p.t_done or p.now,
+        reason = string.format("connection ended inside a frame (%d of %s bytes)",
+            p.have or 0, tostring(p.need or "?")),
+    }
+    records[p.key] = m
+    incomplete[p.frame] = incomplete[p.frame] or {}
+    table.insert(incomplete[p.frame], m)
+    return m
+end
+
+-- Whether the ACK of the frame being dissected acknowledges bytes of direction `dir` past
+-- the last one captured (they were lost); nil when not known (no tree in the first pass,
+-- or bytes of the direction were not captured before).
+function Rest.acked_past(conn, dir)
+    local ack = TCP_FIELDS.ack()
+    local s = conn.streams and conn.streams[dir]
+    if ack == nil or s == nil or s.base == nil or s.lossy then return nil end
+    local ahead = (ack.value - (s.base + s.top)) % SEQ_MOD
+    return ahead > 0 and ahead < SEQ_MOD / 2
 end
 
 -- What the captured head of a frame tells when the rest of it never arrives.
@@ -3587,6 +3793,14 @@ end
 
 -- The protocol item of a frame not completely captured, with what is known of it.
 local function show_incomplete(item, conn, m)
+    if m.ended then
+        item:add(FA.first_byte, us_nstime(exact_time(m.t))):set_generated()
+        item:add(FA.last_byte, us_nstime(exact_time(m.t_done))):set_generated()
+        add_process_id(item, conn.task)
+        item:add_proto_expert_info(EA.malformed, m.reason)
+        item:set_text("JobScheduler Object Server [" .. m.reason .. "]")
+        return
+    end
     item:add(FA.class, m.cls):set_generated()
     item:add(FA.last_byte, us_nstime(exact_time(m.t_done))):set_generated()
     if m.sender then item:add(FA.sender, m.sender):set_generated() end
@@ -3631,10 +3845,15 @@ local function dissect_api(tvb, pinfo, tree)
         stream = Stream.of(conn, dir)
         base = Stream.base(stream, tvb)
         -- the peer speaks: a frame of the other direction still pending was complete on
-        -- the wire, so its missing bytes were not captured
+        -- the wire, so its missing bytes were not captured; unless this segment's ACK (when
+        -- a tree tells it) shows the peer got no byte past those captured: then nothing
+        -- was lost, the frame is longer than it was meant to be (a corrupt length), and
+        -- waits for its bytes as jsdissect's decoder waits
         local other = conn.pending[3 - dir]
-        if other then abandon_frame(conn, as, other) end
-        conn.pending[3 - dir] = nil
+        if other and Rest.acked_past(conn, 3 - dir) ~= false then
+            abandon_frame(conn, as, other)
+            conn.pending[3 - dir] = nil
+        end
         cont = conn.pending[dir]
         conn.pending[dir] = nil
         local continued = cont and len >= (cont.need or 0)
@@ -3657,11 +3876,42 @@ local function dissect_api(tvb, pinfo, tree)
         set_column(pinfo, "JS-API", "[rest of a frame not completely captured]")
     end
     while off < len do
+        -- after a frame start announcing a length past the bound: bytes read past (a frame
+        -- over the bound), or none decoded any more (framing lost), as jsdissect
+        local unframed_key = message_key(pinfo, tvb, off) .. ":unframed"
+        local u = first_pass and as.unframed and as.unframed[dir]
+        if u then
+            local used = math.min(u.left or len, len - off)
+            if u.left then u.left = u.left - used end
+            if u.left == 0 then as.unframed[dir] = nil end
+            records[unframed_key] = { used = used, lost = u.left == nil }
+        end
+        local skipped = records[unframed_key]
+        if skipped then
+            local item = tree:add(p_api, tvb(off, skipped.used))
+            item:add(FA.segment, tvb(off, skipped.used))
+            local what = skipped.lost and "not decoded: framing lost"
+                or "rest of a frame over the sanity bound, not decoded"
+            item:set_text("JobScheduler Object Server [" .. what .. "]")
+            add_process_id(item, conn.task)
+            set_column(pinfo, "JS-API", "[" .. what .. "]")
+            off = off + skipped.used
+            if off >= len then break end
+        end
         local avail = len - off
         local flen = avail >= 4 and tvb(off, 4):uint() or nil
         local bad
         if flen ~= nil and (flen == 0 or flen > MAX_FRAME) then
+            -- no peer sends 0 or more than 1000 MiB (§5.1, C++ max_message_size): no frame
+            -- length, framing is lost; up to that, a frame too long to hold is read past.
+            -- (Where bytes of the direction were not captured, it may be no frame start:
+            -- the next segment is tried.)
+            local lost = flen == 0 or flen > 1048576000
             bad = "announced length " .. flen .. " (sanity bound " .. MAX_FRAME .. ")"
+            if first_pass and not stream.lossy and tvb:reported_len() == len then
+                as.unframed = as.unframed or {}
+                as.unframed[dir] = { left = not lost and 4 + flen - avail or nil }
+            end
         elseif avail >= 5 and not API_CLASSES[tvb(off + 4, 1):uint()] then
             bad = string.format("message class 0x%02x", tvb(off + 4, 1):uint())
         end
@@ -3686,7 +3936,7 @@ local function dissect_api(tvb, pinfo, tree)
                 local peek = peek_frame(tvb, off)
                 local pending = {
                     t = Stream.sent(stream, base, cont, off, now), frame = pinfo.number,
-                    key = key, peek = peek,
+                    key = key, peek = peek, have = avail, now = now,
                     head = tvb:raw(off, math.min(avail, 16)), need = flen and (4 + flen),
                     sender = peek.cls and sender_of(conn, as, pinfo, src, pinfo.src_port,
                         peek.cls, peek.cmd),
@@ -3699,6 +3949,10 @@ local function dissect_api(tvb, pinfo, tree)
                 end
             end
             local rec = records[key]
+            local p = conn.pending[dir]
+            if rec == nil and not first_pass and p and p.key == key then
+                rec = Rest.ended(conn, dir)  -- the capture ended inside it
+            end
             if rec and rec.incomplete then show_incomplete(item, conn, rec) end
             if rec == nil or not rec.incomplete then add_process_id(item, conn.task) end
             if truncated then
@@ -3864,6 +4118,12 @@ local function post_dissector(tvb, pinfo, tree)
             Stream.note(Stream.of(c, direction(pinfo)), pinfo.number, c.seg_seq, c.seg_at,
                 captured, c.seg_len, now)
         end
+        if c and c.channel == "api" and c.end_frame == pinfo.number then
+            -- no more bytes in the direction of the FIN, nor in either after an RST
+            for d = 1, 2 do
+                if c.end_rst or d == direction(pinfo) then Rest.ended(c, d) end
+            end
+        end
     end
     local conn = frame_conn[pinfo.number]
     if conn ~= nil then
@@ -3871,13 +4131,23 @@ local function post_dissector(tvb, pinfo, tree)
             local fi = TCP_FIELDS.stream()
             if fi then conn.stream = fi.value end
         end
-        local kept, exact = frame_us(pinfo), exact_frame_us()
-        if exact and exact ~= kept then exact_us[kept] = exact end
+        -- the first pass kept the exact time, or else the double's: then learn the exact
+        -- one for that (when kept times are exact, a double's value may be another frame's
+        -- exact time, and must not be mapped)
+        local kept, exact = frame_us(pinfo, true), exact_frame_us()
+        if now and exact == nil then exact_us.rounded = true end
+        if exact_us.rounded and exact and exact ~= kept then exact_us[kept] = exact end
     end
     if last_main_frame == pinfo.number then return end
     if conn == nil or conn.channel == nil then return end
     local tl = TCP_FIELDS.len()
     if tl == nil or tl.value == 0 then return end
+    if not now and conn.channel == "api" then  -- later pass: the capture ended inside it
+        for d = 1, 2 do
+            local p = conn.pending[d]
+            if p and p.frame == pinfo.number then Rest.ended(conn, d) end
+        end
+    end
     if incomplete[pinfo.number] then
         -- a frame of the dialog whose other bytes were never captured (TCP does not hand
         -- this segment to the dissector again)
@@ -3970,12 +4240,35 @@ do
             if a.when ~= b.when then return a.when < b.when end
             return a.source.port < b.source.port
         end)
+        -- per controller port, in that order: a task looks only at those of its window
+        local by_port = {}
+        for _, e in ipairs(entries) do
+            by_port[e.target.port] = by_port[e.target.port] or {}
+            table.insert(by_port[e.target.port], e)
+        end
+        local function in_window(t)
+            local list = by_port[t.callback_port] or {}
+            local lo, hi = 1, #list + 1  -- the first entry at or after the start
+            while lo < hi do
+                local mid = math.floor((lo + hi) / 2)
+                if list[mid].when < t.start_sent then lo = mid + 1 else hi = mid end
+            end
+            local out = {}
+            for i = lo, #list do
+                if list[i].when > window_end[t] then break end
+                out[#out + 1] = list[i]
+            end
+            return out
+        end
         for pass = 1, 2 do
             for _, t in ipairs(waiting) do
                 local cb = t.callback
                 if cb and not taken[cb] and (pass == 1) == not t.translated then
-                    local eligible = {}
-                    for _, e in ipairs(entries) do
+                    -- a note names 5 other candidates at most, as correlate's (a port
+                    -- scan in the window would fill it): one more tells there are more
+                    local noted, eligible = 5, {}
+                    for _, e in ipairs(in_window(t)) do
+                        if #eligible > noted + 1 then break end
                         if e.when >= t.start_sent and e.when <= window_end[t]
                             and not taken[e.conn]
                             and e.target.port == t.callback_port
@@ -3986,9 +4279,17 @@ do
                     end
                     if #eligible > 1 and eligible[1] == cb then
                         local others = {}
-                        for i = 2, #eligible do others[i - 1] = tostring(eligible[i].stream) end
-                        notes[t] = { "earliest of " .. #eligible
-                            .. " candidate callbacks (also " .. table.concat(others, ", ") .. ")" }
+                        for i = 2, math.min(#eligible, noted + 1) do
+                            others[i - 1] = tostring(eligible[i].stream)
+                        end
+                        local also = table.concat(others, ", ")
+                        if #eligible > noted + 1 then
+                            notes[t] = { "earliest of over " .. (noted + 1)
+                                .. " candidate callbacks (also " .. also .. ", …)" }
+                        else
+                            notes[t] = { "earliest of " .. #eligible
+                                .. " candidate callbacks (also " .. also .. ")" }
+                        end
                     end
                     taken[cb] = true
                 end
