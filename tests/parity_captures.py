@@ -41,13 +41,15 @@ def _rmis_created(cb: Conv, rmis: int) -> None:
     cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
 
 
-def _started(cap: Capture, n: int, pid: str) -> tuple[Conv, Conv]:
-    """A shell task `n` started and answered (`pid`), its callback connected."""
+def _started(cap: Capture, n: int, pid: str, answer_lost: bool = False) -> tuple[Conv, Conv]:
+    """A shell task `n` started and answered (`pid`; `answer_lost`: the capture lost the
+    answer, the controller's ACK of it shows it was sent), its callback connected."""
     cmd = Conv(cap, (CONTROLLER_IP, 42000 + n), (REMOTE_IP, 4455), isn=1_000_000 * n)
     cb = Conv(cap, (REMOTE_IP, 47000 + n), (CONTROLLER_IP, 58000 + n), isn=1_000_000 * n + 5000)
     cmd.handshake()
     cmd.send(CLIENT, js.start_remote_task(58000 + n, kind="process"))
-    cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
+    answer = js.process_answer(answer_time(cap), pid)
+    (cmd.lost if answer_lost else cmd.send)(SERVER, answer)
     cb.handshake()
     return cmd, cb
 
@@ -244,12 +246,9 @@ def two_tasks_on_one_connection(cap: Capture, second: str) -> None:
 def lost_start_answer_task(cap: Capture) -> None:
     """Task 300003, whose start answer the capture lost (the controller's ACK of it shows
     it was sent), and which otherwise runs and ends normally."""
-    cmd = Conv(cap, (CONTROLLER_IP, 42200), (REMOTE_IP, 4455), isn=8_000_000)
-    cb = Conv(cap, (REMOTE_IP, 47200), (CONTROLLER_IP, 58200), isn=8_000_001)
-    cmd.handshake()
-    cmd.send(CLIENT, js.start_remote_task(58200, kind="process"))
-    cmd.lost(SERVER, js.process_answer(answer_time(cap), "300003"))
-    _rmis_created(cb, rmis_id(3))
+    cmd, cb = _started(cap, 200, "300003", answer_lost=True)
+    cb.send(C, js.create_instance())
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis_id(3), True, "x")))
     released_and_closed(cap, cmd, cb, rmis_id(3), "300003")
 
 
