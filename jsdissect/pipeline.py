@@ -229,13 +229,14 @@ def _reads(
     names = tuple(map(display_name, files))
     extra_ports: set[int] = set()
     for _read in range(MAX_READS):
+        found: set[int] = set()  # controller ports of callbacks found by their first bytes
         with _no_cyclic_gc():
             try:
-                result = _run(files, names, opts, extra_ports, workers, progress, reader)
+                result = _run(files, names, opts, extra_ports, workers, progress, reader, found)
             except callbacks.WorkerLost as lost:
-                result = _run(files, names, opts, extra_ports, 0, progress, reader)
+                result = _run(files, names, opts, extra_ports, 0, progress, reader, found)
                 result.stats.warnings.append(f"{lost}; decoded again in one process")
-        missing = _ports_outside_filter(result.channels, opts, extra_ports)
+        missing = _ports_outside_filter(result.channels, opts, extra_ports, found)
         if not missing or opts.all_tcp or capture_filter(opts, extra_ports) == READ_ALL:
             return result  # (all TCP was read: nothing more to find)
         extra_ports |= missing
@@ -255,7 +256,10 @@ def _run(
     workers: int | None,
     progress: Callable[[int], None] | None,
     reader: SegmentReader,
+    found_callbacks: set[int] | None = None,
 ) -> Analysis:
+    """One read. `found_callbacks`: gets the controller ports of callback connections found
+    by their CreateInstance, their handshake not read (see _ports_outside_filter)."""
     stats = CaptureStats()
     decoding = _callback_decoding(workers, keep_all=opts.messages)
     try:
@@ -279,6 +283,8 @@ def _run(
                     progress(n)
         reassembler.finish()
         dispatcher.finish()
+        if found_callbacks is not None:
+            found_callbacks |= dispatcher.created_without_handshake
     finally:
         decoding.stop()
     if steps.count:
@@ -385,12 +391,16 @@ def capture_filter(opts: Options, extra_ports: AbstractSet[int] = frozenset()) -
     return f"(tcp and ({' or '.join(terms)})) or {IPV6_EXT_TCP}"
 
 
-def _ports_outside_filter(channels: list[Channel], opts: Options, extra: set[int]) -> set[int]:
-    """Ports a second read must add: command channels found by payload on other ports, and
-    callback ports announced outside the range."""
+def _ports_outside_filter(
+    channels: list[Channel], opts: Options, extra: set[int], found: AbstractSet[int] = frozenset()
+) -> set[int]:
+    """Ports a second read must add: command channels found by payload on other ports,
+    callback ports announced outside the range, and `found`, the ports of callbacks found
+    by their CreateInstance there (their start not decoded: cut, or too long to hold; the
+    filter passed only that packet, found in review)."""
     lo, hi = CALLBACK_RANGE
     known = set(opts.scheduler_ports) | extra
-    wanted: set[int] = set()
+    wanted: set[int] = set(found)
     for ch in channels:
         if ch.kind == "cmd":
             wanted.add(ch.conn.server.port)
@@ -440,6 +450,8 @@ class _Dispatcher:
         self._callback_places: list[tuple[int, Connection, int]] = []  # (place, conn, key)
         self._callbacks_opened = 0
         self.first_ts: int | None = None  # of any connection, kept or not
+        # Controller ports of callbacks found by their CreateInstance, no handshake seen
+        self.created_without_handshake: set[int] = set()
 
     def on_open(
         self, conn_id: str, client: Endpoint, server: Endpoint, ts: int, handshake: bool
@@ -526,6 +538,8 @@ class _Dispatcher:
 
     def _decide(self, conn_id: str, state: _ConnState, kind: str) -> None:
         state.kind = kind
+        if kind == "api" and not state.handshake:
+            self._note_created(state)
         if kind == "api":
             state.callback_key = self._callbacks_opened
             self._callbacks_opened += 1
@@ -535,6 +549,16 @@ class _Dispatcher:
         for direction, offset, data, ts in pending:
             if data:
                 self._feed(conn_id, state, direction, offset, data, ts)
+
+    def _note_created(self, state: _ConnState) -> None:
+        """The controller sends CreateInstance (§5.5): a callback seen first there has its
+        controller's listening port on that side."""
+        for direction, sender in (
+            (CLIENT_TO_SERVER, state.client),
+            (SERVER_TO_CLIENT, state.server),
+        ):
+            if state.head[direction].startswith(CREATE_INSTANCE_HEAD):
+                self.created_without_handshake.add(sender.port)
 
     @staticmethod
     def _command_decoder(conn_id: str, state: _ConnState) -> cmd.CommandDecoder:

@@ -1405,8 +1405,10 @@ def test_engines_follow_a_start_command_too_long_to_hold_to_its_end(
     assert our_task["close_answered"] is not None and our_task["start_answered"] is not None
     assert (our_task["start_sent"] is None) == (size > 1 << 20)
     assert _full_rows([their_task]) == _full_rows([our_task])
-    if size < 1 << 20:
-        assert _full_rows(theirs) == _full_rows(ours)
+    # Past 1 MiB the start is not decoded, and its callback port (outside the range) not
+    # announced: the default engine reads again for the callback its CreateInstance showed
+    # (the filter had passed that packet alone: its handshake and times were missing).
+    assert _full_rows(theirs) == _full_rows(ours)
 
 
 COUNT_INSTRUCTIONS = """
