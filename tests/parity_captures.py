@@ -37,8 +37,19 @@ from pcapfiles import pcap_file
 def _rmis_created(cb: Conv, rmis: int) -> None:
     """The callback connection opened, and its RMIS object created (§5.5)."""
     cb.handshake()
+    _instance_created(cb, rmis)
+
+
+def _instance_created(cb: Conv, rmis: int, title: str = "x") -> None:
+    """On an open callback connection, the RMIS object created (§5.5)."""
     cb.send(C, js.create_instance())
-    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, title)))
+
+
+def _begin_objects(n: int, names: tuple[str, ...] | None = None) -> js.BeginObjects:
+    """Task `n`'s spooler, spooler_job, spooler_task and spooler_log objects (§6.3)."""
+    ids = [(0x327B23C6 << 32) | (n * 16 + k) for k in range(1, 5)]
+    return js.BeginObjects(*ids) if names is None else js.BeginObjects(*ids, names=names)
 
 
 def _started(cap: Capture, n: int, pid: str, answer_lost: bool = False) -> tuple[Conv, Conv]:
@@ -75,9 +86,8 @@ def shell_task(
     pid = f"2000{n:02d}"
     cmd, cb = _started(cap, n, pid)
     rmis = rmis_id(n)
-    objs = js.BeginObjects(*[(0x327B23C6 << 32) | (n * 16 + k) for k in range(1, 5)])
-    cb.send(C, js.create_instance())
-    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    objs = _begin_objects(n)
+    _instance_created(cb, rmis)
     cb.send(C, js.call(rmis, "construct", js.construct_args(list(params))))
     cb.send(T, answer or js.answer_value(V(js.VT_BOOL, True)))
     cb.send(C, js.call(rmis, "begin", objs.args()))
@@ -175,9 +185,8 @@ def odd_strings_task(cap: Capture, n: int, text: str) -> None:
     cmd, cb = _started(cap, n, pid)
     rmis = rmis_id(n)
     names = ("spooler", "spooler_job", "spooler_task", f"log{text}")
-    objs = js.BeginObjects(*[(0x327B23C6 << 32) | (n * 16 + k) for k in range(1, 5)], names=names)
-    cb.send(C, js.create_instance())
-    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, f"title{text}")))
+    objs = _begin_objects(n, names)
+    _instance_created(cb, rmis, f"title{text}")
     params = ["language=shell", f"job=/j{text}", "task_id=1"]
     cb.send(C, js.call(rmis, "construct", js.construct_args(params)))
     cb.send(T, js.answer_value(V(js.VT_BOOL, True)))
@@ -279,9 +288,8 @@ def resending_task(cap: Capture, n: int, message: str) -> None:
     cmd.send(SERVER, js.process_answer(answer_time(cap), pid))
     cb.handshake()
     rmis = rmis_id(n)
-    objs = js.BeginObjects(*[(0x327B23C6 << 32) | (n * 16 + k) for k in range(1, 5)])
-    cb.send(C, js.create_instance())
-    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    objs = _begin_objects(n)
+    _instance_created(cb, rmis)
     cb.send(C, js.call(rmis, "construct", js.construct_args(["language=shell", "job=/j"])))
     cb.send(T, js.answer_value(V(js.VT_BOOL, True)))
     cb.send(C, js.call(rmis, "begin", objs.args()))
@@ -347,9 +355,8 @@ def split_prefix_task(cap: Capture, n: int) -> None:
     pid = f"8300{n:02d}"
     cmd, cb = _started(cap, n, pid)
     rmis = rmis_id(n)
-    objs = js.BeginObjects(*[(0x327B23C6 << 32) | (n * 16 + k) for k in range(1, 5)])
-    cb.send(C, js.create_instance())
-    cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    objs = _begin_objects(n)
+    _instance_created(cb, rmis)
     cb.send(C, js.call(rmis, "begin", objs.args()))
     cb.send(T, js.answer_value(V(js.VT_BOOL, True)))
     cb.send(C, js.call(rmis, "step"))
