@@ -171,7 +171,7 @@ def _tasks_of_command(ch: Channel) -> list[Task]:
             if answered is None and isinstance(ev, cmd.ProcessAnswer):
                 # Only a start is answered with a <process> (§3.6.1): the capture began
                 # between the start and its answer. A partial row, with what it tells.
-                answered, command = tasks.add(_new_task(ch)), START_COMMAND
+                answered, command = tasks.add(_new_task(ch)), cmd.START
             if answered is not None:
                 _apply_answer(answered, ev, command)
                 tasks.learned(answered)
@@ -244,19 +244,16 @@ def _anonymous(task: Task) -> bool:
     return task.process_id is None and task.start_answered is None
 
 
-START_COMMAND = "remote_scheduler.start_remote_task"
-
-
 def _apply_answer(task: Task, ev: cmd.Answer, command: str | None) -> None:
     """`ev` answers `command` (its own, or the one its content tells)."""
     if isinstance(ev, cmd.ErrorAnswer):
         task.errors.append((ev.end, _error_text(ev.code, ev.text)))
-    if command == START_COMMAND:
+    if command == cmd.START:
         task.start_answered = ev.end
         task.start_failed = isinstance(ev, cmd.ErrorAnswer)
         if isinstance(ev, cmd.ProcessAnswer):
             task.process_id, task.pid = ev.process_id, ev.pid
-    elif command == "remote_scheduler.remote_task.close":
+    elif command == cmd.CLOSE:
         task.close_answered = ev.end
 
 
