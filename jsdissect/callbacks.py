@@ -81,9 +81,11 @@ class CallbackDecoding(Protocol):
     """Connections are known by a key the caller gives at `open`, unique in one run (two
     connections can share a connection id: same 4-tuple, same first microsecond)."""
 
-    def open(self, key: int, conn_id: str, controller: int | None) -> Decoding:
+    def open(
+        self, key: int, conn_id: str, controller: int | None, midstream: bool = False
+    ) -> Decoding:
         """Start decoding a connection; its bytes go to the Decoding returned (per packet
-        one call, not a chain of them)."""
+        one call, not a chain of them). `midstream`: picked up without its handshake."""
         ...
 
     def results(self) -> dict[int, Result]:
@@ -100,8 +102,12 @@ class _Connection:
 
     __slots__ = ("decoder", "events", "first_request", "keep_all")
 
-    def __init__(self, conn_id: str, controller: int | None, keep_all: bool) -> None:
-        self.decoder = api.ObjServerDecoder(conn_id, controller, label_objrefs=keep_all)
+    def __init__(
+        self, conn_id: str, controller: int | None, keep_all: bool, midstream: bool
+    ) -> None:
+        self.decoder = api.ObjServerDecoder(
+            conn_id, controller, label_objrefs=keep_all, midstream=midstream
+        )
         self.events: list[Event] = []
         self.first_request: api.Request | None = None
         self.keep_all = keep_all
@@ -131,8 +137,10 @@ class InlineDecoding:
         self._done: dict[int, Result] = {}
         self.bytes = 0  # callback bytes decoded here
 
-    def open(self, key: int, conn_id: str, controller: int | None) -> InlineDecoding:
-        self._open[key] = _Connection(conn_id, controller, self.keep_all)
+    def open(
+        self, key: int, conn_id: str, controller: int | None, midstream: bool = False
+    ) -> InlineDecoding:
+        self._open[key] = _Connection(conn_id, controller, self.keep_all, midstream)
         return self
 
     def data(self, key: int, direction: int, offset: int, data: bytes, ts: int) -> None:
@@ -239,8 +247,10 @@ class WorkerDecoding:
 
     # A connection always goes to the same worker: the one its key names, so the keys the
     # pipeline numbers connections by take turns.
-    def open(self, key: int, conn_id: str, controller: int | None) -> WorkerDecoding:
-        self._add(key, (_OPEN, key, conn_id, controller), 0)
+    def open(
+        self, key: int, conn_id: str, controller: int | None, midstream: bool = False
+    ) -> WorkerDecoding:
+        self._add(key, (_OPEN, key, conn_id, controller, midstream), 0)
         return self
 
     def data(self, key: int, direction: int, offset: int, data: bytes, ts: int) -> None:
@@ -360,7 +370,9 @@ class AutoDecoding:
     def started(self) -> bool:
         return self._workers is not None
 
-    def open(self, key: int, conn_id: str, controller: int | None) -> Decoding:
+    def open(
+        self, key: int, conn_id: str, controller: int | None, midstream: bool = False
+    ) -> Decoding:
         seen = self._here.bytes
         if self._workers is None and self.max_workers and seen >= self.start_after:
             try:
@@ -368,8 +380,8 @@ class AutoDecoding:
             except WorkerLost:
                 self.max_workers = 0  # no process to be had (a limit on processes): go on here
         if self._workers is None:
-            return self._here.open(key, conn_id, controller)
-        return self._workers.open(key, conn_id, controller)
+            return self._here.open(key, conn_id, controller, midstream)
+        return self._workers.open(key, conn_id, controller, midstream)
 
     def results(self) -> dict[int, Result]:
         done = self._here.results()

@@ -292,7 +292,11 @@ def _callback_target(ch: Channel) -> Endpoint:
 def _match_callbacks(tasks: list[Task], channels: list[Channel]) -> list[Channel]:
     """Greedy in start order: each task takes the earliest free SYN in its window; a task
     with none at its controller IP takes one to its port from its remote's IP (NAT)."""
-    candidates = [ch for ch in channels if ch.kind == "api" or (ch.kind == "" and _no_data(ch))]
+    candidates = [
+        ch
+        for ch in channels
+        if (ch.kind == "api" and not _nothing_seen(ch)) or (ch.kind == "" and _no_data(ch))
+    ]
     # Callbacks whose SYN was captured, and (few) those picked up mid-stream, by port and
     # the address a task looks for: the controller's (exact), or the remote's (address
     # translation). A task then looks only at its own (found in review: by port alone,
@@ -328,6 +332,13 @@ NOTED_CANDIDATES = 5
 
 def _remote_ip(task: Task) -> str:
     return (task.remote or "").rsplit(":", 1)[0].strip("[]")
+
+
+def _nothing_seen(ch: Channel) -> bool:
+    """A callback channel by its endpoint alone (one a start announced) with no SYN and
+    no byte captured: a lone RST or FIN tells no callback, and makes no row (as the plugin
+    takes it; found in review: an RST-only connection made a `partial` row)."""
+    return ch.conn.syn is None and ch.conn.bytes_c2s == 0 and ch.conn.bytes_s2c == 0
 
 
 def _no_data(ch: Channel) -> bool:

@@ -544,7 +544,9 @@ class _Dispatcher:
             state.callback_key = self._callbacks_opened
             self._callbacks_opened += 1
             controller = self._controller_side(state)
-            state.callback = self.callbacks.open(state.callback_key, conn_id, controller)
+            state.callback = self.callbacks.open(
+                state.callback_key, conn_id, controller, not state.handshake
+            )
         pending, state.pending = state.pending, []
         for direction, offset, data, ts in pending:
             if data:

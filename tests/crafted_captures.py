@@ -448,6 +448,30 @@ def picked_up_in_the_last_step(cap: Capture) -> int:
     return answered
 
 
+def picked_up_at_the_step_answer(cap: Capture) -> tuple[int, int]:
+    """A shell task's callback picked up between its step call and the answer (found in
+    review: the first file of a ring buffer). The capture holds the step's answer, then the
+    controller's Release of the RMIS before any request told the sides, the task's nested
+    log flush (which tells them) and releases of the controller's objects, then the Release
+    answer and the FIN. Returns (time of the Release answer, exit code): `partial`, a normal
+    end, the exit code from the <process.result> whose call was not captured."""
+    cb = Conv(cap, (REMOTE_IP, 45010), (CONTROLLER_IP, 59998), isn=7500)
+    spooler_log = (0x327B23C6 << 32) | 4
+    cb.send(T, js.answer_value(js.bstr(js.process_result(3, success=True))))
+    cb.send(C, js.release(rmis_id(2)))
+    cb.send(T, js.get_ids_of_names(spooler_log, "log"))
+    cb.send(C, js.answer_dispids(14))
+    cb.send(T, js.invoke(spooler_log, 14, js.METHOD, [js.V(js.VT_I4, 0), js.bstr("[stdout] x")]))
+    cb.send(C, js.answer_value(js.V(js.VT_EMPTY)))
+    for k in (1, 2, 3, 4):  # the proxies of the begin objects (§6.5)
+        cb.send(T, js.release((0x327B23C6 << 32) | k))
+        cb.send(C, js.answer_empty())
+    answered = cap.now
+    cb.send(T, js.answer_empty())
+    cb.close(first=C)
+    return answered, 3
+
+
 def answers_past_requests_sent_meanwhile(cap: Capture, lose_log_answer: bool) -> None:
     """A shell task whose step answer shares a segment with a K (§5.1): the controller
     sends its Release before it answers the K, so each answer pairs with the most recent

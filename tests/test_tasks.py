@@ -361,6 +361,24 @@ def test_a_callback_picked_up_in_its_last_step_ends_normally(tmp_path: Path) -> 
     assert (theirs["status"], theirs["release_answered"]) == ("partial", answered)
 
 
+def test_a_callback_picked_up_at_its_step_answer_ends_normally(tmp_path: Path) -> None:
+    """The capture began between the step call and its answer, and the controller's Release
+    came before any request told the sides: the Release is told the RMIS's when answered,
+    so the row is `partial` (a normal end), not `aborted`, and the exit code comes from the
+    <process.result> whose call was not captured (§6.4). Both engines. Found in review."""
+    from crafted_captures import picked_up_at_the_step_answer
+
+    answered, exit_code = picked_up_at_the_step_answer(cap := Capture())
+    capture = cap.write(tmp_path / "step_answer.pcap")
+    (row,) = table(capture)
+    assert (row["status"], row["release_answered"]) == ("partial", answered)
+    assert (row["exit_code"], row["steps"], row["log_lines"]) == (exit_code, 0, 1)
+    require("tshark")
+    (theirs,) = wireshark.analyze([capture]).tasks
+    assert (theirs["status"], theirs["release_answered"]) == ("partial", answered)
+    assert (theirs["exit_code"], theirs["steps"], theirs["log_lines"]) == (exit_code, 0, 1)
+
+
 @pytest.mark.parametrize("late", ["release", "close"])
 def test_an_answer_captured_after_the_fin_behind_it_is_a_normal_end(
     tmp_path: Path, late: str

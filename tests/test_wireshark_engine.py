@@ -1479,7 +1479,133 @@ def test_engines_read_on_after_a_corrupt_callback_length_alike(tmp_path: Path, w
     cap = Capture()
     parity_captures.corrupt_length_task(cap, 1, which)
     ours, theirs, _, _ = _both_engines(cap.write(tmp_path / "corrupt.pcap"))
+    # (too long: the step's answer, its call not complete, is a <process.result> all the
+    # same: its exit code counts, §6.4)
     assert [(r["status"], r["steps"], r["exit_code"]) for r in ours] == [
-        ("aborted", 0 if which == "too long" else 1, None)
+        ("aborted", 0, 3) if which == "too long" else ("aborted", 1, None)
+    ]
+    assert _full_rows(theirs) == _full_rows(ours)
+
+
+def _picked_up(cap: Capture, callback_port: int = 59999):
+    """A callback connection from the remote to the controller, its handshake before the
+    capture (the next bytes of each side follow its SYN's)."""
+    from crafted_captures import CONTROLLER_IP, REMOTE_IP, Conv
+
+    cb = Conv(cap, (REMOTE_IP, 45000), (CONTROLLER_IP, callback_port), isn=7000)
+    cb.seq[0] += 1
+    cb.seq[1] += 1
+    return cb
+
+
+def _last_step_and_release(cb, rmis: int) -> None:
+    """A shell task's step (exit code 3), the Release of its RMIS, the controller's FIN."""
+    from crafted_captures import C, T
+
+    cb.send(C, js.call(rmis, "step"))
+    cb.send(T, js.answer_value(js.bstr('<process.result exit_code="3"/>')))
+    cb.send(C, js.release(rmis))
+    cb.send(T, js.answer_empty())
+    cb.close(first=C)
+
+
+@pytest.mark.parametrize("side", ["controller", "task server"])
+def test_engines_pick_up_a_direction_that_begins_inside_a_frame_alike(
+    tmp_path: Path, side: str
+) -> None:
+    """Found by differential fuzzing: a callback picked up mid-stream whose direction begins
+    with the tail of a frame (a CreateInstance, a log Invoke, its first segment before the
+    capture). The default engine read the tail's bytes as a length and lost the direction
+    (steps 0, `aborted`); §12 starts a pickup at a frame head, as the plugin does: the
+    pieces before the first are skipped (one decode error says how many bytes)."""
+    require("tshark")
+    from crafted_captures import C, T, rmis_id
+
+    cb = _picked_up(cap := Capture())
+    rmis = rmis_id(1)
+    if side == "controller":
+        cb.send(C, js.create_instance(), sizes=(2,))
+        skipped = len(js.create_instance()) - 2
+        cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+    else:
+        log = js.invoke((0x327B23C6 << 32) | 4, 14, js.METHOD, [js.V(js.VT_I4, 0), js.bstr("x")])
+        cb.send(T, log, sizes=(20,))
+        skipped = len(log) - 20
+        cb.send(C, js.answer_value(js.V(js.VT_EMPTY)))
+    cap.packets.pop(0)  # the capture begins after the first segment
+    _last_step_and_release(cb, rmis)
+    ours, theirs, messages, _ = _both_engines(cap.write(tmp_path / "midframe.pcap"))
+    assert [(r["status"], r["steps"], r["exit_code"], r["callback_port"]) for r in ours] == [
+        ("partial", 1, 3, 59999)
+    ]
+    assert ours[0]["release_answered"] is not None
+    assert _full_rows(theirs) == _full_rows(ours)
+    (error,) = [m for m in messages if (m["reason"] or "").startswith("picked up")]
+    assert (
+        error["reason"]
+        == f"picked up mid-stream: {skipped} bytes before the first frame head skipped"
+    )
+
+
+def test_engines_make_no_row_of_a_lone_rst_on_an_announced_port(tmp_path: Path) -> None:
+    """Found by differential fuzzing: a refused callback whose SYN was not captured leaves
+    the controller's RST alone on the announced endpoint. Nothing tells a callback was
+    there: the task is `callback-missing` and the RST makes no row (the default engine made
+    a `partial` one, its roles reversed)."""
+    require("tshark")
+    from crafted_captures import (
+        CLIENT,
+        CONTROLLER_IP,
+        REMOTE_IP,
+        SERVER,
+        Capture,
+        Conv,
+        S,
+        answer_time,
+    )
+
+    cap = Capture()
+    cmd = Conv(cap, (CONTROLLER_IP, 40000), (REMOTE_IP, 4455), isn=1000)
+    cb = Conv(cap, (REMOTE_IP, 45000), (CONTROLLER_IP, 59999), isn=7000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59999, kind="process"))
+    cmd.send(SERVER, js.process_answer(answer_time(cap), "700001"))
+    cb.refused()
+    del cap.packets[-2]  # the SYN was not captured
+    cap.advance(61 * S)
+    cmd.send(CLIENT, js.remote_task_close("700001"))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    ours, theirs, _, _ = _both_engines(cap.write(tmp_path / "lone_rst.pcap"))
+    assert [(r["process_id"], r["status"]) for r in ours] == [("700001", "callback-missing")]
+    assert _full_rows(theirs) == _full_rows(ours)
+
+
+@pytest.mark.parametrize("callback_port", [59999, 40999])
+def test_engines_pick_up_a_first_frame_that_spans_segments_alike(
+    tmp_path: Path, callback_port: int
+) -> None:
+    """Found by differential fuzzing: a callback picked up mid-stream (no handshake, no
+    start) whose first frame, the construct call, came in two segments. The plugin's
+    heuristic wanted a whole request in one segment and lost the construct (job, task_id
+    empty); on the callback range the default engine reads (§2), a frame head is enough for
+    both, as its §12 test takes it. Elsewhere the default engine's filter does not read
+    such a connection, and the plugin still wants a whole request (a later one here): other
+    protocols stay untouched."""
+    require("tshark")
+    from crafted_captures import C, T, rmis_id
+
+    cb = _picked_up(cap := Capture(), callback_port)
+    rmis = rmis_id(1)
+    params = ["language=shell", "job=/folder/a", "task_id=42"]
+    cb.send(C, js.call(rmis, "construct", js.construct_args(params)), sizes=(35, 1))
+    cb.send(T, js.answer_value(js.V(js.VT_BOOL, True)))
+    _last_step_and_release(cb, rmis)
+    ours, theirs, _, _ = _both_engines(cap.write(tmp_path / "split_first.pcap"))
+    if callback_port == 40999:
+        assert ours == [] and [(r["job"], r["steps"]) for r in theirs] == [(None, 1)]
+        return
+    assert [(r["job"], r["task_id"], r["steps"], r["exit_code"]) for r in ours] == [
+        ("/folder/a", 42, 1, 3)
     ]
     assert _full_rows(theirs) == _full_rows(ours)

@@ -3095,6 +3095,26 @@ local function process_result(text)
     return root and root.attrs, problem
 end
 
+-- §6.4 as the default engine reads a step answer (`m`, its task `task` or nil): an XML
+-- document with the root <process.result>, its numbers int(value.strip()) with exact
+-- digits; what it refuses is a decode error (add_lifecycle shows it)
+function TEXT.step_result(m, task)
+    local attrs
+    attrs, m.result_problem = process_result(m.result.value)
+    local code = attrs and TEXT.integer(attrs.exit_code)
+    if code then
+        local signal = TEXT.integer(attrs.signal)
+        m.exit_code, m.signal = TEXT.field_number(code, 32), TEXT.field_number(signal, 32)
+        if task then task.exit_code, task.signal = code, signal end
+    end
+end
+
+-- A text that is a <process.result> document, told without parsing it (XML whitespace).
+function TEXT.is_process_result(s)
+    return s:find("^[ \t\r\n]*<process%.result[ \t\r\n/>]") ~= nil
+        or s:find("^[ \t\r\n]*<%?xml[^>]*%?>[ \t\r\n]*<process%.result[ \t\r\n/>]") ~= nil
+end
+
 local function count_lines(s)
     local n = 0
     for line in (s .. "\n"):gmatch("([^\n]*)\n") do
@@ -3526,7 +3546,27 @@ local function apply_reply(conn, as, m, pinfo)
             table.insert(as.unsided,
                 { addr = tostring(pinfo.src), port = pinfo.src_port, values = m.values })
         end
+        -- its call not captured (the capture began in between): a <process.result> is a
+        -- shell job's step answer all the same (§6.4), as the default engine takes it
+        if m.result and m.result.vt == 0x08 and TEXT.is_process_result(m.result.value) then
+            TEXT.step_result(m, task)
+        end
         return
+    end
+    -- A Release sent before the sides were told (picked up mid-stream: releases first),
+    -- answered once a later request told them: the controller's is the RMIS's (§5.2)
+    if req.sender == nil and req.from and req.cls == 0x4F and req.cmd == 0x52
+        and is_endpoint(as.controller, req.from.addr, req.from.port) then
+        local e = as.exports[TASK_SERVER][req.objid]
+        -- labelled as when it was sent, before this names it, as jsdissect labels it
+        req.objname, req.objpath, req.labelled = object_label(e), object_path(e), true
+        if as.rmis == nil then
+            as.rmis = req.objid
+            e = e or {}
+            e.name = e.name or "RMIS"
+            as.exports[TASK_SERVER][req.objid] = e
+        end
+        req.release_rmis = req.objid == as.rmis
     end
     if m.values then
         local returned_by
@@ -3552,17 +3592,7 @@ local function apply_reply(conn, as, m, pinfo)
         if name == "begin" and task.begin_answered == nil then
             task.begin_answered, task.begin_answer_frame = m.t_done, pinfo.number
         elseif name == "step" and m.result and m.result.vt == 0x08 then
-            -- §6.4 as the default engine reads it: an XML document with the root
-            -- <process.result>, its numbers int(value.strip()) with exact digits; what it
-            -- refuses is a decode error (add_lifecycle shows it)
-            local attrs
-            attrs, m.result_problem = process_result(m.result.value)
-            local code = attrs and TEXT.integer(attrs.exit_code)
-            if code then
-                local signal = TEXT.integer(attrs.signal)
-                m.exit_code, m.signal = TEXT.field_number(code, 32), TEXT.field_number(signal, 32)
-                task.exit_code, task.signal = code, signal
-            end
+            TEXT.step_result(m, task)
         end
     end
     if req.release_rmis and task.release_answered == nil then
@@ -3639,6 +3669,7 @@ local function dissect_api_frame(ftvb, pinfo, tree, conn, key, sent, done, src, 
         m = { cls = cls, frame = pinfo.number, t = sent, t_done = done,
               request = cls == 0x53 or cls == 0x4F or cls == 0x4B }
         m.sender = sender_of(conn, as, pinfo, src, sport, cls, cmd)
+        if m.sender == nil then m.from = { addr = src, port = sport } end  -- told later
         -- an answer's layout depends on its request (§5.10): pair before parsing
         if first_pass and not m.request then pair_answer(as, m) end
     end
@@ -3987,13 +4018,20 @@ p_api.dissector = dissect_api
 
 -- §12 mid-stream pickup: a complete object request (call by name, GetIDsOfNames or
 -- Invoke) that parses exactly; strict, so other protocols stay untouched.
-local function looks_like_request(tvb)
+local function looks_like_request(tvb, pinfo)
     if tvb:len() < 14 or tvb(4, 1):uint() ~= 0x4F then return false end
     local cmd = tvb(13, 1):uint()
     if cmd ~= 0x41 and cmd ~= 0x47 and cmd ~= 0x49 then return false end
     local flen = tvb(0, 4):uint()
-    if flen < 10 or flen > MAX_FRAME or tvb:len() < 4 + flen then return false end
+    if flen < 10 or flen > MAX_FRAME then return false end
     if tvb(5, 8):bytes():tohex() == "0000000000000000" then return false end
+    if tvb:len() < 4 + flen then
+        -- a first frame that spans segments (a construct, a log call): its head is enough
+        -- on a port of the callback range the default engine reads (59000-59999, §2), as
+        -- its §12 test takes it; elsewhere other protocols stay untouched
+        local function ranged(port) return port >= 59000 and port <= 59999 end
+        return ranged(pinfo.src_port) or ranged(pinfo.dst_port)
+    end
     local m = { cls = 0x4F, sender = cmd == 0x41 and CONTROLLER or TASK_SERVER }
     local probe = { exports = { {}, {} }, dispids = {} }
     local ok, err = pcall(dissect_request, tvb(0, 4 + flen):tvb(), NULL_TREE, m, probe)
@@ -4048,7 +4086,7 @@ local function heur_api(tvb, pinfo, tree)
     local controller_sends
     if tvb:len() >= 14 and tvb:raw(0, 14) == CREATE_INSTANCE_HEAD then
         controller_sends = true
-    elseif looks_like_request(tvb) then
+    elseif looks_like_request(tvb, pinfo) then
         controller_sends = tvb(13, 1):uint() == 0x41
     elseif not looks_like_sideless(tvb) then
         return false

@@ -288,6 +288,11 @@ LC_CALL = "call"
 LC_RELEASE = "release"
 PROCESS_RESULT = "process.result"  # §6.4
 PROCESS_RESULT_CACHED_CHARS = 512  # shorter step answers are parsed once per text
+# A text that is a <process.result> document (§6.4), told without parsing: an answer whose
+# request was not captured is a step's when it is one (XML whitespace only, as the plugin).
+PROCESS_RESULT_HEAD = re.compile(
+    r"[ \t\r\n]*(?:<\?xml[^>]*\?>[ \t\r\n]*)?<process\.result[ \t\r\n/>]"
+)
 
 MAX_PENDING = 1000  # open requests per connection; deeper nesting is not a conversation
 
@@ -464,8 +469,8 @@ class BeginAnswered(Event):  # §6.1 #2: start confirmation
 
 @record
 class StepAnswered(Event):  # §6.1 #4, §6.4
-    number: int  # 1-based count of step calls on this connection
-    call_start: int
+    number: int  # 1-based count of step calls on this connection (0: the call not captured)
+    call_start: int | None  # None: the call was not captured, only its answer
     result: bool | None  # spooler_process() result (API) or spooler_process_result (shell)
     exit_code: int | None  # shell <process.result>
     signal: int | None
@@ -815,6 +820,9 @@ class _Stream:
     expected: int | None = None  # next stream offset
     dead: bool = False
     resync: bool = False  # after a gap between frames: the next piece must start a frame
+    # Picked up mid-stream, no frame head found yet: pieces that begin none are skipped
+    pickup: bool = False
+    skipped: tuple[int, int, int] | None = None  # (offset, bytes, ts) skipped so far
     held: list[tuple[int, bytes, int]] = field(default_factory=list)  # (offset, data, ts)
     head: bytearray = field(default_factory=bytearray)
     frame: _Frame | None = None
@@ -1033,6 +1041,14 @@ def _process_result(text: str) -> tuple[tuple[Any, ...], tuple[str, ...]]:
     return _parse_process_result(text)
 
 
+def _is_process_result(value: Any) -> bool:
+    return (
+        isinstance(value, Variant)
+        and value.vt == VT_BSTR
+        and PROCESS_RESULT_HEAD.match(value.value) is not None
+    )
+
+
 def _parse_process_result(text: str) -> tuple[tuple[Any, ...], tuple[str, ...]]:
     try:
         root = SafeElementTree.fromstring(text)
@@ -1116,7 +1132,9 @@ class ObjServerDecoder:
     decoder infer it from the first CreateInstance (or the first telling request).
     `max_frame` is the sanity bound on frame lengths (never above MAX_MESSAGE_SIZE).
     `label_objrefs` False leaves the objrefs in Request args and Reply results without the
-    names of the objects they point to: only a message listing shows those."""
+    names of the objects they point to: only a message listing shows those. `midstream`:
+    the connection was picked up without its handshake, so each direction may begin inside
+    a frame: it is decoded from the first piece that begins with a frame head (§12)."""
 
     def __init__(
         self,
@@ -1125,13 +1143,17 @@ class ObjServerDecoder:
         *,
         max_frame: int = MESSAGE_SIZE_MAXIMUM,
         label_objrefs: bool = True,
+        midstream: bool = False,
     ) -> None:
         self.conn = conn
         self.max_frame = min(max_frame, MAX_MESSAGE_SIZE)
         self.label_objrefs = label_objrefs
         self._controller = controller_direction
         self._created = False  # an `S` was seen: its sender is the controller
-        self._streams = (_Stream(), _Stream())
+        self._streams = (
+            _Stream(resync=midstream, pickup=midstream),
+            _Stream(resync=midstream, pickup=midstream),
+        )
         self._pending: list[_Pending] = []
         self._objects: dict[tuple[int, int], _Obj] = {}
         self._rmis: tuple[int, int] | None = None
@@ -1169,6 +1191,10 @@ class ObjServerDecoder:
         for direction, st in enumerate(self._streams):
             if st.held:  # after a gap, too few bytes to tell by more: told by what is there
                 self._judge_held(direction, st, True, out)
+            if st.skipped is not None:  # picked up mid-stream, and no frame head came
+                offset, size, ts = st.skipped
+                reason = f"picked up mid-stream: {size} bytes and no frame head in them"
+                out.append(self._error(direction, _Frame(offset, ts, ts), reason))
             if st.dead or st.frame is None:
                 continue
             have = len(st.head) if st.length is None else LENGTH_PREFIX.size + st.have
@@ -1219,8 +1245,13 @@ class ObjServerDecoder:
         frame's; framing is lost when it does not. `final`: no more bytes follow them (a
         gap, the end), so judge by what is there."""
         verdict = _frame_head(b"".join(piece for _, piece, _ in st.held), final)
-        if verdict is None:
+        while st.pickup and verdict is False and st.held:
+            self._skip_piece(st)
+            verdict = _frame_head(b"".join(piece for _, piece, _ in st.held), final)
+        if verdict is None or not st.held:
             return
+        if st.pickup:
+            self._picked_up(d, st, out)
         held, st.held, st.resync = st.held, [], False
         if not verdict:
             offset, _, ts = held[0]
@@ -1229,6 +1260,24 @@ class ObjServerDecoder:
             return
         for offset, data, ts in held:
             self._frame(d, st, data, offset, ts, out)
+
+    @staticmethod
+    def _skip_piece(st: _Stream) -> None:
+        """Picked up mid-stream: the first piece held begins no frame (the tail of one whose
+        head was not captured), so it is read past (§12; the plugin skips it too)."""
+        offset, piece, ts = st.held.pop(0)
+        first_offset, size, first_ts = st.skipped or (offset, 0, ts)
+        st.skipped = (first_offset, size + len(piece), first_ts)
+
+    def _picked_up(self, d: int, st: _Stream, out: list[Event]) -> None:
+        """The first frame head of a direction picked up mid-stream: what came before it
+        is told once, as one decode error."""
+        st.pickup = False
+        if st.skipped is not None:
+            offset, size, ts = st.skipped
+            reason = f"picked up mid-stream: {size} bytes before the first frame head skipped"
+            out.append(self._error(d, _Frame(offset, ts, ts), reason))
+            st.skipped = None
 
     def _frame(
         self, d: int, st: _Stream, data: bytes, offset: int, ts: int, out: list[Event]
@@ -1447,6 +1496,8 @@ class ObjServerDecoder:
             errors.append(str(exc))
         if pending is not None:
             self._learn(d, pending, a, r.objrefs > 0)
+            if pending.lifecycle is None and pending.request.sender == UNKNOWN_SIDE:
+                self._told_late(pending)
         elif r.objrefs:  # a new export is one whatever it answers (§12)
             self._record(d, a.result)
         fields = _error_fields(a.strings) if a.strings else _NO_FIELDS
@@ -1463,6 +1514,8 @@ class ObjServerDecoder:
         events: list[Event] = [reply]
         if pending is not None and pending.lifecycle:
             events += self._answered_events(pending, reply, errors)
+        elif pending is None and _is_process_result(a.result):
+            events += self._unpaired_step(reply, errors)
         if payload[0] == MSG_ERROR or (a.hr is not None and a.hr < 0):
             events.append(self._api_error(reply))
         return events
@@ -1637,6 +1690,32 @@ class ObjServerDecoder:
                 *where,
                 number=pending.step,
                 call_start=call_start,
+                result=result_flag,
+                exit_code=exit_code,
+                signal=signal,
+                state_text=state_text,
+            )
+        ]
+
+    def _told_late(self, pending: _Pending) -> None:
+        """A request sent before the sides were known (picked up mid-stream: a Release
+        first), answered once a later request told them: a Release the controller sent is
+        the RMIS's (§5.2), so its answer ends the task as with the sides known."""
+        if self._rmis_release(pending.direction, pending.parsed, pending.target):
+            pending.lifecycle = LC_RELEASE
+
+    def _unpaired_step(self, reply: Reply, errors: list[str]) -> list[Event]:
+        """An answer whose call was not captured (the capture began in between) that is a
+        <process.result>: only a shell job's step answers with one (§6.4)."""
+        where = self._where(reply.direction, _Frame(reply.offset, reply.start, reply.end))
+        fields, problems = _process_result(reply.result.value)
+        errors += problems
+        result_flag, exit_code, signal, state_text = fields
+        return [
+            StepAnswered(
+                *where,
+                number=0,
+                call_start=None,
                 result=result_flag,
                 exit_code=exit_code,
                 signal=signal,
