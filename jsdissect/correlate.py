@@ -19,6 +19,10 @@ from jsdissect.protocol import objserver as api
 from jsdissect.tcp import Connection, Endpoint
 
 CALLBACK_TIMEOUT_US = 60_000_000  # PROTOCOL §2: Z-REMOTE-118 after 60 s without accept
+# The controller counts callback ports down from 59999 (PROTOCOL §2): nearly every callback
+# goes to one of these (the capture filter reads them in one go; the ports report lists the
+# failed connections to them that no captured start announced).
+CALLBACK_RANGE = (59000, 59999)
 
 # DESIGN "Status", in the order the rules are tried.
 STATUSES = (

@@ -28,7 +28,14 @@ from jsdissect.capture import (
     read_segments,
     spooled,
 )
-from jsdissect.correlate import TASK_EVENTS, Channel, Task, correlate, end_decides
+from jsdissect.correlate import (
+    CALLBACK_RANGE,
+    TASK_EVENTS,
+    Channel,
+    Task,
+    correlate,
+    end_decides,
+)
 from jsdissect.protocol import Event
 from jsdissect.protocol import command as cmd
 from jsdissect.protocol import objserver as api
@@ -45,9 +52,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_SCHEDULER_PORTS = (4444, 4455)
-# The controller counts callback ports down from 59999 (PROTOCOL §2): one read with this
-# range catches nearly every callback; a start announcing a port outside it costs one more.
-CALLBACK_RANGE = (59000, 59999)
+# CALLBACK_RANGE (correlate): one read catches nearly every callback; a start announcing a
+# port outside it costs one more.
 # Reads of the capture: the first; a second for command channels found by their first bytes
 # on other ports and for callback ports outside the range; a third for the callbacks those
 # command channels announce. More only follows a chain of announcements a real controller

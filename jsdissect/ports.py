@@ -9,11 +9,18 @@ minutes before the same 4-tuple can be used again.
 from __future__ import annotations
 
 import bisect
+import ipaddress
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from jsdissect.correlate import CALLBACK_TIMEOUT_US, Channel, Task, callback_accepted
+from jsdissect.correlate import (
+    CALLBACK_RANGE,
+    CALLBACK_TIMEOUT_US,
+    Channel,
+    Task,
+    callback_accepted,
+)
 from jsdissect.report import INTEGER, TEXT, TIME, Column, format_time, printable
 from jsdissect.tcp import FAILED_STATES, UNANSWERED_STATES, Connection
 
@@ -71,8 +78,11 @@ class Failure:
 class Rule:
     host: str  # where the rule goes (a controller, or a remote scheduler)
     ports: str  # "59990-59999" or "4455"
-    sources: tuple[str, ...]
+    sources: tuple[str, ...]  # hosts seen in the part they need the rule for
     reason: str
+    # Hosts whose connections to the port failed and that sent no command in the capture:
+    # controllers kept out by the firewall, or scanners; the capture cannot tell which.
+    unconfirmed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +124,7 @@ def port_report(
     }
     peaks = {c: _peak(us) for c, us in by_controller.items()}
     failures = _callback_failures(tasks) + _command_failures(channels, scheduler_ports, capture_end)
+    failures += _unmatched_callback_failures(tasks, channels, capture_end)
     rules = _controller_rules(uses, ranges, peaks) + _remote_rules(tasks, failures)
     return PortReport(
         uses=uses,
@@ -239,20 +250,47 @@ def _command_failures(
     channels: Sequence[Channel], scheduler_ports: Sequence[int], capture_end: int | None
 ) -> list[Failure]:
     """Refused or unanswered connections to a remote scheduler's port: the configured
-    ones and those where a command channel was found by its content (§12). A single SYN
-    the capture ended less than 60 s after may still be answered, as for callbacks."""
+    ones and those where a command channel was found by its content (§12)."""
     ports = set(scheduler_ports) | {ch.conn.server.port for ch in channels if ch.kind == "cmd"}
-    out = []
-    for ch in channels:
-        conn = ch.conn
-        if conn.server.port not in ports or conn.state not in FAILED_STATES:
-            continue
-        if conn.state in UNANSWERED_STATES and _may_be_answered(conn, capture_end):
-            continue
-        what = "cmd-refused" if conn.state == "refused" else "cmd-unanswered"
-        server = host_port(conn.server.ip, conn.server.port)
-        out.append(Failure(what, conn.client.ip, server, conn.syn, None))
-    return out
+    return [
+        _failure("cmd", ch.conn)
+        for ch in channels
+        if ch.conn.server.port in ports and _failed(ch.conn, capture_end)
+    ]
+
+
+def _unmatched_callback_failures(
+    tasks: Sequence[Task], channels: Sequence[Channel], capture_end: int | None
+) -> list[Failure]:
+    """Refused or unanswered connections to the callback range (PROTOCOL §2) that no task
+    took: their start not captured (a ring buffer's first file, a snaplen that cut it), or
+    none was sent (a scan). Found in review: a firewall dropping callbacks showed nowhere
+    when the starts fell before the capture."""
+    taken = {t.callback.conn for t in tasks if t.callback is not None}
+    lo, hi = CALLBACK_RANGE
+    return [
+        _failure("callback", ch.conn)
+        for ch in channels
+        if ch.conn not in taken
+        and ch.kind != "cmd"
+        and lo <= ch.conn.server.port <= hi
+        and _failed(ch.conn, capture_end)
+    ]
+
+
+def _failed(conn: Connection, capture_end: int | None) -> bool:
+    """Refused, or unanswered: a single SYN the capture ended less than 60 s after may
+    still be answered, as for callbacks."""
+    if conn.state not in FAILED_STATES or conn.syn is None:
+        return False
+    return conn.state not in UNANSWERED_STATES or not _may_be_answered(conn, capture_end)
+
+
+def _failure(channel: str, conn: Connection) -> Failure:
+    """A failed connection of no task; `channel` "cmd" or "callback"."""
+    what = f"{channel}-refused" if conn.state == "refused" else f"{channel}-unanswered"
+    server = host_port(conn.server.ip, conn.server.port)
+    return Failure(what, conn.client.ip, server, conn.syn, None)
 
 
 def _may_be_answered(conn: Connection, capture_end: int | None) -> bool:
@@ -272,7 +310,7 @@ def _controller_rules(
         peak = peaks[controller][0]
         size = max(peak * 2, peak + 10)  # headroom: ports linger in TIME_WAIT, load varies
         bottom = min(TOP_PORT - size + 1, low)
-        remotes = sorted({u.source for u in uses if u.controller == controller and u.source})
+        remotes = sorted_hosts({u.source for u in uses if u.controller == controller and u.source})
         reason = (
             f"peak of {peak} remote task(s) in parallel; each holds its own port, counted down "
             f"from {TOP_PORT}, and a freed port may be taken again at once; range sized "
@@ -284,7 +322,10 @@ def _controller_rules(
 
 def _remote_rules(tasks: Sequence[Task], failures: Sequence[Failure]) -> list[Rule]:
     """The scheduler port of every remote, from the controllers that sent it commands and
-    from those whose connection to it failed (those most of all need the rule)."""
+    from those whose connection to it failed (those most of all need the rule). A host
+    that sent no command anywhere in the capture may be a scanner as well as a controller
+    kept out: it is named apart (found in review: six refused SYNs made six controllers)."""
+    controllers = {t.controller for t in tasks if t.controller and t.remote}
     sources: dict[str, set[str]] = defaultdict(set)
     for t in tasks:
         if t.remote and t.controller:
@@ -295,13 +336,34 @@ def _remote_rules(tasks: Sequence[Task], failures: Sequence[Failure]) -> list[Ru
             sources[f.target].add(f.source)
             blocked[f.target].add(COMMAND_FAILURES[f.what])
     rules = []
-    for remote, controllers in sorted(sources.items()):
+    for remote, hosts in sorted(sources.items(), key=lambda item: _host_key(item[0])):
         host, port = remote.rsplit(":", 1)
         reason = "the controllers send start_remote_task/close on the remote's scheduler port"
         if blocked[remote]:
             reason += "; connections to it were " + " and ".join(sorted(blocked[remote]))
-        rules.append(Rule(host.strip("[]"), port, tuple(sorted(controllers)), reason))
+        confirmed = sorted_hosts(hosts & controllers)
+        unconfirmed = sorted_hosts(hosts - controllers)
+        rules.append(Rule(host.strip("[]"), port, confirmed, reason, unconfirmed))
     return rules
+
+
+def sorted_hosts(hosts: Iterable[str]) -> tuple[str, ...]:
+    """Addresses in numeric order (10.0.0.5 before 10.0.0.10), IPv4 before IPv6."""
+    return tuple(sorted(hosts, key=_host_key))
+
+
+def _host_key(host: str) -> tuple[int, int, str]:
+    """`host` an address, or "address:port" ("[v6]:port"): numeric order, text last."""
+    address = host
+    if host.startswith("["):
+        address = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        address = host.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return (2, 0, host)
+    return (ip.version // 6, int(ip), host)
 
 
 def to_json(rep: PortReport) -> dict:
@@ -348,9 +410,7 @@ def to_text(rep: PortReport) -> str:
     lines.append("")
     lines.append("Firewall rules to allow:" + ("" if rep.rules else " none"))
     for rule in rep.rules:
-        sources = ", ".join(rule.sources) or "any"
-        lines.append(f"  on {rule.host}: incoming TCP {rule.ports} from {sources}")
-        lines.append(f"      because {rule.reason}")
+        lines += _rule_lines(rule)
     return "\n".join(lines) + "\n"
 
 
@@ -358,6 +418,23 @@ MAX_REUSE_LINES = 20  # ports listed by `ports`; --json lists every reuse
 # Failures of no task to one target in a row, from this many on, are one line of text (a
 # scan or a SYN flood would fill the screen); --json lists every one.
 MIN_FAILURE_RUN = 3
+
+
+def _rule_lines(rule: Rule) -> list[str]:
+    others = ", ".join(rule.unconfirmed)
+    if rule.sources or not rule.unconfirmed:
+        sources = ", ".join(rule.sources) or "any"
+        lines = [f"  on {rule.host}: incoming TCP {rule.ports} from {sources}"]
+    else:
+        lines = [f"  on {rule.host}: incoming TCP {rule.ports} from the controllers among {others}"]
+    lines.append(f"      because {rule.reason}")
+    if rule.unconfirmed:
+        also = f"also from {others} if controllers: " if rule.sources else ""
+        lines.append(
+            f"      ({also}their connections failed and they sent no command in this capture:"
+            " controllers kept out, or scanners)"
+        )
+    return lines
 
 
 def _failure_lines(failures: Sequence[Failure]) -> list[str]:
@@ -373,6 +450,8 @@ def _failure_lines(failures: Sequence[Failure]) -> list[str]:
         when = format_time(first.at) if first.at is not None else "?"
         if end - start == 1:
             task = f" task {printable(first.process_id)}" if first.process_id else ""  # as sent
+            if not first.process_id and first.what in FAILED_CALLBACK:
+                task = " (no start captured)"
             lines.append(f"  {when}  {first.what:<20} {first.source} → {first.target}{task}")
         else:
             run = failures[start:end]
