@@ -544,7 +544,8 @@ def tasks(
         rows = [r for r in rows if r["status"] in statuses]
     to_stdout = _emit(rows, report.TASK_COLUMNS, opts, shown, chosen_by_user=columns is not None)
     if not opts["quiet"]:
-        _out("\n" + report.summary_text(rows), err=to_stdout, nl=False)
+        below_table = "" if _writes_tables(opts) else "\n"  # a blank line after the table only
+        _out(below_table + report.summary_text(rows), err=to_stdout, nl=False)
         _out(report.task_summary(rows, decode_errors), err=to_stdout)
         if not explained:
             _out(_nothing_found(opts), err=to_stdout)
@@ -653,7 +654,8 @@ def summary(captures: tuple[str, ...], slowest: int, **opts: Any) -> None:
         if opts["quiet"]:
             return
     _out(report.summary_text(rows, slowest), nl=False, err=to_stdout)
-    _out(report.task_summary(rows, result.decode_errors), err=to_stdout)
+    if not opts["quiet"]:  # the line under every table, which -q leaves out (found in review)
+        _out(report.task_summary(rows, result.decode_errors), err=to_stdout)
     if not (rows or result.stats.warnings):  # as `tasks` says (found in review)
         _out(_nothing_found(opts), err=to_stdout)
 

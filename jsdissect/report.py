@@ -122,10 +122,16 @@ def _total_ms(row: dict[str, Any]) -> float | None:
 
 def connection_row(ch: Channel) -> dict[str, Any]:
     c: Connection = ch.conn
+    client, server, bytes_c2s, bytes_s2c = c.client, c.server, c.bytes_c2s, c.bytes_s2c
+    if not c.handshake_seen and ch.kind == "api" and ch.controller == c.client:
+        # Picked up mid-stream, tcp guessed the higher port the client's; the callback's
+        # messages tell that the controller accepted it (§2): its port is high too, counted
+        # down from 59999 inside Linux's ephemeral range (found in review).
+        client, server, bytes_c2s, bytes_s2c = server, client, bytes_s2c, bytes_c2s
     return {
         "id": c.id,
-        "client": str(c.client),
-        "server": str(c.server),
+        "client": str(client),
+        "server": str(server),
         "channel": ch.kind or None,
         "state": c.state,
         "first_packet": c.first_ts,
@@ -134,8 +140,8 @@ def connection_row(ch: Channel) -> dict[str, Any]:
         "closed": c.closed,
         "last_packet": c.last_ts,
         "duration_ms": _ms(c.first_ts, c.last_ts),
-        "bytes_c2s": c.bytes_c2s,
-        "bytes_s2c": c.bytes_s2c,
+        "bytes_c2s": bytes_c2s,
+        "bytes_s2c": bytes_s2c,
         "packets": c.packets,
         "syn_count": c.syn_count,
         "retransmissions": c.retransmissions,

@@ -767,3 +767,18 @@ def test_errors_stay_one_readable_line(tmp_path: Path) -> None:
     (line,) = out.stderr.strip().splitlines()
     assert out.returncode == 0 and len(line) < 300, line
     assert line == f"jsdissect: warning: {odd}: link type 147 not supported, its packets skipped"
+
+
+def test_text_after_a_table_written_to_a_file_and_quiet_summary(tmp_path: Path) -> None:
+    """Found in review: with the table in a file, what `tasks` prints began with the blank
+    line that separates it from a table on the terminal; `summary -q` printed the one-line
+    summary that -q leaves out under every other table."""
+    demo = str(CAPTURES / "demo.pcap")
+    out = run("tasks", demo, "--csv", str(tmp_path / "t.csv"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Phases per remote scheduler")
+    shown = run("tasks", demo)
+    assert "\n\nPhases per remote scheduler" in shown.stdout  # after the table: one blank line
+    quiet, loud = run("summary", demo, "-q"), run("summary", demo)
+    assert "\n10 task(s): " in loud.stdout and "\n10 task(s): " not in quiet.stdout
+    assert quiet.stdout == loud.stdout[: len(quiet.stdout)]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from truth import load_truth
 
 import jsdissect
-from jsdissect import plot, report
+from jsdissect import plot, ports, report
 from jsdissect.correlate import Task, correlate
 from jsdissect.pipeline import Analysis
 from jsdissect.ports import USE_COLUMNS, port_report
@@ -70,10 +70,10 @@ def test_ports_report_matches_truth(name: str) -> None:
     failed = sorted(t["process_id"] for t in truth["tasks"] if t["status"] in FAILED_CALLBACK)
     listed = sorted(f["process_id"] for f in data["failures"] if f["what"] in FAILED_CALLBACK)
     assert listed == failed
-    for controller, ports in used.items():
+    for controller, used_ports in used.items():
         (rule,) = [r for r in data["rules"] if r["host"] == controller]
         low, high = map(int, rule["ports"].split("-"))
-        assert high == 59999 and all(low <= p <= high for p in ports)
+        assert high == 59999 and all(low <= p <= high for p in used_ports)
     if name == "parallel_50.pcap":  # every task there ends with callback_closed
         peaks = {c: v["tasks"] for c, v in data["peak"].items()}
         assert peaks == truth_peak(truth)
@@ -485,6 +485,99 @@ def test_time_wait_reuse_needs_a_closed_callback_and_rules_name_the_real_source(
     assert rep.reuses == ()  # task 1 never had a connection on the port: no TIME_WAIT
     (rule,) = [r for r in rep.rules if r.host == C_IP]
     assert set(rule.sources) == {nat_source, R_IP}
+
+
+def test_rules_name_apart_the_hosts_that_only_failed_to_connect() -> None:
+    """A remote's rule is for the controllers: hosts whose connections to its port failed
+    and that sent no command anywhere may be scanners, so they are named apart, and every
+    list is in numeric address order. Found in review (six refused SYNs, six "controllers",
+    10.0.0.10 before 10.0.0.5)."""
+    from channels import R_IP, S, command, conn
+
+    from jsdissect.correlate import Channel
+    from jsdissect.tcp import Endpoint
+
+    def refused(i: int, source: str) -> Channel:
+        attempt = conn(f"X{i}", Endpoint(source, 41000 + i), Endpoint(R_IP, 4455), 5 * S + i)
+        attempt = type(attempt)(
+            **{
+                **{f: getattr(attempt, f) for f in attempt.__dataclass_fields__},
+                **dict(synack=None, established=None, refused=5 * S + i + 50, rst_by=1),
+                **dict(rst=5 * S + i + 50, closed=5 * S + i + 50, state="refused", packets=2),
+            }
+        )
+        return Channel(attempt, "cmd", ())
+
+    scanners = ["10.0.0.10", "10.0.0.9", "192.168.1.2", "10.0.0.100"]
+    chans = [command("A", 40001, 1 * S, 59999, "1")]
+    chans += [refused(i, ip) for i, ip in enumerate(scanners)]
+    rep = port_report(correlate(chans, 200 * S), chans, (4455,))
+    (rule,) = [r for r in rep.rules if r.host == R_IP]
+    assert rule.sources == ("10.1.0.10",)  # the controller of task 1
+    assert rule.unconfirmed == ("10.0.0.9", "10.0.0.10", "10.0.0.100", "192.168.1.2")
+    text = ports.to_text(rep)
+    assert "from 10.1.0.10\n" in text and "also from 10.0.0.9, 10.0.0.10," in text
+    assert json.loads(json.dumps(ports.to_json(rep)))["rules"][-1]["unconfirmed"] == list(
+        rule.unconfirmed
+    )
+    only_failed = port_report([], chans[1:], (4455,))
+    (rule,) = only_failed.rules
+    assert (rule.sources, len(rule.unconfirmed)) == ((), 4)
+    assert "from the controllers among 10.0.0.9," in ports.to_text(only_failed)
+
+
+def test_failed_callbacks_of_no_captured_start_are_listed() -> None:
+    """A refused or dropped connection to the callback range (PROTOCOL §2) that no task took
+    is listed as such (its start fell before the capture, or a snaplen cut it); one a task
+    took is listed once, with its task, and a lone SYN the capture ended just after may
+    still be answered. Found in review: they showed only in `connections`."""
+    from channels import C_IP, R_IP, S, command, conn
+
+    from jsdissect.correlate import Channel
+    from jsdissect.tcp import Endpoint
+
+    def failed(cid: str, port: int, syn: int, state: str, syns: int = 1) -> Channel:
+        attempt = conn(cid, Endpoint(R_IP, 50000 + port % 100), Endpoint(C_IP, port), syn)
+        fields = {f: getattr(attempt, f) for f in attempt.__dataclass_fields__}
+        fields.update(synack=None, established=None, state=state, syn_count=syns)
+        if state == "refused":
+            fields.update(refused=syn + 50, rst=syn + 50, rst_by=1, closed=syn + 50)
+        return Channel(type(attempt)(**fields), "", ())
+
+    chans = [
+        command("A", 40001, 1 * S, 59999, "1"),
+        failed("own", 59999, 2 * S, "refused"),  # task 1's callback
+        failed("early", 59990, 3 * S, "refused"),
+        failed("dropped", 59980, 4 * S, "syn-unanswered", syns=3),
+        failed("outside", 40000, 5 * S, "refused"),  # not the callback range
+        failed("late", 59970, 199 * S, "syn-unanswered"),  # may still be answered
+    ]
+    rep = port_report(correlate(chans, 200 * S), chans, (4455,), capture_end=200 * S)
+    assert [(f.what, f.target, f.process_id) for f in rep.failures] == [
+        ("callback-refused", f"{C_IP}:59999", "1"),
+        ("callback-refused", f"{C_IP}:59990", None),
+        ("callback-unanswered", f"{C_IP}:59980", None),
+    ]
+    text = ports.to_text(rep)
+    assert f"{C_IP}:59990 (no start captured)" in text and f"{C_IP}:59999 task 1" in text
+
+
+def test_a_callback_picked_up_mid_stream_is_listed_from_the_task_to_the_controller(
+    tmp_path: Path,
+) -> None:
+    """Without the SYN, tcp takes the higher port for the client's; a callback's controller
+    port is high too (counted down from 59999), so `connections` named the controller the
+    client. Its messages tell the sides: the row follows them, bytes and all."""
+    from crafted_captures import CONTROLLER_IP, REMOTE_IP, Capture, picked_up_in_the_last_step
+
+    picked_up_in_the_last_step(cap := Capture())  # 45000 → 59999, no handshake
+    result = jsdissect.analyze([cap.write(tmp_path / "mid.pcap")])
+    (channel,) = result.channels
+    assert str(channel.conn.client) == f"{CONTROLLER_IP}:59999"  # tcp's guess
+    row = report.connection_row(channel)
+    assert (row["client"], row["server"]) == (f"{REMOTE_IP}:45000", f"{CONTROLLER_IP}:59999")
+    assert (row["bytes_c2s"], row["bytes_s2c"]) == (channel.conn.bytes_s2c, channel.conn.bytes_c2s)
+    assert row["bytes_c2s"] > row["bytes_s2c"]  # the task sent the log line and the step answer
 
 
 def test_a_time_of_zero_is_shown_as_a_time_in_the_ports_report() -> None:
