@@ -1144,3 +1144,142 @@ def test_plugin_shows_a_nul_as_a_sign_and_only_the_e_answer_strings_that_count(
     assert ["argument\u2400", "", "", "", "call\u2400"] in rows
     assert ["", "COM-\u2400", "what\u2400", "", "call\u2400"] in rows
     assert ["", "C2", "W2", "code=C1|what=W1", "construct"] in rows
+
+
+def _tshark(capture: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*tshark_base(capture), *args], capture_output=True, text=True, check=True
+    )
+
+
+def test_pid_is_a_64_bit_field_of_ascii_digits(tmp_path: Path) -> None:
+    """Found in review: `jobscheduler.pid` was 32 bits (5000000000 showed as 705032704) and
+    `-5` became 0. As the default engine reads it: ASCII digits, up to 2^64-1; else no
+    field (the Info column still shows the attribute as sent)."""
+    cap = Capture()
+    pids = ["5000000000", "18446744073709551615", "-5", "18446744073709551616", "4242"]
+    for n, pid in enumerate(pids):
+        conv = Conv(cap, (CONTROLLER_IP, 40000 + n), (REMOTE_IP, 4455), isn=1000 * (n + 1))
+        conv.handshake()
+        conv.send(CLIENT, js.start_remote_task(59999 - n, kind="process"))
+        answer = js.process_answer(answer_time(cap), f"77{n}").replace(
+            b'process_id="', f'pid="{pid}" process_id="'.encode()
+        )
+        conv.send(SERVER, answer)
+    path = cap.write(tmp_path / "pids.pcap")
+    out = _tshark(
+        path,
+        "-2",
+        "-Y",
+        "jobscheduler.process_id",
+        "-T",
+        "fields",
+        "-e",
+        "jobscheduler.process_id",
+        "-e",
+        "jobscheduler.pid",
+    ).stdout
+    answered = dict(line.split("\t") for line in out.splitlines() if line.count("\t") == 1)
+    assert {k: v for k, v in answered.items() if v} == {
+        "770": "5000000000",
+        "771": "18446744073709551615",
+        "774": "4242",
+    }
+    big = _tshark(
+        path,
+        "-2",
+        "-Y",
+        "jobscheduler.pid > 4294967295",
+        "-T",
+        "fields",
+        "-e",
+        "jobscheduler.process_id",
+    ).stdout.split()
+    assert big == ["770", "771"]
+
+
+def test_a_callback_port_can_be_decoded_as_the_callback_channel(
+    crafted: dict[str, Crafted],
+) -> None:
+    """Decode As… for the callback channel (found in review: `jobscheduler_api` was no valid
+    protocol for tcp.port), for a callback whose start was not captured (to 59990): with
+    heuristics off, nothing else would decode it."""
+    path = crafted["heuristic"].path
+    off = _fields(path, "-o", "jobscheduler.heuristic:FALSE")
+    assert not any(row[1] for row in off)
+    decoded = _fields(
+        path, "-o", "jobscheduler.heuristic:FALSE", "-d", "tcp.port==59990,jobscheduler_api"
+    )
+    assert [row[1] for row in decoded if row[1]][:1] == ["0x53"]  # its CreateInstance
+
+
+def test_failed_callbacks_are_errors_that_say_what_the_capture_shows() -> None:
+    """Found in review: a failed callback fails the task (Z-REMOTE-118) and was a warning
+    beside an <ERROR> answer's error; and a missing callback read "within 60 s" on a
+    capture whose command connection had ended after 4 s."""
+    out = _tshark(
+        ROOT / "captures" / "failures.pcap",
+        "-2",
+        "-T",
+        "fields",
+        "-e",
+        "_ws.expert.severity",
+        "-e",
+        "_ws.expert.message",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=|",
+    ).stdout
+    experts = [tuple(line.split("\t")) for line in out.splitlines() if "allback" in line]
+    severities = {
+        m: s
+        for sevs, msgs in experts
+        for s, m in zip(sevs.split("|"), msgs.split("|"), strict=True)
+    }
+    failed = {m: s for m, s in severities.items() if m.startswith(("Callback SYN", "No callback"))}
+    assert len(failed) == 3 and set(failed.values()) == {"8388608"}  # PI_ERROR
+    (missing,) = [m for m in failed if m.startswith("No callback")]
+    assert "before the command connection ended (frame " in missing
+
+
+def test_disabled_tcp_tracking_is_said(crafted: dict[str, Crafted]) -> None:
+    """Found in review: with the TCP tracking protocol disabled by hand the task table lost
+    its handshakes and statuses without a word; and its name was the command heuristic's
+    (`--disable-heuristic jobscheduler_tcp` and `--disable-protocol jobscheduler_tcp`)."""
+    path = crafted["tasks"].path
+    table = ["-q", "-o", "jobscheduler.task_table:TRUE"]
+    normal = _tshark(path, *table)
+    assert "disabled" not in normal.stderr
+    disabled = _tshark(path, *table, "--disable-protocol", "jobscheduler_tracking")
+    assert "'JobScheduler TCP tracking' (jobscheduler_tracking) is disabled" in disabled.stderr
+
+
+def test_two_pass_times_are_exact_in_a_nanosecond_capture() -> None:
+    """Found in review: with -2 and no filter (no tree in the first pass) a message that
+    began in the frame being shown got the first pass's kept time, 1 µs after the frame's
+    own (nanoseconds truncated, DESIGN "Exact times")."""
+    out = _tshark(
+        ROOT / "captures" / "one_api.pcapng",
+        "-2",
+        "-T",
+        "fields",
+        "-e",
+        "frame.time_epoch",
+        "-e",
+        "jobscheduler_api.first_byte_time",
+        "-E",
+        "occurrence=f",
+    ).stdout
+    checked = 0
+    for line in out.splitlines():
+        frame, began = line.split("\t")
+        if not began:
+            continue
+        frame_us = int(Decimal(frame) * 1_000_000)  # truncated, as DESIGN says
+        stamp, fraction = began.removesuffix(" UTC").split(".")
+        when = datetime.strptime(f"{stamp}.{fraction[:6]}", "%b %d, %Y %H:%M:%S.%f")
+        began_us = int(when.replace(tzinfo=timezone.utc).timestamp()) * 1_000_000 + when.microsecond
+        assert began_us <= frame_us
+        checked += began_us == frame_us
+    assert checked > 10  # messages that began in the frame shown

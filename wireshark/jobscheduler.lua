@@ -32,7 +32,9 @@ end
 
 local p_cmd = Proto("jobscheduler", "JobScheduler Remote Execution")
 local p_api = Proto("jobscheduler_api", "JobScheduler Object Server")
-local p_post = Proto("jobscheduler_tcp", "JobScheduler TCP tracking")
+-- (named apart from the heuristics, which Wireshark names jobscheduler_tcp and
+-- jobscheduler_api_tcp: --disable-heuristic and --disable-protocol take different things)
+local p_post = Proto("jobscheduler_tracking", "JobScheduler TCP tracking")
 
 local FRAME_REQUEST = frametype and frametype.REQUEST or nil
 local FRAME_RESPONSE = frametype and frametype.RESPONSE or nil
@@ -117,7 +119,7 @@ F.java_options = ProtoField.string("jobscheduler.java_options", "Java options")
 F.java_classpath = ProtoField.string("jobscheduler.java_classpath", "Java class path")
 F.ip_address = ProtoField.string("jobscheduler.ip_address", "Callback address (ip_address)")
 F.process_id = ProtoField.string("jobscheduler.process_id", "Process id (task key)")
-F.pid = ProtoField.uint32("jobscheduler.pid", "OS pid")
+F.pid = ProtoField.uint64("jobscheduler.pid", "OS pid")  -- the digits as sent, up to 2^64-1
 F.close = ProtoField.bool("jobscheduler.close", "Close")
 F.kill = ProtoField.bool("jobscheduler.kill", "Kill")
 F.signal = ProtoField.string("jobscheduler.signal", "Signal")
@@ -254,13 +256,15 @@ local E = {
         expert.group.MALFORMED, expert.severity.ERROR),
     unpaired = ProtoExpert.new("jobscheduler.expert.unpaired", "Answer without a command",
         expert.group.SEQUENCE, expert.severity.WARN),
+    -- the task fails (Z-REMOTE-118): errors, as an <ERROR> answer is
     refused = ProtoExpert.new("jobscheduler.expert.callback_refused",
         "Callback connection refused (SYN answered by RST)",
-        expert.group.SEQUENCE, expert.severity.WARN),
+        expert.group.SEQUENCE, expert.severity.ERROR),
     unanswered = ProtoExpert.new("jobscheduler.expert.callback_unanswered",
-        "Callback SYN never answered (dropped?)", expert.group.SEQUENCE, expert.severity.WARN),
+        "Callback SYN never answered (dropped?)", expert.group.SEQUENCE, expert.severity.ERROR),
     missing = ProtoExpert.new("jobscheduler.expert.callback_missing",
-        "No callback connection within 60 s", expert.group.SEQUENCE, expert.severity.WARN),
+        "No callback connection (within 60 s, or before the command connection ended)",
+        expert.group.SEQUENCE, expert.severity.ERROR),
 }
 local EA = {
     error = ProtoExpert.new("jobscheduler_api.expert.error", "Error answer (E)",
@@ -776,7 +780,7 @@ local function track_tcp(tvb, pinfo, now)
         conn.end_frame, conn.end_rst = pinfo.number, rst
     end
     if (fin or rst) and conn.closed == nil then
-        conn.closed = now
+        conn.closed, conn.closed_frame = now, pinfo.number
         conn.closed_by_fin = (fin and not rst) and { addr = src, port = sport } or nil
         -- a connection that never carried this protocol need not be remembered
         if conn.channel == nil and not ports_match and conns[key] == conn then
@@ -817,6 +821,17 @@ end
 -- table, in the place of one function: the main chunk is at Lua's limit of 200 local
 -- variables.)
 local Stream = { MAX_PIECES = 4096 }  -- per direction, beyond the next byte to dissect
+
+-- The exact time of this frame for the one the first pass kept, learnt by the postdissector
+-- and, in a later pass, by the dissectors before they add items (the postdissector runs
+-- after them: a message that began in this frame showed the kept time, 1 µs late at worst,
+-- found in review). When the kept times are exact, a double's value may be another frame's
+-- exact time, and must not be mapped. `now`: the first pass.
+function Stream.learn_exact(pinfo, now)
+    local kept, exact = frame_us(pinfo, true), exact_frame_us()
+    if now and exact == nil then exact_us.rounded = true end
+    if exact_us.rounded and exact and exact ~= kept then exact_us[kept] = exact end
+end
 
 function Stream.of(conn, dir)
     conn.streams = conn.streams or {}
@@ -1577,8 +1592,12 @@ local function add_start_facts(item, task, pinfo)
         item:add_proto_expert_info(E.unanswered, "Callback SYN to port " .. port .. " sent "
             .. cb.syn_count .. " time(s), never answered")
     elseif status == "callback-missing" then
-        item:add_proto_expert_info(E.missing, "No callback connection to port " .. port
-            .. " within 60 s")
+        -- what the capture shows: the 60 s, or the command connection's end before them
+        local ended = task.cmd and task.cmd.closed
+        local within = (ended and ended < task.start_sent + CALLBACK_TIMEOUT_US)
+            and " before the command connection ended (frame " .. task.cmd.closed_frame .. ")"
+            or " within 60 s"
+        item:add_proto_expert_info(E.missing, "No callback connection to port " .. port .. within)
     end
 end
 
@@ -1662,7 +1681,9 @@ local function dissect_answer(tvb, off, doc, len, pinfo, tree, rec)
                 info = info .. " process_id=" .. parts.attrs.process_id
             end
             if parts.attrs.pid then
-                item:add(F.pid, range, tonumber(parts.attrs.pid:match("^%s*(%d+)%s*$") or "") or 0)
+                -- ASCII digits, as the default engine reads them (none: no number, no field)
+                local pid = TEXT.uint64(parts.attrs.pid:match("^[ \t\r\n]*(%d+)[ \t\r\n]*$"))
+                if pid then item:add(F.pid, range, pid) end
                 info = info .. " pid=" .. parts.attrs.pid
             end
         else
@@ -1742,6 +1763,7 @@ local function dissect_cmd(tvb, pinfo, tree)
     if pinfo.visited and conn.first_frame and pinfo.number < conn.first_frame then return 0 end
     last_main_frame = pinfo.number
     local first_pass = not pinfo.visited
+    if not first_pass then Stream.learn_exact(pinfo) end
     local cs = cmd_state(conn)
     cs.server = cs.server or cmd_server(conn, tvb, src, pinfo.src_port, dst, pinfo.dst_port)
     local from_client = not is_endpoint(cs.server, src, pinfo.src_port)
@@ -3109,6 +3131,16 @@ function TEXT.step_result(m, task)
     end
 end
 
+-- Decimal digits as a UInt64 field value; nil for none, or for a number past 2^64-1.
+function TEXT.uint64(digits)
+    if digits == nil then return nil end
+    digits = digits:gsub("^0+(%d)", "%1")
+    if #digits > 20 or (#digits == 20 and digits > "18446744073709551615") then return nil end
+    local v = UInt64(0)
+    for d in digits:gmatch("%d") do v = v * 10 + tonumber(d) end
+    return v
+end
+
 -- A text that is a <process.result> document, told without parsing it (XML whitespace).
 function TEXT.is_process_result(s)
     return s:find("^[ \t\r\n]*<process%.result[ \t\r\n/>]") ~= nil
@@ -3866,6 +3898,7 @@ local function dissect_api(tvb, pinfo, tree)
         if l == 0 or l > MAX_FRAME or not API_CLASSES[tvb(4, 1):uint()] then return 0 end
     end
     last_main_frame = pinfo.number
+    if pinfo.visited then Stream.learn_exact(pinfo) end
     conn.data_seen = true  -- bytes flowed: the connection was accepted (status_of)
     local as = api_state(conn)
     local first_pass = not pinfo.visited
@@ -4172,9 +4205,7 @@ local function post_dissector(tvb, pinfo, tree)
         -- the first pass kept the exact time, or else the double's: then learn the exact
         -- one for that (when kept times are exact, a double's value may be another frame's
         -- exact time, and must not be mapped)
-        local kept, exact = frame_us(pinfo, true), exact_frame_us()
-        if now and exact == nil then exact_us.rounded = true end
-        if exact_us.rounded and exact and exact ~= kept then exact_us[kept] = exact end
+        Stream.learn_exact(pinfo, now)
     end
     if last_main_frame == pinfo.number then return end
     if conn == nil or conn.channel == nil then return end
@@ -4559,6 +4590,11 @@ end
 local table_listener
 
 local function write_task_table()
+    if last_main_frame ~= nil and capture_end == nil then
+        -- the protocol was dissected, but the postdissector never ran: disabled by hand
+        io.stderr:write("jobscheduler.lua: 'JobScheduler TCP tracking' (jobscheduler_tracking)"
+            .. " is disabled: the task table lacks handshakes, refusals, closes and statuses\n")
+    end
     local path = p_cmd.prefs.task_table_file
     if path and path ~= "" then
         local f, err = io.open(path, "w")
@@ -4615,6 +4651,8 @@ function p_cmd.prefs_changed()
 end
 
 apply_port_pref()
+-- Decode As… (tcp.port) for a callback port whose start command was not captured
+tcp_port_table:add_for_decode_as(p_api)
 p_api:register_heuristic("tcp", heur_api)
 p_cmd:register_heuristic("tcp", heur_cmd)
 register_postdissector(p_post)
