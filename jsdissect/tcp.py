@@ -155,6 +155,7 @@ class _Half:
         "pieces",
         "retransmissions",
         "seen",
+        "sent_end",
         "sink",
         "starts",
     )
@@ -171,6 +172,7 @@ class _Half:
         self.pieces: list[tuple[bytes, int]] = []  # (data, ts first captured)
         self.buffered = 0
         self.known_end = 0  # highest offset known to exist: captured, cut by snaplen, ACKed
+        self.sent_end = 0  # highest offset a captured segment reached (its bytes, cut or not)
         self.cut_to = 0  # the end of the latest segment the snaplen cut: what it cut never comes
         self.fin: int | None = None  # offset the FIN occupies
         self.fin_acked = False
@@ -243,11 +245,17 @@ class _Half:
             if lost_to > self.next:
                 self._fill_to(min(ack_off, lost_to), ts)
 
-    def flush(self, ts: int) -> None:
-        """The connection is over: deliver what is buffered, declare every hole left."""
+    def flush(self, ts: int, closed: bool) -> None:
+        """The connection is over: deliver what is buffered, declare every hole left.
+        `closed`: a FIN or an RST was captured."""
         end = max(self.known_end, self.ends[-1] if self.ends else 0)
         if self.fin is not None:
             end = self.fin  # the stream's last byte is just before the FIN
+        elif closed and end == self.sent_end + 1:
+            # Acknowledged one past the last byte sent, on a connection that ended: that is
+            # the FIN's sequence number (its packet not captured), not a byte lost (found by
+            # fuzzing against tshark: a phantom 1-byte gap ended a complete stream).
+            end = self.sent_end
         self._fill_to(end, ts)
 
     def _insert(self, off: int, end: int, data: bytes, ts: int) -> int:
@@ -438,6 +446,8 @@ class _Conn:
             end = off + len(payload) + missing
             if end > off and end > half.known_end:
                 half.known_end = end
+            if end > half.sent_end:
+                half.sent_end = end
             if payload:
                 half.add_data(off, payload, ts)
             if missing and end > half.cut_to:
@@ -596,7 +606,7 @@ class _Conn:
     def finish(self) -> Connection:
         """Flush both streams and summarise."""
         for half in self.halves:
-            half.flush(self.last_ts)
+            half.flush(self.last_ts, self.closed is not None)
         client, server = self.halves
         news = [t for h in self.halves for t in (h.first_new, h.last_new) if t is not None]
         established = self.established

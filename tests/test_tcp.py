@@ -1351,3 +1351,30 @@ def test_open_connections_are_bounded_by_handing_on_the_idle_ones(monkeypatch) -
     assert peak <= 50
     assert len(closed) == 1000 and len({c.id for c in closed}) == 1000
     assert all(c.state == "syn-unanswered" for c in closed)
+
+
+def test_a_fin_not_captured_is_no_lost_byte() -> None:
+    """Found by fuzzing against tshark: the server's FIN was not captured, the client's ACK
+    of it (its sequence number + 1) was; that ACK made the FIN's sequence number a stream
+    byte, reported as a 1-byte gap after a complete answer. On a connection that ended, one
+    past the last byte sent is the FIN. A lost last byte with a FIN captured after it is
+    still a gap."""
+    conv = Conv()
+    segs = [
+        *conv.handshake(),
+        *conv.data(CLIENT_TO_SERVER, b"<close/>"),
+        *conv.data(SERVER_TO_CLIENT, b"<ok/>\0"),
+    ]
+    fin_c = conv.fin(CLIENT_TO_SERVER)
+    conv.fin(SERVER_TO_CLIENT)  # not captured
+    (res,) = collect([*segs, fin_c, conv.ack(CLIENT_TO_SERVER)])
+    assert res.s2c.end == 6 and res.s2c.gaps == [] and res.conn.gap_bytes == 0
+    conv = Conv()
+    segs = [
+        *conv.handshake(),
+        *conv.data(CLIENT_TO_SERVER, b"<close/>"),
+        *conv.data(SERVER_TO_CLIENT, b"<ok/>"),
+    ]
+    conv.data(SERVER_TO_CLIENT, b"\0")  # lost
+    (res,) = collect([*segs, conv.fin(SERVER_TO_CLIENT), conv.fin(CLIENT_TO_SERVER)])
+    assert res.s2c.end == 6 and res.conn.gap_bytes == 1
