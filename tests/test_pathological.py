@@ -386,3 +386,19 @@ def test_builds_are_deterministic() -> None:
     one, two = patho.sequence_wrap(), patho.sequence_wrap()
     assert [bytes(p) for p in one.packets()] == [bytes(p) for p in two.packets()]
     assert one.truth() == two.truth()
+
+
+def test_analyze_leaves_its_results_out_of_the_youngest_generation() -> None:
+    """analyze() pauses the cyclic collector (its objects make no cycles); resumed with
+    everything it made in the youngest generation, the first collection walked all of it
+    (0.27 s after 10,000 tasks). Counted in objects, not timed."""
+    import gc
+
+    import jsdissect
+
+    demo = Path(__file__).resolve().parent.parent / "captures" / "demo.pcap"
+    assert gc.isenabled()
+    result = jsdissect.analyze([demo])
+    young = len(gc.get_objects(generation=0))
+    made = sum(len(ch.events) for ch in result.channels)
+    assert gc.isenabled() and made > 300 and young < 100
