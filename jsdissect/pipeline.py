@@ -492,6 +492,10 @@ class _Dispatcher:
         if state.callback is not None:  # kind "api"
             state.callback.data(state.callback_key, direction, offset, data, ts)
         elif state.kind == "cmd":
+            first_request = direction == CLIENT_TO_SERVER and offset == 0 and state.handshake
+            if first_request and cmd.foreign_start(data):  # another protocol: not decoded
+                state.kind, state.decoder, state.events = "", None, []
+                return
             decoder = self._command_decoder(conn_id, state)
             self._collect(state, decoder.feed(direction, offset, data, ts))
         elif state.kind is None:

@@ -1609,3 +1609,34 @@ def test_engines_pick_up_a_first_frame_that_spans_segments_alike(
         ("/folder/a", 42, 1, 3)
     ]
     assert _full_rows(theirs) == _full_rows(ours)
+
+
+def test_engines_leave_another_protocol_on_a_scheduler_port_undecoded(tmp_path: Path) -> None:
+    """Found in review: a TLS client or a scanner's binary probe on 4444/4455 was decoded as
+    the command channel, a flood of decode errors (and "not completely captured" in the
+    plugin, where nothing was lost). R reads a first byte that is not '<', a letter, Ctrl-D
+    or a line end as no request (§3.3): such a connection is another protocol, decoded by
+    neither engine; a task beside it is as before."""
+    require("tshark")
+    from crafted_captures import CLIENT, CONTROLLER_IP, REMOTE_IP, SERVER, Conv, shell_task
+
+    cap = Capture()
+    for n, hello in enumerate([b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"\x00 \x80\xff"]):
+        probe = Conv(cap, (CONTROLLER_IP, 41000 + n), (REMOTE_IP, 4455), isn=500 + n)
+        probe.handshake()
+        probe.send(CLIENT, hello + bytes(range(200)))
+        probe.send(SERVER, b"\x15\x03\x03\x00\x02\x02\x28" + bytes(range(100, 0, -1)))
+        probe.close()
+    expected = shell_task(cap)
+    capture = cap.write(tmp_path / "foreign.pcap")
+    result = jsdissect.analyze([capture])
+    assert [t.process_id for t in result.task_records] == [expected.process_id]
+    kinds = {ch.conn.client.port: ch.kind for ch in result.channels}
+    assert (kinds[41000], kinds[41001]) == ("", "")
+    assert result.decode_errors == 0
+    ours, theirs, _, plugin_messages = _both_engines(capture)
+    assert _full_rows(theirs) == _full_rows(ours)
+    probes = [
+        m for m in plugin_messages if ":41000 " in m["direction"] or ":41001 " in m["direction"]
+    ]
+    assert probes == []

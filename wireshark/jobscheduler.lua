@@ -1767,16 +1767,21 @@ local function dissect_cmd(tvb, pinfo, tree)
     local cs = cmd_state(conn)
     cs.server = cs.server or cmd_server(conn, tvb, src, pinfo.src_port, dst, pinfo.dst_port)
     local from_client = not is_endpoint(cs.server, src, pinfo.src_port)
-    if cs.http == nil and first_pass and from_client then
+    if cs.foreign == nil and first_pass and from_client then
         -- §3.3: a connection whose first request begins with A-Z is HTTP (the web interface
         -- on the scheduler's port): Wireshark's own HTTP dissector shows it, not this one
-        -- (the handshake seen and no client byte before this frame: its first request)
+        -- (the handshake seen and no client byte before this frame: its first request).
+        -- Nor a first byte R reads as no request at all (not '<', a letter, Ctrl-D or a
+        -- line end, after keep-alive spaces or NULs): another protocol on the port (a TLS
+        -- client, a scanner's probe), left to Wireshark, as jsdissect leaves it undecoded.
         local dir = direction(pinfo)
         local at_start = conn.syn_seq ~= nil and not (conn.next_seq and conn.next_seq[dir])
-        cs.http = at_start and tvb:raw(0, math.min(len, 16)):match("^[\r\n]*[A-Z]") ~= nil
-            or false
+        local head = tvb:raw(0, math.min(len, 64))
+        local first = head:match("^[ %z]*([^ %z])")
+        cs.foreign = at_start and (head:match("^[\r\n]*[A-Z]") ~= nil
+            or (first ~= nil and not first:match("^[<%a\4\r\n]$"))) or false
     end
-    if cs.http then return 0 end
+    if cs.foreign then return 0 end
     local now = frame_us(pinfo)
     local dir = direction(pinfo)
     local cont, stream, base
@@ -4184,7 +4189,7 @@ local function post_dissector(tvb, pinfo, tree)
         if c and c.seg_frame == pinfo.number and (c.seg_len or 0) > 0
             and (c.channel or interesting_port(pinfo.src_port)
                 or interesting_port(pinfo.dst_port))
-            and not (c.cmd and c.cmd.http) then
+            and not (c.cmd and c.cmd.foreign) then
             local captured = math.max(0, math.min(c.seg_len, tvb:len() - c.seg_at))
             Stream.note(Stream.of(c, direction(pinfo)), pinfo.number, c.seg_seq, c.seg_at,
                 captured, c.seg_len, now)

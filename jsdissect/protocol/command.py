@@ -77,6 +77,18 @@ HTTP_STATUS_RE = re.compile(rb"HTTP/\d")
 DIGITS_RE = re.compile(r"[ \t\r\n]*([0-9]+)[ \t\r\n]*")
 
 
+def foreign_start(data: bytes) -> bool | None:
+    """§3.3: R reads a connection's first request as XML, HTTP or a plain command. A first
+    byte that is none of those (nor Ctrl-D or a line end), after keep-alive spaces or NULs,
+    is another protocol on the port: a TLS client, a scanner's probe. None: nothing but
+    spaces and NULs yet."""
+    head = data.lstrip(b" \x00")
+    if not head:
+        return None
+    first = head[0]
+    return not (first in (LT, EOT, LF, CR) or 0x41 <= first <= 0x5A or 0x61 <= first <= 0x7A)
+
+
 # --- commands (client → server) ---------------------------------------------------------
 
 
