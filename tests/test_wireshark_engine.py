@@ -1640,3 +1640,38 @@ def test_engines_leave_another_protocol_on_a_scheduler_port_undecoded(tmp_path: 
         m for m in plugin_messages if ":41000 " in m["direction"] or ":41001 " in m["direction"]
     ]
     assert probes == []
+
+
+def test_an_answer_with_a_lost_segment_is_one_warning_and_one_message(tmp_path: Path) -> None:
+    """Found in review: an answer in 7-byte segments, one of them lost, made one error
+    expert for the answer and one more per segment after the loss (16), each a decode
+    error in the plugin's message list. Bytes the capture lost are no malformed data:
+    warnings, on the answer and on its first rest after the loss (TCP may never show the
+    segment an answer began in); the default engine has one decode error."""
+    require("tshark")
+    from crafted_captures import CLIENT, CONTROLLER_IP, REMOTE_IP, SERVER, Conv, answer_time
+
+    cap = Capture()
+    cmd = Conv(cap, (CONTROLLER_IP, 40000), (REMOTE_IP, 4455), isn=1000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(59999, kind="process"))
+    answer = js.process_answer(answer_time(cap), "700001")
+    cmd.send(SERVER, answer, sizes=(7,) * (len(answer) // 7))
+    del cap.packets[-len(answer) // 7 + 2]  # the third segment of the answer
+    cmd.close()
+    capture = cap.write(tmp_path / "lost_segment.pcap")
+    experts = _plugin_fields(capture, "jobscheduler", "_ws.expert.severity", "_ws.expert.message")
+    ours = [
+        pair
+        for sevs, msgs in experts
+        for pair in zip(sevs.split(","), msgs.split(","), strict=True)
+        if "completely" in pair[1]
+    ]
+    assert ours == [  # PI_WARN
+        (str(0x600000), "Answer not completely captured"),
+        (str(0x600000), "Rest of an answer not completely captured (not paired with a command)"),
+    ]
+    _, _, messages, plugin_messages = _both_engines(capture)
+    errors = [m for m in messages if m["type"] == "DecodeError"]
+    plugin_errors = [m for m in plugin_messages if m["type"] == "DecodeError"]
+    assert (len(errors), len(plugin_errors)) == (1, 2)

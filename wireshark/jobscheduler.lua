@@ -254,6 +254,9 @@ local E = {
         expert.group.RESPONSE_CODE, expert.severity.ERROR),
     cmd_malformed = ProtoExpert.new("jobscheduler.expert.malformed", "Malformed command channel",
         expert.group.MALFORMED, expert.severity.ERROR),
+    -- bytes the capture lost are no malformed data: a warning, as for a callback frame
+    cmd_truncated = ProtoExpert.new("jobscheduler.expert.truncated",
+        "Message not completely captured", expert.group.MALFORMED, expert.severity.WARN),
     unpaired = ProtoExpert.new("jobscheduler.expert.unpaired", "Answer without a command",
         expert.group.SEQUENCE, expert.severity.WARN),
     -- the task fails (Z-REMOTE-118): errors, as an <ERROR> answer is
@@ -1514,6 +1517,8 @@ local function lose_answer(conn, frame, rest_may_follow)
     local cs = cmd_state(conn)
     local req = table.remove(cs.queue, 1)
     cs.lost = rest_may_follow
+    -- its first rest tells the loss too: TCP may never show the segment the answer began in
+    cs.rest_untold = rest_may_follow
     return { kind = 2, frame = frame, lost = true, request = req,
         task = req and req.task or cs.tasks[#cs.tasks] }
 end
@@ -1707,16 +1712,29 @@ end
 local function dissect_lost_answer(tvb, off, len, pinfo, tree, rec, why)
     local range = tvb(off, len)
     local item = tree:add(p_cmd, range)
-    item:add(F.message, 2):set_generated()
-    item:add(F.segment, range)
-    add_process_id(item, rec.task)
-    if rec.rest then
+    if rec.rest and not rec.shows_loss then
+        -- no message of its own, and no expert: the lost answer and its first rest have them
+        -- (found in review: an answer in 7-byte segments, one lost, made 16 errors)
+        item:add(F.segment, range)
+        add_process_id(item, rec.task)
+        item:set_text("JobScheduler Remote Execution [rest of an answer not completely"
+            .. " captured]")
+        return "[rest of an answer]"
+    elseif rec.rest then
+        -- the first rest after the loss: told here too, as TCP may never have shown the
+        -- segment the answer began in (held for a reassembly that never completed)
+        item:add(F.message, 2):set_generated()
+        item:add(F.segment, range)
+        add_process_id(item, rec.task)
         item:set_text("JobScheduler Remote Execution [rest of an answer]")
-        item:add_proto_expert_info(E.cmd_malformed,
+        item:add_proto_expert_info(E.cmd_truncated,
             "Rest of an answer not completely captured (not paired with a command)")
         return "[rest of an answer]"
     end
-    item:add_proto_expert_info(E.cmd_malformed, why)
+    item:add(F.message, 2):set_generated()
+    item:add(F.segment, range)
+    add_process_id(item, rec.task)
+    item:add_proto_expert_info(E.cmd_truncated, why)
     if rec.request then
         item:add(F.request_in, rec.request.frame):set_generated()
     else
@@ -1854,7 +1872,9 @@ local function dissect_cmd(tvb, pinfo, tree)
             if at < len and begins_like_answer(raw, at) then
                 cs.lost = false
             elseif at < len then
-                rec = { kind = 2, rest = true, frame = pinfo.number, task = cs.tasks[#cs.tasks] }
+                rec = { kind = 2, rest = true, frame = pinfo.number, task = cs.tasks[#cs.tasks],
+                    shows_loss = cs.rest_untold }
+                cs.rest_untold = nil
                 records[key] = rec
             end
         end
@@ -1921,7 +1941,7 @@ local function dissect_cmd(tvb, pinfo, tree)
                             "Command larger than " .. MAX_DOCUMENT .. " bytes")
                         set_column(pinfo, "JobScheduler", "command too long")
                     elseif rec and rec.lost then
-                        item:add_proto_expert_info(E.cmd_malformed,
+                        item:add_proto_expert_info(E.cmd_truncated,
                             "Command not completely captured")
                         set_column(pinfo, "JobScheduler", "incomplete command")
                     else
