@@ -1283,3 +1283,32 @@ def test_two_pass_times_are_exact_in_a_nanosecond_capture() -> None:
         assert began_us <= frame_us
         checked += began_us == frame_us
     assert checked > 10  # messages that began in the frame shown
+
+
+@pytest.mark.parametrize("name", ["demo.pcap", "failures.pcap", "parallel_50.pcap"])
+def test_task_status_is_a_field_of_every_message_of_the_task(name: str) -> None:
+    """Found in review: a task's status (aborted, killed, refused…) could not be filtered.
+    `jobscheduler.status`, on every message of a task once the whole file was read (-2),
+    is its status in the task table: `-Y 'jobscheduler.status == "killed"'` finds them."""
+    capture = ROOT / "captures" / name
+    truth = {t["process_id"]: t["status"] for t in load_truth(capture)["tasks"]}
+    out = _tshark(
+        capture,
+        "-2",
+        "-Y",
+        "jobscheduler.process_id",
+        "-T",
+        "fields",
+        "-e",
+        "jobscheduler.process_id",
+        "-e",
+        "jobscheduler.status",
+        "-E",
+        "occurrence=f",
+    ).stdout
+    pairs = [tuple(line.split("\t")) for line in out.splitlines()]
+    assert all(status for _, status in pairs)  # none without it
+    assert dict(pairs) == {pid: status for pid, status in truth.items() if pid in dict(pairs)}
+    assert len(dict(pairs)) == len([p for p in truth if p])
+    one_pass = _tshark(capture, "-T", "fields", "-e", "jobscheduler.status").stdout
+    assert one_pass.strip() == ""  # not known before the whole file was read

@@ -119,6 +119,8 @@ F.java_options = ProtoField.string("jobscheduler.java_options", "Java options")
 F.java_classpath = ProtoField.string("jobscheduler.java_classpath", "Java class path")
 F.ip_address = ProtoField.string("jobscheduler.ip_address", "Callback address (ip_address)")
 F.process_id = ProtoField.string("jobscheduler.process_id", "Process id (task key)")
+F.status = ProtoField.string("jobscheduler.status",
+    "Task status (as the task table's; a later pass: the whole file read)")
 F.pid = ProtoField.uint64("jobscheduler.pid", "OS pid")  -- the digits as sent, up to 2^64-1
 F.close = ProtoField.bool("jobscheduler.close", "Close")
 F.kill = ProtoField.bool("jobscheduler.kill", "Kill")
@@ -958,10 +960,19 @@ local function set_column(pinfo, proto_col, text)
     end
 end
 
-local function add_process_id(tree, task)
-    if task ~= nil and task.process_id ~= nil then
+-- Task-level helpers filled in further down (one table: the main chunk is at Lua's limit
+-- of 200 local variables).
+local Task = {}
+
+-- The task key, and once the whole file was read its status, on a message of the task.
+-- `keyed`: the message carries the key itself (a close, a kill, a <process> answer).
+local function add_process_id(tree, task, keyed)
+    if task == nil then return end
+    if task.process_id ~= nil and not keyed then
         tree:add(F.process_id, task.process_id):set_generated()
     end
+    local status = Task.status(task)
+    if status then tree:add(F.status, status):set_generated() end
 end
 
 -- A stand-in tree for parsing without display (heuristic probes): every call returns it.
@@ -1351,7 +1362,17 @@ end
 local NO_CALLBACK = { ["start-failed"] = true, ["callback-missing"] = true }
 
 -- DESIGN "Status": the first rule that applies.
-local function status_of(t)
+local status_of  -- below
+
+-- A task's status for the tree (found in review: no filter reached it): known in a later
+-- pass only, when the whole file was read (tasks.whole, set by the dissectors).
+function Task.status(t)
+    if not tasks.whole then return nil end
+    t.status = t.status or status_of(t)
+    return t.status
+end
+
+status_of = function(t)
     local cb = t.callback
     if t.start_failed then return "start-failed" end
     if cb and cb.refused then return "callback-refused" end
@@ -1648,7 +1669,7 @@ local function dissect_command(tvb, off, doc, pinfo, tree, rec)
         add_attrs(item, range, el.order, a)
     end
     local task = rec and rec.task
-    if task and el.name ~= CLOSE and el.name ~= KILL then add_process_id(item, task) end
+    add_process_id(item, task, el.name == CLOSE or el.name == KILL)
     if task and el.name == START then add_start_facts(item, task, pinfo) end
     add_cmd_links(item, rec)
     return info
@@ -1698,7 +1719,7 @@ local function dissect_answer(tvb, off, doc, len, pinfo, tree, rec)
         item:add_proto_expert_info(E.cmd_malformed, "No XML element in the answer")
     end
     local task = rec and rec.task
-    if task and parts.name ~= "process" then add_process_id(item, task) end
+    add_process_id(item, task, parts.name == "process")
     if rec and rec.request == nil then item:add_proto_expert_info(E.unpaired) end
     if task and task.begin_answer_frame and rec.request and rec.request.name == START then
         item:add(F.started_in, task.begin_answer_frame):set_generated()
@@ -1781,7 +1802,7 @@ local function dissect_cmd(tvb, pinfo, tree)
     if pinfo.visited and conn.first_frame and pinfo.number < conn.first_frame then return 0 end
     last_main_frame = pinfo.number
     local first_pass = not pinfo.visited
-    if not first_pass then Stream.learn_exact(pinfo) end
+    if not first_pass then Stream.learn_exact(pinfo) tasks.whole = true end
     local cs = cmd_state(conn)
     cs.server = cs.server or cmd_server(conn, tvb, src, pinfo.src_port, dst, pinfo.dst_port)
     local from_client = not is_endpoint(cs.server, src, pinfo.src_port)
@@ -3923,7 +3944,7 @@ local function dissect_api(tvb, pinfo, tree)
         if l == 0 or l > MAX_FRAME or not API_CLASSES[tvb(4, 1):uint()] then return 0 end
     end
     last_main_frame = pinfo.number
-    if pinfo.visited then Stream.learn_exact(pinfo) end
+    if pinfo.visited then Stream.learn_exact(pinfo) tasks.whole = true end
     conn.data_seen = true  -- bytes flowed: the connection was accepted (status_of)
     local as = api_state(conn)
     local first_pass = not pinfo.visited
@@ -4187,6 +4208,7 @@ end
 
 local function post_dissector(tvb, pinfo, tree)
     local now = not pinfo.visited and frame_us(pinfo) or nil  -- first pass only
+    if not now then tasks.whole = true end
     -- the capture ends with its last packet, whatever that carries
     if now and (capture_end == nil or now > capture_end) then capture_end = now end
     if pinfo.port_type ~= PT_TCP then return end
