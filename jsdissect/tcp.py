@@ -192,13 +192,18 @@ class _Half:
             delta -= _SEQ_MOD
         return self.next + delta
 
-    def pick_up(self, seq: int) -> None:
+    def pick_up(self, seq: int, handshake_ack: bool) -> None:
         """Mid-stream: the first segment with data starts the stream, unless the peer has
         already acknowledged past it (a keep-alive probe, an old retransmission), in which
-        case the acknowledged point does: nothing before it can ever be missing."""
+        case the acknowledged point does: nothing before it can ever be missing.
+        `handshake_ack`: the peer's ACK is its handshake's (its SYN or SYN-ACK captured,
+        this side's not), so it names this side's first byte exactly: a first segment seen
+        after it is one reordered or a loss (found by fuzzing against tshark: the bytes
+        before it, which came next, were dropped as retransmissions)."""
         if self.ack_before_base is not None:
             ahead = (self.ack_before_base - seq) % _SEQ_MOD
-            if 0 < ahead < _SEQ_HALF:
+            behind = (seq - self.ack_before_base) % _SEQ_MOD
+            if 0 < ahead < _SEQ_HALF or (handshake_ack and 0 < behind <= MAX_BUFFER_BYTES):
                 seq = self.ack_before_base
         self.base = seq
 
@@ -424,7 +429,8 @@ class _Conn:
         elif half.base is None and (payload or missing or flags & FIN):
             # Picked up mid-stream. Pure ACKs do not place the stream: a keep-alive probe
             # carries the sequence number before the next byte.
-            half.pick_up(seq)
+            peer_handshake = self.syn if d == SERVER_TO_CLIENT else self.synack
+            half.pick_up(seq, peer_handshake is not None)
         if flags & ACK:
             # Before this packet's own data: what it acknowledges was received before it was
             # sent, so a hole it reveals in the peer's stream comes first in time too.

@@ -1378,3 +1378,25 @@ def test_a_fin_not_captured_is_no_lost_byte() -> None:
     conv.data(SERVER_TO_CLIENT, b"\0")  # lost
     (res,) = collect([*segs, conv.fin(SERVER_TO_CLIENT), conv.fin(CLIENT_TO_SERVER)])
     assert res.s2c.end == 6 and res.conn.gap_bytes == 1
+
+
+def test_the_handshake_ack_places_a_stream_whose_first_segments_came_swapped() -> None:
+    """Found by fuzzing against tshark: the SYN captured, the SYN-ACK not, and the server's
+    first two segments captured swapped. The stream was based at the first segment seen,
+    and the 100 bytes before it, which came next, were dropped as retransmissions (the
+    answer began mid-message). The client's handshake ACK names the server's first byte:
+    they are a hole the reordered segment fills. A loss there is a gap at offset 0."""
+
+    def captured(first_segment_too: bool) -> list[Segment]:
+        conv = Conv()
+        syn = conv.syn()
+        conv.synack()  # not captured
+        ack = conv.ack(CLIENT_TO_SERVER)
+        req = conv.data(CLIENT_TO_SERVER, b"<start/>")
+        ans = conv.data(SERVER_TO_CLIENT, b"A" * 100 + b"B" * 100, mss=100)
+        return [syn, ack, *req, ans[1], *ans[:first_segment_too], *conv.close()]
+
+    (res,) = collect(captured(True))
+    assert res.s2c.data == b"A" * 100 + b"B" * 100 and res.conn.retransmissions == 0
+    (lost,) = collect(captured(False))
+    assert lost.s2c.end == 200 and [g[:2] for g in lost.s2c.gaps] == [(0, 100)]
