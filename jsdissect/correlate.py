@@ -339,10 +339,12 @@ def _remote_ip(task: Task) -> str:
 
 
 def _nothing_seen(ch: Channel) -> bool:
-    """A callback channel by its endpoint alone (one a start announced) with no SYN and
-    no byte captured: a lone RST or FIN tells no callback, and makes no row (as the plugin
-    takes it; found in review: an RST-only connection made a `partial` row)."""
-    return ch.conn.syn is None and ch.conn.bytes_c2s == 0 and ch.conn.bytes_s2c == 0
+    """A callback channel by its endpoint alone (one a start announced) with no SYN, no
+    SYN-ACK and no byte captured: a lone RST or FIN tells no callback, and makes no row (as
+    the plugin takes it; found in review: an RST-only connection made a `partial` row). A
+    SYN-ACK tells the controller accepted one."""
+    conn = ch.conn
+    return conn.syn is None and conn.synack is None and conn.bytes_c2s == conn.bytes_s2c == 0
 
 
 def _no_data(ch: Channel) -> bool:

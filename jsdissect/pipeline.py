@@ -378,13 +378,15 @@ def _no_cyclic_gc() -> Iterator[None]:
     try:
         yield
     finally:
-        if enabled:
+        if enabled and not gc.get_freeze_count():
             # Everything the run made is still in the youngest generation: the first
             # collection would walk all of it (0.27 s after 10,000 tasks). Moved to the
             # oldest at once (freeze, then unfreeze, are list moves), it waits for a full
-            # collection, as objects that lived that long would have.
+            # collection, as objects that lived that long would have. Not when the caller
+            # froze objects (before a fork, say): unfreeze would thaw those too.
             gc.freeze()
             gc.unfreeze()
+        if enabled:
             gc.enable()
 
 

@@ -93,6 +93,9 @@ class PortReport:
     reuses: tuple[Reuse, ...]
     failures: tuple[Failure, ...]
     rules: tuple[Rule, ...]
+    # Failed connections to the callback range between hosts seen in no JobScheduler
+    # traffic: an ephemeral port of other traffic as likely as a callback; counted only.
+    unattributed: int = 0
 
 
 def port_report(
@@ -124,7 +127,10 @@ def port_report(
     }
     peaks = {c: _peak(us) for c, us in by_controller.items()}
     failures = _callback_failures(tasks) + _command_failures(channels, scheduler_ports, capture_end)
-    failures += _unmatched_callback_failures(tasks, channels, capture_end)
+    unmatched = _unmatched_callback_failures(tasks, channels, capture_end)
+    controllers, remotes = _hosts(tasks, channels)
+    attributed = [f for f in unmatched if _attributed(f, controllers, remotes)]
+    failures += attributed
     rules = _controller_rules(uses, ranges, peaks) + _remote_rules(tasks, failures)
     return PortReport(
         uses=uses,
@@ -133,6 +139,7 @@ def port_report(
         reuses=tuple(_reuses(uses, time_wait_us)),
         failures=tuple(sorted(failures, key=lambda f: (f.at or 0, f.target))),
         rules=tuple(rules),
+        unattributed=len(unmatched) - len(attributed),
     )
 
 
@@ -278,6 +285,29 @@ def _unmatched_callback_failures(
     ]
 
 
+def _hosts(tasks: Sequence[Task], channels: Sequence[Channel]) -> tuple[set[str], set[str]]:
+    """The controllers and the remotes (task processes' hosts) the capture shows."""
+    controllers = {t.controller for t in tasks if t.controller}
+    remotes = {_remote_ip(t.remote) for t in tasks if t.remote}
+    for ch in channels:
+        if ch.kind == "api" and ch.controller is not None and ch.remote is not None:
+            controllers.add(ch.controller.ip)
+            remotes.add(ch.remote.ip)
+    return controllers, remotes
+
+
+def _attributed(failure: Failure, controllers: set[str], remotes: set[str]) -> bool:
+    """A failed connection to the callback range is a callback's when it went to a
+    controller or came from a remote: the range lies inside Linux's ephemeral ports, and
+    other traffic between other hosts lands there too (found in review)."""
+    target = failure.target.rsplit(":", 1)[0].strip("[]")
+    return target in controllers or failure.source in remotes
+
+
+def _remote_ip(remote: str) -> str:
+    return remote.rsplit(":", 1)[0].strip("[]")
+
+
 def _failed(conn: Connection, capture_end: int | None) -> bool:
     """Refused, or unanswered: a single SYN the capture ended less than 60 s after may
     still be answered, as for callbacks."""
@@ -382,6 +412,7 @@ def to_json(rep: PortReport) -> dict:
         "time_wait_reuse": [asdict(r) for r in rep.reuses],
         "failures": [times(asdict(f)) for f in rep.failures],
         "rules": [asdict(r) for r in rep.rules],
+        "unattributed_failures": rep.unattributed,
     }
 
 
@@ -402,6 +433,12 @@ def to_text(rep: PortReport) -> str:
     lines.append("")
     lines.append("Failed connections:" + ("" if rep.failures else " none"))
     lines += _failure_lines(rep.failures)
+    if rep.unattributed:
+        lines.append(
+            f"  (and {rep.unattributed} refused or unanswered connection(s) to ports"
+            f" {CALLBACK_RANGE[0]}-{CALLBACK_RANGE[1]} between hosts seen in no JobScheduler"
+            " traffic: other traffic's ephemeral ports, or callbacks of starts not captured)"
+        )
     if any(f.what in ("callback-unanswered", "callback-refused") for f in rep.failures):
         lines.append(
             "  (callback SYN unanswered: a firewall drops it; refused: nothing listens or a"

@@ -404,3 +404,12 @@ def test_analyze_leaves_its_results_out_of_the_youngest_generation() -> None:
     young = len(gc.get_objects(generation=0)) + len(gc.get_objects(generation=1))
     made = sum(len(ch.events) for ch in result.channels)
     assert gc.isenabled() and made > 300 and young < 300
+    # A caller's frozen objects (kept shared before a fork) stay frozen (found in review:
+    # the move thawed them all).
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        jsdissect.analyze([demo])
+        assert gc.get_freeze_count() >= frozen - 100
+    finally:
+        gc.unfreeze()

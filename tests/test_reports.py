@@ -551,6 +551,23 @@ def test_failed_callbacks_of_no_captured_start_are_listed() -> None:
         failed("dropped", 59980, 4 * S, "syn-unanswered", syns=3),
         failed("outside", 40000, 5 * S, "refused"),  # not the callback range
         failed("late", 59970, 199 * S, "syn-unanswered"),  # may still be answered
+        Channel(  # other traffic between other hosts: counted, not listed (found in review)
+            conn(
+                "other",
+                Endpoint("10.9.9.9", 51000),
+                Endpoint("10.9.9.8", 59500),
+                6 * S,
+                synack=None,
+                established=None,
+                state="refused",
+                refused=6 * S + 50,
+                rst=6 * S + 50,
+                rst_by=1,
+                closed=6 * S + 50,
+            ),
+            "",
+            (),
+        ),
     ]
     rep = port_report(correlate(chans, 200 * S), chans, (4455,), capture_end=200 * S)
     assert [(f.what, f.target, f.process_id) for f in rep.failures] == [
@@ -560,6 +577,8 @@ def test_failed_callbacks_of_no_captured_start_are_listed() -> None:
     ]
     text = ports.to_text(rep)
     assert f"{C_IP}:59990 (no start captured)" in text and f"{C_IP}:59999 task 1" in text
+    assert rep.unattributed == 1 and "10.9.9.8" not in text
+    assert "(and 1 refused or unanswered connection(s) to ports 59000-59999" in text
 
 
 def test_a_callback_picked_up_mid_stream_is_listed_from_the_task_to_the_controller(

@@ -1509,7 +1509,7 @@ def _last_step_and_release(cb, rmis: int) -> None:
     cb.close(first=C)
 
 
-@pytest.mark.parametrize("side", ["controller", "task server"])
+@pytest.mark.parametrize("side", ["controller", "task server", "log text"])
 def test_engines_pick_up_a_direction_that_begins_inside_a_frame_alike(
     tmp_path: Path, side: str
 ) -> None:
@@ -1528,9 +1528,13 @@ def test_engines_pick_up_a_direction_that_begins_inside_a_frame_alike(
         skipped = len(js.create_instance()) - 2
         cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
     else:
-        log = js.invoke((0x327B23C6 << 32) | 4, 14, js.METHOD, [js.V(js.VT_I4, 0), js.bstr("x")])
-        cb.send(T, log, sizes=(20,))
-        skipped = len(log) - 20
+        # (log text: a tail that begins "    Error": four spaces read as a length under
+        # C++'s 1 GB, "E" as a class; found in review: the direction waited for 538 MB)
+        text = "x" if side == "task server" else "[stderr] failed\n    Error: disk full\n"
+        log = js.invoke((0x327B23C6 << 32) | 4, 14, js.METHOD, [js.V(js.VT_I4, 0), js.bstr(text)])
+        cut = 20 if side == "task server" else log.find(b"    Error")
+        cb.send(T, log, sizes=(cut,))
+        skipped = len(log) - cut
         cb.send(C, js.answer_value(js.V(js.VT_EMPTY)))
     cap.packets.pop(0)  # the capture begins after the first segment
     _last_step_and_release(cb, rmis)
@@ -1547,11 +1551,15 @@ def test_engines_pick_up_a_direction_that_begins_inside_a_frame_alike(
     )
 
 
-def test_engines_make_no_row_of_a_lone_rst_on_an_announced_port(tmp_path: Path) -> None:
+@pytest.mark.parametrize("accepted", [False, True])
+def test_engines_make_no_row_of_a_lone_rst_on_an_announced_port(
+    tmp_path: Path, accepted: bool
+) -> None:
     """Found by differential fuzzing: a refused callback whose SYN was not captured leaves
     the controller's RST alone on the announced endpoint. Nothing tells a callback was
     there: the task is `callback-missing` and the RST makes no row (the default engine made
-    a `partial` one, its roles reversed)."""
+    a `partial` one, its roles reversed). But a SYN-ACK tells the controller accepted one
+    (found in review): then the callback is the task's, reset before the Release answer."""
     require("tshark")
     from crafted_captures import (
         CLIENT,
@@ -1570,14 +1578,20 @@ def test_engines_make_no_row_of_a_lone_rst_on_an_announced_port(tmp_path: Path) 
     cmd.handshake()
     cmd.send(CLIENT, js.start_remote_task(59999, kind="process"))
     cmd.send(SERVER, js.process_answer(answer_time(cap), "700001"))
-    cb.refused()
-    del cap.packets[-2]  # the SYN was not captured
+    if accepted:
+        cb.handshake()
+        del cap.packets[-3]  # the SYN was not captured
+        cb._packet(0, "RA")  # the task process resets it
+    else:
+        cb.refused()
+        del cap.packets[-2]  # the SYN was not captured
     cap.advance(61 * S)
     cmd.send(CLIENT, js.remote_task_close("700001"))
     cmd.send(SERVER, js.ok_answer(answer_time(cap)))
     cmd.close()
     ours, theirs, _, _ = _both_engines(cap.write(tmp_path / "lone_rst.pcap"))
-    assert [(r["process_id"], r["status"]) for r in ours] == [("700001", "callback-missing")]
+    status = "aborted" if accepted else "callback-missing"
+    assert [(r["process_id"], r["status"]) for r in ours] == [("700001", status)]
     assert _full_rows(theirs) == _full_rows(ours)
 
 
@@ -1640,6 +1654,21 @@ def test_engines_leave_another_protocol_on_a_scheduler_port_undecoded(tmp_path: 
         m for m in plugin_messages if ":41000 " in m["direction"] or ":41001 " in m["direction"]
     ]
     assert probes == []
+
+
+@pytest.mark.parametrize("blank", [b"\t", b"\r\n  \x00", b"\xef\xbb\xbf"])
+def test_blanks_before_a_command_are_no_other_protocol(blank: bytes) -> None:
+    """Found in review: §3.3 reads every first byte but A-Z as XML, so XML whitespace, NUL
+    padding and a UTF-8 BOM before a command keep it the command channel (R would parse
+    it); only a byte no XML document, command name or Ctrl-D begins with is another
+    protocol. Looked at in the first 64 bytes, as the plugin looks."""
+    from jsdissect.protocol import command as cmd
+
+    assert cmd.foreign_start(blank + b"<remote_scheduler.start_remote_task/>") is False
+    assert cmd.foreign_start(blank + b"show_state") is False
+    assert cmd.foreign_start(blank + b"\x16\x03\x01") is True
+    assert cmd.foreign_start(blank + b" \t\x00") is None
+    assert cmd.foreign_start(b" " * 64 + b"\x16") is None  # past the window: not told
 
 
 def test_an_answer_with_a_lost_segment_is_one_warning_and_one_message(tmp_path: Path) -> None:

@@ -763,6 +763,12 @@ local function track_tcp(tvb, pinfo, now)
     if syn and ackf then
         if from_server and conn.synack == nil and conn.refused == nil then
             conn.synack, conn.synack_seq = now, seq
+            -- the SYN not captured: a SYN-ACK from an announced port tells the controller
+            -- accepted a callback there (picked up at its answer, as jsdissect takes it)
+            if conn.syn == nil and watched[sport] and not conn.candidate then
+                candidates[#candidates + 1], conn.candidate = conn, true
+                match_callback(conn, src, sport, dst, now)
+            end
         end
     elseif conn.synack ~= nil and conn.established == nil and not from_server and ackf
         and (ack - (conn.synack_seq + 1)) % SEQ_MOD < SEQ_MOD / 2 then
@@ -1365,10 +1371,13 @@ local NO_CALLBACK = { ["start-failed"] = true, ["callback-missing"] = true }
 local status_of  -- below
 
 -- A task's status for the tree (found in review: no filter reached it): known in a later
--- pass only, when the whole file was read (tasks.whole, set by the dissectors).
+-- pass only, when the whole file was read (tasks.whole, set by the dissectors); kept until
+-- the capture grows (the GUI re-dissects a packet while a live capture goes on).
 function Task.status(t)
     if not tasks.whole then return nil end
-    t.status = t.status or status_of(t)
+    if t.status == nil or t.status_at ~= capture_end then
+        t.status, t.status_at = status_of(t), capture_end
+    end
     return t.status
 end
 
@@ -1810,15 +1819,16 @@ local function dissect_cmd(tvb, pinfo, tree)
         -- §3.3: a connection whose first request begins with A-Z is HTTP (the web interface
         -- on the scheduler's port): Wireshark's own HTTP dissector shows it, not this one
         -- (the handshake seen and no client byte before this frame: its first request).
-        -- Nor a first byte R reads as no request at all (not '<', a letter, Ctrl-D or a
-        -- line end, after keep-alive spaces or NULs): another protocol on the port (a TLS
-        -- client, a scanner's probe), left to Wireshark, as jsdissect leaves it undecoded.
+        -- Nor one no XML document, command name or Ctrl-D begins with (after blanks and a
+        -- UTF-8 BOM), which R would refuse: another protocol on the port (a TLS client, a
+        -- scanner's probe), left to Wireshark, as jsdissect leaves it undecoded.
         local dir = direction(pinfo)
         local at_start = conn.syn_seq ~= nil and not (conn.next_seq and conn.next_seq[dir])
-        local head = tvb:raw(0, math.min(len, 64))
-        local first = head:match("^[ %z]*([^ %z])")
-        cs.foreign = at_start and (head:match("^[\r\n]*[A-Z]") ~= nil
-            or (first ~= nil and not first:match("^[<%a\4\r\n]$"))) or false
+        local head = tvb:raw(0, math.min(len, 64)):gsub("^[ \t\r\n%z]*", "")
+        if head:sub(1, 3) == "\239\187\191" then head = head:sub(4):gsub("^[ \t\r\n%z]*", "") end
+        local first = head:sub(1, 1)
+        cs.foreign = at_start and (tvb:raw(0, math.min(len, 16)):match("^[\r\n]*[A-Z]") ~= nil
+            or (first ~= "" and not first:match("^[<%a\4]$"))) or false
     end
     if cs.foreign then return 0 end
     local now = frame_us(pinfo)

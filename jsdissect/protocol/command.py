@@ -77,16 +77,23 @@ HTTP_STATUS_RE = re.compile(rb"HTTP/\d")
 DIGITS_RE = re.compile(r"[ \t\r\n]*([0-9]+)[ \t\r\n]*")
 
 
+FOREIGN_WINDOW = 64  # first bytes looked at, as the plugin looks (its tvb:raw window)
+BLANK = b" \t\r\n\x00"  # keep-alive spaces, NUL padding, XML whitespace
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def foreign_start(data: bytes) -> bool | None:
-    """§3.3: R reads a connection's first request as XML, HTTP or a plain command. A first
-    byte that is none of those (nor Ctrl-D or a line end), after keep-alive spaces or NULs,
-    is another protocol on the port: a TLS client, a scanner's probe. None: nothing but
-    spaces and NULs yet."""
-    head = data.lstrip(b" \x00")
+    """§3.3: R reads a first request beginning A-Z as HTTP and anything else as XML (or a
+    plain command name): one that begins with a byte no XML document, command name or
+    Ctrl-D begins with, after blanks and a UTF-8 BOM, is another protocol on the port (a
+    TLS client, a scanner's probe), which R would refuse. None: only blanks so far."""
+    head = data[:FOREIGN_WINDOW].lstrip(BLANK)
+    if head.startswith(UTF8_BOM):
+        head = head[len(UTF8_BOM) :].lstrip(BLANK)
     if not head:
         return None
     first = head[0]
-    return not (first in (LT, EOT, LF, CR) or 0x41 <= first <= 0x5A or 0x61 <= first <= 0x7A)
+    return not (first in (LT, EOT) or 0x41 <= first <= 0x5A or 0x61 <= first <= 0x7A)
 
 
 # --- commands (client → server) ---------------------------------------------------------

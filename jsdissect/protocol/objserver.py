@@ -842,14 +842,14 @@ class _Stream:
         self.oversize = False
 
 
-def _frame_head(data: bytes, final: bool) -> bool | None:
-    """§12 mid-stream heuristic: a sane length, a known class, for `O` a known command.
-    None: too few bytes to tell yet; `final`: no more will come, judge by what is there
-    (an `O` cut before its command byte passes on its length and class)."""
+def _frame_head(data: bytes, final: bool, bound: int = MAX_MESSAGE_SIZE) -> bool | None:
+    """§12 mid-stream heuristic: a sane length (up to `bound`), a known class, for `O` a
+    known command. None: too few bytes to tell yet; `final`: no more will come, judge by
+    what is there (an `O` cut before its command byte passes on its length and class)."""
     if len(data) < LENGTH_PREFIX.size + 1:
         return False if final else None
     length = LENGTH_PREFIX.unpack_from(data)[0]
-    if not 0 < length <= MAX_MESSAGE_SIZE or data[4] not in REQUEST_CLASSES | ANSWER_CLASSES:
+    if not 0 < length <= bound or data[4] not in REQUEST_CLASSES | ANSWER_CLASSES:
         return False
     if data[4] != MSG_OBJECT:
         return True
@@ -1244,10 +1244,13 @@ class ObjServerDecoder:
         """After a gap between frames: frame the held pieces once their head looks like a
         frame's; framing is lost when it does not. `final`: no more bytes follow them (a
         gap, the end), so judge by what is there."""
-        verdict = _frame_head(b"".join(piece for _, piece, _ in st.held), final)
+        # Picked up mid-stream, a frame head must be one this decoder reads: log text
+        # ("    Error: …") passes as a length under C++'s 1 GB and a class (found in review)
+        bound = self.max_frame if st.pickup else MAX_MESSAGE_SIZE
+        verdict = _frame_head(b"".join(piece for _, piece, _ in st.held), final, bound)
         while st.pickup and verdict is False and st.held:
             self._skip_piece(st)
-            verdict = _frame_head(b"".join(piece for _, piece, _ in st.held), final)
+            verdict = _frame_head(b"".join(piece for _, piece, _ in st.held), final, bound)
         if verdict is None or not st.held:
             return
         if st.pickup:
