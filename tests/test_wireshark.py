@@ -1152,6 +1152,15 @@ def _tshark(capture: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _task_fields(capture: Path, field: str, *args: str) -> list[tuple[str, str]]:
+    """(process_id, `field`) of every frame with the task key, in a later pass (-2)."""
+    out = _tshark(
+        capture, "-2", "-Y", "jobscheduler.process_id", "-T", "fields", *args,
+        "-e", "jobscheduler.process_id", "-e", field,
+    ).stdout  # fmt: skip
+    return [(key, value) for key, value in (line.split("\t") for line in out.splitlines())]
+
+
 def test_pid_is_a_64_bit_field_of_ascii_digits(tmp_path: Path) -> None:
     """Found in review: `jobscheduler.pid` was 32 bits (5000000000 showed as 705032704) and
     `-5` became 0. As the default engine reads it: ASCII digits, up to 2^64-1; else no
@@ -1167,19 +1176,7 @@ def test_pid_is_a_64_bit_field_of_ascii_digits(tmp_path: Path) -> None:
         )
         conv.send(SERVER, answer)
     path = cap.write(tmp_path / "pids.pcap")
-    out = _tshark(
-        path,
-        "-2",
-        "-Y",
-        "jobscheduler.process_id",
-        "-T",
-        "fields",
-        "-e",
-        "jobscheduler.process_id",
-        "-e",
-        "jobscheduler.pid",
-    ).stdout
-    answered = dict(line.split("\t") for line in out.splitlines() if line.count("\t") == 1)
+    answered = dict(_task_fields(path, "jobscheduler.pid", "-E", "occurrence=a"))
     assert {k: v for k, v in answered.items() if v} == {
         "770": "5000000000",
         "771": "18446744073709551615",
@@ -1292,21 +1289,7 @@ def test_task_status_is_a_field_of_every_message_of_the_task(name: str) -> None:
     is its status in the task table: `-Y 'jobscheduler.status == "killed"'` finds them."""
     capture = ROOT / "captures" / name
     truth = {t["process_id"]: t["status"] for t in load_truth(capture)["tasks"]}
-    out = _tshark(
-        capture,
-        "-2",
-        "-Y",
-        "jobscheduler.process_id",
-        "-T",
-        "fields",
-        "-e",
-        "jobscheduler.process_id",
-        "-e",
-        "jobscheduler.status",
-        "-E",
-        "occurrence=f",
-    ).stdout
-    pairs = [tuple(line.split("\t")) for line in out.splitlines()]
+    pairs = _task_fields(capture, "jobscheduler.status", "-E", "occurrence=f")
     assert all(status for _, status in pairs)  # none without it
     assert dict(pairs) == {pid: status for pid, status in truth.items() if pid in dict(pairs)}
     assert len(dict(pairs)) == len([p for p in truth if p])

@@ -1561,23 +1561,10 @@ def test_engines_make_no_row_of_a_lone_rst_on_an_announced_port(
     a `partial` one, its roles reversed). But a SYN-ACK tells the controller accepted one
     (found in review): then the callback is the task's, reset before the Release answer."""
     require("tshark")
-    from crafted_captures import (
-        CLIENT,
-        CONTROLLER_IP,
-        REMOTE_IP,
-        SERVER,
-        Capture,
-        Conv,
-        S,
-        answer_time,
-    )
+    from crafted_captures import CLIENT, SERVER, S, _start_answered, answer_time
 
     cap = Capture()
-    cmd = Conv(cap, (CONTROLLER_IP, 40000), (REMOTE_IP, 4455), isn=1000)
-    cb = Conv(cap, (REMOTE_IP, 45000), (CONTROLLER_IP, 59999), isn=7000)
-    cmd.handshake()
-    cmd.send(CLIENT, js.start_remote_task(59999, kind="process"))
-    cmd.send(SERVER, js.process_answer(answer_time(cap), "700001"))
+    cmd, cb = _start_answered(cap, "700001", (40000, 45000, 59999), isn=1000)
     if accepted:
         cb.handshake()
         del cap.packets[-3]  # the SYN was not captured
