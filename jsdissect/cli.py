@@ -8,6 +8,7 @@ import functools
 import gc
 import io
 import os
+import shutil
 import signal
 import sys
 import time
@@ -372,6 +373,7 @@ def _emit(
     opts: dict[str, Any],
     shown: Sequence[str],
     chosen_by_user: bool = False,
+    fit_order: Sequence[str] = (),
 ) -> bool:
     """Write --csv/--json outputs; print the table unless one of them went to stdout.
     Returns True when stdout carries data (summaries then go to stderr)."""
@@ -391,8 +393,12 @@ def _emit(
         by_name = {c.name: c for c in columns}
         chosen = [by_name[name] for name in shown if name in by_name]
         # columns asked for by name are shown whole (found in review: `--columns error`
-        # still cut the error text)
-        _out(report.to_text(list(rows), chosen, whole=chosen_by_user), nl=False)
+        # still cut the error text); on a terminal, the default ones fit its width (found
+        # in review: 190 characters on an 80-column terminal)
+        fit = None
+        if fit_order and not chosen_by_user and sys.stdout is not None and sys.stdout.isatty():
+            fit = (shutil.get_terminal_size().columns, fit_order)
+        _out(report.to_text(list(rows), chosen, whole=chosen_by_user, fit=fit), nl=False)
     return to_stdout
 
 
@@ -461,6 +467,21 @@ TASK_SHOWN = [
     "log_lines",
     "status",
     "error",
+]
+# Left out first when the default columns do not fit a terminal: what the others derive
+# from or say again, then the phases in the order a slow start looks at them last.
+TASK_FIT_ORDER = [
+    "signal",
+    "kind",
+    "log_lines",
+    "steps",
+    "spawn_ms",
+    "close_ms",
+    "callback_delay_ms",
+    "exit_code",
+    "run_ms",
+    "callback_port",
+    "total_ms",
 ]
 
 
@@ -542,7 +563,14 @@ def tasks(
         explained = bool(rows or result.stats.warnings)  # e.g. a snap length of 40
     if statuses:
         rows = [r for r in rows if r["status"] in statuses]
-    to_stdout = _emit(rows, report.TASK_COLUMNS, opts, shown, chosen_by_user=columns is not None)
+    to_stdout = _emit(
+        rows,
+        report.TASK_COLUMNS,
+        opts,
+        shown,
+        chosen_by_user=columns is not None,
+        fit_order=TASK_FIT_ORDER,
+    )
     if not opts["quiet"]:
         below_table = "" if _writes_tables(opts) else "\n"  # a blank line after the table only
         _out(below_table + report.summary_text(rows), err=to_stdout, nl=False)

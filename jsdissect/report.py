@@ -623,15 +623,28 @@ def new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def to_text(rows: Sequence[dict[str, Any]], columns: Sequence[Column], whole: bool = False) -> str:
+def to_text(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[Column],
+    whole: bool = False,
+    fit: tuple[int, Sequence[str]] | None = None,
+) -> str:
     """A plain aligned table for the terminal: numbers right-aligned, blanks for missing;
     times of day, with their dates when the table spans more than one (UTC) day. Texts
-    are cut at MAX_CELL characters unless `whole` (columns the person chose)."""
+    are cut at MAX_CELL characters unless `whole` (columns the person chose). `fit`: a
+    terminal's width and the columns to leave out, in that order, until lines fit it (a
+    last line then names them)."""
     times = [c.name for c in columns if c.type == TIME]
     dated = spans_days(r.get(name) for r in rows for name in times)
     limit = None if whole else MAX_CELL
     cells = [[_display(r.get(c.name), c.type, dated, limit) for c in columns] for r in rows]
     widths = [max([len(c.name)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    left_out = _left_out(columns, widths, fit) if fit else []
+    if left_out:
+        kept = [i for i, c in enumerate(columns) if c.name not in left_out]
+        columns = [columns[i] for i in kept]
+        widths = [widths[i] for i in kept]
+        cells = [[row[i] for i in kept] for row in cells]
     right = [c.type in (INTEGER, DURATION) for c in columns]
 
     def line(values: Sequence[str]) -> str:
@@ -643,7 +656,31 @@ def to_text(rows: Sequence[dict[str, Any]], columns: Sequence[Column], whole: bo
     out.write(line([c.name for c in columns]) + "\n")
     for row in cells:
         out.write(line(row) + "\n")
+    if left_out:
+        out.write(
+            f"({len(left_out)} column(s) left out to fit the terminal: "
+            f"{', '.join(left_out)}; --columns chooses, --csv/--json have all)\n"
+        )
     return out.getvalue()
+
+
+def _left_out(
+    columns: Sequence[Column], widths: Sequence[int], fit: tuple[int, Sequence[str]]
+) -> list[str]:
+    """The columns `fit` leaves out, in its order, until a line fits the width. The last
+    column counts by its name only: a long text there (an error) may run on, as the Info
+    column of tshark's lines does, rather than cost the columns before it."""
+    width, order = fit
+    present = {c.name: w for c, w in zip(columns, widths, strict=True)}
+    total = sum(widths[:-1]) + len(columns[-1].name) + 2 * (len(widths) - 1)
+    left_out: list[str] = []
+    for name in order:
+        if total <= width:
+            break
+        if name in present:
+            total -= present[name] + 2
+            left_out.append(name)
+    return left_out
 
 
 MAX_CELL = 48  # long error texts would push every row off the screen; CSV/JSON keep all

@@ -782,3 +782,52 @@ def test_text_after_a_table_written_to_a_file_and_quiet_summary(tmp_path: Path) 
     quiet, loud = run("summary", demo, "-q"), run("summary", demo)
     assert "\n10 task(s): " in loud.stdout and "\n10 task(s): " not in quiet.stdout
     assert quiet.stdout == loud.stdout[: len(quiet.stdout)]
+
+
+def _on_a_terminal(columns: int, *args: str) -> str:
+    """What jsdissect prints to a terminal `columns` wide (a pseudo-terminal)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": str(columns)}
+    cmd = [sys.executable, "-m", "jsdissect", *args]
+    subprocess.run(cmd, stdout=follower, stderr=subprocess.PIPE, env=env, timeout=300)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    return out.decode().replace("\r\n", "\n")
+
+
+def test_the_default_task_table_fits_the_terminal() -> None:
+    """Found in review: the default table was 190 characters wide on an 80-column terminal.
+    On a terminal, the columns the others derive from are left out first until the lines
+    fit (the last, error, may run on as tshark's Info column does), and a line says which;
+    --columns and output to a pipe or file show every column asked for."""
+    demo = str(CAPTURES / "demo.pcap")
+    narrow = _on_a_terminal(100, "tasks", demo, "-q").splitlines()
+    header, rows, note = narrow[0], narrow[1:-1], narrow[-1]
+    assert header.split() == [
+        "process_id",
+        "remote",
+        "start_sent",
+        "startup_ms",
+        "total_ms",
+        "status",
+        "error",
+    ]
+    assert all(len(line) <= 100 for line in [header, *rows] if "Z-JAVA" not in line)
+    assert note.startswith("(10 column(s) left out to fit the terminal: signal, kind,")
+    wide = _on_a_terminal(300, "tasks", demo, "-q").splitlines()
+    assert "callback_delay_ms" in wide[0] and not wide[-1].startswith("(")
+    chosen = _on_a_terminal(40, "tasks", demo, "-q", "--columns", "process_id,kind,status,run_ms")
+    assert chosen.splitlines()[0].split() == ["process_id", "kind", "status", "run_ms"]
+    piped = run("tasks", demo, "-q").stdout.splitlines()[0]
+    assert "callback_delay_ms" in piped and "signal" in piped
