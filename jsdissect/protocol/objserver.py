@@ -1241,9 +1241,10 @@ class ObjServerDecoder:
         self._frame(d, st, data, offset, ts, out)
 
     def _judge_held(self, d: int, st: _Stream, final: bool, out: list[Event]) -> None:
-        """After a gap between frames: frame the held pieces once their head looks like a
-        frame's; framing is lost when it does not. `final`: no more bytes follow them (a
-        gap, the end), so judge by what is there."""
+        """After a gap between frames, or picked up mid-stream: frame the held pieces once
+        their head looks like a frame's. After a gap framing is lost when it does not;
+        picked up, the first piece is skipped and the next judged. `final`: no more bytes
+        follow them (a gap, the end), so judge by what is there."""
         # Picked up mid-stream, a frame head must be one this decoder reads: log text
         # ("    Error: …") passes as a length under C++'s 1 GB and a class (found in review)
         bound = self.max_frame if st.pickup else MAX_MESSAGE_SIZE
