@@ -188,7 +188,7 @@ def _callback_source(task: Task) -> str | None:
     if task.callback is not None:
         ch = task.callback
         return (ch.remote or ch.conn.client).ip
-    return task.remote.rsplit(":", 1)[0].strip("[]") if task.remote else None
+    return _address(task.remote) if task.remote else None
 
 
 def _peak(uses: Sequence[PortUse]) -> tuple[int, int | None]:
@@ -288,7 +288,7 @@ def _unmatched_callback_failures(
 def _hosts(tasks: Sequence[Task], channels: Sequence[Channel]) -> tuple[set[str], set[str]]:
     """The controllers and the remotes (task processes' hosts) the capture shows."""
     controllers = {t.controller for t in tasks if t.controller}
-    remotes = {_remote_ip(t.remote) for t in tasks if t.remote}
+    remotes = {_address(t.remote) for t in tasks if t.remote}
     for ch in channels:
         if ch.kind == "api" and ch.controller is not None and ch.remote is not None:
             controllers.add(ch.controller.ip)
@@ -300,12 +300,12 @@ def _attributed(failure: Failure, controllers: set[str], remotes: set[str]) -> b
     """A failed connection to the callback range is a callback's when it went to a
     controller or came from a remote: the range lies inside Linux's ephemeral ports, and
     other traffic between other hosts lands there too (found in review)."""
-    target = failure.target.rsplit(":", 1)[0].strip("[]")
-    return target in controllers or failure.source in remotes
+    return _address(failure.target) in controllers or failure.source in remotes
 
 
-def _remote_ip(remote: str) -> str:
-    return remote.rsplit(":", 1)[0].strip("[]")
+def _address(endpoint: str) -> str:
+    """The address of an "address:port" ("[v6]:port") as host_port writes it."""
+    return endpoint.rsplit(":", 1)[0].strip("[]")
 
 
 def _failed(conn: Connection, capture_end: int | None) -> bool:
