@@ -265,6 +265,21 @@ def test_connection_id_is_stable_whatever_else_is_captured() -> None:
     assert len(set(mixed.values())) == 2
 
 
+@given(
+    st.integers(0, 2**62),
+    st.sampled_from(["10.0.0.1", "192.168.200.254", "2001:db8::1", "::ffff:10.0.0.1"]),
+    st.integers(0, 65535),
+    st.integers(0, 65535),
+)
+def test_connection_id_is_base32_of_the_sha1_of_time_and_endpoints(
+    ts: int, ip: str, sport: int, dport: int
+) -> None:
+    client, server = Endpoint(ip, sport), Endpoint("10.9.8.7", dport)
+    text = f"{ts}|{client}|{server}".encode()
+    expected = "C" + base64.b32encode(hashlib.sha1(text).digest()).decode()[:10].lower()
+    assert connection_id(ts, client, server) == expected
+
+
 def test_ipv6_conversation() -> None:
     conv = Conv(client=("2001:db8::1", 40000), server=("2001:db8::20", 4455))
     res = only(full_conversation(conv, b"hello", b"world"))
