@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from jsdissect.capture import (
+    ACK,
     FIN,
     SYN,
     CaptureError,
@@ -56,9 +57,10 @@ TSHARK_READS = (None, "gzip")
 DISPLAY_FILTER = "jobscheduler || jobscheduler_api"
 LAST_ERROR = "Last error line:"  # how pyshark quotes tshark's stderr in a crash report
 # Wireshark's TCP preferences the plugin relies on, whatever the user's profile says: the
-# plugin's messages span segments (reassembly, which needs the sequence analysis), the
-# payload reaches it on the command ports before any heuristic, and captures taken on the
-# sending host have checksums the NIC fills in later (checked, they stop reassembly).
+# plugin's messages span segments (reassembly; the sequence analysis, which out-of-order
+# reassembly needs, is turned off only for captures it would lose bytes of: _order_prefs),
+# the payload reaches it on the command ports before any heuristic, and captures taken on
+# the sending host have checksums the NIC fills in later (checked, they stop reassembly).
 TCP_PREFS = {
     "tcp.desegment_tcp_streams": "TRUE",
     "tcp.analyze_sequence_numbers": "TRUE",
@@ -199,12 +201,13 @@ def _merge(files: list[str], merged: Path, aliases: Aliases) -> str:
 class _Direction:
     """One TCP direction while scanning: byte offsets from its first sequence number."""
 
-    __slots__ = ("base", "holes", "next")
+    __slots__ = ("acked", "base", "holes", "next")
 
     def __init__(self, base: int) -> None:
         self.base = base
         self.next = 0  # offset after the highest byte seen
         self.holes: list[tuple[int, int]] = []  # [start, end) not captured, below `next`
+        self.acked = 0  # offset after the highest byte the other side acknowledged
 
     def offset(self, seq: int) -> int:
         """`seq` as the offset nearest `next` (a stream may wrap the sequence space)."""
@@ -224,26 +227,39 @@ class _Direction:
         return filled
 
 
+class TcpOrder(NamedTuple):
+    """What a capture's TCP segments need of Wireshark's preferences (see tcp_order)."""
+
+    reordered: bool  # bytes of a direction came after later bytes, or again with new ones
+    lossy: bool  # bytes of a direction never captured while later bytes were
+    # bytes first captured after the other side had acknowledged them: captured out of
+    # the order they were sent in across the two directions (a tap's two directions
+    # merged, capture queues with jitter)
+    acked_early: bool = False
+
+
 def tcp_order(
     capture: str,
     stats: CaptureStats | None = None,
     bpf: str = "tcp",
     steps: ClockSteps | None = None,
     announced: set[int] | None = None,
-) -> tuple[bool, bool]:
-    """(reordered, lossy): whether bytes of some TCP direction of the capture came after
-    later bytes, or again with new ones (a retransmission that re-sends captured bytes and
-    goes on past them), and whether bytes of one were never captured while later bytes
-    were (a lost segment, a packet cut by the snaplen). `steps`, when given, counts the
-    clock steps of the same segments (read once for both); `announced`, when given, gets
-    the callback ports that start commands in them announce.
+) -> TcpOrder:
+    """Whether bytes of some TCP direction of the capture came after later bytes, or again
+    with new ones (a retransmission that re-sends captured bytes and goes on past them);
+    whether bytes of one were never captured while later bytes were (a lost segment, a
+    packet cut by the snaplen); and whether bytes came after their acknowledgement.
+    `steps`, when given, counts the clock steps of the same segments (read once for both);
+    `announced`, when given, gets the callback ports that start commands in them announce.
 
     Wireshark reassembles reordered segments only with tcp.reassemble_out_of_order, and
     takes the new bytes of such a retransmission only with it too (without it, the whole
     segment is a retransmission its subdissector never gets); with it a direction stops at
     a hole that is never filled: every later byte waits for the missing one
     (wireshark/README.md). So the preference is for captures that need it and can bear
-    it."""
+    it. Its sequence analysis takes bytes that come after their acknowledgement for a
+    spurious retransmission, and keeps them from the subdissector too: only without the
+    analysis (and so without out-of-order reassembly, which needs it) are they decoded."""
     segments = read_segments([capture], bpf=bpf, stats=stats)
     with closing_reader(segments):
         return _scan_directions(segments, steps, announced)
@@ -251,9 +267,9 @@ def tcp_order(
 
 def _scan_directions(
     segments: Iterator[Segment], steps: ClockSteps | None, announced: set[int] | None
-) -> tuple[bool, bool]:
+) -> TcpOrder:
     flows: dict[tuple[str, int, str, int], _Direction] = {}
-    reordered = lossy = decided = False
+    reordered = lossy = decided = acked_early = False
     for n, seg in enumerate(segments):
         if steps is not None:
             steps.see(n, seg.ts)
@@ -271,6 +287,8 @@ def _scan_directions(
             if old is None or old.base != seq:
                 lossy = lossy or bool(old and old.holes)  # a new connection on the 4-tuple
                 flows[key] = _Direction(seq)
+        if seg.flags & ACK:
+            _acknowledge(flows.get((seg.dst, seg.dport, seg.src, seg.sport)), seg.ack)
         # A FIN takes a sequence number: bytes captured after it (their first copy lost,
         # then retransmitted) are out of order too.
         size = len(seg.payload) + seg.missing + (1 if seg.flags & FIN else 0)
@@ -283,8 +301,11 @@ def _scan_directions(
         if start < 0:
             continue  # before the first byte seen
         captured = start + len(seg.payload)
-        if start < d.next and (d.fill(start, captured) or captured > d.next):
+        new = start >= d.next or d.fill(start, captured) or captured > d.next
+        if start < d.next and new:
             reordered = True
+        if new and seg.payload and captured <= d.acked:
+            acked_early = True
         if start > d.next:
             d.holes.append((d.next, start))
         if seg.missing and start + size > max(captured, d.next):
@@ -293,7 +314,39 @@ def _scan_directions(
         if len(d.holes) > MAX_HOLES:
             lossy = decided = True
             flows.clear()  # memory: the holes are not needed any more
-    return reordered, lossy or any(d.holes for d in flows.values())
+    return TcpOrder(reordered, lossy or any(d.holes for d in flows.values()), acked_early)
+
+
+def _acknowledge(direction: _Direction | None, ack: int) -> None:
+    """The other side acknowledged `direction`'s bytes up to sequence number `ack`."""
+    if direction is not None:
+        direction.acked = max(direction.acked, direction.offset(ack))
+
+
+def _order_prefs(order: TcpOrder, names: str, warnings: list[str]) -> dict[str, str]:
+    """Wireshark's TCP preferences for a capture's segment order (see tcp_order), and the
+    warnings when it cannot decode all of them."""
+    out_of_order = order.reordered and not order.lossy
+    if order.reordered and order.lossy:
+        warnings.append(
+            f"{names}: segments out of order (or re-sending captured bytes with new "
+            "ones) and bytes not captured: Wireshark reassembles only one of these, so "
+            "out-of-order segments are not reassembled (the default engine does both)"
+        )
+    if order.acked_early and out_of_order:
+        warnings.append(
+            f"{names}: segments out of order, and segments captured after the other side "
+            "had acknowledged them: Wireshark decodes only one of these, so the latter are "
+            "taken for spurious retransmissions and not decoded (the default engine does both)"
+        )
+    return {
+        "tcp.reassemble_out_of_order": "TRUE" if out_of_order else "FALSE",
+        # the analysis drops bytes captured after their acknowledgement; out-of-order
+        # reassembly needs it
+        "tcp.analyze_sequence_numbers": "FALSE"
+        if order.acked_early and not out_of_order
+        else "TRUE",
+    }
 
 
 class Result(NamedTuple):
@@ -330,27 +383,21 @@ def analyze(
         steps = ClockSteps()
         announced: set[int] = set()
         bpf = capture_filter(options, set())
-        reordered, lossy = tcp_order(capture, read, bpf, steps, announced)
+        order = tcp_order(capture, read, bpf, steps, announced)
         lo, hi = CALLBACK_RANGE
         outside = {p for p in announced if 0 < p <= 0xFFFF and not lo <= p <= hi}
         outside -= set(scheduler_ports)
-        if outside and not lossy:
+        if outside and not order.lossy:
             # callbacks on ports that read did not take: judged with them, as the default
             # engine reads them in a second pass
-            reordered, lossy = tcp_order(capture, bpf=capture_filter(options, outside))
+            order = tcp_order(capture, bpf=capture_filter(options, outside))
         if steps.count:
             warnings.append(steps.warning([names]))
         if read.truncated_packets:
             warnings.append(snaplen_warning(names, read.truncated_packets))
-        if reordered and lossy:
-            warnings.append(
-                f"{names}: segments out of order (or re-sending captured bytes with new "
-                "ones) and bytes not captured: Wireshark reassembles only one of these, so "
-                "out-of-order segments are not reassembled (the default engine does both)"
-            )
         prefs = {
             **TCP_PREFS,
-            "tcp.reassemble_out_of_order": "TRUE" if reordered and not lossy else "FALSE",
+            **_order_prefs(order, names, warnings),
             "jobscheduler.task_table_file": str(table),
             "jobscheduler.ports": ",".join(map(str, scheduler_ports)),
             "jobscheduler.heuristic": "TRUE" if heuristics else "FALSE",

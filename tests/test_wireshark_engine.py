@@ -215,11 +215,61 @@ def test_engine_reassembles_reordered_segments(tmp_path: Path) -> None:
     missing byte arrived, the middle segment here)."""
     require("tshark")
     capture = _reordered(ROOT / "captures" / "demo.pcap", tmp_path / "reordered.pcap")
-    assert wireshark.tcp_order(str(capture)) == (True, False)
+    assert wireshark.tcp_order(str(capture)) == (True, False, False)
     ours = [report.task_row(t) for t in jsdissect.analyze([capture]).task_records]
     result = wireshark.analyze([capture])
     assert len(result.tasks) == 10 and result.warnings == []
     assert _full_rows(result.tasks) == _full_rows(ours)
+
+
+def _step_call_captured_after_its_acknowledgement(path: Path) -> Path:
+    """A shell task whose step call is captured after the task's GetIDsOfNames, sent while
+    the step ran, which acknowledges it: the two directions captured out of the order they
+    were sent in (a tap's two directions merged, capture queues with jitter)."""
+    from crafted_captures import shell_task
+
+    shell_task(cap := Capture())
+    packets = cap.packets
+    (step,) = [i for i, p in enumerate(packets) if b"step" in bytes(p[TCP].payload)]
+    asked = step + 1  # the task's next segment: its GetIDsOfNames
+    assert b"log" in bytes(packets[asked][TCP].payload)
+    assert packets[asked][TCP].ack > packets[step][TCP].seq  # it acknowledges the call
+    packets[step], packets[asked] = packets[asked], packets[step]
+    packets[step].time, packets[asked].time = packets[asked].time, packets[step].time
+    return cap.write(path)
+
+
+def test_engine_decodes_bytes_captured_after_their_acknowledgement(tmp_path: Path) -> None:
+    """Wireshark's sequence analysis takes bytes captured after the other side
+    acknowledged them for a spurious retransmission and keeps them from the plugin: the
+    step call was lost (steps 0, an answer without a request). The engine turns the
+    analysis off for such a capture, and gives the default engine's rows and messages."""
+    require("tshark")
+    capture = _step_call_captured_after_its_acknowledgement(tmp_path / "acked_early.pcap")
+    assert wireshark.tcp_order(str(capture)) == (False, False, True)
+    assert wireshark.tcp_order(str(ROOT / "captures" / "demo.pcap")).acked_early is False
+    result = jsdissect.analyze([capture])
+    ours = [report.task_row(t) for t in result.task_records]
+    assert [(r["status"], r["steps"], r["exit_code"]) for r in ours] == [("completed", 1, 3)]
+    theirs = wireshark.analyze([capture])
+    assert theirs.warnings == [] and _full_rows(theirs.tasks) == _full_rows(ours)
+    messages = report.message_rows(result.channels, result.task_records)
+    assert not any(r["type"] == "DecodeError" for r in messages)
+    assert _comparable_messages(theirs.messages) == _comparable_messages(messages)
+
+
+def test_engine_warns_when_reordered_and_acknowledged_before_captured(tmp_path: Path) -> None:
+    """Out-of-order reassembly needs the sequence analysis, which drops bytes captured
+    after their acknowledgement: a capture with both keeps the reassembly, and says what
+    is not decoded."""
+    require("tshark")
+    early = _step_call_captured_after_its_acknowledgement(tmp_path / "acked_early.pcap")
+    reordered = _reordered(ROOT / "captures" / "demo.pcap", tmp_path / "reordered.pcap")
+    both = tmp_path / "both.pcapng"
+    subprocess.run([require("mergecap"), "-w", str(both), str(early), str(reordered)], check=True)
+    assert wireshark.tcp_order(str(both)) == (True, False, True)
+    (order,) = [w for w in wireshark.analyze([both]).warnings if "acknowledged" in w]
+    assert "both.pcapng" in order and "spurious retransmissions" in order
 
 
 def test_engine_keeps_lossy_captures_out_of_out_of_order_reassembly(tmp_path: Path) -> None:
@@ -232,7 +282,7 @@ def test_engine_keeps_lossy_captures_out_of_out_of_order_reassembly(tmp_path: Pa
     subprocess.run(
         [editcap, "-s", "200", str(ROOT / "captures" / "demo.pcap"), str(cut)], check=True
     )
-    assert wireshark.tcp_order(str(cut)) == (False, True)
+    assert wireshark.tcp_order(str(cut)) == (False, True, False)
     tasks = wireshark.analyze([cut]).tasks
     assert len(tasks) == 10
     assert all(r["close_answered"] is not None and r["start_answered"] is None for r in tasks)
@@ -244,7 +294,7 @@ def test_engine_warns_when_reordered_and_lossy(tmp_path: Path) -> None:
     reordered = _reordered(ROOT / "captures" / "demo.pcap", tmp_path / "reordered.pcap")
     both = tmp_path / "both.pcap"
     subprocess.run([editcap, "-s", "120", str(reordered), str(both)], check=True)
-    assert wireshark.tcp_order(str(both)) == (True, True)
+    assert wireshark.tcp_order(str(both)) == (True, True, False)
     warnings = wireshark.analyze([both]).warnings  # cut at 120 bytes: that is said too
     (order,) = [w for w in warnings if "out of order" in w]
     assert "both.pcap" in order
@@ -419,7 +469,7 @@ def test_holes_in_unrelated_traffic_leave_reordered_channels_reassembled(tmp_pat
     subprocess.run(
         [require("mergecap"), "-w", str(merged), str(reordered), str(unrelated)], check=True
     )
-    assert wireshark.tcp_order(str(merged)) == (True, True)  # every TCP connection
+    assert wireshark.tcp_order(str(merged)) == (True, True, False)  # every TCP connection
     result = wireshark.analyze([merged])
     ours = [report.task_row(t) for t in jsdissect.analyze([merged]).task_records]
     assert result.warnings == [] and _full_rows(result.tasks) == _full_rows(ours)
@@ -1188,7 +1238,7 @@ def test_engines_take_the_new_bytes_of_retransmissions_that_resend_captured_ones
     cap = Capture()
     parity_captures.resending_task(cap, 1, message)
     capture = cap.write(tmp_path / "resent.pcap")
-    assert wireshark.tcp_order(str(capture)) == (True, False)
+    assert wireshark.tcp_order(str(capture)) == (True, False, False)
     ours, theirs, _, _ = _both_engines(capture)
     assert [(r["status"], r["steps"]) for r in ours] == [("completed", 1)]
     assert _full_rows(theirs) == _full_rows(ours)
