@@ -273,20 +273,12 @@ def _run(
         # Listening ports known before the read: where the roles of a connection picked up
         # mid-stream lie (the command port, a callback port announced outside the range).
         reassembler = Reassembler(dispatcher, frozenset(opts.scheduler_ports) | extra_ports)
-        latest = -1  # the capture's end: its latest time, whatever the order
         steps = ClockSteps()
         bpf = READ_ALL if opts.all_tcp else capture_filter(opts, extra_ports)
         segments = reader(files, bpf=bpf, engine=opts.engine, stats=stats)
         with closing_reader(segments):
-            for n, seg in enumerate(segments):
-                reassembler.add(seg)
-                ts = seg[0]  # seg.ts: a NamedTuple's field by name costs a descriptor call
-                if ts >= latest:
-                    latest = ts
-                elif latest - ts > CLOCK_STEP_US:
-                    steps.add(n, ts, latest)
-                if progress is not None and n % 4096 == 0:
-                    progress(n)
+            # the capture's end: its latest time, whatever the order
+            latest = reassembler.add_all(segments, steps.add, CLOCK_STEP_US, progress)
         reassembler.finish()
         dispatcher.finish()
         if found_callbacks is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -725,6 +726,9 @@ def _may_reopen(entry: _Closed, seg: Segment, pure_syn: bool) -> bool:
     return entry.evicted or not _may_be_a_straggler(entry.ends, seg)
 
 
+PROGRESS_SEGMENTS = 4096  # Reassembler.add_all reports its progress this often
+
+
 class Reassembler:
     """Feed segments in capture order with `add`; call `finish` at the end of the capture."""
 
@@ -785,6 +789,30 @@ class Reassembler:
         elif conn.both_fins and conn.lingering is None:
             conn.lingering = ts
             heapq.heappush(self._linger, (ts + LINGER_US, conn.serial, key))
+
+    def add_all(
+        self,
+        segments: Iterable[Segment],
+        behind: Callable[[int, int, int], None],
+        behind_us: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """`add` each segment, in order, and return the latest time among them (-1: none).
+        `behind(n, ts, latest)` is told of the n-th segment when it is timed more than
+        `behind_us` before the latest time before it (a clock step); `progress(n)`, every
+        PROGRESS_SEGMENTS segments. (A loop of its own, compiled: the pipeline's, run as
+        Python, cost 4% of a dense capture.)"""
+        latest = -1
+        for n, seg in enumerate(segments):
+            self.add(seg)
+            ts = seg.ts
+            if ts >= latest:
+                latest = ts
+            elif latest - ts > behind_us:
+                behind(n, ts, latest)
+            if progress is not None and n % PROGRESS_SEGMENTS == 0:
+                progress(n)
+        return latest
 
     def finish(self) -> None:
         for conn in list(self._conns.values()):

@@ -1242,6 +1242,36 @@ class CountingSink:
         self.closed += 1
 
 
+def test_add_all_gives_the_latest_time_and_tells_steps_back_and_progress() -> None:
+    """The pipeline's read loop: every segment added (the same connections as one `add`
+    at a time), the capture's latest time whatever the order, each segment more than the
+    bound behind it told, and the progress every PROGRESS_SEGMENTS segments."""
+    segs: list[Segment] = []
+    for i in range(1200):
+        conv = Conv(client=("10.1.0.1", 1024 + i), t=T0 + i * 10_000)
+        segs += full_conversation(conv, b"<ok/>", b"\0")
+    before_step = len(segs)
+    # a clock step back by about 15 s, for the rest of the capture
+    step = full_conversation(Conv(t=T0 - 3 * SECOND), b"x", b"y")
+    segs += step
+    told: list[tuple[int, int, int]] = []
+    done: list[int] = []
+    sink = CountingSink()
+    reasm = Reassembler(sink)
+    latest = reasm.add_all(iter(segs), lambda *a: told.append(a), 2 * SECOND, done.append)
+    reasm.finish()
+    assert latest == max(s.ts for s in segs) == segs[before_step - 1].ts
+    assert told == [(n, segs[n].ts, latest) for n in range(before_step, len(segs))]
+    assert done == list(range(0, len(segs), tcp.PROGRESS_SEGMENTS)) and len(done) > 1
+    one_by_one = CountingSink()
+    alone = Reassembler(one_by_one)
+    for seg in segs:
+        alone.add(seg)
+    alone.finish()
+    assert (sink.closed, sink.bytes) == (one_by_one.closed, one_by_one.bytes) == (1201, 7202)
+    assert Reassembler(CountingSink()).add_all([], print, 0) == -1
+
+
 def test_memory_follows_open_connections_not_capture_size() -> None:
     sink = CountingSink()
     reasm = Reassembler(sink)
