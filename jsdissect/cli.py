@@ -552,14 +552,14 @@ def tasks(
                 f"unknown column(s): {named} (known: {known})", param_hint="--columns"
             )
         shown = list(dict.fromkeys(shown))  # a column named twice is shown once
+    result: Analysis | None = None  # the default engine's; tshark's gives `found` messages
+    found: list[dict[str, Any]] = []
     if opts["engine"] == "wireshark":
         rows, found = _wireshark(captures, opts)
-        decode_errors = sum(r["type"] == DecodeError.__name__ for r in found)
         explained = True  # by tshark's warnings, or the lack of them: no hint of ours
     else:
         result = _analyze(captures, opts)
         rows = [report.task_row(t) for t in result.task_records]
-        decode_errors = result.decode_errors
         explained = bool(rows or result.stats.warnings)  # e.g. a snap length of 40
     if statuses:
         rows = [r for r in rows if r["status"] in statuses]
@@ -574,6 +574,11 @@ def tasks(
     if not opts["quiet"]:
         below_table = "" if _writes_tables(opts) else "\n"  # a blank line after the table only
         _out(below_table + report.summary_text(rows), err=to_stdout, nl=False)
+        # counted for the summary only: it looks at every event of every connection
+        if result is None:
+            decode_errors = sum(r["type"] == DecodeError.__name__ for r in found)
+        else:
+            decode_errors = result.decode_errors
         _out(report.task_summary(rows, decode_errors), err=to_stdout)
         if not explained:
             _out(_nothing_found(opts), err=to_stdout)
