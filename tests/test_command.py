@@ -530,6 +530,117 @@ def test_prolog_naming_punycode_or_idna_is_read_as_latin_1():
     assert one(Wire().send(C, idna), OtherCommand).attrs == (("v", "a.xn--caf-dma.b"),)
 
 
+# --- a UTF-8 byte order mark (§3.1, §3.2) -----------------------------------------------------
+
+# R and C parse commands and answers with the JVM's XML parser, which takes a BOM as a
+# document's first bytes (checked with OpenJDK 17: what follows is UTF-8, unless a prolog
+# names another encoding) and refuses one anywhere else.
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("doc", [EXAMPLE1_START, EXAMPLE1_START[43:]], ids=["prolog", "bare"])
+def test_a_bom_begins_a_command_and_its_first_piece_is_when_it_was_sent(doc: bytes):
+    """The BOM is the document's first bytes, not a keep-alive: the command begins at it
+    (DESIGN "Exact times": sent with the piece carrying its first byte)."""
+    assert doc.startswith((b"<?xml", b"<remote_scheduler."))
+    w = Wire()
+    assert w.send(C, BOM, 5) == []
+    start = one(w.send(C, doc, 9), StartRemoteTask)
+    assert (start.offset, start.start, start.end) == (0, 5, 9)
+    assert (start.tcp_port, start.kind) == (59999, "process")
+    answer = one(w.send(S, EXAMPLE1_ANSWER, 12), ProcessAnswer)
+    assert (answer.command, answer.command_offset) == (START, 0)
+
+
+def test_a_bom_after_keep_alive_spaces_begins_the_close():
+    w = Wire()
+    w.send(C, EXAMPLE1_START, 1)
+    w.send(S, EXAMPLE1_ANSWER, 2)
+    assert w.send(C, b" ", 30) == []
+    ka, close = w.send(C, b"  " + BOM + EXAMPLE1_CLOSE, 60)
+    assert ka == KeepAlive("c1", C, 112, 30, 60, count=3, times=(30, 60))
+    assert isinstance(close, RemoteTaskClose)
+    assert (close.offset, close.start, close.process_id) == (115, 60, "84217301")
+    ok = one(w.send(S, EXAMPLE1_OK, 70), Ok)
+    assert (ok.command, ok.command_offset) == (CLOSE, 115)
+
+
+def test_a_bom_begins_an_answer():
+    """C reads answers with the same parser (`fetch_received_dom_document`)."""
+    w = Wire()
+    w.send(C, EXAMPLE1_START, 1)
+    answer = one(w.send(S, BOM + EXAMPLE1_ANSWER, 2), ProcessAnswer)
+    assert (answer.offset, answer.process_id, answer.time) == (0, "84217301", T1)
+    w.send(C, EXAMPLE1_CLOSE, 3)
+    padded = b"\x00" + BOM + EXAMPLE1_OK[:2]  # NUL padding between answers is skipped
+    ok = one(w.send(S, padded, 4) + w.send(S, EXAMPLE1_OK[2:], 5), Ok)
+    assert (ok.offset, ok.start, ok.end, ok.command) == (148, 4, 5, CLOSE)
+
+
+@pytest.mark.parametrize(
+    ("doc", "value"),
+    [
+        (BOM + '<x v="é€"/>'.encode(), "é€"),  # UTF-8, as the BOM says
+        (BOM + b'<?xml version="1.0" encoding="ISO-8859-1"?><x v="\xe9"/>', "é"),
+        (BOM + '<?xml version="1.0" encoding="UTF-8"?><x v="é"/>'.encode(), "é"),
+        (BOM + b'<x v="\xe9"/>', "é"),  # no UTF-8: read as ISO-8859-1, as without a BOM
+    ],
+)
+def test_a_bom_names_utf_8_unless_a_prolog_names_another(doc: bytes, value: str):
+    assert one(Wire().send(C, doc), OtherCommand).attrs == (("v", value),)
+    answer = doc.replace(b"<x ", b"<spooler><answer><x ").replace(b"/>", b"/></answer></spooler>")
+    assert one(Wire().send(S, answer + b"\x00"), OtherAnswer).attrs == (("v", value),)
+
+
+def test_blanks_between_a_bom_and_the_root_element_are_taken():
+    assert one(Wire().send(C, BOM + b" \t <x/>"), OtherCommand).name == "x"
+    # R's end finder takes a request beginning with a BOM for non-XML: a newline ends it
+    err, x = Wire().send(C, BOM + b"\n<x/>")
+    assert isinstance(err, DecodeError) and isinstance(x, OtherCommand)
+    assert (err.offset, x.offset, x.name) == (0, 4, "x")
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        BOM + BOM + b"<x/>",
+        BOM + b" " + EXAMPLE1_START,  # the prolog no longer the document's start
+        EXAMPLE1_START[:43] + BOM + EXAMPLE1_START[43:],
+        BOM + b"show_state",  # R wraps the BOM into the name: <\xef\xbb\xbfshow_state/>
+    ],
+    ids=["two", "before blanks and a prolog", "after the prolog", "before a plain name"],
+)
+def test_a_bom_anywhere_else_is_refused_as_r_refuses_it(doc: bytes):
+    w = Wire()
+    (err,) = errors(w.send(C, doc + b"\n"))
+    assert err.offset == 0
+    if doc.startswith(BOM + BOM):
+        answer = BOM + BOM + EXAMPLE1_OK
+        assert "second byte order mark" in one(w.send(S, answer), DecodeError).reason
+
+
+def test_a_bom_before_a_marker_is_where_a_command_resumes_after_a_gap():
+    w = Wire()
+    w.send(C, EXAMPLE1_START[:40], 1)
+    w.gap(C, 72, 2)
+    w.send(S, EXAMPLE1_ANSWER[:10], 3)
+    w.gap(S, len(EXAMPLE1_ANSWER) - 10, 4)
+    w.send(C, b"x" + BOM[:1], 5)  # a BOM's first byte, and then one: no marker yet
+    close = one(w.send(C, BOM[1:] + BOM + EXAMPLE1_CLOSE, 6), RemoteTaskClose)
+    assert (close.offset, close.start) == (116, 6)  # at the second BOM
+    ok = one(w.send(S, BOM[:1], 7) + w.send(S, BOM[1:] + EXAMPLE1_OK, 8), Ok)
+    assert (ok.offset, ok.start, ok.command, ok.command_offset) == (144, 7, CLOSE, 116)
+
+
+def test_a_command_resumed_at_a_bom_is_non_xml_for_r_s_end_finder():
+    """§3.1: a request whose first byte is not `<` ends at a newline outside a tag too."""
+    w = Wire(midstream=True)
+    out = w.send(C, b"d/>" + BOM + b'<?xml version="1.0"?>\n' + EXAMPLE1_CLOSE, 1)
+    err, close = out
+    assert isinstance(err, DecodeError) and isinstance(close, RemoteTaskClose)
+    assert (err.offset, close.offset) == (3, 28)
+
+
 # --- HTTP (§3.9) ------------------------------------------------------------------------------
 
 

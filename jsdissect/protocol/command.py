@@ -32,8 +32,20 @@ START = "remote_scheduler.start_remote_task"  # §3.6.1
 KILL = "remote_scheduler.remote_task.kill"  # §3.6.2
 CLOSE = "remote_scheduler.remote_task.close"  # §3.6.3
 KILL_TRUE = frozenset({"yes", "true", "1"})  # §3.6.3 kill='yes'
-# After a gap, a command is only trusted from one of these (§12 "Recognising the CMD channel").
-RESYNC_MARKERS = (b"<?xml", b"<remote_scheduler.")
+# R and C parse a command or answer from its bytes with the JVM's XML parser
+# (`CppXmlUtils.loadXml`, §3.1, §3.2), which takes a UTF-8 byte order mark as the document's
+# first bytes (no text: what follows is UTF-8 unless a prolog names another encoding), and
+# refuses one anywhere else. R's end finder does not skip it: a request it begins is
+# "non-XML" (§3.1).
+UTF8_BOM = b"\xef\xbb\xbf"
+# After a gap, a command is only trusted from one of these (§12 "Recognising the CMD
+# channel"), a BOM before it being the document's own first bytes.
+RESYNC_MARKERS = (
+    b"<?xml",
+    b"<remote_scheduler.",
+    UTF8_BOM + b"<?xml",
+    UTF8_BOM + b"<remote_scheduler.",
+)
 ANSWER_MARKER = b"<?xml"  # every answer starts with the declaration (§3.4, §3.6)
 # Hardening, not protocol: bounds on what one message may make us hold.
 MAX_MESSAGE = 1 << 20  # bytes of one command, answer or HTTP body
@@ -66,7 +78,8 @@ NOT_CHARSETS = frozenset(
 )
 ENCODING_RE = re.compile(rb"""\s*<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._:\-]+)["']""")
 SPACE_RUN_RE = re.compile(rb" +")  # §3.7 keep-alive spaces
-SKIP_TO_RE = re.compile(rb"[ <]")  # resynchronising: a command marker or keep-alive spaces
+SKIP_TO_RE = re.compile(rb"[ <\xef]")  # resynchronising: a marker (or its BOM), or spaces
+RESYNC_FIRST = frozenset((LT, UTF8_BOM[0]))
 IDLE_RE = re.compile(rb"[\x00\s]+")  # between answers
 NON_XML_END_RE = re.compile(rb"[<\n]")  # §3.1 non-XML request ends at a newline outside tags
 HTTP_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
@@ -79,7 +92,6 @@ DIGITS_RE = re.compile(r"[ \t\r\n]*([0-9]+)[ \t\r\n]*")
 
 FOREIGN_WINDOW = 64  # first bytes looked at, as the plugin looks (its tvb:raw window)
 BLANK = b" \t\r\n\x00"  # keep-alive spaces, NUL padding, XML whitespace
-UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def foreign_start(data: bytes) -> bool | None:
@@ -94,6 +106,13 @@ def foreign_start(data: bytes) -> bool | None:
         return None
     first = head[0]
     return not (first in (LT, EOT) or 0x41 <= first <= 0x5A or 0x61 <= first <= 0x7A)
+
+
+def _past_bom(data: bytes) -> bytes:
+    """`data` past a UTF-8 BOM it begins with; empty while it may still become one."""
+    if data.startswith(UTF8_BOM):
+        return data[len(UTF8_BOM) :]
+    return b"" if UTF8_BOM.startswith(data) else data
 
 
 # --- commands (client → server) ---------------------------------------------------------
@@ -221,11 +240,19 @@ class _ShallowTree:
 
 
 def _text_of(raw: bytes) -> str:
-    """Decode with the prolog's encoding, ISO-8859-1 without one or when it is unknown."""
+    """Decode with the encoding the document names, ISO-8859-1 when it names none or one
+    that is unknown or does not decode it. A prolog names one; a UTF-8 BOM first is no
+    text and names UTF-8, unless a prolog after it names another (as the JVM parser R and
+    C use reads it, see UTF8_BOM)."""
+    named: str | None = None
+    if raw.startswith(UTF8_BOM):
+        raw, named = raw[len(UTF8_BOM) :], "utf-8"
     m = ENCODING_RE.match(raw)
     if m:
+        named = m.group(1).decode("ascii")
+    if named is not None:
         try:
-            codec = codecs.lookup(m.group(1).decode("ascii"))
+            codec = codecs.lookup(named)
             if codec.name not in NOT_CHARSETS:
                 return raw.decode(codec.name)
         except (LookupError, UnicodeError, ValueError):
@@ -237,6 +264,9 @@ def parse_xml(raw: bytes) -> Element:
     """Hardened parse: no DTD, no entity declarations, no external references."""
     try:
         text = _text_of(raw)
+        if text.startswith("\ufeff"):
+            # a second BOM: expat, fed text, would take it for the first (the JVM does not)
+            raise Malformed("not well-formed XML: a second byte order mark")
         parser: XMLParser | DefusedXMLParser
         if "<!" in text:
             parser = DefusedXMLParser(
@@ -287,13 +317,15 @@ def _child(el: Element, name: str) -> Element | None:
 
 
 def command_root(raw: bytes) -> Element:
-    """§3.1: leading spaces stripped; a request without any `<` is `<request/>`."""
+    """§3.1: leading spaces stripped; a request without any `<` is `<request/>`. A UTF-8
+    BOM may begin a document (UTF8_BOM); before a plain command name R wraps it into the
+    name (`<\xef\xbb\xbfshow_state/>`), which its parser refuses."""
     text = raw.replace(b"\x00", b"").strip()
-    if not text.startswith(b"<"):
-        if b"<" in text:
-            raise Malformed("request neither XML nor a plain command name")
-        text = b"<" + text + b"/>"
-    return parse_xml(text)
+    if text.removeprefix(UTF8_BOM).lstrip().startswith(b"<"):
+        return parse_xml(text)
+    if b"<" in text or text.startswith(UTF8_BOM):
+        raise Malformed("request neither XML nor a plain command name")
+    return parse_xml(b"<" + text + b"/>")
 
 
 def command_elements(root: Element) -> list[Element]:
@@ -962,7 +994,7 @@ class CommandDecoder:
                 self._add_spaces(offset + pos, ts, run.end() - pos)
                 self._after_spaces = False  # no §3.7 non-XML request: not seen from its start
             return run.end()
-        if data[pos] != LT:
+        if data[pos] not in RESYNC_FIRST:
             self._drop_leading_spaces()
             found = SKIP_TO_RE.search(data, pos)
             return len(data) if found is None else found.start()
@@ -972,7 +1004,7 @@ class CommandDecoder:
         return pos
 
     def _probe_step(self, data: bytes, pos: int, ts: int) -> int:
-        """After a gap: does the `<` just found begin one of RESYNC_MARKERS?"""
+        """After a gap: does the `<` (or BOM) just found begin one of RESYNC_MARKERS?"""
         assert self._cmd is not None
         self._probe.append(data[pos])
         probe = bytes(self._probe)
@@ -980,11 +1012,11 @@ class CommandDecoder:
             self._cmd = None
             self._client = SKIP
             self._drop_leading_spaces()
-            return pos  # this byte may itself be a `<`
+            return pos  # this byte may itself be a `<` or a BOM's first
         self._cmd.add(data, pos, pos + 1, ts)
         if probe in RESYNC_MARKERS:
             self._flush_spaces()
-            self._finder = EndFinder(non_xml=False)
+            self._finder = EndFinder(non_xml=probe[0] != LT)  # §3.1, as in _idle
             self._finder.scan(probe, 0)
             self._client = COMMAND
             self._command_begins()
@@ -1054,7 +1086,8 @@ class CommandDecoder:
 
     def _verified(self, msg: _Message, complete: bool) -> bool:
         """After a gap: keep the answer only if it begins like one (else drop to the NUL)."""
-        head = msg.payload()[: len(ANSWER_MARKER)]
+        head = _past_bom(msg.payload()[: len(UTF8_BOM) + len(ANSWER_MARKER)])
+        head = head[: len(ANSWER_MARKER)]
         if head == ANSWER_MARKER:
             self._verify = self._in_lost_answer = False
             return True
