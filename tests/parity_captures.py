@@ -8,8 +8,8 @@ keep-alive space sent before it, a start never answered, a start on the SYN, and
 callback frames whose length prefix is split with the next frame's head behind it, a
 callback connection that ends inside a frame, closes with kill attributes, and a start
 command too long to hold, XML declarations expat refuses, callback frames whose length
-prefix is corrupt, and many short tasks (for counting the plugin's work). Each
-builder adds whole tasks to a `Capture`."""
+prefix is corrupt, documents that begin with a UTF-8 byte order mark, and many short
+tasks (for counting the plugin's work). Each builder adds whole tasks to a `Capture`."""
 
 from __future__ import annotations
 
@@ -516,3 +516,48 @@ def corrupt_length_task(cap: Capture, n: int, which: str) -> str:
     cmd.close()
     cap.advance(S)
     return pid
+
+
+BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark
+
+
+def bom_task(cap: Capture, n: int, how: str) -> tuple[int, int]:
+    """A whole shell task whose every document begins with a UTF-8 byte order mark, which
+    the JVM parser R and C read them with takes there (§3.1, §3.2): the start, its mark in
+    a segment of its own, with a non-ASCII `java_options` and (`how` "prolog") its
+    ISO-8859-1 prolog, or (else) none, so UTF-8; the answers; the close, after keep-alive
+    spaces in its segment. "misplaced": the close has two marks and its answer a blank
+    between the mark and the prolog, which the parser refuses. "lost": the capture lost the
+    end of the start's answer (its NUL too) and every client byte after it, so the close's
+    answer is where the reading of answers resumes. Returns the capture times of the
+    start's mark and of the close's segment."""
+    pid = f"8900{n:02d}"
+    cmd = Conv(cap, (CONTROLLER_IP, 42000 + n), (REMOTE_IP, 4455), isn=1_000_000 * n)
+    cb = Conv(cap, (REMOTE_IP, 47000 + n), (CONTROLLER_IP, 58000 + n), isn=1_000_000 * n + 5000)
+    cmd.handshake()
+    start_sent = cap.now
+    cmd.send(CLIENT, BOM)
+    cap.advance(5_000)
+    start = js.start_remote_task(58000 + n, kind="process", java_options="-Dx=\xe9")
+    if how != "prolog":
+        start = start.removeprefix(js.PROLOG.encode()).decode("latin-1").encode("utf-8")
+    cmd.send(CLIENT, start)
+    answer = BOM + js.process_answer(answer_time(cap), pid)
+    if how == "lost":
+        cmd.send(SERVER, answer[:20])
+        cmd.lost(SERVER, answer[20:])
+    else:
+        cmd.send(SERVER, answer)
+    _rmis_created(cb, rmis_id(n))
+    cb.send(C, js.release(rmis_id(n)))
+    cb.send(T, js.answer_empty())
+    cb.close(first=C)
+    send = cmd.lost if how == "lost" else cmd.send
+    send(CLIENT, b" ")
+    close_sent = cap.now
+    marks, blank = (BOM + BOM, b" ") if how == "misplaced" else (BOM, b"")
+    send(CLIENT, b"  " + marks + js.remote_task_close(pid))
+    cmd.send(SERVER, BOM + blank + js.ok_answer(answer_time(cap)))
+    cmd.close()
+    cap.advance(S)
+    return start_sent, close_sent

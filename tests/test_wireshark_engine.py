@@ -1708,6 +1708,76 @@ def test_blanks_before_a_command_are_no_other_protocol(blank: bytes) -> None:
     assert cmd.foreign_start(b" " * 64 + b"\x16") is None  # past the window: not told
 
 
+BOM_CASES = {  # parity_captures.bom_task: status, whether the close is read, cmd messages
+    "prolog": ("completed", True, ("ProcessAnswer", "KeepAlive", "RemoteTaskClose", "Ok")),
+    "bare": ("completed", True, ("ProcessAnswer", "KeepAlive", "RemoteTaskClose", "Ok")),
+    "misplaced": ("aborted", False, ("ProcessAnswer", "KeepAlive", "DecodeError", "DecodeError")),
+    "lost": ("aborted", False, ("DecodeError", "Ok")),
+}
+
+
+@pytest.mark.parametrize("how", BOM_CASES)
+def test_engines_read_documents_that_begin_with_a_bom_as_r_and_c_do(
+    tmp_path: Path, how: str
+) -> None:
+    """The plugin read a start or close that begins with a UTF-8 BOM (a bare one's
+    non-ASCII options as ISO-8859-1), the default engine neither; neither read an answer
+    that does. R and C parse every document with the JVM's XML parser, which takes a BOM as
+    its first bytes: UTF-8 after it unless a prolog says otherwise, after keep-alive spaces
+    too (R strips them first, §3.7), but not two, nor blanks before the prolog; after bytes
+    the capture lost, answers are read again from a BOM before `<?xml` too. The BOM is the
+    document's first byte, no keep-alive: the start is sent with the BOM's segment (DESIGN
+    "Exact times"), and the keep-alive counts only the spaces."""
+    require("tshark")
+    cap = Capture()
+    start_sent, close_sent = parity_captures.bom_task(cap, 1, how)
+    cap_file = cap.write(tmp_path / "bom.pcap")
+    ours, theirs, our_messages, their_messages = _both_engines(cap_file)
+    status, close_read, types = BOM_CASES[how]
+    (row,) = ours
+    assert (row["status"], row["start_sent"], row["close_sent"]) == (
+        status,
+        start_sent,
+        close_sent if close_read else None,
+    )
+    assert _full_rows(theirs) == _full_rows(ours)
+    summaries = [r["summary"] for r in our_messages]
+    assert [r["type"] for r in our_messages if r["channel"] == "cmd"] == ["StartRemoteTask", *types]
+    assert summaries[0].endswith(" java_options=-Dx=é>")
+    assert ("keep-alive: 3 space(s)" in summaries) == (how != "lost")
+
+    def decoded(rows: list[dict]) -> list[tuple]:  # the plugin's decode errors differ (README)
+        return _comparable_messages([r for r in rows if r["type"] != "DecodeError"])
+
+    assert decoded(their_messages) == decoded(our_messages)
+    if "DecodeError" not in types:
+        assert _comparable_messages(their_messages) == _comparable_messages(our_messages)
+    if how == "prolog":  # the plugin's document field shows text: no BOM
+        documents = _plugin_fields(cap_file, "jobscheduler.document", "jobscheduler.document")
+        assert [d[:5] for (d,) in documents] == ["<?xml", "<?xml", "<remo", "<?xml"]
+
+
+def test_engines_refuse_a_command_with_bytes_before_its_first_lt(tmp_path: Path) -> None:
+    """Found with the BOM: the plugin read a command from its first `<` whatever came
+    before it (`xy<…close/>` closed the task); R's parser, and expat, refuse the document
+    ("Content is not allowed in prolog"), so the close is no close: a decode error."""
+    require("tshark")
+    from crafted_captures import CLIENT, CONTROLLER_IP, REMOTE_IP, SERVER, Conv, answer_time
+
+    cap = Capture()
+    cmd = Conv(cap, (CONTROLLER_IP, 42001), (REMOTE_IP, 4455), isn=1000)
+    cmd.handshake()
+    cmd.send(CLIENT, js.start_remote_task(58001, kind="process"))
+    cmd.send(SERVER, js.process_answer(answer_time(cap), "5"))
+    cmd.send(CLIENT, b"xy" + js.remote_task_close("5"))
+    cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+    cmd.close()
+    ours, theirs, our_messages, _ = _both_engines(cap.write(tmp_path / "junk.pcap"))
+    assert [(r["process_id"], r["close_sent"]) for r in ours] == [("5", None)]
+    assert "DecodeError" in [r["type"] for r in our_messages]
+    assert _full_rows(theirs) == _full_rows(ours)
+
+
 def test_an_answer_with_a_lost_segment_is_one_warning_and_one_message(tmp_path: Path) -> None:
     """Found in review: an answer in 7-byte segments, one of them lost, made one error
     expert for the answer and one more per segment after the loss (16), each a decode

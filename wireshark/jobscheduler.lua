@@ -996,6 +996,11 @@ local NULL_TREE = setmetatable({}, {
 -- references are replaced, so `&#233;` and `&#8364;` come out as the UTF-8 they name.
 local TEXT = { entities = { lt = "<", gt = ">", amp = "&", quot = '"', apos = "'" } }
 
+-- A UTF-8 byte order mark: R and C parse commands and answers with the JVM's XML parser,
+-- which takes one as a document's first bytes (no text: what follows is UTF-8 unless a
+-- prolog names another encoding) and refuses one anywhere else (§3.1, §3.2).
+TEXT.BOM = "\239\187\191"
+
 -- A code point as UTF-8 (Lua 5.2 has no utf8 library); nil for none XML allows as text.
 function TEXT.utf8_char(n)
     if n == nil or n < 0 or n > 0x10FFFF or (n >= 0xD800 and n <= 0xDFFF)
@@ -1044,11 +1049,14 @@ function TEXT.valid_utf8(s)
     return true
 end
 
--- A document's text as UTF-8: as sent when its prolog declares UTF-8 and it is that,
--- else read as ISO-8859-1 (as the default engine falls back).
+-- A document's text as UTF-8: as sent when its prolog (or, without one naming an
+-- encoding, a BOM) declares UTF-8 and it is that, else read as ISO-8859-1 (as the default
+-- engine falls back). A BOM is no text.
 function TEXT.document(doc)
+    local bom = doc:sub(1, 3) == TEXT.BOM
+    if bom then doc = doc:sub(4) end
     local enc = doc:match("^%s*<%?xml[^>]-%f[%w_]encoding%s*=%s*[\"']([%w._:%-]+)[\"']")
-    enc = enc and enc:lower()
+    enc = enc and enc:lower() or (bom and "utf-8")
     if (enc == "utf-8" or enc == "utf8" or enc == "utf_8") and TEXT.valid_utf8(doc) then
         return doc
     end
@@ -1266,7 +1274,7 @@ local function only_misc(rest)
 end
 
 local function whole_document(doc)
-    local i = doc:find("[^ \t\r\n]")
+    local i = doc:find("[^ \t\r\n]", doc:sub(1, 3) == TEXT.BOM and 4 or 1)
     if i == nil or doc:byte(i) ~= 0x3C then return false end
     local depth, seen = 0, false
     while true do
@@ -1773,8 +1781,11 @@ local function dissect_lost_answer(tvb, off, len, pinfo, tree, rec, why)
     return "answer not completely captured"
 end
 
--- The beginning of every answer (§3.4, §12); a shorter fragment that may become it counts.
+-- The beginning of every answer (§3.4, §12), a BOM before it being the document's own;
+-- a shorter fragment that may become it counts.
 local function begins_like_answer(raw, off)
+    local bom = raw:sub(off + 1, off + 3)
+    if bom == TEXT.BOM:sub(1, #bom) then off = off + #bom end
     local head = raw:sub(off + 1, off + 5)
     return head == ("<?xml"):sub(1, #head)
 end
@@ -1825,7 +1836,7 @@ local function dissect_cmd(tvb, pinfo, tree)
         local dir = direction(pinfo)
         local at_start = conn.syn_seq ~= nil and not (conn.next_seq and conn.next_seq[dir])
         local head = tvb:raw(0, math.min(len, 64)):gsub("^[ \t\r\n%z]*", "")
-        if head:sub(1, 3) == "\239\187\191" then head = head:sub(4):gsub("^[ \t\r\n%z]*", "") end
+        if head:sub(1, 3) == TEXT.BOM then head = head:sub(4):gsub("^[ \t\r\n%z]*", "") end
         local first = head:sub(1, 1)
         cs.foreign = at_start and (tvb:raw(0, math.min(len, 16)):match("^[\r\n]*[A-Z]") ~= nil
             or (first ~= "" and not first:match("^[<%a\4]$"))) or false
@@ -1998,6 +2009,7 @@ local function dissect_cmd(tvb, pinfo, tree)
                     local refused = used > MAX_DOCUMENT
                         and ((from_client and "Command" or "Answer") .. " larger than "
                             .. MAX_DOCUMENT .. " bytes")
+                        or (from_client and TEXT.XML.lead_problem(doc))
                         or TEXT.XML.decl_problem(doc)
                     if refused then  -- as jsdissect: a decode error, it tells nothing
                         if from_client then
@@ -3067,10 +3079,14 @@ end
 
 -- §3.1, §3.4: jsdissect reads commands and answers with expat too, which refuses a
 -- document whose XML declaration is not well-formed (`<?xml v.rsion=…`, an encoding name
--- that does not begin with a letter): nil when there is none or it is well-formed, else
--- expat's complaint.
+-- that does not begin with a letter), or not at its start (after a BOM, only the BOM may
+-- come before it): nil when there is none or it is well-formed, else expat's complaint.
 function TEXT.XML.decl_problem(doc)
     local X = TEXT.XML
+    if doc:sub(1, 3) == TEXT.BOM then
+        doc = doc:sub(4)
+        if doc:find("^%s+<%?xml[%s?]") then return X.MISPLACED end
+    end
     if doc:sub(1, 5) ~= "<?xml" then return nil end
     local d = { s = doc, n = #doc, start = 1 }
     local ok, err = pcall(function()
@@ -3080,6 +3096,19 @@ function TEXT.XML.decl_problem(doc)
     if ok then return nil end
     if type(err) ~= "table" or err.xml == nil then error(err, 0) end
     return err.xml
+end
+
+-- §3.1: what the default engine refuses before a command's first `<`: anything but NULs,
+-- blanks and one UTF-8 BOM (R's parser takes one, as the document's first bytes); a BOM
+-- before a plain command name too (R wraps it into the name). nil when the command is
+-- read, else the complaint.
+function TEXT.XML.lead_problem(doc)
+    local text = doc:gsub("%z", ""):gsub("^%s+", "")
+    local bom = text:sub(1, 3) == TEXT.BOM
+    local lt = text:find("<", 1, true)
+    if lt == nil and not bom then return nil end
+    if lt and text:sub(bom and 4 or 1, lt - 1):find("^%s*$") then return nil end
+    return "request neither XML nor a plain command name"
 end
 
 -- Before the root element (prologProcessor): the index of its `<`.
