@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -51,18 +52,37 @@ def capture_filter(scenario: Scenario) -> str:
     return f"tcp and ({hosts})"
 
 
-def _command(path: Path, fmt: Format, bpf: str, snaplen: int) -> tuple[list[str], str]:
+@dataclass(frozen=True)
+class Tap:
+    """Where a capture listens: an interface (`any`: all of them, as one capture), in a
+    network namespace (`ip netns` name) or here, with the link type asked for (None: the
+    tool's default; `-y`, e.g. LINUX_SLL or LINUX_SLL2 on `any`)."""
+
+    interface: str = "lo"
+    netns: str | None = None
+    linktype: str | None = None
+
+
+LOOPBACK = Tap()
+
+
+def _command(
+    path: Path, fmt: Format, bpf: str, snaplen: int, tap: Tap = LOOPBACK
+) -> tuple[list[str], str]:
     """The capture command and the stderr text that says it is capturing."""
+    where = ["ip", "netns", "exec", tap.netns] if tap.netns is not None else []
+    linktype = ["-y", tap.linktype] if tap.linktype is not None else []
     if fmt == "pcap":
         # -U with --immediate-mode: each packet reaches the file as it arrives. Immediate
         # mode gives every packet a snaplen-sized ring slot, so the default 2 MiB ring
         # holds 8 packets and bursts get dropped: -B gives it room (KiB).
         # -Z root: keep writing as root (tcpdump drops privileges by default).
-        args = ["tcpdump", "-i", "lo", "-n", "-U", "--immediate-mode", "-Z", "root"]
-        args += ["-B", str(RING_KIB)]
-        return [*args, "-s", str(snaplen), "-w", str(path), bpf], "listening on"
+        args = ["tcpdump", "-i", tap.interface, "-n", "-U", "--immediate-mode", "-Z", "root"]
+        args += ["-B", str(RING_KIB), *linktype]
+        return [*where, *args, "-s", str(snaplen), "-w", str(path), bpf], "listening on"
     # dumpcap prints "File: …" once the interface is open and the file header is written.
-    return ["dumpcap", "-i", "lo", "-s", str(snaplen), "-f", bpf, "-w", str(path)], "File: "
+    args = ["dumpcap", "-i", tap.interface, *linktype, "-s", str(snaplen), "-f", bpf]
+    return [*where, *args, "-w", str(path)], "File: "
 
 
 class _StderrWatch:
@@ -112,11 +132,13 @@ def _dropped(stderr: str) -> int:
 
 
 @contextmanager
-def capturing(path: Path, fmt: Format, bpf: str, snaplen: int = SNAPLEN) -> Iterator[Path]:
+def capturing(
+    path: Path, fmt: Format, bpf: str, snaplen: int = SNAPLEN, tap: Tap = LOOPBACK
+) -> Iterator[Path]:
     """Runs the capture tool around the block; returns once the file is complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    command, ready_text = _command(path, fmt, bpf, snaplen)
+    command, ready_text = _command(path, fmt, bpf, snaplen, tap)
     process = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True,

@@ -10,6 +10,7 @@ import socket
 import jsencode as enc
 from jsencode import V
 
+from . import netns
 from .channel import Channel, ChannelClosed, Session, set_linger_zero
 from .firewall import Firewall
 from .objects import ControllerObjects
@@ -175,7 +176,7 @@ class Controller:
         for port in range(self.scenario.top_port, 1024, -1):
             if port in self._ports:
                 continue
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = netns.tcp_socket(self.ip)
             # SO_REUSEADDR lets a port come back while its last connection is in TIME_WAIT.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             set_linger_zero(sock)
@@ -213,7 +214,7 @@ class Controller:
 
     async def _connect(self, rec: TaskRecord) -> Channel:
         ip, port = self.scenario.remote_of(rec.key)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = netns.tcp_socket(self.ip)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # §2
         sock.bind((self.ip, 0))  # the remote must see this controller's address
         sock.setblocking(False)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import jsencode as enc
 
+from . import netns
 from .channel import Channel
 from .record import Recorder
 from .scenario import Scenario
@@ -63,7 +65,10 @@ class RemoteScheduler:
         self._processes: dict[str, TaskProcess] = {}
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.ip, self.port)
+        sock = netns.tcp_socket(self.ip)  # in the remote's namespace, if it has one
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as start_server does
+        sock.bind((self.ip, self.port))
+        self._server = await asyncio.start_server(self._connection, sock=sock)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from . import netns
 from .controller import Controller
 from .firewall import Firewall
 from .record import Recorder
@@ -22,7 +23,9 @@ def _predecessor(scenario: Scenario, key: int) -> int | None:
 
 async def run_scenario_async(scenario: Scenario) -> Recorder:
     recorder = Recorder(scenario)
-    firewall = Firewall() if scenario.needs_firewall() else None
+    firewall = None
+    if scenario.needs_firewall():
+        firewall = Firewall({ip: scenario.namespace_of(ip) for ip in scenario.controllers})
     remotes = [RemoteScheduler(ip, port, scenario, recorder) for ip, port in scenario.remotes]
     controllers = {ip: Controller(ip, scenario, recorder, firewall) for ip in scenario.controllers}
     slots = asyncio.Semaphore(scenario.parallelism)
@@ -62,4 +65,5 @@ async def run_scenario_async(scenario: Scenario) -> Recorder:
 
 def run_scenario(scenario: Scenario, timeout: float = 300.0) -> Recorder:
     """Runs the scenario; `timeout` stops a broken run instead of letting it hang."""
-    return asyncio.run(asyncio.wait_for(run_scenario_async(scenario), timeout))
+    with netns.hosting(scenario.namespaces):
+        return asyncio.run(asyncio.wait_for(run_scenario_async(scenario), timeout))

@@ -63,6 +63,9 @@ class Scenario:
     space_period: float = 0.2  # controller's CMD keep-alive period for keepalive_spaces tasks
     seed: int = 1
     job_folder: str = "/folder"
+    # (address, `ip netns` name): the parties of these addresses run in those network
+    # namespaces (see netns); the others, and every address by default, on this host
+    namespaces: tuple[tuple[str, str], ...] = ()
 
     def controller_of(self, key: int) -> str:
         index = self.tasks[key].controller
@@ -74,6 +77,9 @@ class Scenario:
 
     def addresses(self) -> list[str]:
         return sorted({ip for ip, _ in self.remotes} | set(self.controllers))
+
+    def namespace_of(self, address: str) -> str | None:
+        return dict(self.namespaces).get(address)
 
     def needs_firewall(self) -> bool:
         return any(t.failure in FIREWALLED for t in self.tasks)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import jsencode as enc
 from jsencode import ObjRef, V
 
+from . import netns
 from .channel import ChannelClosed, Session, set_linger_zero
 from .objects import cpp_object_ids
 from .record import Recorder, TaskRecord
@@ -140,7 +141,7 @@ class TaskServer:
 
     async def _connect(self) -> Session | None:
         """§4: connect to (peer IP of the CMD connection, tcp_port) from R's host."""
-        sock = self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = self._sock = netns.tcp_socket(self.remote_ip)
         if self.flavour.name == "cpp":
             set_linger_zero(sock)  # §2
         sock.bind((self.remote_ip, 0))
