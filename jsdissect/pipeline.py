@@ -27,6 +27,7 @@ from jsdissect.capture import (
     display_name,
     read_segments,
     spooled,
+    without_copies,
 )
 from jsdissect.correlate import (
     CALLBACK_RANGE,
@@ -278,7 +279,8 @@ def _run(
         segments = reader(files, bpf=bpf, engine=opts.engine, stats=stats)
         with closing_reader(segments):
             # the capture's end: its latest time, whatever the order
-            latest = reassembler.add_all(segments, steps.add, CLOCK_STEP_US, progress)
+            packets = without_copies(segments)
+            latest = reassembler.add_all(packets, steps.add, CLOCK_STEP_US, progress)
         reassembler.finish()
         dispatcher.finish()
         if found_callbacks is not None:

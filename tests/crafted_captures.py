@@ -297,6 +297,19 @@ def _start_answered(
     return cmd, cb
 
 
+def callback_syns(
+    cap: Capture, pid: str, ports: tuple[int, int, int], isn: int, resent_after: tuple[int, ...]
+) -> None:
+    """A start answered, then its callback SYN, sent again after each of `resent_after` (µs)
+    and never answered: what a firewall that drops it shows (DESIGN Status 3), or, sent
+    once at the end of the capture, a SYN that may still be answered ("Cases at the edges")."""
+    _, cb = _start_answered(cap, pid, ports, isn)
+    cb._packet(T, "S")  # the task server is the callback's client
+    for delay in resent_after:
+        cap.advance(delay)
+        cb._packet(T, "S")
+
+
 def refused_callback(cap: Capture) -> Expected:
     pid = "500003"
     cmd, cb = _start_answered(cap, pid, (40003, 45003, 59996), isn=4000)

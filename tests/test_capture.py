@@ -1522,3 +1522,77 @@ def test_a_capture_error_crosses_a_process_boundary_as_itself(tmp_path) -> None:
     pickler.dump(raised.value)
     again = pickle.loads(sent.getvalue())
     assert type(again) is CaptureError and str(again) == str(raised.value)
+
+
+# --- the same packet captured more than once (tcpdump -i any: once per interface) --------
+
+
+T0_US = T0_NS // 1000
+WINDOW = capture.COPY_WINDOW_US
+
+
+def _packet(n: int, ts: int) -> Segment:
+    """Packet n of a conversation: each of its own (sequence, acknowledgment, payload)."""
+    return Segment(
+        ts, "10.0.0.1", 40000, "10.0.0.2", 4455, n, n, ACK | PSH, 500, b"%d" % n, 0, n, 7
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2 * WINDOW),  # time since the packet before
+            st.lists(  # its copies: how much later in the file, and their time from its own
+                st.tuples(st.integers(0, 5), st.integers(-WINDOW, WINDOW)), max_size=3
+            ),
+        ),
+        max_size=30,
+    )
+)
+def test_copies_within_the_window_are_dropped_in_any_order(
+    plan: list[tuple[int, list[tuple[int, int]]]],
+) -> None:
+    """Copies come later in the file, timed up to COPY_WINDOW_US before or after their
+    packet (capture queues interleave, a physical interface's queue holds them back), and
+    other packets may come between: each packet is left once, as captured first."""
+    packets, ts = [], T0_US
+    placed: list[tuple[int, int, Segment]] = []  # (file position, order, segment)
+    for n, (gap, copies) in enumerate(plan):
+        ts += gap
+        packet = _packet(n, ts)
+        packets.append(packet)
+        placed.append((n, 0, packet))
+        for k, (later, shift) in enumerate(copies, 1):
+            placed.append((n + later, k, packet._replace(ts=ts + shift)))
+    in_file = [segment for *_, segment in sorted(placed, key=lambda p: p[:2])]
+    assert list(capture.without_copies(in_file)) == packets
+
+
+@pytest.mark.parametrize("field", Segment._fields[1:])
+def test_a_segment_that_differs_in_any_field_is_no_copy(field: str) -> None:
+    """Another TCP timestamp, window, acknowledgment…: another packet (a retransmission
+    sent soon after, a window update), whatever the time."""
+    first = _packet(1, T0_US)
+    value = getattr(first, field)
+    changed = value + value[:1] if isinstance(value, (str, bytes)) else value + 1
+    other = first._replace(ts=T0_US + 1, **{field: changed})
+    assert list(capture.without_copies([first, other])) == [first, other]
+
+
+def test_the_same_packet_again_after_the_window_is_a_retransmission() -> None:
+    first = _packet(1, T0_US)
+    copy, resent = first._replace(ts=T0_US + WINDOW), first._replace(ts=T0_US + WINDOW + 1)
+    assert list(capture.without_copies([first, copy, resent])) == [first, resent]
+
+
+def test_copies_a_file_holds_behind_later_packets_are_found() -> None:
+    """A file of several interfaces can hold one interface's packets behind the other's
+    (dumpcap writes each interface's in batches): a copy captured at its packet's time but
+    stored after COPY_MEMORY_US of later packets is still a copy."""
+    later = [_packet(n, T0_US + n * 1000) for n in range(2, capture.COPY_MEMORY_US // 1000)]
+    first = _packet(1, T0_US)
+    assert list(capture.without_copies([first, *later, first._replace(ts=T0_US + 3)])) == [
+        first,
+        *later,
+    ]
