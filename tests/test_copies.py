@@ -1,15 +1,17 @@
 """Every packet captured more than once, as `tcpdump -i any` takes it on a host whose
 traffic crosses a VLAN sub-interface, a bond or a bridge (once per interface, microseconds
 apart): the tables of the same traffic captured once, the first copy's time counting
-(DESIGN "Exact times").
+(DESIGN "Exact times"), in both engines.
 """
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require
 from crafted_captures import (
     Capture,
     S,
@@ -22,7 +24,7 @@ from crafted_captures import (
 from pcapfiles import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, every_frame_twice, pcap_file
 
 import jsdissect
-from jsdissect import report
+from jsdissect import report, wireshark
 from jsdissect.capture import Engine
 
 LINKTYPES = {"sll": LINKTYPE_LINUX_SLL, "sll2": LINKTYPE_LINUX_SLL2}
@@ -80,3 +82,29 @@ def test_every_packet_twice_gives_the_tables_of_every_packet_once(
     assert (statuses[DROPPED], statuses[AT_THE_END]) == ("callback-unanswered", "running")
     syns = {row["server"]: row["syn_count"] for row in connections if row["state"] != "closed"}
     assert syns["127.0.0.21:59989"] == 3
+
+
+@pytest.mark.parametrize(
+    ("linktype", "delay_us", "vlan"),
+    [(LINKTYPE_LINUX_SLL, 3, None), (LINKTYPE_LINUX_SLL2, 250, 100)],
+    ids=["sll-adjacent-bridge", "sll2-queued-vlan"],
+)
+def test_the_plugin_takes_every_packet_twice_as_once(
+    tmp_path: Path, linktype: int, delay_us: int, vlan: int | None
+) -> None:
+    """Wireshark marks each second copy as a retransmission; the plugin counts a SYN
+    copied within COPY_WINDOW_US once, as the default engine does."""
+    tshark = require("tshark")
+    cap = crafted_tasks()
+    once = cap.write(tmp_path / "once.pcap")
+    twice = captured_twice(cap, tmp_path / "twice.pcap", linktype, delay_us, vlan)
+    tasks = wireshark.analyze([twice]).tasks
+    assert tasks == wireshark.analyze([once]).tasks
+    statuses = {row["process_id"]: row["status"] for row in tasks}
+    assert (statuses[DROPPED], statuses[AT_THE_END]) == ("callback-unanswered", "running")
+    plugin = wireshark.plugin_path()
+    args = [tshark, "-n", "-2", "-X", f"lua_script:{plugin}", "-r", str(twice), "-T", "fields"]
+    args += ["-e", "_ws.expert.message", "-E", "occurrence=a", "-E", "aggregator=|"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    experts = {m for line in out.splitlines() for m in line.split("|")}
+    assert "Callback SYN to port 59989 sent 3 time(s), never answered" in experts

@@ -733,13 +733,24 @@ local function track_tcp(tvb, pinfo, now)
                 match_callback(conn, dst, dport, src, now)
             end
         end
-        conn.syn_count = conn.syn_count + 1
+        -- The same SYN captured again on another interface (tcpdump -i any on a host whose
+        -- traffic crosses a VLAN sub-interface, a bond or a bridge takes each packet on
+        -- each, microseconds apart) is one SYN, not a retransmission, which comes a second
+        -- later at the earliest: as jsdissect's capture.without_copies, the same bytes
+        -- (TCP header and payload) within 100 ms of the first copy.
+        local doff = math.floor(raw:byte(h + 12) / 16) * 4
+        local bytes = tvb:raw(h - 1, math.min(tvb:len() - h + 1, doff + (payload or 0)))
+        local copy = bytes == conn.syn_bytes and math.abs(now - conn.syn_bytes_at) <= 100000
+        if not copy then
+            conn.syn_count = conn.syn_count + 1
+            conn.syn_bytes, conn.syn_bytes_at = bytes, now
+        end
         frame_conn[pinfo.number] = conn
         conn.seg_frame, conn.seg_seq = pinfo.number, data_seq
         conn.seg_len, conn.seg_at = payload, at
         if payload and payload > 0 then conn.carried = true end
         -- a SYN after the SYN-ACK: that answer had not reached the client (see below)
-        if conn.synack ~= nil then
+        if conn.synack ~= nil and not copy then
             conn.syn_after_synack = true
             conn.synack_unacked = conn.established == nil and not conn.carried
                 and not conn.client_fin
