@@ -21,6 +21,7 @@ import random
 import struct
 import subprocess
 import tracemalloc
+import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -1516,8 +1517,9 @@ def test_a_capture_error_crosses_a_process_boundary_as_itself(tmp_path) -> None:
         read_segments([tmp_path / "missing.pcap"])
     sent = io.BytesIO()
     pickler = pickle.Pickler(sent)
-    pickler.dispatch_table = copyreg.dispatch_table | {
-        CaptureError: pickling_support.pickle_exception
+    pickler.dispatch_table = copyreg.dispatch_table | {  # as `distributed` installs tblib
+        CaptureError: pickling_support.pickle_exception,
+        types.TracebackType: pickling_support.pickle_traceback,
     }
     pickler.dump(raised.value)
     again = pickle.loads(sent.getvalue())
