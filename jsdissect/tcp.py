@@ -372,8 +372,11 @@ class _Conn:
         "syn",
         "syn_after_synack",
         "syn_count",
+        "syn_data",
         "syn_seq",
         "synack",
+        "synack_ack",
+        "synack_seq",
     )
 
     def __init__(
@@ -403,8 +406,13 @@ class _Conn:
         )
         self.syn: int | None = None
         self.syn_seq: int | None = None  # the client's SYN, to recognise its retransmissions
+        self.syn_data = 0  # bytes it carried (TCP Fast Open): its answer may acknowledge them
         self.syn_count = 0
         self.synack: int | None = None
+        # The first SYN-ACK's own sequence number (the server's ISN) and the one it
+        # acknowledged (the client's first byte), to tell another connection's SYN-ACK.
+        self.synack_seq: int | None = None
+        self.synack_ack: int | None = None
         # The client sent a SYN after the SYN-ACK: the answer had not reached it (yet).
         self.syn_after_synack = False
         self.established: int | None = None
@@ -473,6 +481,7 @@ class _Conn:
         if seg.flags & ACK:
             if d == SERVER_TO_CLIENT and self.synack is None:
                 self.synack = seg.ts
+                self.synack_seq, self.synack_ack = seg.seq, seg.ack
         elif d == CLIENT_TO_SERVER:
             self.syn_count += 1
             if self.synack is not None:
@@ -480,6 +489,7 @@ class _Conn:
             if self.syn is None:
                 self.syn = seg.ts
                 self.syn_seq = seg.seq
+                self.syn_data = len(seg.payload) + seg.missing
         if half.base is None:
             half.base = seg.seq + 1
 
@@ -529,6 +539,55 @@ class _Conn:
         if self.closed is not None or not self.handshake_seen or self.unanswered:
             return True
         return not self._client_isn_is(seg)
+
+    def taken_over_by(self, seg: Segment) -> bool:
+        """Is this packet (not a pure SYN) of a later connection on the 4-tuple, whose SYN
+        the capture lost while this one looks live (its end not captured either)? Only on
+        evidence that TCP rules out for this one (a wrong split is worse than a merge):
+        a SYN-ACK that answers another SYN than this connection's, from another initial
+        sequence number than its server's; or, after nothing but SYNs, data its client
+        could not send, or a server could not acknowledge, after them (far from the SYN's
+        sequence number, which the client's first byte follows). Wireshark splits only at
+        a captured SYN; on a SYN-ACK it re-bases the server's side within the same stream
+        (found by fuzzing against tshark: the new connection's bytes were taken as the old
+        one's, a gigabyte away, so gaps, decode errors and one connection too few)."""
+        flags = seg.flags
+        if flags & RST:
+            return False  # a reset starts nothing
+        if flags & SYN:
+            return bool(flags & ACK) and self._answers_another_syn(seg)
+        if not self.unanswered or not (seg.payload or seg.missing):
+            return False
+        client = self.halves[CLIENT_TO_SERVER]  # placed by the SYN: its first byte follows
+        if (seg.src, seg.sport) == self.client:
+            return not _may_be_from(client, seg.seq)
+        return bool(flags & ACK) and not _may_be_from(client, seg.ack)
+
+    def _answers_another_syn(self, seg: Segment) -> bool:
+        """A SYN-ACK that acknowledges another SYN than this connection's client sent, from
+        another initial sequence number than its server's. Where the handshake was captured
+        the numbers are exact: this connection's SYN-ACK again (lost, or the SYN sent again)
+        repeats both; one with the same acknowledgement but another sequence number (SYN
+        cookies, a duplicated SYN answered twice) is no new connection. Where they are not
+        known, a side's SYN-ACK number lies at or before the first byte captured of it
+        (the SYN-ACK comes first): one ahead of it, or far behind, is another connection's;
+        picked up mid-stream, that must hold of both sides."""
+        if self.previous is not None and _repeats_handshake(self.previous, seg):
+            return False  # the previous connection's handshake again, not a new one
+        from_server = self.server == (seg.src, seg.sport)
+        if from_server and self.synack_ack is not None:
+            return seg.ack != self.synack_ack and seg.seq != self.synack_seq
+        d = SERVER_TO_CLIENT if from_server else CLIENT_TO_SERVER
+        sender, receiver = self.halves[d], self.halves[1 - d]
+        isn_after = (seg.seq + 1) % _SEQ_MOD
+        if from_server and self.syn_seq is not None:
+            # Its SYN captured, not its SYN-ACK: that acknowledges the SYN, and at most
+            # the bytes the SYN carried (TCP Fast Open); one short of it is taken for this
+            # connection's too (as a keep-alive's number before a stream is), not another's.
+            if (seg.ack - self.syn_seq) % _SEQ_MOD <= self.syn_data + 1:
+                return False
+            return not _has_place(sender) or _began_elsewhere(sender, isn_after)
+        return _began_elsewhere(receiver, seg.ack) and _began_elsewhere(sender, isn_after)
 
     def _client_isn_is(self, seg: Segment) -> bool:
         """The SYN carries the client's initial sequence number as this connection knows it
@@ -674,6 +733,19 @@ def _may_be_from(half: _Half, seq: int) -> bool:
     return False  # nothing of this side yet: taken for the old connection's, as it looks
 
 
+def _has_place(half: _Half) -> bool:
+    """Is anything known of where this side's sequence numbers lie?"""
+    return half.base is not None or half.ack_before_base is not None
+
+
+def _began_elsewhere(half: _Half, first: int) -> bool:
+    """This side's place is known, and its stream cannot have begun at `first`: that lies
+    ahead of the first byte captured of it (of the peer's ACKs, if it sent none), or
+    further behind than a window."""
+    known = half.base if half.base is not None else half.ack_before_base
+    return known is not None and (known - first) % _SEQ_MOD > STRAGGLER_BAND
+
+
 def _side_end(sender: Endpoint, half: _Half) -> _SideEnd:
     if half.base is None:
         return _SideEnd(sender, None, half.ack_before_base, False)
@@ -707,6 +779,15 @@ def _may_be_a_straggler(ends: tuple[_SideEnd, _SideEnd], seg: Segment) -> bool:
     if ahead < _SEQ_HALF:  # nothing follows a FIN
         return not side.fin and ahead <= STRAGGLER_BAND
     return _SEQ_MOD - ahead <= STRAGGLER_BAND
+
+
+def _repeats_handshake(ends: tuple[_SideEnd, _SideEnd], seg: Segment) -> bool:
+    """Is this SYN-ACK the one of the connection that ended at `ends`, sent again?"""
+    first, second = ends
+    side, other = (first, second) if first.sender == (seg.src, seg.sport) else (second, first)
+    if side.sender != (seg.src, seg.sport) or side.isn is None or other.isn is None:
+        return False
+    return seg.seq == side.isn and seg.ack == (other.isn + 1) % _SEQ_MOD
 
 
 def _side_of(ends: tuple[_SideEnd, _SideEnd], seg: Segment) -> _SideEnd | None:
@@ -770,6 +851,18 @@ class Reassembler:
         elif conn is not None and pure_syn and conn.reused_by(seg):
             self._close(conn, ts)
             conn = None
+        elif conn is not None and conn.previous is not None and conn.is_of_previous(seg):
+            return
+        elif (
+            conn is not None
+            and (flags & SYN or conn.packets == conn.syn_count)  # (cheap: rarely true)
+            and conn.taken_over_by(seg)
+        ):
+            # Its end was not captured, nor the next one's SYN: the next one opens here,
+            # and what the old one sends later stays out of it as its stragglers.
+            self._close(conn, ts)
+            ended = self._recent.pop(key, None)
+            conn = self._open(key, seg, None if ended is None else ended.ends)
         if conn is None:
             entry = self._recent.get(key)
             if entry is not None:
@@ -779,8 +872,6 @@ class Reassembler:
             # (an evicted connection had no end: nothing of it is a straggler to tell apart)
             previous = entry.ends if entry is not None and not entry.evicted else None
             conn = self._open(key, seg, previous)
-        elif conn.previous is not None and conn.is_of_previous(seg):
-            return
         conn.add(seg, CLIENT_TO_SERVER if a == conn.client else SERVER_TO_CLIENT)
         if conn.closed is None:  # no FIN or RST yet: neither over nor lingering
             return

@@ -13,6 +13,7 @@ import itertools
 import os
 import random
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -1141,10 +1142,13 @@ def read_pcap(path: Path) -> list[Segment]:
     return out
 
 
-def tshark_follow(tshark: str, path: Path, streams: int) -> dict[tuple[str, str], bytes]:
-    """{(sender, receiver): bytes} per direction, from `-z follow,tcp,raw,N`."""
+def tshark_follow(
+    tshark: str, path: Path, streams: int, first: int = 0
+) -> dict[tuple[str, str], bytes]:
+    """{(sender, receiver): bytes} per direction, from `-z follow,tcp,raw,N` for streams
+    `first` to `first + streams - 1`."""
     args = [tshark, "-q", "-r", str(path)]
-    for n in range(streams):
+    for n in range(first, first + streams):
         args += ["-z", f"follow,tcp,raw,{n}"]
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout
     result: dict[tuple[str, str], bytes] = {}
@@ -1217,6 +1221,183 @@ def test_an_ack_recorded_before_the_data_it_acknowledges_loses_nothing(tmp_path:
     (res,) = collect(read_pcap(path))
     answer = next(seg for seg in segs if seg.payload == b"ok")
     assert res.c2s.gaps == [(0, 100, answer.ts)]
+
+
+# --- a reused 4-tuple whose new handshake was not captured, against tshark's split ----------
+#
+# Wireshark starts a new stream on a 4-tuple only at a SYN with another initial sequence
+# number (a SYN-ACK with another one re-bases the server's side of the same stream). So the
+# captures are written twice: with the new connection's SYN, where tshark's split and its
+# follow output are the truth, and without it, where the reassembler must find the same.
+
+# Linux picks an initial sequence number from a keyed hash of the 4-tuple plus a clock of
+# 64 ns ticks (RFC 6528): a later connection on the same 4-tuple starts this much further
+# on per second between them, past the window a straggler may lie ahead by.
+LINUX_ISN_PER_SECOND = 1_000_000_000 // 64
+
+
+def tshark_streams(tshark: str, path: Path) -> list[int]:
+    """Wireshark's `tcp.stream` of each frame."""
+    args = [tshark, "-r", str(path), "-T", "fields", "-e", "tcp.stream"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout
+    return [int(line) for line in out.split()]
+
+
+def _live_connection(start: str) -> list[Segment]:
+    """Data both ways, its end not captured; `start`: what of its handshake was."""
+    conv = Conv(isn=(1000, 5000))
+    syn, synack, ack = conv.handshake()
+    opening = {
+        "handshake": [syn, synack, ack],
+        "SYN lost": [synack, ack],
+        "SYN-ACK lost": [syn, ack],
+        "mid-stream": [],
+    }[start]
+    talk = [*conv.data(CLIENT_TO_SERVER, b"one" * 50), *conv.data(SERVER_TO_CLIENT, b"1" * 70)]
+    return opening + talk
+
+
+def _as_tshark_splits(tshark: str, full: Path, results: list[Result]) -> None:
+    """Each connection holds the bytes tshark follows in its stream of `full`, no gap."""
+    for n, res in enumerate(results):
+        follow = tshark_follow(tshark, full, 1, first=n)
+        client, server = str(res.conn.client), str(res.conn.server)
+        expected = follow.get((client, server), b""), follow.get((server, client), b"")
+        assert (res.c2s.data, res.s2c.data) == expected
+        assert res.conn.gaps == 0
+
+
+@pytest.mark.parametrize(
+    "isn",
+    [(2_000_000_000, 3_000_000_000), (1000 + LINUX_ISN_PER_SECOND, 5000 + LINUX_ISN_PER_SECOND)],
+    ids=["random", "Linux, a second later"],
+)
+@pytest.mark.parametrize("start", ["handshake", "SYN lost", "SYN-ACK lost", "mid-stream"])
+def test_a_synack_answering_another_syn_starts_a_new_connection(
+    tmp_path: Path, start: str, isn: tuple[int, int]
+) -> None:
+    """Found by a differential fuzzer against tshark: a live connection's end was not
+    captured, nor the SYN of the next one on its 4-tuple; that one's SYN-ACK, answering
+    another SYN with another initial sequence number, and all after it were taken as the
+    old connection's (a gap of a gigabyte, one connection too few)."""
+    tshark = require("tshark")
+    old = _live_connection(start)
+    conv = Conv(isn=isn, t=old[-1].ts + SECOND)
+    new = full_conversation(conv, b"two" * 40, b"2" * 60)
+    full, lost = tmp_path / "full.pcap", tmp_path / "syn_lost.pcap"
+    write_pcap(old + new, full)
+    assert tshark_streams(tshark, full) == [0] * len(old) + [1] * len(new)
+    write_pcap(old + new[1:], lost)
+    results = collect(read_pcap(lost))
+    assert [r.conn.packets for r in results] == [len(old), len(new) - 1]
+    _as_tshark_splits(tshark, full, results)
+    second = results[1].conn
+    assert (second.handshake_seen, second.synack, second.established) == (
+        True,
+        new[1].ts,
+        new[2].ts,
+    )
+    assert results[0].conn.last_ts == old[-1].ts
+
+
+@pytest.mark.parametrize("first", [CLIENT_TO_SERVER, SERVER_TO_CLIENT], ids=["client", "server"])
+def test_data_after_unanswered_syns_from_another_isn_starts_a_new_connection(
+    tmp_path: Path, first: int
+) -> None:
+    """Found by a differential fuzzer against tshark: SYNs never answered, then, a minute
+    later, a connection on the same 4-tuple whose handshake was not captured; its data lay
+    a gigabyte past the SYNs' sequence number and was taken as theirs. A client's first
+    byte follows its SYN, and a server acknowledges it; data far from it (here the next
+    connection's, `first` speaking first, as a callback's controller does) is another's."""
+    tshark = require("tshark")
+    attempt = Conv(isn=(1000, 5000))
+    syns = [attempt.syn(), attempt.syn(dt=SECOND), attempt.syn(dt=2 * SECOND)]
+    conv = Conv(isn=(1000 + 63 * LINUX_ISN_PER_SECOND, 777_777), t=syns[-1].ts + 60 * SECOND)
+    handshake = conv.handshake()
+    talk = [*conv.data(first, b"A" * 150), *conv.data(1 - first, b"B" * 80), *conv.close()]
+    full, lost = tmp_path / "full.pcap", tmp_path / "handshake_lost.pcap"
+    write_pcap(syns + handshake + talk, full)
+    assert tshark_streams(tshark, full) == [0] * len(syns) + [1] * (len(handshake) + len(talk))
+    write_pcap(syns + talk, lost)
+    results = collect(read_pcap(lost))
+    assert [(r.conn.state, r.conn.packets) for r in results] == [
+        ("syn-unanswered", len(syns)),
+        ("closed", len(talk)),
+    ]
+    _as_tshark_splits(tshark, full, results)
+
+
+def _synack_again_with_another_number() -> list[Segment]:
+    """A SYN sent again, answered again with another sequence number (SYN cookies, or two
+    servers behind one address): the client takes the first answer."""
+    conv = Conv()
+    syn, synack = conv.syn(), conv.synack()
+    again = syn._replace(ts=synack.ts + SECOND)
+    other = synack._replace(ts=again.ts + 100, seq=(synack.seq + 123_456_789) % MOD)
+    conv.t = other.ts
+    ack = conv.ack(CLIENT_TO_SERVER)  # of the first answer
+    return [syn, synack, again, other, ack, *conv.data(CLIENT_TO_SERVER, b"x" * 300)]
+
+
+def _synack_again_after_data() -> list[Segment]:
+    conv = Conv()
+    segs = [*conv.handshake(), *conv.data(CLIENT_TO_SERVER, b"x" * 300)]
+    again = segs[1]._replace(ts=conv.t + 100)
+    conv.t = again.ts
+    return [*segs, again, *conv.data(SERVER_TO_CLIENT, b"y" * 200)]
+
+
+def _data_past_the_syn_after_loss() -> list[Segment]:
+    """The SYN-ACK and the first megabyte not captured: still within a window."""
+    conv = Conv()
+    syns = [conv.syn(), conv.syn(dt=SECOND)]
+    conv.synack()
+    conv.seq[CLIENT_TO_SERVER] += 1 << 20
+    return [*syns, *conv.data(CLIENT_TO_SERVER, b"x" * 300)]
+
+
+def _fast_open_answered_late() -> list[Segment]:
+    """A SYN with data (TCP Fast Open), its first SYN-ACK not captured, the next one."""
+    conv = Conv()
+    syn = conv.syn(b"<?xml?>")
+    synack = conv.synack()._replace(ts=syn.ts + SECOND)
+    conv.t = synack.ts
+    return [syn, synack, conv.ack(CLIENT_TO_SERVER), *conv.data(CLIENT_TO_SERVER, b"x" * 300)]
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        _synack_again_with_another_number,
+        _synack_again_after_data,
+        _data_past_the_syn_after_loss,
+        _fast_open_answered_late,
+    ],
+)
+def test_one_connection_is_not_split_by_its_own_handshake_or_data(
+    tmp_path: Path, build: Callable[[], list[Segment]]
+) -> None:
+    """What a connection's own handshake or data may look like stays in it (a wrong split
+    is worse than a merge): one tshark stream, one connection."""
+    tshark = require("tshark")
+    segs = build()
+    path = tmp_path / "one.pcap"
+    write_pcap(segs, path)
+    assert set(tshark_streams(tshark, path)) == {0}
+    assert [r.conn.packets for r in collect(read_pcap(path))] == [len(segs)]
+
+
+def test_the_previous_connections_synack_again_splits_nothing() -> None:
+    """The SYN-ACK of the connection before, sent again after the next one took the
+    4-tuple, answers another SYN than the new one's, from another number: a straggler of
+    the old one, which starts no third connection."""
+    first = full_conversation(Conv(isn=(1000, 5000)), b"one", b"1")
+    conv = Conv(isn=(2_000_000_000, 3_000_000_000), t=first[-1].ts + SECOND)
+    second = [*conv.handshake(), *conv.data(CLIENT_TO_SERVER, b"two")]
+    again = first[1]._replace(ts=conv.t + 1)
+    conv.t += 10
+    results = collect([*first, *second, again, *conv.data(SERVER_TO_CLIENT, b"2")])
+    assert [(r.c2s.data, r.s2c.data) for r in results] == [(b"one", b"1"), (b"two", b"2")]
 
 
 # --- memory ----------------------------------------------------------------------------------
