@@ -606,6 +606,51 @@ def callback_synacks_lost(final_rst: bool) -> Capture:
     return cap
 
 
+def callbacks_on_one_4tuple(first: str) -> Capture:
+    """Tasks 900001 and 900002, whose callback connections take the same 4-tuple (task
+    server port 45001 to callback port 59999 again), the second's SYN not captured. The
+    first's end was not captured either (`first` "live"), or its SYNs were never answered
+    ("unanswered": the controller gave up after 60 s; then the second's whole handshake is
+    not captured). Initial sequence numbers as Linux picks them (RFC 6528: a keyed hash of
+    the 4-tuple plus a clock of 64 ns ticks), so the second's lie ahead of the first's."""
+    cap = Capture()
+    for n in (1, 2):
+        pid = f"90000{n}"
+        cmd, _ = _start_answered(cap, pid, (40000 + n, 45001, 59999), isn=1000 + n * 100_000)
+        isn = (cap.now - T0) * 1000 // 64 % (1 << 32)  # the clock's 64 ns ticks
+        cb = Conv(cap, (REMOTE_IP, 45001), (CONTROLLER_IP, 59999), isn)
+        if n == 1 and first == "unanswered":
+            start = cap.now
+            for after_s in (0, 1, 3):
+                cap.now = start + after_s * S
+                cb._packet(T, "S")
+            cap.now = start + 60 * S
+        else:
+            if n == 1:
+                cb.handshake()
+            else:
+                cb.seq[T] += 1  # its SYN not captured
+                if first == "live":
+                    cb._packet(C, "SA")
+                cb.seq[C] += 1
+                if first == "live":
+                    cb._packet(T, "A")
+            rmis = rmis_id(n)
+            cb.send(C, js.create_instance())
+            cb.send(T, js.answer_create_instance(js.ObjRef(rmis, True, "x")))
+            cb.send(C, js.call(rmis, "step"))
+            cb.send(T, js.answer_value(js.bstr(js.process_result(n, success=True))))
+            cb.send(C, js.release(rmis))
+            cb.send(T, js.answer_empty())
+            if n == 2:
+                cb.close(first=C)  # the first one's end: not captured
+        cmd.send(CLIENT, js.remote_task_close(pid))
+        cmd.send(SERVER, js.ok_answer(answer_time(cap)))
+        cmd.close()
+        cap.advance(2 * S)
+    return cap
+
+
 def malformed_traffic(cap: Capture) -> None:
     """Bytes that break every layout: the plugin must mark them, never fail (no Lua error)."""
     rng = random.Random(6)

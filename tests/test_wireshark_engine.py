@@ -762,6 +762,33 @@ def test_engines_tell_callback_synacks_that_never_reached_the_task_server(
     assert _full_rows([theirs]) == _full_rows([ours])
 
 
+@pytest.mark.parametrize("first", ["live", "unanswered"])
+def test_engines_split_a_callback_4tuple_taken_again_without_its_syn(
+    tmp_path: Path, first: str
+) -> None:
+    """A second callback connection on the 4-tuple of the first, its SYN not captured and
+    the first's end neither: its SYN-ACK answers another SYN, or (the first's SYNs never
+    answered, its own handshake not captured) its data cannot follow those SYNs. Found by
+    fuzzing jsdissect against tshark: it was taken for the first connection's, so the
+    second task had no callback and the first took its messages. Wireshark keeps both in
+    one stream; with these sequence numbers (ahead of the first's, as Linux picks them) it
+    hands the second's bytes on, and the plugin tells the connections apart as jsdissect."""
+    require("tshark")
+    from crafted_captures import callbacks_on_one_4tuple
+
+    capture = callbacks_on_one_4tuple(first).write(tmp_path / "reused.pcap")
+    ours = [report.task_row(t) for t in jsdissect.analyze([capture]).task_records]
+    first_row = ("completed", 1) if first == "live" else ("callback-unanswered", None)
+    assert [(r["process_id"], r["status"], r["exit_code"]) for r in ours] == [
+        ("900001", *first_row),
+        ("900002", "completed", 2),
+    ]
+    assert ours[0]["callback_closed"] is None and ours[1]["callback_closed"] is not None
+    assert ours[0]["callback_conn"] != ours[1]["callback_conn"]
+    theirs = wireshark.analyze([capture]).tasks
+    assert _full_rows(theirs) == _full_rows(ours)
+
+
 @pytest.mark.parametrize("closed", [False, True])
 def test_engines_keep_a_start_answer_whose_start_was_not_captured(
     tmp_path: Path, closed: bool

@@ -360,10 +360,12 @@ end
 -- either side of a microsecond boundary keep the same value, and the later one may be
 -- written 1 µs early. With a tree in the first pass every time is exact.)
 local f_time_epoch = Field.new("frame.time_epoch")
--- (one table: the main chunk is near Lua's limit of 200 local variables)
-local TCP_FIELDS = {
+-- TCP's fields, and the tests that tell a later connection on a 4-tuple (below, at the
+-- TCP tracking) (one table: the main chunk is near Lua's limit of 200 local variables)
+local TCP = {
     len = Field.new("tcp.len"), stream = Field.new("tcp.stream"), seq = Field.new("tcp.seq_raw"),
-    ack = Field.new("tcp.ack_raw"),
+    ack = Field.new("tcp.ack_raw"), ack_flag = Field.new("tcp.flags.ack"),
+    BAND = 16777216,  -- beyond the receive windows in use (jsdissect's tcp STRAGGLER_BAND)
 }
 
 local function exact_frame_us()
@@ -500,6 +502,7 @@ local function new_conn(key, src, sport, dst, dport)
     local c = {
         key = key, id = conn_count, pending = {}, syn_count = 0,
         ends = { { addr = src, port = sport }, { addr = dst, port = dport } },
+        seq_from = {}, acked_to = {},  -- "addr/port" -> where its sequence numbers lie
     }
     conns[key] = c
     return c
@@ -509,7 +512,17 @@ local function conn_of(pinfo)
     local src, dst = tostring(pinfo.src), tostring(pinfo.dst)
     local sport, dport = pinfo.src_port, pinfo.dst_port
     local key = conn_key(src, sport, dst, dport)
-    return conns[key] or new_conn(key, src, sport, dst, dport), src, dst
+    local conn = conns[key]
+    -- the first data after nothing but SYNs may be a later connection's: told here, as
+    -- the dissectors run before the postdissector's TCP tracking (first pass)
+    if conn ~= nil and conn.syns_only and not pinfo.visited then
+        local seq, ack, ack_flag = TCP.seq(), TCP.ack(), TCP.ack_flag()
+        if seq and ack and ack_flag
+            and TCP.taken_by_data(conn, src, sport, seq.value, ack.value, ack_flag.value) then
+            conn = TCP.renew(conn, key, src, sport, dst, dport)
+        end
+    end
+    return conn or new_conn(key, src, sport, dst, dport), src, dst
 end
 
 local function is_endpoint(ep, addr, port)
@@ -696,6 +709,88 @@ local function interesting_port(p)
     return cmd_ports[p] or watched[p]
 end
 
+-- A later connection on a 4-tuple whose SYN the capture lost, while the record's
+-- connection looks live (its end not captured either), told on the evidence jsdissect's
+-- tcp (`taken_over_by`) takes: what TCP rules out for the connection as recorded (found by
+-- fuzzing jsdissect against tshark; Wireshark itself starts a new stream only at a SYN).
+
+-- Where a segment places its sides' sequence numbers: the sender's first one (after its
+-- SYN or SYN-ACK, else its first byte or FIN), the peer's while it is not placed so (the
+-- latest acknowledgement of it).
+function TCP.note(conn, sender, receiver, seq, ack, syn, ackf, data)
+    if conn.seq_from[sender] == nil then
+        if syn then
+            conn.seq_from[sender] = (seq + 1) % SEQ_MOD
+        elseif data then
+            conn.seq_from[sender] = seq
+        end
+    end
+    if ackf and conn.seq_from[receiver] == nil then conn.acked_to[receiver] = ack end
+end
+
+-- The side `ep` is placed, and cannot have begun at `first` (a SYN-ACK's sequence number +
+-- 1, or what it acknowledges): that lies ahead of where it was placed, or further behind
+-- than a window (a handshake comes before the bytes).
+function TCP.began_elsewhere(conn, ep, first)
+    local known = conn.seq_from[ep] or conn.acked_to[ep]
+    return known ~= nil and (known - first) % SEQ_MOD > TCP.BAND
+end
+
+-- A SYN-ACK that answers another SYN than the connection's, from another initial sequence
+-- number than its server's: exact where its handshake was captured (its SYN-ACK again
+-- repeats both; one with the same acknowledgement and another number is SYN cookies or a
+-- duplicated SYN answered twice), else both numbers where this connection's cannot be.
+function TCP.answers_another_syn(conn, src, sport, dst, dport, seq, ack)
+    local sender, receiver = src .. "/" .. sport, dst .. "/" .. dport
+    local first = (seq + 1) % SEQ_MOD
+    local before = conn.before
+    if before and before[sender] == first and before[receiver] == ack then
+        return false  -- the SYN-ACK of the connection before this one, again
+    end
+    local from_server = is_endpoint(conn.server, src, sport)
+    if from_server and conn.synack_ack then
+        return ack ~= conn.synack_ack and seq ~= conn.synack_seq
+    end
+    if from_server and conn.syn_seq then
+        -- its SYN captured, not its SYN-ACK: that acknowledges the SYN and at most the
+        -- bytes the SYN carried (TCP Fast Open); one short of it is this one's too
+        if (ack - conn.syn_seq) % SEQ_MOD <= conn.syn_data + 1 then return false end
+        return (conn.seq_from[sender] or conn.acked_to[sender]) == nil
+            or TCP.began_elsewhere(conn, sender, first)
+    end
+    return TCP.began_elsewhere(conn, receiver, ack) and TCP.began_elsewhere(conn, sender, first)
+end
+
+-- After nothing but SYNs, data its client could not send, or a server could not
+-- acknowledge, after them: far from the SYN's sequence number, which the first byte
+-- (after the bytes the SYN carried) follows.
+function TCP.taken_by_data(conn, src, sport, seq, ack, ackf)
+    if not conn.syns_only then return false end
+    local n = seq
+    if not is_endpoint(conn.client, src, sport) then
+        if not ackf then return false end
+        n = ack
+    end
+    local off = (n - conn.syn_seq - 1) % SEQ_MOD
+    return off > conn.syn_data + TCP.BAND and off ~= SEQ_MOD - 1
+end
+
+-- The record of a later connection on the 4-tuple; where the earlier one's sides began
+-- stays known, to tell its SYN-ACK sent again.
+function TCP.renew(old, key, src, sport, dst, dport)
+    local conn = new_conn(key, src, sport, dst, dport)
+    conn.before = old.seq_from
+    return conn
+end
+
+-- Later passes find a 4-tuple's latest record: a frame before the first one dissected on
+-- it (every frame, if none was) is an earlier connection's. (A record that had none: a
+-- later connection's bytes that Wireshark, which keeps them in the earlier one's stream,
+-- took for retransmissions.)
+function TCP.earlier(conn, pinfo)
+    return pinfo.visited and (conn.first_frame or math.huge) > pinfo.number
+end
+
 local function track_tcp(tvb, pinfo, now)
     local src, dst = tostring(pinfo.src), tostring(pinfo.dst)
     local sport, dport = pinfo.src_port, pinfo.dst_port
@@ -714,6 +809,14 @@ local function track_tcp(tvb, pinfo, now)
     -- SYN's data, TCP Fast Open, follows the SYN), length on the wire, offset in the frame
     local data_seq = syn and (seq + 1) % SEQ_MOD or seq
     local payload, at = tcp_payload_len(raw, h), h - 1 + math.floor(raw:byte(h + 12) / 16) * 4
+    local sender, receiver = src .. "/" .. sport, dst .. "/" .. dport
+    if conn ~= nil and not (syn or rst) and (payload or 0) > 0
+        and TCP.taken_by_data(conn, src, sport, seq, ack, ackf) then
+        conn = TCP.renew(conn, key, src, sport, dst, dport)
+    elseif conn ~= nil and syn and ackf
+        and TCP.answers_another_syn(conn, src, sport, dst, dport, seq, ack) then
+        conn = TCP.renew(conn, key, src, sport, dst, dport)
+    end
     if syn and not ackf then
         -- (a SYN that carries data, TCP Fast Open, reached the dissector first: the same
         -- connection)
@@ -721,11 +824,13 @@ local function track_tcp(tvb, pinfo, now)
             or (conn.first and conn.first_frame ~= pinfo.number))
         if conn ~= nil and ((conn.syn_seq ~= nil and conn.syn_seq ~= seq)
             or (conn.syn_seq == nil and used)) then
-            conn = nil  -- a new connection on a 4-tuple used before
+            conn = TCP.renew(conn, key, src, sport, dst, dport)  -- a 4-tuple used before
         end
         if conn == nil then conn = new_conn(key, src, sport, dst, dport) end
         if conn.syn == nil then
             conn.syn, conn.syn_frame, conn.syn_seq = now, pinfo.number, seq
+            conn.syn_data = payload or 0
+            if conn.syns_only == nil then conn.syns_only = true end  -- nothing else yet
             conn.client = { addr = src, port = sport }
             conn.server = { addr = dst, port = dport }
             if watched[dport] then
@@ -745,6 +850,8 @@ local function track_tcp(tvb, pinfo, now)
             conn.syn_count = conn.syn_count + 1
             conn.syn_bytes, conn.syn_bytes_at = bytes, now
         end
+        if not is_endpoint(conn.client, src, sport) then conn.syns_only = false end
+        TCP.note(conn, sender, receiver, seq, ack, true, false, false)
         frame_conn[pinfo.number] = conn
         conn.seg_frame, conn.seg_seq = pinfo.number, data_seq
         conn.seg_len, conn.seg_at = payload, at
@@ -762,6 +869,8 @@ local function track_tcp(tvb, pinfo, now)
         if not ports_match and not (syn and p_cmd.prefs.heuristic) then return end
         conn = new_conn(key, src, sport, dst, dport)
     end
+    conn.syns_only = false
+    TCP.note(conn, sender, receiver, seq, ack, syn, ackf, (payload or 0) > 0 or fin)
     frame_conn[pinfo.number] = conn
     conn.seg_frame, conn.seg_seq = pinfo.number, data_seq
     conn.seg_len, conn.seg_at = payload, at
@@ -773,7 +882,7 @@ local function track_tcp(tvb, pinfo, now)
     local from_server = is_endpoint(conn.server, src, sport)
     if syn and ackf then
         if from_server and conn.synack == nil and conn.refused == nil then
-            conn.synack, conn.synack_seq = now, seq
+            conn.synack, conn.synack_seq, conn.synack_ack = now, seq, ack
             -- the SYN not captured: a SYN-ACK from an announced port tells the controller
             -- accepted a callback there (picked up at its answer, as jsdissect takes it)
             if conn.syn == nil and watched[sport] and not conn.candidate then
@@ -1820,7 +1929,7 @@ end
 local function bytes_missing_before(conn, dir)
     local last = conn.next_seq and conn.next_seq[dir]
     if last == nil and conn.synack_seq then last = (conn.synack_seq + 1) % SEQ_MOD end
-    local fi = TCP_FIELDS.seq()
+    local fi = TCP.seq()
     if last == nil or fi == nil then return false end
     local ahead = (fi.value - last) % SEQ_MOD
     return ahead > 0 and ahead < SEQ_MOD / 2
@@ -1830,7 +1939,7 @@ local function dissect_cmd(tvb, pinfo, tree)
     local len = tvb:len()
     if len == 0 then return 0 end
     local conn, src, dst = conn_of(pinfo)
-    if pinfo.visited and conn.first_frame and pinfo.number < conn.first_frame then return 0 end
+    if TCP.earlier(conn, pinfo) then return 0 end
     last_main_frame = pinfo.number
     local first_pass = not pinfo.visited
     if not first_pass then Stream.learn_exact(pinfo) tasks.whole = true end
@@ -3895,7 +4004,7 @@ end
 -- the last one captured (they were lost); nil when not known (no tree in the first pass,
 -- or bytes of the direction were not captured before).
 function Rest.acked_past(conn, dir)
-    local ack = TCP_FIELDS.ack()
+    local ack = TCP.ack()
     local s = conn.streams and conn.streams[dir]
     if ack == nil or s == nil or s.base == nil or s.lossy then return nil end
     local ahead = (ack.value - (s.base + s.top)) % SEQ_MOD
@@ -3987,7 +4096,7 @@ local function dissect_api(tvb, pinfo, tree)
     local len = tvb:len()
     if len == 0 then return 0 end
     local conn, src = conn_of(pinfo)
-    if pinfo.visited and conn.first_frame and pinfo.number < conn.first_frame then return 0 end
+    if TCP.earlier(conn, pinfo) then return 0 end
     -- a port-table hit on a connection that does not carry this protocol: let others try
     if conn.channel == nil and len >= 5 then
         local l = tvb(0, 4):uint()
@@ -4221,6 +4330,7 @@ local function heur_api(tvb, pinfo, tree)
         return false
     end
     local conn = conn_of(pinfo)
+    if TCP.earlier(conn, pinfo) then return false end
     local as = api_state(conn)
     if as.controller == nil and controller_sends ~= nil then
         if controller_sends then
@@ -4243,6 +4353,7 @@ local function heur_cmd(tvb, pinfo, tree)
         or (body:sub(1, 5) == "<?xml" and body:find("?><remote_scheduler.", 1, true) ~= nil)
     if not starts then return false end
     local conn = conn_of(pinfo)
+    if TCP.earlier(conn, pinfo) then return false end
     local cs = cmd_state(conn)
     cs.server = cs.server or conn.server
         or { addr = tostring(pinfo.dst), port = pinfo.dst_port }
@@ -4296,7 +4407,7 @@ local function post_dissector(tvb, pinfo, tree)
     local conn = frame_conn[pinfo.number]
     if conn ~= nil then
         if conn.stream == nil then
-            local fi = TCP_FIELDS.stream()
+            local fi = TCP.stream()
             if fi then conn.stream = fi.value end
         end
         -- the first pass kept the exact time, or else the double's: then learn the exact
@@ -4306,7 +4417,7 @@ local function post_dissector(tvb, pinfo, tree)
     end
     if last_main_frame == pinfo.number then return end
     if conn == nil or conn.channel == nil then return end
-    local tl = TCP_FIELDS.len()
+    local tl = TCP.len()
     if tl == nil or tl.value == 0 then return end
     if not now and conn.channel == "api" then  -- later pass: the capture ended inside it
         for d = 1, 2 do
