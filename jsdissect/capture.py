@@ -1958,51 +1958,65 @@ COPY_WINDOW_US: Final = 100_000
 COPY_MEMORY_US: Final = 500_000
 
 
-def without_copies(segments: Iterable[Segment]) -> Iterator[Segment]:
-    """The segments with each packet once: a segment equal in every field to one captured
-    less than COPY_WINDOW_US before or after it is that packet again, not a
-    retransmission, and its first copy is the packet (DESIGN "Exact times": the first copy
-    wins).
+class Copies:
+    """Tells a packet captured again: a segment equal in every field to one captured less
+    than COPY_WINDOW_US before or after it is that packet again, not a retransmission, and
+    its first copy is the packet (DESIGN "Exact times": the first copy wins). Ask about
+    each segment, in capture order.
 
     What was seen is kept in two generations, each begun COPY_MEMORY_US after the one
     before: memory follows the traffic of two such spans at most."""
+
     # Segments are found again by a number made of a few of their fields (a small int, no
     # object per packet; one that two packets share keeps the later), and compared whole
     # only then: a key of all their fields, a tuple hashed with the payload, cost 10% of
-    # a dense capture's main process.
-    recent: dict[int, Segment] = {}
-    older: dict[int, Segment] = {}
-    since = -1  # when the recent generation began
-    for seg in segments:
-        ts = seg.ts
-        if ts - since > COPY_MEMORY_US:
-            older, recent, since = recent, {}, ts
-        key = _copy_key(seg)
-        if _copy_of(recent.get(key), seg) or _copy_of(older.get(key), seg):
-            continue
-        recent[key] = seg
-        yield seg
+    # a dense capture's main process. A packet new to the recent generation costs one dict
+    # operation, and a look into the older one only while a copy of its packets can come
+    # (dict operations, not the comparisons, are what this costs).
 
+    __slots__ = ("_older", "_recent", "_since")
 
-def _copy_key(seg: Segment) -> int:
-    """A number the copies of a packet share (under 2**62: no object made for it)."""
-    return (
-        (seg.seq << 20)
-        ^ seg.ack
-        ^ (len(seg.payload) << 36)
-        ^ (seg.flags << 52)
-        ^ (seg.sport << 3)
-        ^ (seg.dport << 17)
-    )
+    def __init__(self) -> None:
+        self._recent: dict[int, Segment] = {}
+        self._older: dict[int, Segment] = {}
+        self._since = -1  # when the recent generation began
+
+    def copy(self, seg: Segment) -> bool:
+        """Whether `seg` is a packet seen before (else it is remembered)."""
+        ts, _src, sport, _dst, dport, seq, ack, flags, _win, payload, _m, _tv, _te = seg
+        if ts - self._since > COPY_MEMORY_US:
+            self._older, self._recent, self._since = self._recent, {}, ts
+        # (under 2**62: no object made for it)
+        key = (seq << 20) ^ ack ^ (len(payload) << 36) ^ (flags << 52)
+        key ^= (sport << 3) ^ (dport << 17)
+        first = self._recent.setdefault(key, seg)
+        if first is seg:  # new to this generation
+            # (the older generation's packets are all timed before it began)
+            if ts - self._since >= COPY_WINDOW_US or not _copy_of(self._older.get(key), seg):
+                return False
+            del self._recent[key]
+            return True
+        if _copy_of(first, seg) or _copy_of(self._older.get(key), seg):
+            return True
+        self._recent[key] = seg  # a resend, or another packet of the same number
+        return False
 
 
 def _copy_of(first: Segment | None, seg: Segment) -> bool:
     """Whether `seg` is `first` captured again: the same in all but its time, and close."""
     return (
         first is not None
-        and -COPY_WINDOW_US <= seg.ts - first.ts <= COPY_WINDOW_US
+        and -COPY_WINDOW_US <= seg[0] - first[0] <= COPY_WINDOW_US
         and first[1:] == seg[1:]
     )
+
+
+def without_copies(segments: Iterable[Segment]) -> Iterator[Segment]:
+    """The segments with each packet once (see Copies)."""
+    copies = Copies()
+    for seg in segments:
+        if not copies.copy(seg):
+            yield seg
 
 
 def closing_reader(segments: Iterator[Segment]) -> contextlib.AbstractContextManager[Any]:

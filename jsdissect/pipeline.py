@@ -20,6 +20,7 @@ from jsdissect.callbacks import CallbackDecoding
 from jsdissect.capture import (
     CapturePath,
     CaptureStats,
+    Copies,
     Engine,
     Segment,
     capture_end,
@@ -27,7 +28,6 @@ from jsdissect.capture import (
     display_name,
     read_segments,
     spooled,
-    without_copies,
 )
 from jsdissect.correlate import (
     CALLBACK_RANGE,
@@ -279,8 +279,8 @@ def _run(
         segments = reader(files, bpf=bpf, engine=opts.engine, stats=stats)
         with closing_reader(segments):
             # the capture's end: its latest time, whatever the order
-            packets = without_copies(segments)
-            latest = reassembler.add_all(packets, steps.add, CLOCK_STEP_US, progress)
+            copies = Copies()
+            latest = reassembler.add_all(segments, steps.add, CLOCK_STEP_US, progress, copies)
         reassembler.finish()
         dispatcher.finish()
         if found_callbacks is not None:

@@ -15,7 +15,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from jsdissect.capture import ACK, FIN, RST, SYN, Segment
+from jsdissect.capture import ACK, FIN, RST, SYN, Copies, Segment
 
 # Directions within a connection.
 CLIENT_TO_SERVER = 0
@@ -887,14 +887,20 @@ class Reassembler:
         behind: Callable[[int, int, int], None],
         behind_us: int,
         progress: Callable[[int], None] | None = None,
+        copies: Copies | None = None,
     ) -> int:
         """`add` each segment, in order, and return the latest time among them (-1: none).
         `behind(n, ts, latest)` is told of the n-th segment when it is timed more than
         `behind_us` before the latest time before it (a clock step); `progress(n)`, every
-        PROGRESS_SEGMENTS segments. (A loop of its own, compiled: the pipeline's, run as
-        Python, cost 4% of a dense capture.)"""
+        PROGRESS_SEGMENTS segments; `copies`, when given, takes out the packets captured
+        again (capture.Copies; they are not counted either). (A loop of its own,
+        compiled: the pipeline's, run as Python, cost 4% of a dense capture.)"""
         latest = -1
-        for n, seg in enumerate(segments):
+        n = -1
+        for seg in segments:
+            if copies is not None and copies.copy(seg):
+                continue
+            n += 1
             self.add(seg)
             ts = seg.ts
             if ts >= latest:

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jsdissect import tcp
-from jsdissect.capture import ACK, FIN, PSH, RST, SYN, Segment
+from jsdissect.capture import ACK, FIN, PSH, RST, SYN, Copies, Segment
 from jsdissect.tcp import (
     CLIENT_TO_SERVER,
     SERVER_TO_CLIENT,
@@ -1451,6 +1451,17 @@ def test_add_all_gives_the_latest_time_and_tells_steps_back_and_progress() -> No
     alone.finish()
     assert (sink.closed, sink.bytes) == (one_by_one.closed, one_by_one.bytes) == (1201, 7202)
     assert Reassembler(CountingSink()).add_all([], print, 0) == -1
+    # every packet captured twice, 5 µs apart (tcpdump -i any): the copies are left out
+    # before anything is added or counted
+    twice = [c for seg in segs for c in (seg, seg._replace(ts=seg.ts + 5))]
+    told_twice: list[tuple[int, int, int]] = []
+    done_twice: list[int] = []
+    copied = CountingSink()
+    latest_twice = Reassembler(copied).add_all(
+        twice, lambda *a: told_twice.append(a), 2 * SECOND, done_twice.append, Copies()
+    )
+    assert (copied.closed, copied.bytes) == (1201, 7202)
+    assert (told_twice, done_twice, latest_twice) == (told, done, latest)
 
 
 def test_memory_follows_open_connections_not_capture_size() -> None:
