@@ -1964,8 +1964,8 @@ class Copies:
     its first copy is the packet (DESIGN "Exact times": the first copy wins). Ask about
     each segment, in capture order.
 
-    What was seen is kept in two generations, each begun COPY_MEMORY_US after the one
-    before: memory follows the traffic of two such spans at most."""
+    What was seen is kept in two generations, each begun COPY_MEMORY_US after (or before)
+    the one before: memory follows the traffic of two such spans at most."""
 
     # Segments are found again by a number made of a few of their fields (a small int, no
     # object per packet; one that two packets share keeps the later), and compared whole
@@ -1974,41 +1974,76 @@ class Copies:
     # operation, and a look into the older one only while a copy of its packets can come
     # (dict operations, not the comparisons, are what this costs).
 
-    __slots__ = ("_older", "_recent", "_since")
+    __slots__ = ("_latest", "_older", "_older_until", "_recent", "_since")
 
     def __init__(self) -> None:
-        self._recent: dict[int, Segment] = {}
-        self._older: dict[int, Segment] = {}
+        self._recent: dict[int, _Seen] = {}
+        self._older: dict[int, _Seen] = {}
         self._since = -1  # when the recent generation began
+        self._latest = -1  # the latest time in the recent generation
+        self._older_until = -1  # and in the older one
+
+    @property
+    def remembered(self) -> int:
+        """Packets held to be compared with: two generations' at most."""
+        return len(self._recent) + len(self._older)
 
     def copy(self, seg: Segment) -> bool:
         """Whether `seg` is a packet seen before (else it is remembered)."""
-        ts, _src, sport, _dst, dport, seq, ack, flags, _win, payload, _m, _tv, _te = seg
-        if ts - self._since > COPY_MEMORY_US:
+        ts, _src, sport, _dst, dport, seq, ack, flags, win, payload, _m, tsval, _te = seg
+        # A new generation COPY_MEMORY_US on, or back: after a clock step back (or one
+        # packet timed far ahead) the recent one would else take every packet.
+        if not -COPY_MEMORY_US <= ts - self._since <= COPY_MEMORY_US:
             self._older, self._recent, self._since = self._recent, {}, ts
-        # (under 2**62: no object made for it)
+            self._older_until, self._latest = self._latest, ts
+        elif ts > self._latest:
+            self._latest = ts
+        # (under 2**62: no object made for it) With the fields a window update or a resend
+        # with a new TCP timestamp changes: packets that share a number are kept together
+        # (_Seen), as the copy of the earlier may come later, but seldom.
         key = (seq << 20) ^ ack ^ (len(payload) << 36) ^ (flags << 52)
-        key ^= (sport << 3) ^ (dport << 17)
-        first = self._recent.setdefault(key, seg)
-        if first is seg:  # new to this generation
-            # (the older generation's packets are all timed before it began)
-            if ts - self._since >= COPY_WINDOW_US or not _copy_of(self._older.get(key), seg):
+        key ^= (sport << 3) ^ (dport << 17) ^ (win << 4) ^ ((tsval or 0) << 9)
+        recent = self._recent
+        size = len(recent)
+        first = recent.setdefault(key, seg)
+        if len(recent) > size:  # new to this generation
+            # a copy of the older generation's packets comes within COPY_WINDOW_US of them
+            older = ts <= self._older_until + COPY_WINDOW_US
+            if not older or not _copy_in(self._older.get(key), seg):
                 return False
-            del self._recent[key]
+            del recent[key]
             return True
-        if _copy_of(first, seg) or _copy_of(self._older.get(key), seg):
+        if _copy_in(first, seg) or _copy_in(self._older.get(key), seg):
             return True
-        self._recent[key] = seg  # a resend, or another packet of the same number
+        recent[key] = _with(first, seg)  # a resend, or another packet of the same number
         return False
 
 
-def _copy_of(first: Segment | None, seg: Segment) -> bool:
+# The packets remembered under one number: one, or (seldom) the last few that shared it.
+_Seen = Segment | list[Segment]
+SAME_NUMBER_KEPT = 8
+
+
+def _copy_in(seen: _Seen | None, seg: Segment) -> bool:
+    """Whether `seg` is a packet of `seen` captured again."""
+    if seen is None:
+        return False
+    if isinstance(seen, list):
+        return any(_copy_of(first, seg) for first in seen)
+    return _copy_of(seen, seg)
+
+
+def _copy_of(first: Segment, seg: Segment) -> bool:
     """Whether `seg` is `first` captured again: the same in all but its time, and close."""
-    return (
-        first is not None
-        and -COPY_WINDOW_US <= seg[0] - first[0] <= COPY_WINDOW_US
-        and first[1:] == seg[1:]
-    )
+    return -COPY_WINDOW_US <= seg[0] - first[0] <= COPY_WINDOW_US and first[1:] == seg[1:]
+
+
+def _with(seen: _Seen, seg: Segment) -> list[Segment]:
+    kept = seen if isinstance(seen, list) else [seen]
+    kept.append(seg)
+    if len(kept) > SAME_NUMBER_KEPT:
+        del kept[0]
+    return kept
 
 
 def without_copies(segments: Iterable[Segment]) -> Iterator[Segment]:

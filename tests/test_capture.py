@@ -1582,6 +1582,36 @@ def test_a_segment_that_differs_in_any_field_is_no_copy(field: str) -> None:
     assert list(capture.without_copies([first, other])) == [first, other]
 
 
+@pytest.mark.parametrize("field", [f for f in Segment._fields if f != "ts"])
+def test_a_packet_that_differs_in_one_field_hides_no_copy_of_the_one_before(field: str) -> None:
+    """Found in review: a window update (or a resend with a new TCP timestamp) took the
+    place of the packet before it, and the copy of that one, stored later in the file
+    (one interface's packets behind the other's), was counted as a retransmission."""
+    first = _packet(1, T0_US)
+    value = getattr(first, field)
+    changed = value + value[:1] if isinstance(value, (str, bytes)) else value + 1
+    other = first._replace(ts=T0_US + 1, **{field: changed})
+    copies = [first._replace(ts=T0_US + 3), other._replace(ts=T0_US + 4)]
+    assert list(capture.without_copies([first, other, *copies])) == [first, other]
+
+
+def test_the_same_segment_given_twice_is_one_packet() -> None:
+    first = _packet(1, T0_US)
+    assert list(capture.without_copies([first, first])) == [first]
+
+
+def test_memory_stays_two_generations_after_a_packet_timed_far_ahead() -> None:
+    """Found in review: after one packet timed an hour ahead (or a clock step back) every
+    later packet was remembered, as no later time was a generation past it."""
+    copies = capture.Copies()
+    copies.copy(_packet(0, T0_US + 3600 * 1_000_000))
+    most = 0
+    for n in range(1, 20_000):  # 2 s of packets, 100 µs apart
+        assert not copies.copy(_packet(n, T0_US + n * 100))
+        most = max(most, copies.remembered)
+    assert most <= 2 * capture.COPY_MEMORY_US // 100 + 2
+
+
 def test_the_same_packet_again_after_the_window_is_a_retransmission() -> None:
     first = _packet(1, T0_US)
     copy, resent = first._replace(ts=T0_US + WINDOW), first._replace(ts=T0_US + WINDOW + 1)
