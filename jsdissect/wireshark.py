@@ -236,6 +236,7 @@ class TcpOrder(NamedTuple):
     # the order they were sent in across the two directions (a tap's two directions
     # merged, capture queues with jitter)
     acked_early: bool = False
+    resent: bool = False  # bytes of a direction captured again (a retransmission, a copy)
 
 
 def tcp_order(
@@ -269,7 +270,7 @@ def _scan_directions(
     segments: Iterator[Segment], steps: ClockSteps | None, announced: set[int] | None
 ) -> TcpOrder:
     flows: dict[tuple[str, int, str, int], _Direction] = {}
-    reordered = lossy = decided = acked_early = False
+    reordered = lossy = decided = acked_early = resent = False
     for n, seg in enumerate(segments):
         if steps is not None:
             steps.see(n, seg.ts)
@@ -306,6 +307,7 @@ def _scan_directions(
             reordered = True
         if new and seg.payload and captured <= d.acked:
             acked_early = True
+        resent = resent or (not new and bool(seg.payload))
         if start > d.next:
             d.holes.append((d.next, start))
         if seg.missing and start + size > max(captured, d.next):
@@ -314,7 +316,8 @@ def _scan_directions(
         if len(d.holes) > MAX_HOLES:
             lossy = decided = True
             flows.clear()  # memory: the holes are not needed any more
-    return TcpOrder(reordered, lossy or any(d.holes for d in flows.values()), acked_early)
+    lossy = lossy or any(d.holes for d in flows.values())
+    return TcpOrder(reordered, lossy, acked_early, resent)
 
 
 def _acknowledge(direction: _Direction | None, ack: int) -> None:
@@ -333,19 +336,20 @@ def _order_prefs(order: TcpOrder, names: str, warnings: list[str]) -> dict[str, 
             "ones) and bytes not captured: Wireshark reassembles only one of these, so "
             "out-of-order segments are not reassembled (the default engine does both)"
         )
-    if order.acked_early and out_of_order:
+    # Without the analysis a segment captured after its acknowledgement is decoded, but
+    # so are bytes captured again (a retransmission: decoded twice), and out-of-order
+    # reassembly needs it: it is turned off only for a capture that has neither.
+    analysis = not order.acked_early or out_of_order or order.resent
+    if order.acked_early and analysis:
+        other = "segments out of order" if out_of_order else "bytes sent again"
         warnings.append(
-            f"{names}: segments out of order, and segments captured after the other side "
-            "had acknowledged them: Wireshark decodes only one of these, so the latter are "
+            f"{names}: {other}, and segments captured after the other side had "
+            "acknowledged them: Wireshark decodes only one of these, so the latter are "
             "taken for spurious retransmissions and not decoded (the default engine does both)"
         )
     return {
         "tcp.reassemble_out_of_order": "TRUE" if out_of_order else "FALSE",
-        # the analysis drops bytes captured after their acknowledgement; out-of-order
-        # reassembly needs it
-        "tcp.analyze_sequence_numbers": "FALSE"
-        if order.acked_early and not out_of_order
-        else "TRUE",
+        "tcp.analyze_sequence_numbers": "TRUE" if analysis else "FALSE",
     }
 
 

@@ -215,7 +215,7 @@ def test_engine_reassembles_reordered_segments(tmp_path: Path) -> None:
     missing byte arrived, the middle segment here)."""
     require("tshark")
     capture = _reordered(ROOT / "captures" / "demo.pcap", tmp_path / "reordered.pcap")
-    assert wireshark.tcp_order(str(capture)) == (True, False, False)
+    assert wireshark.tcp_order(str(capture))[:3] == (True, False, False)
     ours = [report.task_row(t) for t in jsdissect.analyze([capture]).task_records]
     result = wireshark.analyze([capture])
     assert len(result.tasks) == 10 and result.warnings == []
@@ -246,7 +246,7 @@ def test_engine_decodes_bytes_captured_after_their_acknowledgement(tmp_path: Pat
     analysis off for such a capture, and gives the default engine's rows and messages."""
     require("tshark")
     capture = _step_call_captured_after_its_acknowledgement(tmp_path / "acked_early.pcap")
-    assert wireshark.tcp_order(str(capture)) == (False, False, True)
+    assert wireshark.tcp_order(str(capture)) == (False, False, True, False)
     assert wireshark.tcp_order(str(ROOT / "captures" / "demo.pcap")).acked_early is False
     result = jsdissect.analyze([capture])
     ours = [report.task_row(t) for t in result.task_records]
@@ -258,6 +258,29 @@ def test_engine_decodes_bytes_captured_after_their_acknowledgement(tmp_path: Pat
     assert _comparable_messages(theirs.messages) == _comparable_messages(messages)
 
 
+def test_engine_keeps_the_analysis_for_bytes_sent_again(tmp_path: Path) -> None:
+    """Without the sequence analysis Wireshark hands bytes captured again to the plugin
+    again (found in review: a step call resent once was two steps). A capture with such
+    bytes keeps the analysis, and says what it does not decode."""
+    require("tshark")
+    early = _step_call_captured_after_its_acknowledgement(tmp_path / "acked_early.pcap")
+    packets = rdpcap(str(early))
+    (step,) = [i for i, p in enumerate(packets) if b"step" in bytes(p[TCP].payload)]
+    resent = packets[step].copy()  # TCP sends it again, with another window
+    resent[TCP].window, resent.time = 1234, packets[step].time + Decimal("0.00005")
+    del resent[TCP].chksum
+    packets.insert(step + 1, resent)
+    again = tmp_path / "resent.pcap"
+    wrpcap(str(again), packets)
+    assert wireshark.tcp_order(str(again)) == (False, False, True, True)
+    ours = [report.task_row(t) for t in jsdissect.analyze([again]).task_records]
+    assert [r["steps"] for r in ours] == [1]
+    theirs = wireshark.analyze([again])
+    assert [r["steps"] for r in theirs.tasks] == [0]  # lost, as said; not counted twice
+    (order,) = [w for w in theirs.warnings if "acknowledged" in w]
+    assert "bytes sent again" in order and "resent.pcap" in order
+
+
 def test_engine_warns_when_reordered_and_acknowledged_before_captured(tmp_path: Path) -> None:
     """Out-of-order reassembly needs the sequence analysis, which drops bytes captured
     after their acknowledgement: a capture with both keeps the reassembly, and says what
@@ -267,7 +290,7 @@ def test_engine_warns_when_reordered_and_acknowledged_before_captured(tmp_path: 
     reordered = _reordered(ROOT / "captures" / "demo.pcap", tmp_path / "reordered.pcap")
     both = tmp_path / "both.pcapng"
     subprocess.run([require("mergecap"), "-w", str(both), str(early), str(reordered)], check=True)
-    assert wireshark.tcp_order(str(both)) == (True, False, True)
+    assert wireshark.tcp_order(str(both))[:3] == (True, False, True)
     (order,) = [w for w in wireshark.analyze([both]).warnings if "acknowledged" in w]
     assert "both.pcapng" in order and "spurious retransmissions" in order
 
@@ -282,7 +305,7 @@ def test_engine_keeps_lossy_captures_out_of_out_of_order_reassembly(tmp_path: Pa
     subprocess.run(
         [editcap, "-s", "200", str(ROOT / "captures" / "demo.pcap"), str(cut)], check=True
     )
-    assert wireshark.tcp_order(str(cut)) == (False, True, False)
+    assert wireshark.tcp_order(str(cut))[:3] == (False, True, False)
     tasks = wireshark.analyze([cut]).tasks
     assert len(tasks) == 10
     assert all(r["close_answered"] is not None and r["start_answered"] is None for r in tasks)
@@ -294,7 +317,7 @@ def test_engine_warns_when_reordered_and_lossy(tmp_path: Path) -> None:
     reordered = _reordered(ROOT / "captures" / "demo.pcap", tmp_path / "reordered.pcap")
     both = tmp_path / "both.pcap"
     subprocess.run([editcap, "-s", "120", str(reordered), str(both)], check=True)
-    assert wireshark.tcp_order(str(both)) == (True, True, False)
+    assert wireshark.tcp_order(str(both))[:3] == (True, True, False)
     warnings = wireshark.analyze([both]).warnings  # cut at 120 bytes: that is said too
     (order,) = [w for w in warnings if "out of order" in w]
     assert "both.pcap" in order
@@ -469,7 +492,7 @@ def test_holes_in_unrelated_traffic_leave_reordered_channels_reassembled(tmp_pat
     subprocess.run(
         [require("mergecap"), "-w", str(merged), str(reordered), str(unrelated)], check=True
     )
-    assert wireshark.tcp_order(str(merged)) == (True, True, False)  # every TCP connection
+    assert wireshark.tcp_order(str(merged))[:3] == (True, True, False)  # every TCP connection
     result = wireshark.analyze([merged])
     ours = [report.task_row(t) for t in jsdissect.analyze([merged]).task_records]
     assert result.warnings == [] and _full_rows(result.tasks) == _full_rows(ours)
@@ -1265,7 +1288,7 @@ def test_engines_take_the_new_bytes_of_retransmissions_that_resend_captured_ones
     cap = Capture()
     parity_captures.resending_task(cap, 1, message)
     capture = cap.write(tmp_path / "resent.pcap")
-    assert wireshark.tcp_order(str(capture)) == (True, False, False)
+    assert wireshark.tcp_order(str(capture))[:3] == (True, False, False)
     ours, theirs, _, _ = _both_engines(capture)
     assert [(r["status"], r["steps"]) for r in ours] == [("completed", 1)]
     assert _full_rows(theirs) == _full_rows(ours)
