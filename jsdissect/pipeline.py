@@ -278,8 +278,8 @@ def _run(
         bpf = READ_ALL if opts.all_tcp else capture_filter(opts, extra_ports)
         segments = reader(files, bpf=bpf, engine=opts.engine, stats=stats)
         with closing_reader(segments):
+            copies = Copies()  # a packet captured on several interfaces is one packet
             # the capture's end: its latest time, whatever the order
-            copies = Copies()
             latest = reassembler.add_all(segments, steps.add, CLOCK_STEP_US, progress, copies)
         reassembler.finish()
         dispatcher.finish()
